@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html_join
+
+from dispatcher.errors import DispatcherConfigError
+from dispatcher.models import DispatcherState
+from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_state_ensure, dispatcher_stop
+from messages_app.selectors import message_status_counts
+
+
+@admin.register(DispatcherState)
+class DispatcherStateAdmin(admin.ModelAdmin):
+    """One page for the one dispatcher: its state, Start/Stop, and its pace."""
+
+    change_form_template = "admin/dispatcher/dispatcherstate/change_form.html"
+    fields = ["running", "batch_size", "interval_seconds", "last_tick_at", "next_tick_at", "message_counts"]
+    readonly_fields = ["running", "last_tick_at", "next_tick_at", "message_counts"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        state = dispatcher_state_ensure()
+        return HttpResponseRedirect(reverse("admin:dispatcher_dispatcherstate_change", args=[state.pk]))
+
+    def get_urls(self):
+        own = [
+            path("start/", self.admin_site.admin_view(self.start_view), name="dispatcher_dispatcherstate_start"),
+            path("stop/", self.admin_site.admin_view(self.stop_view), name="dispatcher_dispatcherstate_stop"),
+        ]
+        return own + super().get_urls()
+
+    @admin.display(description="messages")
+    def message_counts(self, obj: DispatcherState) -> str:
+        return format_html_join(", ", "{}: {}", message_status_counts().items())
+
+    def save_model(self, request: HttpRequest, obj: DispatcherState, form, change: bool) -> None:
+        try:
+            dispatcher_configure(batch_size=obj.batch_size, interval_seconds=obj.interval_seconds)
+        except DispatcherConfigError as exc:  # the form validators normally catch this first
+            self.message_user(request, exc.message, messages.ERROR)
+
+    def _control(self, request: HttpRequest, operation, done: str) -> HttpResponseRedirect:
+        if request.method != "POST":
+            raise PermissionDenied("Use the buttons on the dispatcher page.")
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        state = operation()
+        self.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:dispatcher_dispatcherstate_change", args=[state.pk]))
+
+    def start_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        return self._control(request, dispatcher_start, "Dispatcher started: the first tick runs now.")
+
+    def stop_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        return self._control(request, dispatcher_stop, "Dispatcher stopped: no more messages will be claimed.")

@@ -1,0 +1,43 @@
+"""The dispatcher's settings, read from settings.DISPATCHER in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+# Short names accepted for DISPATCH_PROVIDER_BACKEND, like Django's email backends.
+PROVIDER_ALIASES = {
+    "webhook": "dispatcher.providers.webhook.WebhookProvider",
+    "console": "dispatcher.providers.console.ConsoleProvider",
+    "locmem": "dispatcher.providers.locmem.LocmemProvider",
+}
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    provider_backend: str
+    webhook_url: str
+    webhook_auth_key: str
+    webhook_timeout_seconds: float
+    initial_batch_size: int
+    initial_interval_seconds: int
+    delivery_cache_ttl_seconds: int | None
+    window_seconds: int
+
+
+def dispatcher_settings() -> DispatcherSettings:
+    raw = settings.DISPATCHER
+    backend = raw.get("PROVIDER_BACKEND", "webhook")
+    ttl = raw.get("DELIVERY_CACHE_TTL_SECONDS", 0)
+    return DispatcherSettings(
+        provider_backend=PROVIDER_ALIASES.get(backend, backend),
+        webhook_url=raw.get("WEBHOOK_URL", "http://127.0.0.1:8081/"),
+        webhook_auth_key=raw.get("WEBHOOK_AUTH_KEY", ""),
+        webhook_timeout_seconds=float(raw.get("WEBHOOK_TIMEOUT_SECONDS", 10.0)),
+        initial_batch_size=int(raw.get("INITIAL_BATCH_SIZE", 2)),
+        initial_interval_seconds=int(raw.get("INITIAL_INTERVAL_SECONDS", 120)),
+        # 0 means "keep forever", which Django's cache spells None.
+        delivery_cache_ttl_seconds=ttl or None,
+        window_seconds=int(raw.get("WINDOW_SECONDS", 100)),
+    )

@@ -1,0 +1,177 @@
+"""A local stand-in for the SMS provider's webhook, with faults on request.
+
+It answers like the real provider (202 `{"message": "Accepted", "messageId":
+<uuid>}`), logs each request, and can be told to be slow, to fail a share of
+requests, to answer another status, or to leave out the messageId: at start-up
+(command-line options) or while running (`POST /_fake/faults` with JSON).
+`GET /_fake/requests` lists what it received, for tests and curious humans.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+logger = logging.getLogger("dispatcher.fakeprovider")
+
+MAX_BODY_BYTES = 1_000_000
+KEPT_REQUESTS = 10_000
+
+
+@dataclass
+class Faults:
+    latency_ms: float = 0.0
+    error_rate: float = 0.0  # share of requests answered with error_status
+    error_status: int = 500
+    status_code: int = 202  # status of answers that are not errors
+    missing_message_id: bool = False
+
+    def update(self, changes: dict) -> None:
+        known = {f.name: f.type for f in fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(known)}")
+            current = getattr(self, name)
+            if isinstance(current, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{name} must be true or false")
+            elif not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number")
+            setattr(self, name, type(current)(value))
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError("error_rate must be between 0 and 1")
+        if self.latency_ms < 0:
+            raise ValueError("latency_ms must not be negative")
+
+
+@dataclass
+class ReceivedRequest:
+    received_at: float
+    to: str | None
+    content: str | None
+    auth_key: str | None
+    status: int
+    message_id: str | None
+
+
+class FakeProviderState:
+    def __init__(self, faults: Faults, auth_key: str | None) -> None:
+        self.faults = faults
+        self.auth_key = auth_key
+        self.requests: list[ReceivedRequest] = []
+        self.lock = threading.Lock()
+        self.random = random.Random()
+
+    def record(self, entry: ReceivedRequest) -> None:
+        with self.lock:
+            self.requests.append(entry)
+            if len(self.requests) > KEPT_REQUESTS:
+                del self.requests[: len(self.requests) - KEPT_REQUESTS]
+
+
+class FakeProviderHandler(BaseHTTPRequestHandler):
+    server: FakeProviderServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:
+        pass  # we log one line per request ourselves, with the message details
+
+    def _send_json(self, status: int, body: object) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _read_json(self) -> object:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise ValueError("body too large")
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw or b"null")
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        if self.path.rstrip("/") == "/_fake/requests":
+            with state.lock:
+                self._send_json(200, [asdict(r) for r in state.requests])
+        elif self.path.rstrip("/") == "/_fake/faults":
+            self._send_json(200, asdict(state.faults))
+        else:
+            self._send_json(404, {"message": "Not found"})
+
+    def do_DELETE(self) -> None:
+        if self.path.rstrip("/") == "/_fake/requests":
+            with self.server.state.lock:
+                self.server.state.requests.clear()
+            self._send_json(200, {"message": "cleared"})
+        else:
+            self._send_json(404, {"message": "Not found"})
+
+    def do_POST(self) -> None:
+        state = self.server.state
+        try:
+            body = self._read_json()
+        except ValueError:
+            body = None  # not JSON: answered 400 below, like the real provider would
+        if self.path.rstrip("/") == "/_fake/faults":
+            try:
+                if not isinstance(body, dict):
+                    raise ValueError("send a JSON object of faults")
+                with state.lock:
+                    state.faults.update(body)
+            except ValueError as exc:
+                self._send_json(400, {"message": str(exc)})
+                return
+            logger.info("faults now %s", asdict(state.faults))
+            self._send_json(200, asdict(state.faults))
+            return
+        self._provider_answer(state, body)
+
+    def _provider_answer(self, state: FakeProviderState, body: object) -> None:
+        with state.lock:
+            faults = Faults(**asdict(state.faults))
+            fail = state.random.random() < faults.error_rate
+        if faults.latency_ms:
+            time.sleep(faults.latency_ms / 1000)
+        to = body.get("to") if isinstance(body, dict) else None
+        content = body.get("content") if isinstance(body, dict) else None
+        auth_key = self.headers.get("x-ins-auth-key")
+        message_id = None
+        if state.auth_key and auth_key != state.auth_key:
+            status, answer = 401, {"message": "Unauthorized"}
+        elif not isinstance(to, str) or not isinstance(content, str):
+            status, answer = 400, {"message": 'Bad request: expected JSON {"to": str, "content": str}'}
+        elif fail:
+            status, answer = faults.error_status, {"message": HTTPStatus(faults.error_status).phrase}
+        else:
+            status, answer = faults.status_code, {"message": "Accepted"}
+            if not faults.missing_message_id:
+                message_id = str(uuid.uuid4())
+                answer["messageId"] = message_id
+        state.record(ReceivedRequest(time.time(), to, content, auth_key, status, message_id))
+        logger.info("POST %s to=%s -> %d messageId=%s", self.path, to, status, message_id or "-")
+        self._send_json(status, answer)
+
+
+class FakeProviderServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], state: FakeProviderState) -> None:
+        super().__init__(address, FakeProviderHandler)
+        self.state = state
+
+
+def make_fake_provider(
+    *, host: str = "127.0.0.1", port: int = 8081, faults: Faults | None = None, auth_key: str | None = None
+) -> FakeProviderServer:
+    return FakeProviderServer((host, port), FakeProviderState(faults or Faults(), auth_key))

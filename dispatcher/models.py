@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+MAX_BATCH_SIZE = 10_000
+MAX_INTERVAL_SECONDS = 86_400
+
+
+class DispatcherState(models.Model):
+    """The one cluster-wide switch and pace of the dispatcher (always pk=1).
+
+    Every web and worker process reads it from the database, so start/stop
+    applies to all of them and survives restarts.
+    """
+
+    SINGLETON_PK = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_PK, editable=False)
+    running = models.BooleanField(default=True)
+    batch_size = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_BATCH_SIZE)],
+        help_text="How many messages one tick claims and sends.",
+    )
+    interval_seconds = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_INTERVAL_SECONDS)],
+        help_text="Seconds between the starts of two ticks.",
+    )
+    last_tick_at = models.DateTimeField(null=True, blank=True)
+    next_tick_at = models.DateTimeField(null=True, blank=True)
+    # The dispatch window that currently paces ticks; an older window that sees
+    # a newer id here hands over and ends, so windows do not pile up.
+    window_id = models.UUIDField(null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "dispatcher"
+        verbose_name_plural = "dispatcher"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="dispatcher_state_singleton"),
+            models.CheckConstraint(
+                condition=models.Q(batch_size__gte=1, batch_size__lte=MAX_BATCH_SIZE),
+                name="dispatcher_batch_size_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(interval_seconds__gte=1, interval_seconds__lte=MAX_INTERVAL_SECONDS),
+                name="dispatcher_interval_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return "Dispatcher (running)" if self.running else "Dispatcher (stopped)"

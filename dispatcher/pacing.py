@@ -1,0 +1,105 @@
+"""Pacing ticks at any interval on top of django-q2's minute-grained schedules.
+
+django-q2 runs a schedule at most once a minute and its scheduler wakes only
+every 30 s, so the schedule does not tick itself: every minute it starts a
+*dispatch window*, a task that runs for DISPATCH_WINDOW_SECONDS (longer than
+the schedule's worst-case gap, so windows overlap) and inside it waits for each
+tick's due time, stored in the database. Whoever takes a due tick moves
+`next_tick_at` under the state-row lock, so however many windows, workers or
+hosts are running, each tick happens once. A newer window takes over from an
+older one, which then ends, so normally one worker is busy pacing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from dispatcher.models import DispatcherState
+from dispatcher.providers import get_provider
+from dispatcher.services import dispatch_tick
+
+logger = logging.getLogger(__name__)
+
+# How often a waiting window re-reads the state, to notice stop/start, a new
+# pace or a newer window without waiting out a long interval.
+POLL_SECONDS = 1.0
+# After an unexpected error (database gone, say), wait before the next try.
+ERROR_BACKOFF_SECONDS = 2.0
+
+
+def qcluster_is_stopping() -> bool:
+    """True once the qcluster that owns this worker process has begun to shut down.
+
+    django-q2 workers are not signalled on shutdown; the cluster publishes its
+    status (via Stat, the same data `qmonitor` shows), keyed by the sentinel,
+    which is this worker's parent process.
+    """
+    from django_q.conf import Conf
+    from django_q.status import Stat
+
+    try:
+        stats = Stat.get_all()
+    except Exception:
+        return False
+    parent, host = os.getppid(), socket.gethostname()
+    for stat in stats:
+        if stat.sentinel == parent and stat.host == host:
+            return stat.status in (Conf.STOPPING, Conf.STOPPED)
+    return False
+
+
+def run_dispatch_window(
+    *,
+    window_seconds: float,
+    should_stop: Callable[[], bool] = qcluster_is_stopping,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Run due ticks for up to `window_seconds`; return how many ticks this window ran."""
+    window_id = uuid.uuid4()
+    deadline = time.monotonic() + window_seconds
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(window_id=window_id)
+    logger.info("dispatch window %s opened for %g s", window_id, window_seconds)
+    provider = get_provider()
+    ticks = 0
+    reason = "window elapsed"
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            close_old_connections()
+            try:
+                state = (
+                    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK)
+                    .values("running", "next_tick_at", "window_id")
+                    .first()
+                )
+                if state is None or not state["running"]:
+                    reason = "dispatcher stopped"
+                    break
+                if state["window_id"] != window_id:
+                    reason = "a newer window took over"
+                    break
+                if should_stop():
+                    reason = "qcluster is shutting down"
+                    break
+                due_in = (state["next_tick_at"] - timezone.now()).total_seconds() if state["next_tick_at"] else 0
+                if due_in <= 0:
+                    if dispatch_tick(provider=provider).ticked:
+                        ticks += 1
+                    continue
+            except Exception:
+                logger.exception("dispatch window %s: tick failed; retrying", window_id)
+                close_old_connections()
+                sleep(min(ERROR_BACKOFF_SECONDS, max(remaining, 0)))
+                continue
+            sleep(max(0.0, min(due_in, POLL_SECONDS, remaining)))
+    finally:
+        provider.close()
+    logger.info("dispatch window %s closed after %d ticks: %s", window_id, ticks, reason)
+    return ticks

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from dispatcher.conf import dispatcher_settings
+from dispatcher.providers.base import BaseProvider, ProviderError, ProviderResult
+
+if TYPE_CHECKING:
+    from messages_app.models import Message
+
+# Connecting should be quick even when the provider is slow to answer.
+CONNECT_TIMEOUT_SECONDS = 3.05
+MAX_ERROR_BODY = 200
+
+
+class WebhookProvider(BaseProvider):
+    """POSTs `{"to", "content"}` as JSON to WEBHOOK_URL and expects a `messageId` back."""
+
+    def __init__(self) -> None:
+        conf = dispatcher_settings()
+        self.url = conf.webhook_url
+        self.timeout = (min(CONNECT_TIMEOUT_SECONDS, conf.webhook_timeout_seconds), conf.webhook_timeout_seconds)
+        self._auth_key = conf.webhook_auth_key
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        # One pooled session per thread: requests.Session is not thread-safe.
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
+            session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
+            session.headers.update({"Content-Type": "application/json", "Accept": "application/json"})
+            if self._auth_key:
+                session.headers["x-ins-auth-key"] = self._auth_key
+            self._local.session = session
+        return session
+
+    def send(self, message: Message) -> ProviderResult:
+        payload = {"to": message.recipient_phone_number, "content": message.content}
+        try:
+            response = self._session().post(self.url, json=payload, timeout=self.timeout)
+        except requests.Timeout:
+            raise ProviderError(f"timed out after {self.timeout[1]:g}s waiting for the provider") from None
+        except requests.ConnectionError as exc:
+            raise ProviderError(f"could not connect to the provider: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise ProviderError(f"request failed: {exc}") from None
+
+        status = response.status_code
+        if not 200 <= status < 300:
+            body = response.text[:MAX_ERROR_BODY]
+            raise ProviderError(
+                f"provider answered HTTP {status}: {body}",
+                permanent=400 <= status < 500 and status not in (408, 429),
+                http_status=status,
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise ProviderError(
+                f"provider answered HTTP {status} with a body that is not JSON", permanent=True, http_status=status
+            ) from None
+        message_id = data.get("messageId") if isinstance(data, dict) else None
+        if not isinstance(message_id, str) or not message_id.strip():
+            raise ProviderError(
+                f"provider answered HTTP {status} without a messageId", permanent=True, http_status=status
+            )
+        return ProviderResult(message_id=message_id, http_status=status)
+
+    def close(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
+
+
+class MessageCountsSerializer(serializers.Serializer):
+    unsent = serializers.IntegerField()
+    processing = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class DispatcherStatusSerializer(serializers.Serializer):
+    running = serializers.BooleanField()
+    batch_size = serializers.IntegerField()
+    interval_seconds = serializers.IntegerField()
+    last_tick_at = serializers.DateTimeField(allow_null=True)
+    next_tick_at = serializers.DateTimeField(allow_null=True)
+    counts = MessageCountsSerializer()
+
+
+class DispatcherConfigSerializer(serializers.Serializer):
+    batch_size = serializers.IntegerField(min_value=1, max_value=MAX_BATCH_SIZE, required=False)
+    interval_seconds = serializers.IntegerField(min_value=1, max_value=MAX_INTERVAL_SECONDS, required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        if not attrs:
+            raise serializers.ValidationError("Give batch_size, interval_seconds or both.")
+        return attrs

@@ -1,0 +1,165 @@
+"""Operating the dispatcher: its state, start/stop, pace, and one tick."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from dispatcher.claiming import claim_tick
+from dispatcher.conf import dispatcher_settings
+from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
+from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
+from dispatcher.providers import BaseProvider, get_provider
+from dispatcher.sending import DeliveryOutcome, deliver_message
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_WINDOW_TASK = "dispatcher.tasks.dispatch_window"
+DISPATCH_SCHEDULE_NAME = "dispatcher: pace dispatch ticks"
+
+
+@dataclass
+class TickResult:
+    ticked: bool
+    outcomes: list[DeliveryOutcome] = field(default_factory=list)
+
+    @property
+    def sent(self) -> list[DeliveryOutcome]:
+        return [o for o in self.outcomes if o.sent]
+
+    @property
+    def failed(self) -> list[DeliveryOutcome]:
+        return [o for o in self.outcomes if not o.sent]
+
+
+def dispatcher_state_ensure(*, using: str = "default") -> DispatcherState:
+    """Return the state row, creating it running with the configured pace (deploy = start)."""
+    conf = dispatcher_settings()
+    state, created = DispatcherState.objects.using(using).get_or_create(
+        pk=DispatcherState.SINGLETON_PK,
+        defaults={
+            "running": True,
+            "batch_size": conf.initial_batch_size,
+            "interval_seconds": conf.initial_interval_seconds,
+            "next_tick_at": timezone.now(),
+        },
+    )
+    if created:
+        logger.info("dispatcher created: running, %d messages every %d s", state.batch_size, state.interval_seconds)
+    return state
+
+
+def dispatcher_schedule_ensure(*, using: str = "default") -> None:
+    """Make sure django-q2 starts a dispatch window every minute (created once, kept as is)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.using(using).get_or_create(
+        name=DISPATCH_SCHEDULE_NAME,
+        defaults={
+            "func": DISPATCH_WINDOW_TASK,
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+            "next_run": timezone.now(),
+        },
+    )
+
+
+def enqueue_dispatch_window() -> None:
+    from django_q.tasks import async_task
+
+    async_task(DISPATCH_WINDOW_TASK, task_name="dispatch window (started)", group="dispatcher")
+
+
+def _locked_state() -> DispatcherState:
+    dispatcher_state_ensure()
+    return DispatcherState.objects.select_for_update().get(pk=DispatcherState.SINGLETON_PK)
+
+
+def dispatcher_start() -> DispatcherState:
+    """Start sending cluster-wide; the first tick is due at once. Idempotent."""
+    with transaction.atomic():
+        state = _locked_state()
+        if state.running:
+            return state
+        state.running = True
+        state.next_tick_at = timezone.now()
+        state.save(update_fields=["running", "next_tick_at", "updated_at"])
+        # A window may not be running (they end when stopped); start one now
+        # rather than waiting up to a minute for the schedule.
+        transaction.on_commit(enqueue_dispatch_window)
+    logger.info("dispatcher started")
+    return state
+
+
+def dispatcher_stop() -> DispatcherState:
+    """Stop claiming cluster-wide. Idempotent.
+
+    The UPDATE waits for the state-row lock that an in-progress claim holds, so
+    once this returns no further message is claimed; messages already claimed
+    are still sent.
+    """
+    with transaction.atomic():
+        state = _locked_state()
+        if not state.running:
+            return state
+        state.running = False
+        state.next_tick_at = None
+        state.save(update_fields=["running", "next_tick_at", "updated_at"])
+    logger.info("dispatcher stopped")
+    return state
+
+
+def dispatcher_configure(*, batch_size: int | None = None, interval_seconds: int | None = None) -> DispatcherState:
+    """Change the pace at run time; it persists in the database."""
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise DispatcherConfigError("batch_size", f"Batch size must be between 1 and {MAX_BATCH_SIZE}.")
+    if interval_seconds is not None and not 1 <= interval_seconds <= MAX_INTERVAL_SECONDS:
+        raise DispatcherConfigError(
+            "interval_seconds", f"Interval must be between 1 and {MAX_INTERVAL_SECONDS} seconds."
+        )
+    with transaction.atomic():
+        state = _locked_state()
+        update_fields = ["updated_at"]
+        if batch_size is not None:
+            state.batch_size = batch_size
+            update_fields.append("batch_size")
+        if interval_seconds is not None and interval_seconds != state.interval_seconds:
+            state.interval_seconds = interval_seconds
+            update_fields.append("interval_seconds")
+            if state.running:
+                # The new pace applies from the last tick, not from the next one.
+                base = state.last_tick_at or timezone.now()
+                state.next_tick_at = base + timezone.timedelta(seconds=interval_seconds)
+                update_fields.append("next_tick_at")
+        state.save(update_fields=update_fields)
+    logger.info("dispatcher configured: %d messages every %d s", state.batch_size, state.interval_seconds)
+    return state
+
+
+def dispatch_tick(*, provider: BaseProvider | None = None, due_only: bool = True, force: bool = False) -> TickResult:
+    """Run one tick: claim a batch (if running and, with `due_only`, if due), then send it.
+
+    `force` (manual ticks only) sends one batch even while the dispatcher is stopped.
+    """
+    if not due_only:
+        dispatcher_state_ensure()
+    claimed = claim_tick(now=timezone.now(), due_only=due_only, even_if_stopped=force)
+    if claimed is None:
+        if not due_only:
+            raise DispatcherStoppedError("The dispatcher is stopped; start it first, or force the tick.")
+        return TickResult(ticked=False)
+    messages = claimed.messages
+    if messages:
+        logger.info("tick claimed %d messages: ids %s", len(messages), [m.pk for m in messages])
+    owned_provider = provider is None
+    provider = provider or get_provider()
+    try:
+        outcomes = [deliver_message(message=m, provider=provider) for m in messages]
+    finally:
+        if owned_provider:
+            provider.close()
+    return TickResult(ticked=True, outcomes=outcomes)

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from dispatcher.api import DispatcherViewSet
+
+urlpatterns = [
+    path(
+        "dispatcher/",
+        DispatcherViewSet.as_view({"get": "retrieve", "patch": "partial_update"}),
+        name="dispatcher",
+    ),
+    path("dispatcher/start/", DispatcherViewSet.as_view({"post": "start"}), name="dispatcher-start"),
+    path("dispatcher/stop/", DispatcherViewSet.as_view({"post": "stop"}), name="dispatcher-stop"),
+]

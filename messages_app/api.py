@@ -1,0 +1,95 @@
+"""The REST API for messages (/api/messages/)."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from messages_app import selectors, services
+from messages_app.errors import MessageStateError
+from messages_app.filters import MessageFilter
+from messages_app.pagination import SentMessageCursorPagination
+from messages_app.serializers import (
+    MessageBulkCreateSerializer,
+    MessageBulkResultSerializer,
+    MessageCreateSerializer,
+    MessageSerializer,
+)
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The message is not in a state that allows this."
+    default_code = "conflict"
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List messages, newest first"),
+    retrieve=extend_schema(summary="Get one message"),
+    create=extend_schema(
+        summary="Queue a message",
+        request=MessageCreateSerializer,
+        responses={201: MessageSerializer},
+    ),
+)
+class MessageViewSet(
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = MessageSerializer
+    filterset_class = MessageFilter
+
+    def get_queryset(self):
+        if self.action == "sent":
+            return selectors.messages_sent()
+        return selectors.message_list()
+
+    def get_serializer_class(self):
+        if self.action == "create":
+            return MessageCreateSerializer
+        if self.action == "bulk":
+            return MessageBulkCreateSerializer
+        return MessageSerializer
+
+    def create(self, request: Request, *args, **kwargs) -> Response:
+        serializer = MessageCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message = services.message_create(**serializer.validated_data)
+        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Queue up to MESSAGE_BULK_MAX_ITEMS messages, all or nothing",
+        request=MessageBulkCreateSerializer,
+        responses={201: MessageBulkResultSerializer},
+    )
+    @action(detail=False, methods=["post"])
+    def bulk(self, request: Request) -> Response:
+        serializer = MessageBulkCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        with transaction.atomic():
+            messages = services.messages_bulk_create(items=serializer.validated_data["messages"])
+        return Response({"messages": MessageSerializer(messages, many=True).data}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Sent messages, most recently sent first", filters=False)
+    @action(detail=False, methods=["get"], pagination_class=SentMessageCursorPagination, filterset_class=None)
+    def sent(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Put a failed message back in the queue",
+        request=None,
+        responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not failed.")},
+    )
+    @action(detail=True, methods=["post"])
+    def requeue(self, request: Request, pk: str | None = None) -> Response:
+        message = self.get_object()
+        try:
+            message = services.message_requeue(message_id=message.pk)
+        except MessageStateError as exc:
+            raise Conflict(str(exc)) from None
+        return Response(MessageSerializer(message).data)

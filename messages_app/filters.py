@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import django_filters
+from django.core.exceptions import ValidationError
+
+from messages_app.models import Message
+from messages_app.validators import normalize_phone_number
+
+
+class MessageFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=Message.Status.choices)
+    recipient_phone_number = django_filters.CharFilter(
+        method="filter_recipient", help_text="Any format with country code; matched in E.164."
+    )
+
+    class Meta:
+        model = Message
+        fields = ["status", "recipient_phone_number"]
+
+    def filter_recipient(self, queryset, name, value):
+        try:
+            normalized = normalize_phone_number(value)
+        except ValidationError:
+            # A number that cannot be valid matches nothing rather than erroring.
+            return queryset.none()
+        return queryset.filter(recipient_phone_number=normalized)

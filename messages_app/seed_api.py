@@ -1,0 +1,132 @@
+"""Routes of the Go service this one replaces, so its clients keep working.
+
+Same paths and envelope: `{"status": <code>, "success": <data>}` or
+`{"status": <code>, "fail": {"msg": ..., "reason": ...}}`.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import exceptions, permissions, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from dispatcher.selectors import dispatcher_status
+from dispatcher.serializers import DispatcherStatusSerializer
+from dispatcher.services import dispatcher_start, dispatcher_stop
+from messages_app import selectors, services
+from messages_app.serializers import MessageCreateSerializer, MessageSerializer
+
+# The Go service returned every sent message at once; we cap the answer.
+SEED_SENT_LIST_LIMIT = 1000
+
+FailSerializer = inline_serializer(
+    "SeedFail",
+    fields={
+        "status": serializers.IntegerField(),
+        "fail": inline_serializer(
+            "SeedFailDetails", fields={"msg": serializers.CharField(), "reason": serializers.CharField()}
+        ),
+    },
+)
+
+
+def _success_envelope(name: str, data_field: serializers.Field) -> serializers.Serializer:
+    return inline_serializer(name, fields={"status": serializers.IntegerField(), "success": data_field})
+
+
+def success(data, code: int = status.HTTP_200_OK) -> Response:
+    return Response({"status": code, "success": data}, status=code)
+
+
+def fail(code: int, msg: str, reason: str = "") -> Response:
+    return Response({"status": code, "fail": {"msg": msg, "reason": reason}}, status=code)
+
+
+def _flatten_errors(detail) -> str:
+    if isinstance(detail, dict):
+        return "; ".join(f"{field}: {_flatten_errors(value)}" for field, value in detail.items())
+    if isinstance(detail, list):
+        return " ".join(_flatten_errors(item) for item in detail)
+    return str(detail)
+
+
+class SeedAPIView(APIView):
+    """Answers every error in the Go service's envelope."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, exceptions.ParseError):
+            return fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid request body", str(exc.detail))
+        if isinstance(exc, exceptions.ValidationError):
+            return fail(status.HTTP_400_BAD_REQUEST, "validation error", _flatten_errors(exc.detail))
+        if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+            response = super().handle_exception(exc)
+            return Response(
+                {"status": response.status_code, "fail": {"msg": "unauthorized", "reason": str(exc.detail)}},
+                status=response.status_code,
+                headers={k: v for k, v in response.items() if k == "WWW-Authenticate"},
+            )
+        if isinstance(exc, exceptions.APIException):
+            response = super().handle_exception(exc)
+            return fail(response.status_code, str(exc.default_detail), _flatten_errors(exc.detail))
+        return super().handle_exception(exc)
+
+
+class SeedMessagesView(SeedAPIView):
+    @extend_schema(
+        tags=["seed-compatible"],
+        summary="(Go service) Sent messages, most recently sent first",
+        responses={200: _success_envelope("SeedSentMessages", MessageSerializer(many=True))},
+    )
+    def get(self, request: Request) -> Response:
+        messages = selectors.messages_sent().order_by("-sent_at", "-id")[:SEED_SENT_LIST_LIMIT]
+        return success(MessageSerializer(messages, many=True).data)
+
+    @extend_schema(
+        tags=["seed-compatible"],
+        summary="(Go service) Queue a message",
+        request=MessageCreateSerializer,
+        responses={
+            200: _success_envelope("SeedCreatedMessage", MessageSerializer()),
+            400: FailSerializer,
+            422: FailSerializer,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            return fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid request body", "expected a JSON object")
+        serializer = MessageCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message = services.message_create(**serializer.validated_data)
+        return success(MessageSerializer(message).data)
+
+
+class SeedWorkerView(SeedAPIView):
+    permission_classes = [permissions.IsAdminUser]
+
+    @extend_schema(
+        tags=["seed-compatible"],
+        summary="(Go service) Start or stop sending",
+        request=None,
+        parameters=[OpenApiParameter("action", str, OpenApiParameter.PATH, enum=["start", "stop"])],
+        responses={200: _success_envelope("SeedWorkerOK", serializers.CharField()), 400: FailSerializer},
+    )
+    def post(self, request: Request, action: str) -> Response:
+        if action == "start":
+            dispatcher_start()
+        elif action == "stop":
+            dispatcher_stop()
+        else:
+            return fail(status.HTTP_400_BAD_REQUEST, "status parameter is missing")
+        return success("OK")
+
+
+class SeedStatusView(SeedAPIView):
+    @extend_schema(
+        tags=["seed-compatible"],
+        summary="(Go service) Service and dispatcher status",
+        responses={200: _success_envelope("SeedStatus", DispatcherStatusSerializer())},
+    )
+    def get(self, request: Request) -> Response:
+        return success(DispatcherStatusSerializer(dispatcher_status()).data)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from messages_app.models import Message
+from messages_app.validators import normalize_phone_number, validate_content
+
+
+def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
+    return serializers.ValidationError(exc.messages)
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    """How a message is shown everywhere in the API."""
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "uuid",
+            "recipient_phone_number",
+            "content",
+            "status",
+            "created_at",
+            "sent_at",
+            "provider_message_id",
+            "attempts",
+            "last_error",
+        ]
+        read_only_fields = fields
+
+
+class MessageCreateSerializer(serializers.Serializer):
+    recipient_phone_number = serializers.CharField(
+        max_length=64, help_text="International format with country code; stored in E.164, e.g. +905551112233."
+    )
+    content = serializers.CharField(
+        trim_whitespace=False,
+        help_text="1 to MESSAGE_MAX_LENGTH characters (default 1000), counted as characters.",
+    )
+
+    def validate_recipient_phone_number(self, value: str) -> str:
+        try:
+            return normalize_phone_number(value)
+        except DjangoValidationError as exc:
+            raise _as_drf_error(exc) from None
+
+    def validate_content(self, value: str) -> str:
+        try:
+            return validate_content(value)
+        except DjangoValidationError as exc:
+            raise _as_drf_error(exc) from None
+
+
+class MessageBulkCreateSerializer(serializers.Serializer):
+    messages = MessageCreateSerializer(many=True, allow_empty=False)
+
+    def validate_messages(self, value: list[dict]) -> list[dict]:
+        limit = settings.MESSAGE_BULK_MAX_ITEMS
+        if len(value) > limit:
+            raise serializers.ValidationError(f"At most {limit} messages per request; got {len(value)}.")
+        return value
+
+
+class MessageBulkResultSerializer(serializers.Serializer):
+    messages = MessageSerializer(many=True)

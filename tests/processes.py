@@ -1,0 +1,127 @@
+"""Starting and stopping the real processes some tests need (qcluster, the fake provider)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from django.db import connection
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the database pytest-django created, for child processes."""
+    s = connection.settings_dict
+    user = s.get("USER") or ""
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    return f"postgres://{auth}{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1")
+    env.update(overrides)
+    return env
+
+
+class RunningProcess:
+    def __init__(self, popen: subprocess.Popen, log_path: Path) -> None:
+        self.popen = popen
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+@contextmanager
+def running(args: list[str], *, env: dict[str, str], log_path: Path):
+    """Run `python manage.py <args>` in its own process group; stop it (and its children) after."""
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process = RunningProcess(popen, log_path)
+    try:
+        yield process
+    finally:
+        process.stop()
+        # qcluster's workers are its children: make sure none outlives the test.
+        with suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+
+
+def http_json(method: str, url: str, body: object | None = None, timeout: float = 5) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+@contextmanager
+def fake_provider(tmp_path: Path, *extra_args: str):
+    """A real `manage.py fakeprovider` process on a free port; yields its base URL."""
+    port = free_port()
+    with running(
+        ["fakeprovider", "--port", str(port), *extra_args], env=child_env(), log_path=tmp_path / "fakeprovider.log"
+    ) as process:
+        url = f"http://127.0.0.1:{port}/"
+
+        def up() -> bool:
+            try:
+                http_json("GET", url + "_fake/faults", timeout=1)
+                return True
+            except OSError:
+                return process.popen.poll() is not None
+
+        wait_for(up, timeout=20, what="the fake provider to listen")
+        assert process.popen.poll() is None, process.log()
+        process.url = url
+        yield process
+
+
+@contextmanager
+def qcluster(tmp_path: Path, **env_overrides: str):
+    """A real `manage.py qcluster` against the test database."""
+    with running(["qcluster"], env=child_env(**env_overrides), log_path=tmp_path / "qcluster.log") as process:
+        yield process
