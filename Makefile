@@ -1,0 +1,58 @@
+# One command to run the service locally, one to test it. See README.md.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test lint format check ci clean
+
+$(BIN)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+# A local .env with fresh secrets, written once. honcho loads it for every process.
+.env:
+	@printf '%s\n' \
+		"# Written by 'make run' for local use only; never commit it." \
+		"DEBUG=true" \
+		"SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+		"DJANGO_SUPERUSER_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(12))')" \
+		"WEBHOOK_URL=http://127.0.0.1:8081/" \
+		"DISPATCH_BATCH_SIZE=2" \
+		"DISPATCH_INTERVAL_SECONDS=10" > $@
+	@echo "Wrote .env with fresh local secrets."
+
+## run: install, migrate and start web + qcluster + fake provider on SQLite (Ctrl-C stops all)
+run: $(BIN)/.installed .env
+	$(BIN)/honcho run python manage.py migrate --no-input
+	$(BIN)/honcho run python manage.py ensure_superuser --username admin
+	@echo
+	@echo "  Admin:    http://127.0.0.1:8000/admin/  (user admin, password: $$(grep ^DJANGO_SUPERUSER_PASSWORD= .env | cut -d= -f2-))"
+	@echo "  API docs: http://127.0.0.1:8000/api/docs/"
+	@echo "  Provider: http://127.0.0.1:8081/_fake/requests"
+	@echo
+	$(BIN)/honcho -f Procfile.dev start
+
+## test: lint, Django checks, schema validation and the test suite (needs PostgreSQL and Redis on localhost)
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py check --fail-level WARNING
+	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+ci:
+	bash .ci/run
+
+clean:
+	rm -rf $(VENV) .local staticfiles .pytest_cache .ruff_cache
