@@ -12,6 +12,15 @@ def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
     return serializers.ValidationError(exc.messages)
 
 
+class StrictCharField(serializers.CharField):
+    """A CharField that takes only strings: DRF's turns JSON numbers into text ("123")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class MessageSerializer(serializers.ModelSerializer):
     """How a message is shown everywhere in the API."""
 
@@ -33,10 +42,10 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class MessageCreateSerializer(serializers.Serializer):
-    recipient_phone_number = serializers.CharField(
+    recipient_phone_number = StrictCharField(
         max_length=64, help_text="International format with country code; stored in E.164, e.g. +905551112233."
     )
-    content = serializers.CharField(
+    content = StrictCharField(
         trim_whitespace=False,
         help_text="1 to MESSAGE_MAX_LENGTH characters (default 1000), counted as characters.",
     )

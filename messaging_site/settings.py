@@ -230,7 +230,7 @@ LOGGING = {
     "loggers": {
         "dispatcher": {"level": LOG_LEVEL},
         "messages_app": {"level": LOG_LEVEL},
-        "django_q": {"level": LOG_LEVEL},
+        "django-q": {"level": LOG_LEVEL},  # django-q2 logs under this name
     },
 }
 

@@ -125,3 +125,114 @@ def qcluster(tmp_path: Path, **env_overrides: str):
     """A real `manage.py qcluster` against the test database."""
     with running(["qcluster"], env=child_env(**env_overrides), log_path=tmp_path / "qcluster.log") as process:
         yield process
+
+
+def wait_for_log(process: RunningProcess, text: str, *, timeout: float) -> None:
+    """Wait until `text` appears in the process's log (or fail with the log if it exits first)."""
+
+    def seen() -> bool:
+        if text in process.log():
+            return True
+        assert process.popen.poll() is None, f"process exited ({process.popen.returncode}):\n{process.log()}"
+        return False
+
+    try:
+        wait_for(seen, timeout=timeout, what=repr(text))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- log:\n{process.log()}") from None
+
+
+def logs_of(*processes: RunningProcess) -> str:
+    """The logs of `processes`, labelled, for assertion messages."""
+    return "\n".join(f"--- {p.log_path.name}:\n{p.log()}" for p in processes)
+
+
+@contextmanager
+def qcluster_running(tmp_path: Path, *, timeout: float = 30, **env_overrides: str):
+    """`qcluster` that has reported it is running (its workers are up and polling the queue)."""
+    with qcluster(tmp_path, **env_overrides) as process:
+        wait_for_log(process, "running.", timeout=timeout)
+        yield process
+
+
+class InProcessFakeProvider:
+    """The fake provider served from a thread of the test process."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/"
+
+    @property
+    def state(self):
+        return self.server.state
+
+    def requests(self) -> list:
+        with self.server.state.lock:
+            return list(self.server.state.requests)
+
+
+@contextmanager
+def fake_provider_in_thread(**kwargs):
+    """`dispatcher.fakeprovider.make_fake_provider` on a free port, served by a thread until the block ends."""
+    import threading
+
+    from dispatcher.fakeprovider import make_fake_provider
+
+    server = make_fake_provider(port=free_port(), **kwargs)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield InProcessFakeProvider(server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+# A claimer in its own OS process: it connects, says it is ready (a file), waits
+# for the go file, then claims batches until none is left and prints the ids as
+# JSON. Each claim holds its row locks for `hold` seconds before committing, so
+# claimers running at once really do meet each other's locks.
+CLAIMER_SCRIPT = """
+import json, os, sys, time
+import django
+django.setup()
+from django.db import connection, transaction
+from django.utils import timezone
+from dispatcher.claiming import claim_batch
+
+ready, go, batch_size, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+connection.ensure_connection()
+open(ready, "w").close()
+deadline = time.monotonic() + 30
+while not os.path.exists(go):
+    if time.monotonic() > deadline:
+        sys.exit("no go signal within 30 s")
+    time.sleep(0.005)
+claimed = []
+while True:
+    with transaction.atomic():
+        ids = [m.pk for m in claim_batch(batch_size=batch_size, now=timezone.now())]
+        if ids:
+            time.sleep(hold)
+    if not ids:
+        break
+    claimed.extend(ids)
+connection.close()
+print(json.dumps(claimed))
+"""
+
+
+def start_claimer(tmp_path: Path, name: str, *, go_file: Path, batch_size: int, hold: float) -> tuple:
+    """Start a claimer process (see CLAIMER_SCRIPT); return (popen, ready_file)."""
+    ready = tmp_path / f"{name}.ready"
+    popen = subprocess.Popen(
+        [sys.executable, "-c", CLAIMER_SCRIPT, str(ready), str(go_file), str(batch_size), str(hold)],
+        cwd=REPO_ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    return popen, ready

@@ -1,0 +1,19 @@
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY . .
+# collectstatic only needs some SECRET_KEY to import the settings; it is not used at run time.
+RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --no-input \
+    && useradd --create-home --uid 10001 app \
+    && mkdir -p /app/.local && chown -R app /app/.local
+
+USER app
+EXPOSE 8000
+CMD ["gunicorn", "messaging_site.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
