@@ -13,6 +13,13 @@ from messages_app.validators import normalize_phone_number, validate_content
 class MessageAdminForm(forms.ModelForm):
     """Validates and normalises exactly as the API does."""
 
+    # As typed, before normalisation: wider than the stored E.164 (16), like the API's.
+    recipient_phone_number = forms.CharField(
+        max_length=64, help_text="International format with country code, e.g. +90 555 111 22 33."
+    )
+    # Kept exactly as typed, as the API does (Django's form field would strip it).
+    content = forms.CharField(widget=forms.Textarea, strip=False)
+
     class Meta:
         model = Message
         fields = ["recipient_phone_number", "content"]

@@ -66,11 +66,13 @@ class MessageCreateSerializer(serializers.Serializer):
 class MessageBulkCreateSerializer(serializers.Serializer):
     messages = MessageCreateSerializer(many=True, allow_empty=False)
 
-    def validate_messages(self, value: list[dict]) -> list[dict]:
-        limit = settings.MESSAGE_BULK_MAX_ITEMS
-        if len(value) > limit:
-            raise serializers.ValidationError(f"At most {limit} messages per request; got {len(value)}.")
-        return value
+    def get_fields(self):
+        fields = super().get_fields()
+        # ListSerializer checks max_length before validating any item, so an
+        # oversized request is refused without parsing its phone numbers.
+        fields["messages"].max_length = settings.MESSAGE_BULK_MAX_ITEMS
+        fields["messages"].error_messages["max_length"] = "At most {max_length} messages per request."
+        return fields
 
 
 class MessageBulkResultSerializer(serializers.Serializer):

@@ -121,32 +121,45 @@ def test_create_accepts_content_at_the_limit_counted_in_characters(api_client, s
     assert Message.objects.get().content == content
 
 
+PHONE = "+905551112233"
+OMIT = object()
+
+
+def body_of(phone=PHONE, content="hi") -> dict:
+    body = {"recipient_phone_number": phone, "content": content}
+    return {key: value for key, value in body.items() if value is not OMIT}
+
+
+PHONE_ERROR = {"recipient_phone_number"}
+CONTENT_ERROR = {"content"}
+
+
 @pytest.mark.parametrize(
     ("body", "error_fields"),
     [
         pytest.param({}, {"recipient_phone_number", "content"}, id="empty-object"),
-        pytest.param({"content": "hi"}, {"recipient_phone_number"}, id="missing-phone"),
-        pytest.param({"recipient_phone_number": "+905551112233"}, {"content"}, id="missing-content"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": 123}, {"content"}, id="content-int"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": 1.5}, {"content"}, id="content-float"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": True}, {"content"}, id="content-bool"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": ["hi"]}, {"content"}, id="content-list"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": {"a": 1}}, {"content"}, id="content-obj"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": None}, {"content"}, id="content-null"),
-        pytest.param({"recipient_phone_number": 905551112233, "content": "hi"}, {"recipient_phone_number"}, id="ph-int"),
-        pytest.param({"recipient_phone_number": ["+905551112233"], "content": "hi"}, {"recipient_phone_number"}, id="ph-list"),
-        pytest.param({"recipient_phone_number": None, "content": "hi"}, {"recipient_phone_number"}, id="phone-null"),
-        pytest.param({"recipient_phone_number": "+90 555 ABC", "content": "hi"}, {"recipient_phone_number"}, id="letters"),
-        pytest.param({"recipient_phone_number": "5551112233", "content": "hi"}, {"recipient_phone_number"}, id="no-cc"),
-        pytest.param({"recipient_phone_number": "+90 123 456 78 90", "content": "hi"}, {"recipient_phone_number"}, id="bad-tr"),
-        pytest.param({"recipient_phone_number": "", "content": "hi"}, {"recipient_phone_number"}, id="phone-empty"),
-        pytest.param({"recipient_phone_number": "+9" + "0" * 80, "content": "hi"}, {"recipient_phone_number"}, id="ph-long"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": ""}, {"content"}, id="content-empty"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": "  \n\t "}, {"content"}, id="content-blank"),
-        pytest.param({"recipient_phone_number": "+905551112233", "content": "a\x00b"}, {"content"}, id="content-nul"),
-        pytest.param({"recipient_phone_number": "x", "content": ""}, {"recipient_phone_number", "content"}, id="both-bad"),
+        pytest.param(body_of(phone=OMIT), PHONE_ERROR, id="missing-phone"),
+        pytest.param(body_of(content=OMIT), CONTENT_ERROR, id="missing-content"),
+        pytest.param(body_of(content=123), CONTENT_ERROR, id="content-int"),
+        pytest.param(body_of(content=1.5), CONTENT_ERROR, id="content-float"),
+        pytest.param(body_of(content=True), CONTENT_ERROR, id="content-bool"),
+        pytest.param(body_of(content=["hi"]), CONTENT_ERROR, id="content-list"),
+        pytest.param(body_of(content={"a": 1}), CONTENT_ERROR, id="content-object"),
+        pytest.param(body_of(content=None), CONTENT_ERROR, id="content-null"),
+        pytest.param(body_of(content=""), CONTENT_ERROR, id="content-empty"),
+        pytest.param(body_of(content="  \n\t "), CONTENT_ERROR, id="content-blank"),
+        pytest.param(body_of(content="a\x00b"), CONTENT_ERROR, id="content-nul"),
+        pytest.param(body_of(phone=905551112233), PHONE_ERROR, id="phone-int"),
+        pytest.param(body_of(phone=["+905551112233"]), PHONE_ERROR, id="phone-list"),
+        pytest.param(body_of(phone=None), PHONE_ERROR, id="phone-null"),
+        pytest.param(body_of(phone=""), PHONE_ERROR, id="phone-empty"),
+        pytest.param(body_of(phone="+90 555 ABC"), PHONE_ERROR, id="phone-letters"),
+        pytest.param(body_of(phone="5551112233"), PHONE_ERROR, id="phone-no-country-code"),
+        pytest.param(body_of(phone="+90 123 456 78 90"), PHONE_ERROR, id="phone-invalid-for-country"),
+        pytest.param(body_of(phone="+9" + "0" * 80), PHONE_ERROR, id="phone-too-long"),
+        pytest.param(body_of(phone="x", content=""), {"recipient_phone_number", "content"}, id="both-bad"),
     ],
-)  # fmt: skip
+)
 def test_create_with_bad_input_is_400_with_field_errors_and_writes_nothing(api_client, body, error_fields):
     response = api_client.post(LIST_URL, body, format="json")
 
@@ -268,9 +281,7 @@ def test_bulk_create_with_a_bad_envelope_is_400(api_client, body):
 
 
 def test_bulk_create_with_a_bare_list_body_is_400(api_client):
-    response = api_client.post(
-        BULK_URL, [{"recipient_phone_number": "+905551112233", "content": "hi"}], format="json"
-    )
+    response = api_client.post(BULK_URL, [{"recipient_phone_number": "+905551112233", "content": "hi"}], format="json")
     assert response.status_code == 400, response.content
     assert not Message.objects.exists()
 
@@ -338,9 +349,7 @@ def test_list_with_an_invalid_status_is_400(api_client, status):
     assert "status" in response.json()
 
 
-@pytest.mark.parametrize(
-    "query", ["+905551112233", "+90 555 111 22 33", "+90 (555) 111-22-33", " +90-555-111-2233 "]
-)
+@pytest.mark.parametrize("query", ["+905551112233", "+90 555 111 22 33", "+90 (555) 111-22-33", " +90-555-111-2233 "])
 def test_list_filters_by_recipient_in_any_format(api_client, query):
     wanted = [make_message(recipient_phone_number="+905551112233").pk for _ in range(2)]
     make_message(recipient_phone_number="+905551112234")

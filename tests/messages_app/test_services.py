@@ -117,9 +117,7 @@ def test_bulk_create_of_nothing_creates_nothing():
 
 
 def test_requeue_puts_a_failed_message_back_in_the_queue():
-    failed = make_message(
-        status=Status.FAILED, attempts=3, last_error="provider said 500", claimed_at=timezone.now()
-    )
+    failed = make_message(status=Status.FAILED, attempts=3, last_error="provider said 500", claimed_at=timezone.now())
 
     requeued = message_requeue(message_id=failed.pk)
 

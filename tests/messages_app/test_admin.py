@@ -1,0 +1,424 @@
+"""The Django admin: messages (list, add, requeue action) and the dispatcher page."""
+
+import datetime as dt
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.contrib.messages import get_messages
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from dispatcher.models import DispatcherState
+from messages_app.models import Message
+from tests.factories import make_message, make_user
+
+pytestmark = pytest.mark.django_db
+
+Status = Message.Status
+
+CHANGELIST = "/admin/messages_app/message/"
+ADD = "/admin/messages_app/message/add/"
+
+
+@pytest.fixture
+def admin_client_(client) -> Client:
+    client.force_login(make_user(username="root", superuser=True))
+    return client
+
+
+def listed_ids(response) -> list[int]:
+    return [m.pk for m in response.context["cl"].result_list]
+
+
+def flash_messages(response) -> list[tuple[str, str]]:
+    return [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
+
+
+def set_state(**fields) -> DispatcherState:
+    fields.setdefault("running", True)
+    fields.setdefault("batch_size", 3)
+    fields.setdefault("interval_seconds", 60)
+    fields.setdefault("next_tick_at", timezone.now() if fields["running"] else None)
+    state, _ = DispatcherState.objects.update_or_create(pk=DispatcherState.SINGLETON_PK, defaults=fields)
+    return state
+
+
+# --- message changelist -----------------------------------------------------------------------
+
+
+def test_changelist_lists_messages_newest_first(admin_client_):
+    ids = [make_message(status=s).pk for s in Status]
+
+    response = admin_client_.get(CHANGELIST)
+
+    assert response.status_code == 200
+    assert listed_ids(response) == sorted(ids, reverse=True)
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_changelist_filters_by_status(admin_client_, status):
+    by_status = {s: make_message(status=s).pk for s in Status}
+
+    response = admin_client_.get(CHANGELIST, {"status__exact": status.value})
+
+    assert response.status_code == 200
+    assert listed_ids(response) == [by_status[status]]
+
+
+def test_changelist_searches_by_phone_number(admin_client_):
+    hit = make_message(recipient_phone_number="+905551112233")
+    make_message(recipient_phone_number="+442079460000")
+
+    response = admin_client_.get(CHANGELIST, {"q": "+905551112233"})
+
+    assert response.status_code == 200
+    assert listed_ids(response) == [hit.pk]
+
+
+def test_changelist_searches_content_uuid_and_provider_id(admin_client_):
+    by_content = make_message(content="your code is 4711")
+    by_uuid = make_message()
+    by_provider = make_message(status=Status.SENT, provider_message_id="prov-abc-123")
+    make_message(content="unrelated")
+
+    assert listed_ids(admin_client_.get(CHANGELIST, {"q": "4711"})) == [by_content.pk]
+    assert listed_ids(admin_client_.get(CHANGELIST, {"q": str(by_uuid.uuid)})) == [by_uuid.pk]
+    assert listed_ids(admin_client_.get(CHANGELIST, {"q": "prov-abc-123"})) == [by_provider.pk]
+
+
+def test_changelist_search_with_a_non_uuid_does_not_error(admin_client_):
+    make_message(content="hello")
+    response = admin_client_.get(CHANGELIST, {"q": "not-a-uuid"})
+    assert response.status_code == 200
+    assert listed_ids(response) == []
+
+
+def test_changelist_date_hierarchy(admin_client_):
+    this_year = make_message()
+    last_year = make_message()
+    a_year_ago = timezone.now() - dt.timedelta(days=400)
+    Message.objects.filter(pk=last_year.pk).update(created_at=a_year_ago)
+
+    everything = admin_client_.get(CHANGELIST)
+    assert everything.status_code == 200
+    assert b"created_at__year" in everything.content  # the hierarchy links
+
+    now = timezone.now()
+    month = admin_client_.get(CHANGELIST, {"created_at__year": now.year, "created_at__month": now.month})
+    assert month.status_code == 200
+    assert listed_ids(month) == [this_year.pk]
+
+    old = admin_client_.get(
+        CHANGELIST,
+        {"created_at__year": a_year_ago.year, "created_at__month": a_year_ago.month, "created_at__day": a_year_ago.day},
+    )
+    assert old.status_code == 200
+    assert listed_ids(old) == [last_year.pk]
+
+
+def test_changelist_needs_a_staff_login(client):
+    client.force_login(make_user(username="plain"))
+    response = client.get(CHANGELIST)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+# --- add ---------------------------------------------------------------------------------------
+
+
+def test_add_page_loads(admin_client_):
+    response = admin_client_.get(ADD)
+    assert response.status_code == 200
+    assert set(response.context["adminform"].form.fields) == {"recipient_phone_number", "content"}
+
+
+def test_add_creates_a_normalised_unsent_message(admin_client_):
+    response = admin_client_.post(ADD, {"recipient_phone_number": "+90 555 111 22 33", "content": "from the admin"})
+
+    assert response.status_code == 302, response.content
+    message = Message.objects.get()
+    assert message.recipient_phone_number == "+905551112233"
+    assert message.content == "from the admin"
+    assert message.status == Status.UNSENT
+    assert response["Location"] == CHANGELIST
+
+
+def test_add_and_continue_goes_to_the_new_message(admin_client_):
+    response = admin_client_.post(ADD, {"recipient_phone_number": "+905551112233", "content": "hi", "_continue": "1"})
+    assert response.status_code == 302
+    message = Message.objects.get()
+    assert response["Location"] == f"/admin/messages_app/message/{message.pk}/change/"
+    assert admin_client_.get(response["Location"]).status_code == 200
+
+
+def test_add_keeps_content_as_given_like_the_api(admin_client_):
+    admin_client_.post(ADD, {"recipient_phone_number": "+905551112233", "content": "  indented\n"})
+    assert Message.objects.get().content == "  indented\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"recipient_phone_number": "+90 555 ABC", "content": "hi"}, "recipient_phone_number"),
+        ({"recipient_phone_number": "5551112233", "content": "hi"}, "recipient_phone_number"),
+        ({"recipient_phone_number": "+90 123 456 78 90", "content": "hi"}, "recipient_phone_number"),
+        ({"recipient_phone_number": "", "content": "hi"}, "recipient_phone_number"),
+        ({"recipient_phone_number": "+905551112233", "content": ""}, "content"),
+        ({"recipient_phone_number": "+905551112233", "content": "   "}, "content"),
+        ({"recipient_phone_number": "+905551112233", "content": "a\x00b"}, "content"),
+    ],
+)
+def test_add_with_invalid_input_shows_a_form_error_and_writes_nothing(admin_client_, data, field):
+    response = admin_client_.post(ADD, data)
+
+    assert response.status_code == 200
+    assert field in response.context["adminform"].form.errors
+    assert not Message.objects.exists()
+
+
+def test_add_with_over_long_content_shows_a_form_error(admin_client_, settings):
+    settings.MESSAGE_MAX_LENGTH = 5
+    response = admin_client_.post(ADD, {"recipient_phone_number": "+905551112233", "content": "123456"})
+    assert response.status_code == 200
+    assert "limit is 5" in str(response.context["adminform"].form.errors["content"])
+    assert not Message.objects.exists()
+
+
+def test_an_existing_message_is_read_only(admin_client_):
+    message = make_message(content="original")
+    url = f"/admin/messages_app/message/{message.pk}/change/"
+
+    page = admin_client_.get(url)
+    assert page.status_code == 200
+    assert b"original" in page.content
+    assert b'name="content"' not in page.content
+
+    response = admin_client_.post(url, {"recipient_phone_number": "+442079460000", "content": "edited"})
+    assert response.status_code == 403
+    stored = Message.objects.get(pk=message.pk)
+    assert (stored.content, stored.recipient_phone_number) == ("original", message.recipient_phone_number)
+
+
+# --- requeue_failed action ----------------------------------------------------------------------
+
+
+def test_requeue_action_requeues_only_failed_messages_and_reports_counts(admin_client_):
+    failed = [make_message(status=Status.FAILED) for _ in range(2)]
+    sent = make_message(status=Status.SENT)
+    unsent = make_message(status=Status.UNSENT)
+    untouched_failed = make_message(status=Status.FAILED)
+    selected = [*failed, sent, unsent]
+
+    response = admin_client_.post(
+        CHANGELIST, {"action": "requeue_failed", "_selected_action": [m.pk for m in selected], "index": "0"}
+    )
+
+    assert response.status_code == 302
+    assert {m.pk: Message.objects.get(pk=m.pk).status for m in selected} == {
+        failed[0].pk: Status.UNSENT,
+        failed[1].pk: Status.UNSENT,
+        sent.pk: Status.SENT,
+        unsent.pk: Status.UNSENT,
+    }
+    assert Message.objects.get(pk=untouched_failed.pk).status == Status.FAILED
+    assert flash_messages(response) == [
+        ("success", "Requeued 2 failed message(s)."),
+        ("warning", "Skipped 2 message(s) that were not failed."),
+    ]
+
+
+def test_requeue_action_with_only_failed_selected_reports_no_skips(admin_client_):
+    failed = make_message(status=Status.FAILED)
+
+    response = admin_client_.post(
+        CHANGELIST, {"action": "requeue_failed", "_selected_action": [failed.pk], "index": "0"}
+    )
+
+    assert Message.objects.get(pk=failed.pk).status == Status.UNSENT
+    assert flash_messages(response) == [("success", "Requeued 1 failed message(s).")]
+
+
+def test_requeue_action_across_all_rows(admin_client_):
+    failed = [make_message(status=Status.FAILED) for _ in range(3)]
+    sent = make_message(status=Status.SENT)
+
+    response = admin_client_.post(
+        CHANGELIST,
+        {"action": "requeue_failed", "_selected_action": [failed[0].pk], "select_across": "1", "index": "0"},
+    )
+
+    assert response.status_code == 302
+    assert set(Message.objects.filter(pk__in=[m.pk for m in failed]).values_list("status", flat=True)) == {
+        Status.UNSENT
+    }
+    assert Message.objects.get(pk=sent.pk).status == Status.SENT
+    assert ("success", "Requeued 3 failed message(s).") in flash_messages(response)
+
+
+def test_requeue_action_is_not_available_without_change_permission(client):
+    viewer = make_user(username="viewer", staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_message"))
+    client.force_login(viewer)
+    failed = make_message(status=Status.FAILED)
+
+    page = client.get(CHANGELIST)
+    assert page.status_code == 200
+    assert b"requeue_failed" not in page.content
+
+    client.post(CHANGELIST, {"action": "requeue_failed", "_selected_action": [failed.pk], "index": "0"})
+    assert Message.objects.get(pk=failed.pk).status == Status.FAILED
+
+
+# --- the dispatcher page ----------------------------------------------------------------------------
+
+DISPATCHER_CHANGELIST = "/admin/dispatcher/dispatcherstate/"
+
+
+def dispatcher_change_url() -> str:
+    return reverse("admin:dispatcher_dispatcherstate_change", args=[DispatcherState.SINGLETON_PK])
+
+
+def test_dispatcher_changelist_redirects_to_the_one_change_page(admin_client_):
+    DispatcherState.objects.all().delete()
+
+    response = admin_client_.get(DISPATCHER_CHANGELIST)
+
+    assert response.status_code == 302
+    assert response["Location"] == dispatcher_change_url()
+    assert DispatcherState.objects.count() == 1  # created on the way
+
+
+def test_dispatcher_page_shows_the_state_counts_and_the_stop_button(admin_client_):
+    set_state(running=True, batch_size=4, interval_seconds=90)
+    for status, n in {Status.UNSENT: 2, Status.SENT: 3, Status.FAILED: 1}.items():
+        for _ in range(n):
+            make_message(status=status)
+
+    response = admin_client_.get(dispatcher_change_url())
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "unsent: 2, processing: 0, sent: 3, failed: 1" in html
+    assert 'id="dispatcher-stop"' in html
+    assert 'id="dispatcher-start"' not in html
+    assert reverse("admin:dispatcher_dispatcherstate_stop") in html
+    form = response.context["adminform"].form
+    assert set(form.fields) == {"batch_size", "interval_seconds"}
+    assert (form.initial["batch_size"], form.initial["interval_seconds"]) == (4, 90)
+
+
+def test_dispatcher_page_of_a_stopped_dispatcher_shows_the_start_button(admin_client_):
+    set_state(running=False)
+
+    html = admin_client_.get(dispatcher_change_url()).content.decode()
+
+    assert 'id="dispatcher-start"' in html
+    assert 'id="dispatcher-stop"' not in html
+    assert reverse("admin:dispatcher_dispatcherstate_start") in html
+
+
+def test_dispatcher_cannot_be_added_or_deleted(admin_client_):
+    set_state()
+    assert admin_client_.get("/admin/dispatcher/dispatcherstate/add/").status_code == 403
+    delete_url = reverse("admin:dispatcher_dispatcherstate_delete", args=[DispatcherState.SINGLETON_PK])
+    assert admin_client_.post(delete_url, {"post": "yes"}).status_code == 403
+    assert DispatcherState.objects.count() == 1
+
+
+def test_start_button_starts_the_dispatcher(admin_client_, django_capture_on_commit_callbacks):
+    set_state(running=False)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client_.post(reverse("admin:dispatcher_dispatcherstate_start"))
+
+    assert response.status_code == 302
+    assert response["Location"] == dispatcher_change_url()
+    state = DispatcherState.objects.get()
+    assert state.running is True
+    assert abs((state.next_tick_at - timezone.now()).total_seconds()) < 5
+    assert OrmQ.objects.count() == 1
+    assert flash_messages(response) == [("success", "Dispatcher started: the first tick runs now.")]
+
+
+def test_stop_button_stops_the_dispatcher(admin_client_):
+    set_state(running=True)
+
+    response = admin_client_.post(reverse("admin:dispatcher_dispatcherstate_stop"))
+
+    assert response.status_code == 302
+    assert response["Location"] == dispatcher_change_url()
+    state = DispatcherState.objects.get()
+    assert state.running is False
+    assert state.next_tick_at is None
+    assert flash_messages(response) == [("success", "Dispatcher stopped: no more messages will be claimed.")]
+
+
+@pytest.mark.parametrize(("name", "running"), [("start", False), ("stop", True)])
+def test_start_and_stop_refuse_get(admin_client_, name, running):
+    set_state(running=running)
+
+    response = admin_client_.get(reverse(f"admin:dispatcher_dispatcherstate_{name}"))
+
+    assert response.status_code == 403
+    assert DispatcherState.objects.get().running is running
+
+
+@pytest.mark.parametrize(("name", "running"), [("start", False), ("stop", True)])
+def test_start_and_stop_need_a_staff_login(client, name, running):
+    set_state(running=running)
+    client.force_login(make_user(username="plain"))
+
+    response = client.post(reverse(f"admin:dispatcher_dispatcherstate_{name}"))
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+    assert DispatcherState.objects.get().running is running
+
+
+@pytest.mark.parametrize(("name", "running"), [("start", False), ("stop", True)])
+def test_start_and_stop_need_change_permission(client, name, running):
+    set_state(running=running)
+    viewer = make_user(username="viewer", staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_dispatcherstate"))
+    client.force_login(viewer)
+
+    response = client.post(reverse(f"admin:dispatcher_dispatcherstate_{name}"))
+
+    assert response.status_code == 403
+    assert DispatcherState.objects.get().running is running
+
+
+def test_saving_the_form_changes_the_pace(admin_client_):
+    set_state(running=False, batch_size=3, interval_seconds=60)
+
+    response = admin_client_.post(dispatcher_change_url(), {"batch_size": "25", "interval_seconds": "15"})
+
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
+    state = DispatcherState.objects.get()
+    assert (state.batch_size, state.interval_seconds) == (25, 15)
+    assert state.running is False  # saving the pace does not start or stop it
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"batch_size": "0", "interval_seconds": "60"}, "batch_size"),
+        ({"batch_size": "-3", "interval_seconds": "60"}, "batch_size"),
+        ({"batch_size": "10001", "interval_seconds": "60"}, "batch_size"),
+        ({"batch_size": "many", "interval_seconds": "60"}, "batch_size"),
+        ({"batch_size": "", "interval_seconds": "60"}, "batch_size"),
+        ({"batch_size": "5", "interval_seconds": "0"}, "interval_seconds"),
+        ({"batch_size": "5", "interval_seconds": "86401"}, "interval_seconds"),
+    ],
+)
+def test_saving_an_invalid_pace_shows_a_form_error_and_changes_nothing(admin_client_, data, field):
+    set_state(running=True, batch_size=3, interval_seconds=60)
+    before = DispatcherState.objects.values().get()
+
+    response = admin_client_.post(dispatcher_change_url(), data)
+
+    assert response.status_code == 200
+    assert field in response.context["adminform"].form.errors
+    assert DispatcherState.objects.values().get() == before
