@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -34,21 +34,28 @@ class Faults:
     missing_message_id: bool = False
 
     def update(self, changes: dict) -> None:
+        """Apply all of `changes` or, if any is invalid, none of them (ValueError)."""
         known = {f.name: f.type for f in fields(self)}
+        candidate = replace(self)
         for name, value in changes.items():
             if name not in known:
                 raise ValueError(f"unknown fault {name!r}; known: {', '.join(known)}")
-            current = getattr(self, name)
+            current = getattr(candidate, name)
             if isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be true or false")
             elif not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ValueError(f"{name} must be a number")
-            setattr(self, name, type(current)(value))
-        if not 0.0 <= self.error_rate <= 1.0:
+            setattr(candidate, name, type(current)(value))
+        if not 0.0 <= candidate.error_rate <= 1.0:
             raise ValueError("error_rate must be between 0 and 1")
-        if self.latency_ms < 0:
+        if candidate.latency_ms < 0:
             raise ValueError("latency_ms must not be negative")
+        for name in ("error_status", "status_code"):
+            if not 100 <= getattr(candidate, name) <= 599:
+                raise ValueError(f"{name} must be an HTTP status (100-599)")
+        for name in known:
+            setattr(self, name, getattr(candidate, name))
 
 
 @dataclass
@@ -74,6 +81,13 @@ class FakeProviderState:
             self.requests.append(entry)
             if len(self.requests) > KEPT_REQUESTS:
                 del self.requests[: len(self.requests) - KEPT_REQUESTS]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a valid but unnamed status, such as 520
+        return "Error"
 
 
 class FakeProviderHandler(BaseHTTPRequestHandler):
@@ -151,7 +165,7 @@ class FakeProviderHandler(BaseHTTPRequestHandler):
         elif not isinstance(to, str) or not isinstance(content, str):
             status, answer = 400, {"message": 'Bad request: expected JSON {"to": str, "content": str}'}
         elif fail:
-            status, answer = faults.error_status, {"message": HTTPStatus(faults.error_status).phrase}
+            status, answer = faults.error_status, {"message": _phrase(faults.error_status)}
         else:
             status, answer = faults.status_code, {"message": "Accepted"}
             if not faults.missing_message_id:

@@ -150,6 +150,7 @@ def logs_of(*processes: RunningProcess) -> str:
 @contextmanager
 def qcluster_running(tmp_path: Path, *, timeout: float = 30, **env_overrides: str):
     """`qcluster` that has reported it is running (its workers are up and polling the queue)."""
+    env_overrides.setdefault("LOG_LEVEL", "INFO")  # the readiness line, and what tests look for, are INFO
     with qcluster(tmp_path, **env_overrides) as process:
         wait_for_log(process, "running.", timeout=timeout)
         yield process

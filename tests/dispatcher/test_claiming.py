@@ -76,10 +76,7 @@ def test_claim_respects_batch_size(batch_size):
 def test_claim_takes_only_unsent_and_marks_them_processing_with_claimed_at():
     # The non-unsent ones are the oldest, so a claim that ignored status would take them first.
     now = timezone.now()
-    others = {
-        status: make_message(status=status)
-        for status in (Status.SENT, Status.FAILED, Status.PROCESSING)
-    }
+    others = {status: make_message(status=status) for status in (Status.SENT, Status.FAILED, Status.PROCESSING)}
     Message.objects.filter(pk__in=[m.pk for m in others.values()]).update(created_at=now - timedelta(hours=1))
     unsent = make_aged(30, 20)
 

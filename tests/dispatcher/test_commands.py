@@ -1,0 +1,233 @@
+"""`manage.py dispatcher ...` and `manage.py fakeprovider` (option checks only: serving is in test_providers)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from dispatcher.models import DispatcherState
+from dispatcher.providers import ProviderError, locmem
+from messages_app.models import Message
+from tests.factories import make_message
+from tests.processes import free_port
+
+Status = Message.Status
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def get_state() -> DispatcherState:
+    return DispatcherState.objects.get(pk=DispatcherState.SINGLETON_PK)
+
+
+@pytest.fixture
+def running_dispatcher(db):
+    DispatcherState.objects.update(running=True, batch_size=2, interval_seconds=60, next_tick_at=timezone.now())
+
+
+@pytest.fixture
+def stopped_dispatcher(db):
+    DispatcherState.objects.update(running=False, next_tick_at=None, batch_size=2, interval_seconds=60)
+
+
+# --- dispatcher status / start / stop ------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_status_shows_state_pace_and_counts(running_dispatcher):
+    make_message()
+    make_message()
+    make_message(status=Status.SENT)
+    make_message(status=Status.FAILED)
+
+    out = run("dispatcher", "status")
+
+    assert "running:          yes" in out
+    assert "batch size:       2" in out
+    assert "interval:         60 s" in out
+    assert "last tick:        -" in out
+    assert "messages:         unsent 2, processing 0, sent 1, failed 1" in out
+
+
+def test_status_when_stopped_shows_no_next_tick(stopped_dispatcher):
+    out = run("dispatcher", "status")
+    assert "running:          no" in out
+    assert "next tick:        -" in out
+
+
+def test_stop_then_start(running_dispatcher):
+    out = run("dispatcher", "stop")
+    assert "running:          no" in out
+    assert get_state().running is False
+    assert run("dispatcher", "stop").count("running:          no") == 1  # idempotent
+
+    out = run("dispatcher", "start")
+    assert "running:          yes" in out
+    state = get_state()
+    assert state.running is True
+    assert state.next_tick_at is not None and state.next_tick_at <= timezone.now()
+
+
+# --- dispatcher configure ---------------------------------------------------------------
+
+
+def test_configure_changes_the_pace(running_dispatcher):
+    out = run("dispatcher", "configure", "--batch-size", "25", "--interval-seconds", "5")
+    assert "batch size:       25" in out
+    assert "interval:         5 s" in out
+    state = get_state()
+    assert (state.batch_size, state.interval_seconds) == (25, 5)
+
+
+def test_configure_one_value_keeps_the_other(running_dispatcher):
+    run("dispatcher", "configure", "--interval-seconds", "9")
+    assert (get_state().batch_size, get_state().interval_seconds) == (2, 9)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give --batch-size, --interval-seconds or both"),
+        (["--batch-size", "0"], "Batch size must be between 1 and 10000"),
+        (["--batch-size", "10001"], "Batch size must be between 1 and 10000"),
+        (["--interval-seconds", "0"], "Interval must be between 1 and 86400"),
+        (["--batch-size", "3", "--interval-seconds", "100000"], "Interval must be between 1 and 86400"),
+    ],
+)
+def test_configure_rejects_bad_values(running_dispatcher, args, message):
+    with pytest.raises(CommandError, match=message):
+        run("dispatcher", "configure", *args)
+    assert (get_state().batch_size, get_state().interval_seconds) == (2, 60)
+
+
+def test_configure_rejects_non_numbers(running_dispatcher):
+    with pytest.raises(CommandError, match="invalid int value"):
+        run("dispatcher", "configure", "--batch-size", "lots")
+
+
+def test_unknown_operation_is_an_error(db):
+    with pytest.raises(CommandError):
+        run("dispatcher", "explode")
+
+
+# --- dispatcher tick ------------------------------------------------------------------
+
+
+def test_tick_sends_one_batch_and_prints_it(running_dispatcher):
+    messages = [make_message(content=f"m{i}") for i in range(3)]
+
+    out = run("dispatcher", "tick")
+
+    assert [e.message_pk for e in locmem.outbox] == [messages[0].pk, messages[1].pk]
+    for entry, message in zip(locmem.outbox, messages, strict=False):
+        assert f"sent   message {message.pk} ({message.uuid}) messageId={entry.message_id}" in out
+    assert "2 sent, 0 failed." in out
+    assert "cache write failed" not in out
+    assert Message.objects.get(pk=messages[2].pk).status == Status.UNSENT
+
+
+def test_tick_prints_failures(running_dispatcher):
+    message = make_message()
+    locmem.failures.append(ProviderError("provider answered HTTP 500: oops"))
+
+    out = run("dispatcher", "tick")
+
+    assert f"failed message {message.pk} ({message.uuid}): provider answered HTTP 500: oops" in out
+    assert "0 sent, 1 failed." in out
+    assert Message.objects.get(pk=message.pk).status == Status.FAILED
+
+
+def test_tick_with_nothing_to_send(running_dispatcher):
+    assert run("dispatcher", "tick").strip() == "No unsent messages."
+
+
+def test_tick_when_stopped_is_an_error(stopped_dispatcher):
+    message = make_message()
+    with pytest.raises(CommandError, match="stopped"):
+        run("dispatcher", "tick")
+    assert Message.objects.get(pk=message.pk).status == Status.UNSENT
+    assert locmem.outbox == []
+
+
+def test_forced_tick_when_stopped_sends_and_stays_stopped(stopped_dispatcher):
+    message = make_message()
+    out = run("dispatcher", "tick", "--force")
+    assert f"sent   message {message.pk}" in out
+    assert Message.objects.get(pk=message.pk).status == Status.SENT
+    assert get_state().running is False
+
+
+def test_tick_says_when_the_delivery_cache_is_down(running_dispatcher, settings):
+    settings.CACHES = {
+        **settings.CACHES,
+        "deliveries": {
+            **settings.CACHES["deliveries"],
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {
+                **settings.CACHES["deliveries"]["OPTIONS"],
+                "SOCKET_CONNECT_TIMEOUT": 0.5,
+                "SOCKET_TIMEOUT": 0.5,
+            },
+        },
+    }
+    message = make_message()
+    out = run("dispatcher", "tick")
+    assert f"sent   message {message.pk}" in out
+    assert "(delivery cache write failed)" in out
+    assert Message.objects.get(pk=message.pk).status == Status.SENT
+
+
+# --- fakeprovider option checks --------------------------------------------------------
+
+
+def fakeprovider_error(*args: str) -> CommandError:
+    """Run `fakeprovider` expecting it to refuse to start; fail (not hang) if it serves instead."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call_command("fakeprovider", *args, stdout=StringIO())
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert outcome, "fakeprovider started serving instead of refusing"
+    assert isinstance(outcome[0], CommandError), outcome[0]
+    return outcome[0]
+
+
+def test_fakeprovider_on_a_busy_port_is_an_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        error = fakeprovider_error("--port", str(port))
+        assert f"cannot listen on 127.0.0.1:{port}" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--error-rate", "1.5"], "error_rate must be between 0 and 1"),
+        (["--error-rate", "-0.1"], "error_rate must be between 0 and 1"),
+        (["--error-rate", "often"], "invalid float value"),
+        (["--latency-ms", "-5"], "latency_ms must not be negative"),
+        (["--error-status", "700"], "HTTP status"),
+        (["--status-code", "42"], "HTTP status"),
+    ],
+)
+def test_fakeprovider_rejects_bad_options(args, message):
+    # The port is free: a bad option must stop it before it starts serving.
+    assert message in str(fakeprovider_error("--port", str(free_port()), *args))

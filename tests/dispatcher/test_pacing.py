@@ -1,0 +1,212 @@
+"""Dispatch windows: pacing ticks in real time against real PostgreSQL (locmem provider)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from dispatcher.models import DispatcherState
+from dispatcher.pacing import run_dispatch_window
+from dispatcher.providers import BaseProvider, ProviderResult, locmem
+from dispatcher.services import dispatcher_stop
+from messages_app.models import Message
+from tests.factories import phone_number
+from tests.processes import wait_for
+
+Status = Message.Status
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def one_a_second(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_BACKEND": "locmem"}
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(
+        running=True, batch_size=1, interval_seconds=1, next_tick_at=timezone.now(), last_tick_at=None
+    )
+
+
+def make_messages(n: int) -> None:
+    Message.objects.bulk_create([Message(recipient_phone_number=phone_number(), content=f"m{i}") for i in range(n)])
+
+
+def never_stop() -> bool:
+    return False
+
+
+class WindowThread(threading.Thread):
+    """run_dispatch_window in a thread with its own database connection."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(daemon=True)
+        kwargs.setdefault("should_stop", never_stop)
+        self.kwargs = kwargs
+        self.ticks: int | None = None
+        self.error: BaseException | None = None
+        self.started_at = self.ended_at = 0.0
+
+    def run(self) -> None:
+        self.started_at = time.monotonic()
+        try:
+            self.ticks = run_dispatch_window(**self.kwargs)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.ended_at = time.monotonic()
+            connection.close()
+
+    def finish(self, timeout: float) -> int:
+        self.join(timeout)
+        assert not self.is_alive(), f"the window did not end within {timeout} s"
+        assert self.error is None, self.error
+        return self.ticks
+
+
+def closing_reason(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "closed after" in r.getMessage()]
+
+
+def test_a_window_ticks_once_per_interval(caplog):
+    make_messages(20)
+    started = time.monotonic()
+
+    ticks = run_dispatch_window(window_seconds=4, should_stop=never_stop)
+
+    elapsed = time.monotonic() - started
+    assert 3.9 <= elapsed < 5.5
+    assert 3 <= ticks <= 5
+    assert len(locmem.outbox) == ticks  # one message per tick
+    assert Message.objects.filter(status=Status.SENT).count() == ticks
+    assert Message.objects.filter(status=Status.PROCESSING).count() == 0
+    # sent oldest first, about a second apart
+    sent = list(Message.objects.filter(status=Status.SENT).order_by("sent_at"))
+    assert [m.pk for m in sent] == sorted(m.pk for m in sent)
+    gaps = [(b.sent_at - a.sent_at).total_seconds() for a, b in itertools.pairwise(sent)]
+    assert all(0.7 <= gap <= 1.5 for gap in gaps), gaps  # no burst, no skipped tick
+    assert any("window elapsed" in m for m in closing_reason(caplog))
+
+
+def test_a_window_follows_the_batch_size_and_interval_in_the_database():
+    DispatcherState.objects.update(batch_size=3, interval_seconds=2)
+    make_messages(30)
+    ticks = run_dispatch_window(window_seconds=4.5, should_stop=never_stop)
+    assert 2 <= ticks <= 3
+    assert len(locmem.outbox) == 3 * ticks
+
+
+def test_a_window_with_nothing_to_send_keeps_ticking_and_picks_up_new_messages():
+    window = WindowThread(window_seconds=4)
+    window.start()
+    time.sleep(1.5)
+    assert locmem.outbox == []
+    make_messages(1)
+    wait_for(lambda: len(locmem.outbox) == 1, timeout=3, what="the new message to be sent")
+    window.finish(6)
+
+
+def test_a_window_ends_soon_after_the_dispatcher_is_stopped(caplog):
+    make_messages(30)
+    window = WindowThread(window_seconds=30)
+    window.start()
+    wait_for(lambda: len(locmem.outbox) >= 2, timeout=5, what="two ticks")
+
+    dispatcher_stop()
+    stopped = time.monotonic()
+    sent_at_stop = len(locmem.outbox)
+
+    window.finish(5)
+    assert window.ended_at - stopped < 2.5
+    assert len(locmem.outbox) <= sent_at_stop + 1  # at most a tick that had already claimed
+    time.sleep(1.2)
+    assert Message.objects.filter(status=Status.PROCESSING).count() == 0
+    assert any("dispatcher stopped" in m for m in closing_reason(caplog))
+
+
+def test_a_window_ends_when_the_cluster_shuts_down(caplog):
+    make_messages(30)
+    shutdown_at = time.monotonic() + 1.5
+
+    ticks = run_dispatch_window(window_seconds=30, should_stop=lambda: time.monotonic() >= shutdown_at)
+
+    assert time.monotonic() - shutdown_at < 1.5
+    assert 1 <= ticks <= 3
+    assert any("qcluster is shutting down" in m for m in closing_reason(caplog))
+
+
+def test_a_newer_window_takes_over_and_the_pace_stays_the_same(caplog):
+    make_messages(30)
+    older = WindowThread(window_seconds=30)
+    older.start()
+    wait_for(lambda: len(locmem.outbox) >= 2, timeout=5, what="the first window to tick")
+
+    newer = WindowThread(window_seconds=3)
+    newer.start()
+    older_ticks = older.finish(4)
+    assert older.ended_at - newer.started_at < 2.0
+
+    newer_ticks = newer.finish(5)
+    assert newer_ticks >= 2
+    total_time = newer.ended_at - older.started_at
+    # One tick a second across both windows (n ticks span n - 1 intervals): no double ticks, no gap.
+    assert total_time - 0.5 <= older_ticks + newer_ticks <= total_time + 1.5, (older_ticks, newer_ticks, total_time)
+    assert len(locmem.outbox) == older_ticks + newer_ticks
+    assert any("a newer window took over" in m for m in closing_reason(caplog))
+
+
+def test_a_window_hands_over_when_the_window_id_changes():
+    window = WindowThread(window_seconds=30)
+    window.start()
+    wait_for(
+        lambda: DispatcherState.objects.filter(window_id__isnull=False).exists(), timeout=5, what="window registered"
+    )
+    changed = time.monotonic()
+    DispatcherState.objects.update(window_id=uuid.uuid4())
+    window.finish(5)
+    assert window.ended_at - changed < 2.0
+
+
+class OverlongIdProvider(BaseProvider):
+    """Answers the first send with a messageId too long for the database column."""
+
+    calls = 0
+
+    def send(self, message):
+        type(self).calls += 1
+        if type(self).calls == 1:
+            return ProviderResult(message_id="x" * 300)
+        return ProviderResult(message_id=f"ok-{message.pk}")
+
+
+def test_a_database_error_in_a_tick_is_logged_and_the_window_goes_on(settings, caplog):
+    settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_BACKEND": f"{__name__}.OverlongIdProvider"}
+    OverlongIdProvider.calls = 0
+    make_messages(10)
+    started = time.monotonic()
+
+    with caplog.at_level(logging.INFO, logger="dispatcher"):
+        run_dispatch_window(window_seconds=5, should_stop=never_stop)
+
+    assert time.monotonic() - started >= 4.9  # it did not give up
+    failures = [r for r in caplog.records if "tick failed; retrying" in r.getMessage()]
+    assert len(failures) == 1
+    assert "value too long" in str(failures[0].exc_info[1])
+    # After the error (and its back-off) the window went on sending.
+    assert OverlongIdProvider.calls >= 2
+    assert Message.objects.filter(status=Status.SENT).count() == OverlongIdProvider.calls - 1
+    assert any("window elapsed" in m for m in closing_reason(caplog))
+
+
+def test_a_window_without_a_state_row_ends_at_once():
+    DispatcherState.objects.all().delete()
+    make_messages(1)
+    started = time.monotonic()
+    assert run_dispatch_window(window_seconds=10, should_stop=never_stop) == 0
+    assert time.monotonic() - started < 1
+    assert locmem.outbox == []

@@ -1,0 +1,407 @@
+"""Provider backends, and the fake provider they are tested against (real HTTP on localhost)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from dispatcher.fakeprovider import FakeProviderHandler
+from dispatcher.providers import ProviderError, ProviderResult, get_provider
+from dispatcher.providers.console import ConsoleProvider
+from dispatcher.providers.locmem import LocmemProvider
+from dispatcher.providers.webhook import WebhookProvider
+from messages_app.models import Message
+from tests.processes import fake_provider, fake_provider_in_thread, free_port, http_json
+
+AUTH_KEY = "INS.me1x9uMcyYGlhKKQVPoc.bO3j9aZwRTOcA2Ywo"
+
+
+def a_message(**fields) -> Message:
+    # Providers only read the message; it need not be saved.
+    fields.setdefault("recipient_phone_number", "+905551112233")
+    fields.setdefault("content", "Insider - Project")
+    return Message(pk=fields.pop("pk", 1), **fields)
+
+
+@pytest.fixture
+def fake():
+    with fake_provider_in_thread() as provider:
+        yield provider
+
+
+@pytest.fixture
+def webhook_at(settings):
+    """webhook_at(url, **DISPATCHER overrides) -> a WebhookProvider configured for that URL."""
+    made: list[WebhookProvider] = []
+
+    def make(url: str, **overrides) -> WebhookProvider:
+        settings.DISPATCHER = {
+            **settings.DISPATCHER,
+            "WEBHOOK_URL": url,
+            "WEBHOOK_AUTH_KEY": AUTH_KEY,
+            "WEBHOOK_TIMEOUT_SECONDS": 5.0,
+            **overrides,
+        }
+        provider = WebhookProvider()
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        provider.close()
+
+
+def set_faults(fake, **faults) -> None:
+    response = requests.post(fake.url + "_fake/faults", json=faults, timeout=5)
+    assert response.status_code == 200, response.text
+
+
+# --- the webhook provider ------------------------------------------------------------
+
+
+def test_webhook_posts_json_with_the_auth_key_and_returns_the_message_id(fake, webhook_at):
+    seen_headers = []
+
+    class Recording(FakeProviderHandler):
+        def _provider_answer(self, state, body):
+            seen_headers.append(dict(self.headers))
+            super()._provider_answer(state, body)
+
+    fake.server.RequestHandlerClass = Recording
+    provider = webhook_at(fake.url)
+
+    result = provider.send(a_message(recipient_phone_number="+905551112233", content="Merhaba dünya"))
+
+    assert isinstance(result, ProviderResult)
+    assert result.http_status == 202
+    uuid.UUID(result.message_id)  # the fake answers a fresh UUID
+    [received] = fake.requests()
+    assert (received.to, received.content) == ("+905551112233", "Merhaba dünya")
+    assert received.auth_key == AUTH_KEY
+    assert received.status == 202
+    assert received.message_id == result.message_id
+    [headers] = seen_headers
+    assert headers["Content-Type"] == "application/json"
+    assert headers["x-ins-auth-key"] == AUTH_KEY
+
+
+def test_webhook_reuses_its_connection_and_works_from_several_threads(fake, webhook_at):
+    provider = webhook_at(fake.url)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def send_some(offset: int) -> None:
+        for i in range(5):
+            result = provider.send(a_message(content=f"thread message {offset + i}"))
+            with lock:
+                results.append(result.message_id)
+
+    threads = [threading.Thread(target=send_some, args=(i * 10,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(set(results)) == 15
+    assert sorted(r.content for r in fake.requests()) == sorted(
+        f"thread message {t * 10 + i}" for t in range(3) for i in range(5)
+    )
+
+
+def test_webhook_without_an_auth_key_sends_no_auth_header(fake, webhook_at):
+    provider = webhook_at(fake.url, WEBHOOK_AUTH_KEY="")
+    provider.send(a_message())
+    assert fake.requests()[0].auth_key is None
+
+
+@pytest.mark.parametrize(("status", "permanent"), [(500, False), (503, False), (408, False), (429, False)])
+def test_webhook_retryable_http_errors(fake, webhook_at, status, permanent):
+    set_faults(fake, error_rate=1.0, error_status=status)
+    with pytest.raises(ProviderError) as raised:
+        webhook_at(fake.url).send(a_message())
+    assert raised.value.permanent is permanent
+    assert raised.value.http_status == status
+    assert f"HTTP {status}" in raised.value.reason
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_webhook_client_errors_are_permanent(fake, webhook_at, status):
+    set_faults(fake, error_rate=1.0, error_status=status)
+    with pytest.raises(ProviderError) as raised:
+        webhook_at(fake.url).send(a_message())
+    assert raised.value.permanent is True
+    assert raised.value.http_status == status
+
+
+def test_webhook_wrong_auth_key_is_a_permanent_401(webhook_at):
+    with fake_provider_in_thread(auth_key="the-right-key") as fake:
+        with pytest.raises(ProviderError) as raised:
+            webhook_at(fake.url, WEBHOOK_AUTH_KEY="the-wrong-key").send(a_message())
+        assert raised.value.http_status == 401
+        assert raised.value.permanent is True
+        assert [r.status for r in fake.requests()] == [401]
+        assert webhook_at(fake.url, WEBHOOK_AUTH_KEY="the-right-key").send(a_message()).http_status == 202
+
+
+@pytest.mark.parametrize("status", [200, 201, 202])
+def test_webhook_accepts_any_2xx_with_a_message_id(fake, webhook_at, status):
+    set_faults(fake, status_code=status)
+    result = webhook_at(fake.url).send(a_message())
+    assert result.http_status == status
+    assert result.message_id
+
+
+def test_webhook_2xx_without_message_id_is_permanent(fake, webhook_at):
+    set_faults(fake, missing_message_id=True)
+    with pytest.raises(ProviderError) as raised:
+        webhook_at(fake.url).send(a_message())
+    assert raised.value.permanent is True
+    assert raised.value.http_status == 202
+    assert "messageId" in raised.value.reason
+
+
+class _CannedHandler(BaseHTTPRequestHandler):
+    """Answers every POST with the server's canned status and raw body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, body = self.server.canned
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def canned_server():
+    """canned_server(status, body) -> URL of a server answering every POST with that."""
+    servers = []
+
+    def start(status: int, body: bytes) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _CannedHandler)
+        server.daemon_threads = True
+        server.canned = (status, body)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "body", [b"OK", b"<html>accepted</html>", b"", b'["a list", "not an object"]', b'{"messageId": 42}']
+)
+def test_webhook_2xx_with_an_unusable_body_is_permanent(canned_server, webhook_at, body):
+    url = canned_server(202, body)
+    with pytest.raises(ProviderError) as raised:
+        webhook_at(url).send(a_message())
+    assert raised.value.permanent is True
+    assert raised.value.http_status == 202
+
+
+def test_webhook_error_body_is_cut_short_in_the_reason(canned_server, webhook_at):
+    url = canned_server(502, b"x" * 5000)
+    with pytest.raises(ProviderError) as raised:
+        webhook_at(url).send(a_message())
+    assert raised.value.permanent is False
+    assert len(raised.value.reason) < 300
+
+
+def test_webhook_timeout(fake, webhook_at):
+    set_faults(fake, latency_ms=2000)
+    provider = webhook_at(fake.url, WEBHOOK_TIMEOUT_SECONDS=0.3)
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as raised:
+        provider.send(a_message())
+    assert time.monotonic() - started < 1.5
+    assert "timed out" in raised.value.reason
+    assert raised.value.permanent is False
+
+
+def test_webhook_connection_refused(webhook_at):
+    provider = webhook_at(f"http://127.0.0.1:{free_port()}/")
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as raised:
+        provider.send(a_message())
+    assert time.monotonic() - started < 3
+    assert "could not connect" in raised.value.reason
+    assert raised.value.permanent is False
+    assert raised.value.http_status is None
+
+
+# --- the fake provider itself ----------------------------------------------------------
+
+
+def test_fake_provider_answers_like_the_real_one(fake):
+    response = requests.post(fake.url, json={"to": "+905551112233", "content": "hi"}, timeout=5)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["message"] == "Accepted"
+    uuid.UUID(body["messageId"])
+
+
+def test_fake_provider_lists_and_clears_requests(fake):
+    requests.post(fake.url, json={"to": "+905551112233", "content": "one"}, timeout=5)
+    requests.post(fake.url, json={"to": "+905551112244", "content": "two"}, timeout=5)
+
+    listed = http_json("GET", fake.url + "_fake/requests")
+    assert [(r["to"], r["content"], r["status"]) for r in listed] == [
+        ("+905551112233", "one", 202),
+        ("+905551112244", "two", 202),
+    ]
+    assert all(r["message_id"] for r in listed)
+
+    assert requests.delete(fake.url + "_fake/requests", timeout=5).status_code == 200
+    assert http_json("GET", fake.url + "_fake/requests") == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"{}",
+        json.dumps({"to": "+905551112233"}).encode(),
+        json.dumps({"to": 905551112233, "content": "x"}).encode(),
+        json.dumps(["+905551112233", "x"]).encode(),
+    ],
+)
+def test_fake_provider_rejects_a_bad_body(fake, body):
+    response = requests.post(fake.url, data=body, headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 400
+    assert fake.requests()[-1].status == 400
+
+
+def test_fake_provider_checks_the_auth_key_when_given_one():
+    with fake_provider_in_thread(auth_key="secret") as fake:
+        message = {"to": "+905551112233", "content": "hi"}
+        assert requests.post(fake.url, json=message, timeout=5).status_code == 401
+        assert requests.post(fake.url, json=message, headers={"x-ins-auth-key": "nope"}, timeout=5).status_code == 401
+        assert requests.post(fake.url, json=message, headers={"x-ins-auth-key": "secret"}, timeout=5).status_code == 202
+        assert [r.status for r in fake.requests()] == [401, 401, 202]
+
+
+def test_fake_provider_faults_can_be_read_and_changed(fake):
+    assert http_json("GET", fake.url + "_fake/faults")["error_rate"] == 0.0
+    response = requests.post(fake.url + "_fake/faults", json={"error_rate": 1.0, "error_status": 503}, timeout=5)
+    assert response.status_code == 200
+    assert response.json()["error_status"] == 503
+    assert http_json("GET", fake.url + "_fake/faults")["error_rate"] == 1.0
+    assert requests.post(fake.url, json={"to": "+905551112233", "content": "x"}, timeout=5).status_code == 503
+
+    set_faults(fake, error_rate=0.0)
+    assert requests.post(fake.url, json={"to": "+905551112233", "content": "x"}, timeout=5).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"no_such_fault": 1},
+        {"error_rate": 1.5},
+        {"error_rate": "high"},
+        {"latency_ms": -1},
+        {"missing_message_id": 1},
+        {"error_status": 700},
+        {"status_code": 42},
+        {"error_rate": 0.5, "no_such_fault": 1},  # all or nothing: error_rate is not applied either
+        ["error_rate", 1],
+    ],
+)
+def test_fake_provider_rejects_bad_faults(fake, faults):
+    before = http_json("GET", fake.url + "_fake/faults")
+    response = requests.post(fake.url + "_fake/faults", json=faults, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["message"]
+    assert http_json("GET", fake.url + "_fake/faults") == before
+
+
+def test_fake_provider_answers_an_unnamed_error_status(fake, webhook_at):
+    set_faults(fake, error_rate=1.0, error_status=520)
+    response = requests.post(fake.url, json={"to": "+905551112233", "content": "x"}, timeout=5)
+    assert response.status_code == 520
+    with pytest.raises(ProviderError) as raised:
+        webhook_at(fake.url).send(a_message())
+    assert raised.value.http_status == 520
+    assert raised.value.permanent is False
+
+
+def test_fake_provider_error_rate_is_a_share(fake):
+    set_faults(fake, error_rate=0.5)
+    statuses = [
+        requests.post(fake.url, json={"to": "+905551112233", "content": str(i)}, timeout=5).status_code
+        for i in range(200)
+    ]
+    assert set(statuses) == {202, 500}
+    assert 50 <= statuses.count(500) <= 150
+
+
+def test_fake_provider_unknown_path_is_404(fake):
+    assert requests.get(fake.url + "nope", timeout=5).status_code == 404
+    assert requests.delete(fake.url + "nope", timeout=5).status_code == 404
+
+
+@pytest.mark.process
+def test_fake_provider_command_serves_and_stops_cleanly(tmp_path, webhook_at):
+    with fake_provider(tmp_path, "--auth-key", AUTH_KEY, "--status-code", "201") as process:
+        result = webhook_at(process.url).send(a_message(content="over a real process"))
+        assert result.http_status == 201
+        [received] = http_json("GET", process.url + "_fake/requests")
+        assert received["content"] == "over a real process"
+        assert received["auth_key"] == AUTH_KEY
+        assert process.stop() == 0, process.log()
+    log = process.log()
+    assert "Fake provider listening on" in log
+    assert f"messageId={result.message_id}" in log
+    assert "Fake provider stopped." in log
+
+
+# --- choosing a backend ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        ("webhook", WebhookProvider),
+        ("console", ConsoleProvider),
+        ("locmem", LocmemProvider),
+        ("dispatcher.providers.webhook.WebhookProvider", WebhookProvider),
+        ("dispatcher.providers.locmem.LocmemProvider", LocmemProvider),
+    ],
+)
+def test_get_provider_resolves_aliases_and_dotted_paths(backend, expected):
+    assert type(get_provider(backend)) is expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("console", ConsoleProvider), ("dispatcher.providers.locmem.LocmemProvider", LocmemProvider)],
+)
+def test_get_provider_defaults_to_the_setting(settings, setting, expected):
+    settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_BACKEND": setting}
+    assert type(get_provider()) is expected
+
+
+def test_get_provider_unknown_backend_fails_loudly():
+    with pytest.raises(ImportError):
+        get_provider("dispatcher.providers.nope.NopeProvider")
+
+
+def test_console_provider_prints_the_message(capsys):
+    result = ConsoleProvider().send(a_message(pk=7, content="printed, not sent"))
+    out = capsys.readouterr().out
+    assert "printed, not sent" in out
+    assert f"messageId={result.message_id}" in out
+    assert "id=7" in out

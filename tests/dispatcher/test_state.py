@@ -1,0 +1,326 @@
+"""The dispatcher's one state row: created running at deploy, start/stop, pace, and stop vs. claim."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.apps import apps
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.utils import timezone
+from django_q.models import OrmQ, Schedule
+
+from dispatcher.apps import _ensure_dispatcher_running
+from dispatcher.claiming import claim_tick
+from dispatcher.conf import dispatcher_settings
+from dispatcher.errors import DispatcherConfigError
+from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
+from dispatcher.services import (
+    DISPATCH_SCHEDULE_NAME,
+    DISPATCH_WINDOW_TASK,
+    dispatcher_configure,
+    dispatcher_start,
+    dispatcher_stop,
+)
+from messages_app.models import Message
+from tests.factories import make_message
+from tests.processes import wait_for
+
+Status = Message.Status
+
+
+def get_state() -> DispatcherState:
+    return DispatcherState.objects.get(pk=DispatcherState.SINGLETON_PK)
+
+
+def set_state(**fields) -> None:
+    assert DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(**fields) == 1
+
+
+def run_post_migrate_handler() -> None:
+    _ensure_dispatcher_running(sender=apps.get_app_config("dispatcher"), using="default")
+
+
+def window_tasks() -> list[dict]:
+    return [task.task for task in OrmQ.objects.all() if task.func() == DISPATCH_WINDOW_TASK]
+
+
+# --- deploy = start ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_migrate_left_a_running_dispatcher_with_the_configured_pace():
+    # Nothing in this test created it: the test database was migrated, which is all a deploy does.
+    state = get_state()
+    conf = dispatcher_settings()
+    assert state.running is True
+    assert state.batch_size == conf.initial_batch_size
+    assert state.interval_seconds == conf.initial_interval_seconds
+    assert state.next_tick_at is not None
+    assert DispatcherState.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_migrate_left_the_every_minute_schedule():
+    schedule = Schedule.objects.get(name=DISPATCH_SCHEDULE_NAME)
+    assert schedule.func == DISPATCH_WINDOW_TASK == "dispatcher.tasks.dispatch_window"
+    assert schedule.schedule_type == Schedule.MINUTES
+    assert schedule.minutes == 1
+    assert schedule.repeats == -1
+    assert Schedule.objects.filter(func=DISPATCH_WINDOW_TASK).count() == 1
+
+
+@pytest.mark.django_db
+def test_post_migrate_handler_creates_what_is_missing_with_the_env_pace(settings):
+    DispatcherState.objects.all().delete()
+    Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME).delete()
+    settings.DISPATCHER = {**settings.DISPATCHER, "INITIAL_BATCH_SIZE": 7, "INITIAL_INTERVAL_SECONDS": 33}
+    before = timezone.now()
+
+    run_post_migrate_handler()
+
+    state = get_state()
+    assert (state.running, state.batch_size, state.interval_seconds) == (True, 7, 33)
+    assert before <= state.next_tick_at <= timezone.now()  # the first tick is due at once
+    assert Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME, func=DISPATCH_WINDOW_TASK).count() == 1
+
+
+@pytest.mark.django_db
+def test_post_migrate_handler_keeps_a_stopped_dispatcher_stopped_and_its_pace(settings):
+    dispatcher_configure(batch_size=9, interval_seconds=45)
+    dispatcher_stop()
+    schedule = Schedule.objects.get(name=DISPATCH_SCHEDULE_NAME)
+    Schedule.objects.filter(pk=schedule.pk).update(minutes=1, repeats=-1)
+    settings.DISPATCHER = {**settings.DISPATCHER, "INITIAL_BATCH_SIZE": 3, "INITIAL_INTERVAL_SECONDS": 5}
+
+    run_post_migrate_handler()
+    run_post_migrate_handler()
+
+    state = get_state()
+    assert (state.running, state.batch_size, state.interval_seconds, state.next_tick_at) == (False, 9, 45, None)
+    assert list(Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME).values_list("pk", flat=True)) == [schedule.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrating_again_does_not_restart_or_duplicate():
+    dispatcher_stop()
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+    assert get_state().running is False
+    assert Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME).count() == 1
+
+
+# --- start / stop -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_stop_is_idempotent():
+    first = dispatcher_stop()
+    assert first.running is False
+    stopped_at = get_state().updated_at
+
+    second = dispatcher_stop()
+
+    assert second.running is False
+    state = get_state()
+    assert state.running is False and state.next_tick_at is None
+    assert state.updated_at == stopped_at  # the second stop wrote nothing
+
+
+@pytest.mark.django_db
+def test_start_from_stopped_makes_the_first_tick_due_now_and_starts_a_window(django_capture_on_commit_callbacks):
+    dispatcher_stop()
+    OrmQ.objects.all().delete()
+    before = timezone.now()
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        state = dispatcher_start()
+
+    assert state.running is True
+    assert before <= get_state().next_tick_at <= timezone.now()
+    assert len(callbacks) == 1
+    assert [t["func"] for t in window_tasks()] == [DISPATCH_WINDOW_TASK]
+
+
+@pytest.mark.django_db
+def test_start_when_running_changes_nothing(django_capture_on_commit_callbacks):
+    due = timezone.now() + timedelta(seconds=50)
+    set_state(running=True, next_tick_at=due)
+    OrmQ.objects.all().delete()
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        dispatcher_start()
+        dispatcher_start()
+
+    assert get_state().next_tick_at == due  # not pulled forward: no extra tick
+    assert callbacks == []
+    assert window_tasks() == []
+
+
+@pytest.mark.django_db
+def test_start_and_stop_create_a_missing_state_row():
+    DispatcherState.objects.all().delete()
+    assert dispatcher_stop().running is False
+    DispatcherState.objects.all().delete()
+    assert dispatcher_start().running is True
+    assert DispatcherState.objects.count() == 1
+
+
+# --- pace ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": -3}, "batch_size"),
+        ({"batch_size": MAX_BATCH_SIZE + 1}, "batch_size"),
+        ({"interval_seconds": 0}, "interval_seconds"),
+        ({"interval_seconds": MAX_INTERVAL_SECONDS + 1}, "interval_seconds"),
+        ({"batch_size": 5, "interval_seconds": 0}, "interval_seconds"),  # nothing applied, not half
+    ],
+)
+def test_configure_rejects_out_of_range_values(kwargs, field):
+    before = get_state()
+    with pytest.raises(DispatcherConfigError) as raised:
+        dispatcher_configure(**kwargs)
+    assert raised.value.field == field
+    assert raised.value.message
+    after = get_state()
+    assert (after.batch_size, after.interval_seconds, after.next_tick_at) == (
+        before.batch_size,
+        before.interval_seconds,
+        before.next_tick_at,
+    )
+
+
+@pytest.mark.django_db
+def test_configure_accepts_the_limits():
+    dispatcher_configure(batch_size=1, interval_seconds=1)
+    assert (get_state().batch_size, get_state().interval_seconds) == (1, 1)
+    dispatcher_configure(batch_size=MAX_BATCH_SIZE, interval_seconds=MAX_INTERVAL_SECONDS)
+    assert (get_state().batch_size, get_state().interval_seconds) == (MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS)
+
+
+@pytest.mark.django_db
+def test_changing_the_interval_counts_from_the_last_tick():
+    last = timezone.now() - timedelta(seconds=20)
+    set_state(running=True, interval_seconds=120, last_tick_at=last, next_tick_at=last + timedelta(seconds=120))
+
+    state = dispatcher_configure(interval_seconds=30)
+
+    assert state.next_tick_at == last + timedelta(seconds=30)
+    assert get_state().next_tick_at == last + timedelta(seconds=30)
+    assert get_state().interval_seconds == 30
+
+
+@pytest.mark.django_db
+def test_changing_the_interval_before_any_tick_counts_from_now():
+    set_state(running=True, interval_seconds=120, last_tick_at=None)
+    before = timezone.now()
+    dispatcher_configure(interval_seconds=10)
+    due = get_state().next_tick_at
+    assert before + timedelta(seconds=10) <= due <= timezone.now() + timedelta(seconds=10)
+
+
+@pytest.mark.django_db
+def test_changing_only_the_batch_size_leaves_the_schedule_alone():
+    last = timezone.now() - timedelta(seconds=5)
+    due = last + timedelta(seconds=60)
+    set_state(running=True, interval_seconds=60, last_tick_at=last, next_tick_at=due)
+
+    dispatcher_configure(batch_size=25)
+    dispatcher_configure(interval_seconds=60)  # the same interval is no change either
+
+    state = get_state()
+    assert (state.batch_size, state.interval_seconds, state.next_tick_at) == (25, 60, due)
+
+
+@pytest.mark.django_db
+def test_changing_the_interval_while_stopped_does_not_schedule_a_tick():
+    dispatcher_stop()
+    set_state(last_tick_at=timezone.now())
+    dispatcher_configure(interval_seconds=15)
+    state = get_state()
+    assert state.interval_seconds == 15
+    assert state.next_tick_at is None
+    assert claim_tick(now=timezone.now() + timedelta(hours=1), due_only=True) is None
+
+
+# --- stop waits for an in-progress claim ------------------------------------------
+
+
+def _waiting_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
+    set_state(running=True, batch_size=2, next_tick_at=timezone.now())
+    messages = [make_message() for _ in range(6)]
+
+    claim_open = threading.Event()
+    let_claim_commit = threading.Event()
+    timeline: dict[str, float] = {}
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def in_thread(name, body):
+        def run():
+            try:
+                results[name] = body()
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                timeline[f"{name} done"] = time.monotonic()
+                connection.close()
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        return thread
+
+    def slow_claim():
+        # claim_tick inside an outer transaction: its row lock lasts until we commit.
+        with transaction.atomic():
+            tick = claim_tick(now=timezone.now(), due_only=True)
+            claim_open.set()
+            assert let_claim_commit.wait(20)
+            timeline["claim committing"] = time.monotonic()
+        return tick
+
+    claimer = in_thread("claim", slow_claim)
+    assert claim_open.wait(10)
+    stopper = in_thread("stop", dispatcher_stop)
+    wait_for(lambda: _waiting_on_locks() >= 1, timeout=10, what="stop to wait for the claim's row lock")
+    # A claim that comes after stop began queues behind it.
+    late_claimer = in_thread("late claim", lambda: claim_tick(now=timezone.now(), due_only=False))
+    wait_for(lambda: _waiting_on_locks() >= 2, timeout=10, what="the late claim to queue up")
+    time.sleep(0.3)
+    assert stopper.is_alive(), "stop returned while a claim held the state row"
+
+    let_claim_commit.set()
+    for thread in (claimer, stopper, late_claimer):
+        thread.join(20)
+        assert not thread.is_alive()
+    assert not errors, errors
+
+    assert timeline["stop done"] > timeline["claim committing"]
+    tick = results["claim"]
+    assert tick is not None and [m.pk for m in tick.messages] == [messages[0].pk, messages[1].pk]
+    assert results["late claim"] is None
+    assert get_state().running is False
+
+    # After stop returned, nothing claims any more.
+    assert claim_tick(now=timezone.now() + timedelta(hours=1), due_only=True) is None
+    assert claim_tick(now=timezone.now(), due_only=False) is None
+    assert Message.objects.filter(status=Status.PROCESSING).count() == 2
+    assert Message.objects.filter(status=Status.UNSENT).count() == 4
