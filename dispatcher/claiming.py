@@ -7,16 +7,24 @@ after stop() has returned. Sending happens only after this transaction commits.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
+from dispatcher.conf import dispatcher_settings
 from dispatcher.models import DispatcherState
-from messages_app.models import Message
+from messages_app.models import DeliveryAttempt, Message
 from messages_app.services import messages_transition
 
+logger = logging.getLogger(__name__)
+
 Status = Message.Status
+LEASE_EXPIRED_ERROR = "lease expired: the worker sending it stopped or lost its connection before recording an outcome"
 
 
 @dataclass(frozen=True)
@@ -40,22 +48,122 @@ def next_tick_after(*, scheduled_at: datetime | None, interval_seconds: int, now
     return now + interval
 
 
+def claimable(now: datetime):
+    """Unsent messages whose send_after / retry backoff has passed."""
+    return Message.objects.filter(status=Status.UNSENT).filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    )
+
+
 def claim_batch(*, batch_size: int, now: datetime) -> list[Message]:
-    """Mark up to `batch_size` of the oldest unsent messages `processing` and return them.
+    """Lease up to `batch_size` of the oldest claimable messages and return them.
 
     Rows another transaction has locked are skipped, not waited for, so any
     number of dispatchers can claim at once and never take the same message.
+    Each claim gets a fresh token and a lease long enough to send the batch.
     """
     ids = list(
-        Message.objects.filter(status=Status.UNSENT)
+        claimable(now)
         .order_by("created_at", "id")
         .select_for_update(skip_locked=True)
         .values_list("id", flat=True)[:batch_size]
     )
     if not ids:
         return []
-    messages_transition(message_ids=ids, from_status=Status.UNSENT, to_status=Status.PROCESSING, claimed_at=now)
-    return list(Message.objects.filter(pk__in=ids).order_by("created_at", "id"))
+    token = uuid.uuid4()
+    lease = timedelta(seconds=dispatcher_settings().lease_for(len(ids)))
+    messages_transition(
+        message_ids=ids,
+        from_status=Status.UNSENT,
+        to_status=Status.PROCESSING,
+        claimed_at=now,
+        claim_token=token,
+        lease_expires_at=now + lease,
+    )
+    return list(Message.objects.filter(pk__in=ids, claim_token=token).order_by("created_at", "id"))
+
+
+def recover_expired_leases(*, now: datetime, limit: int = 1000) -> int:
+    """Return messages whose worker vanished (lease expired) to the queue; count them.
+
+    The lost attempt counts: after DISPATCH_MAX_ATTEMPTS the message fails
+    instead, so a message that kills its worker every time cannot loop forever.
+    """
+    max_attempts = dispatcher_settings().max_attempts
+    with transaction.atomic():
+        expired = list(
+            Message.objects.filter(status=Status.PROCESSING, lease_expires_at__lt=now)
+            .select_for_update(skip_locked=True)
+            .values_list("id", "attempts")[:limit]
+        )
+        if not expired:
+            return 0
+        to_failed = [pk for pk, attempts in expired if attempts + 1 >= max_attempts]
+        to_unsent = [pk for pk, attempts in expired if attempts + 1 < max_attempts]
+        released = {"claim_token": None, "lease_expires_at": None, "last_error": LEASE_EXPIRED_ERROR}
+        messages_transition(
+            message_ids=to_unsent,
+            from_status=Status.PROCESSING,
+            to_status=Status.UNSENT,
+            increment_attempts=True,
+            next_attempt_at=now,
+            **released,
+        )
+        messages_transition(
+            message_ids=to_failed,
+            from_status=Status.PROCESSING,
+            to_status=Status.FAILED,
+            increment_attempts=True,
+            **released,
+        )
+        DeliveryAttempt.objects.bulk_create(
+            DeliveryAttempt(
+                message_id=pk,
+                number=attempts + 1,
+                started_at=now,
+                outcome=DeliveryAttempt.Outcome.LEASE_EXPIRED,
+                error=LEASE_EXPIRED_ERROR,
+            )
+            for pk, attempts in expired
+        )
+    logger.warning(
+        "recovered %d messages with expired leases (ids %s); %d failed for good",
+        len(expired),
+        [pk for pk, _ in expired][:20],
+        len(to_failed),
+    )
+    return len(expired)
+
+
+def release_claimed(*, messages: list[Message]) -> int:
+    """Give back claimed messages we will not send (shutting down); the attempt does not count."""
+    released: list[Message] = []
+    with transaction.atomic():
+        for message in messages:
+            if messages_transition(
+                queryset=Message.objects.filter(claim_token=message.claim_token),
+                message_ids=[message.pk],
+                from_status=Status.PROCESSING,
+                to_status=Status.UNSENT,
+                claim_token=None,
+                lease_expires_at=None,
+            ):
+                released.append(message)
+        DeliveryAttempt.objects.bulk_create(
+            DeliveryAttempt(
+                message_id=m.pk,
+                number=m.attempts + 1,
+                started_at=m.claimed_at or timezone.now(),
+                outcome=DeliveryAttempt.Outcome.RELEASED,
+                error="released unsent: the worker was shutting down",
+            )
+            for m in released
+        )
+    if released:
+        logger.info(
+            "released %d claimed messages unsent (ids %s): shutting down", len(released), [m.pk for m in released]
+        )
+    return len(released)
 
 
 def claim_tick(*, now: datetime, due_only: bool, even_if_stopped: bool = False) -> ClaimedTick | None:

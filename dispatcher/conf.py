@@ -24,6 +24,15 @@ class DispatcherSettings:
     initial_interval_seconds: int
     delivery_cache_ttl_seconds: int | None
     window_seconds: int
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+    lease_seconds: float
+
+    def lease_for(self, batch_size: int) -> float:
+        """How long a claim of `batch_size` messages is ours: long enough to send them all
+        one after another even if each send runs into the timeout."""
+        return self.lease_seconds + batch_size * self.webhook_timeout_seconds
 
 
 def dispatcher_settings() -> DispatcherSettings:
@@ -40,4 +49,8 @@ def dispatcher_settings() -> DispatcherSettings:
         # 0 means "keep forever", which Django's cache spells None.
         delivery_cache_ttl_seconds=ttl or None,
         window_seconds=int(raw.get("WINDOW_SECONDS", 100)),
+        max_attempts=int(raw.get("MAX_ATTEMPTS", 5)),
+        retry_base_seconds=float(raw.get("RETRY_BASE_SECONDS", 5.0)),
+        retry_max_seconds=float(raw.get("RETRY_MAX_SECONDS", 600.0)),
+        lease_seconds=float(raw.get("LEASE_SECONDS", 60.0)),
     )

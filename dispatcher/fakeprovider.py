@@ -4,7 +4,15 @@ It answers like the real provider (202 `{"message": "Accepted", "messageId":
 <uuid>}`), logs each request, and can be told to be slow, to fail a share of
 requests, to answer another status, or to leave out the messageId: at start-up
 (command-line options) or while running (`POST /_fake/faults` with JSON).
-`GET /_fake/requests` lists what it received, for tests and curious humans.
+A `script` of answers (`[500, "timeout", 429, 202]`) is played one per request
+before the other faults apply.
+
+It honours `Idempotency-Key` as a careful provider would: a key it has already
+accepted gets the first answer's messageId again and is counted as a duplicate
+it dropped, not delivered twice.
+
+`GET /_fake/requests` lists what it received and `GET /_fake/stats` counts it;
+`DELETE /_fake/requests` forgets everything.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -32,6 +40,9 @@ class Faults:
     error_status: int = 500
     status_code: int = 202  # status of answers that are not errors
     missing_message_id: bool = False
+    retry_after: float = 0.0  # if > 0, sent as Retry-After on 429 and 503 answers
+    timeout_ms: float = 15_000.0  # how long a "timeout" script step keeps the client waiting
+    script: list = field(default_factory=list)  # answers to play first: statuses or "timeout"
 
     def update(self, changes: dict) -> None:
         """Apply all of `changes` or, if any is invalid, none of them (ValueError)."""
@@ -41,6 +52,14 @@ class Faults:
             if name not in known:
                 raise ValueError(f"unknown fault {name!r}; known: {', '.join(known)}")
             current = getattr(candidate, name)
+            if name == "script":
+                if not isinstance(value, list) or not all(
+                    step == "timeout" or (isinstance(step, int) and not isinstance(step, bool) and 100 <= step <= 599)
+                    for step in value
+                ):
+                    raise ValueError('script must be a list of HTTP statuses (100-599) or "timeout"')
+                candidate.script = list(value)
+                continue
             if isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be true or false")
@@ -49,8 +68,9 @@ class Faults:
             setattr(candidate, name, type(current)(value))
         if not 0.0 <= candidate.error_rate <= 1.0:
             raise ValueError("error_rate must be between 0 and 1")
-        if candidate.latency_ms < 0:
-            raise ValueError("latency_ms must not be negative")
+        for name in ("latency_ms", "retry_after", "timeout_ms"):
+            if getattr(candidate, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         for name in ("error_status", "status_code"):
             if not 100 <= getattr(candidate, name) <= 599:
                 raise ValueError(f"{name} must be an HTTP status (100-599)")
@@ -66,6 +86,8 @@ class ReceivedRequest:
     auth_key: str | None
     status: int
     message_id: str | None
+    idempotency_key: str | None = None
+    duplicate: bool = False  # a repeat of an accepted Idempotency-Key, answered without delivering
 
 
 class FakeProviderState:
@@ -73,8 +95,28 @@ class FakeProviderState:
         self.faults = faults
         self.auth_key = auth_key
         self.requests: list[ReceivedRequest] = []
+        self.accepted: dict[str, str] = {}  # Idempotency-Key -> messageId it was accepted with
+        self.duplicates_dropped = 0
         self.lock = threading.Lock()
         self.random = random.Random()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.accepted.clear()
+            self.duplicates_dropped = 0
+
+    def stats(self) -> dict:
+        with self.lock:
+            by_status: dict[str, int] = {}
+            for entry in self.requests:
+                by_status[str(entry.status)] = by_status.get(str(entry.status), 0) + 1
+            return {
+                "requests": len(self.requests),
+                "accepted": len(self.accepted),
+                "duplicates_dropped": self.duplicates_dropped,
+                "by_status": by_status,
+            }
 
     def record(self, entry: ReceivedRequest) -> None:
         with self.lock:
@@ -97,9 +139,11 @@ class FakeProviderHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:
         pass  # we log one line per request ourselves, with the message details
 
-    def _send_json(self, status: int, body: object) -> None:
+    def _send_json(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -119,13 +163,14 @@ class FakeProviderHandler(BaseHTTPRequestHandler):
                 self._send_json(200, [asdict(r) for r in state.requests])
         elif self.path.rstrip("/") == "/_fake/faults":
             self._send_json(200, asdict(state.faults))
+        elif self.path.rstrip("/") == "/_fake/stats":
+            self._send_json(200, state.stats())
         else:
             self._send_json(404, {"message": "Not found"})
 
     def do_DELETE(self) -> None:
         if self.path.rstrip("/") == "/_fake/requests":
-            with self.server.state.lock:
-                self.server.state.requests.clear()
+            self.server.state.reset()
             self._send_json(200, {"message": "cleared"})
         else:
             self._send_json(404, {"message": "Not found"})
@@ -152,28 +197,57 @@ class FakeProviderHandler(BaseHTTPRequestHandler):
 
     def _provider_answer(self, state: FakeProviderState, body: object) -> None:
         with state.lock:
-            faults = Faults(**asdict(state.faults))
-            fail = state.random.random() < faults.error_rate
+            faults = replace(state.faults, script=[])
+            step = state.faults.script.pop(0) if state.faults.script else None
+            fail = step is None and state.random.random() < faults.error_rate
         if faults.latency_ms:
             time.sleep(faults.latency_ms / 1000)
         to = body.get("to") if isinstance(body, dict) else None
         content = body.get("content") if isinstance(body, dict) else None
         auth_key = self.headers.get("x-ins-auth-key")
+        key = self.headers.get("Idempotency-Key")
         message_id = None
+        duplicate = False
+        headers: dict[str, str] = {}
         if state.auth_key and auth_key != state.auth_key:
             status, answer = 401, {"message": "Unauthorized"}
         elif not isinstance(to, str) or not isinstance(content, str):
             status, answer = 400, {"message": 'Bad request: expected JSON {"to": str, "content": str}'}
-        elif fail:
-            status, answer = faults.error_status, {"message": _phrase(faults.error_status)}
+        elif step == "timeout":
+            # Keep the client waiting past its timeout; what we answer then is never read.
+            time.sleep(faults.timeout_ms / 1000)
+            status, answer = 504, {"message": "Gateway Timeout"}
+        elif fail or (isinstance(step, int) and not 200 <= step < 300):
+            status = step if isinstance(step, int) else faults.error_status
+            answer = {"message": _phrase(status)}
+            if status in (429, 503) and faults.retry_after:
+                headers["Retry-After"] = f"{faults.retry_after:g}"
         else:
-            status, answer = faults.status_code, {"message": "Accepted"}
+            status, answer = (step if isinstance(step, int) else faults.status_code), {"message": "Accepted"}
             if not faults.missing_message_id:
-                message_id = str(uuid.uuid4())
+                with state.lock:
+                    if key and key in state.accepted:
+                        message_id, duplicate = state.accepted[key], True
+                        state.duplicates_dropped += 1
+                    else:
+                        message_id = str(uuid.uuid4())
+                        if key:
+                            state.accepted[key] = message_id
                 answer["messageId"] = message_id
-        state.record(ReceivedRequest(time.time(), to, content, auth_key, status, message_id))
-        logger.info("POST %s to=%s -> %d messageId=%s", self.path, to, status, message_id or "-")
-        self._send_json(status, answer)
+        state.record(ReceivedRequest(time.time(), to, content, auth_key, status, message_id, key, duplicate))
+        logger.info(
+            "POST %s to=%s key=%s -> %d messageId=%s%s",
+            self.path,
+            to,
+            key or "-",
+            status,
+            message_id or "-",
+            " (duplicate dropped)" if duplicate else "",
+        )
+        try:
+            self._send_json(status, answer, headers)
+        except (BrokenPipeError, ConnectionResetError):
+            logger.info("client went away before the answer for key=%s", key or "-")
 
 
 class FakeProviderServer(ThreadingHTTPServer):

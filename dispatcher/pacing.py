@@ -56,13 +56,30 @@ def qcluster_is_stopping() -> bool:
     return False
 
 
+class ShutdownWatch:
+    """`qcluster_is_stopping`, asked at most every `every` seconds (it reads the cache)."""
+
+    def __init__(self, check: Callable[[], bool] = qcluster_is_stopping, every: float = 0.5) -> None:
+        self._check = check
+        self._every = every
+        self._checked_at = float("-inf")
+        self._stopping = False
+
+    def __call__(self) -> bool:
+        if not self._stopping and time.monotonic() - self._checked_at >= self._every:
+            self._checked_at = time.monotonic()
+            self._stopping = self._check()
+        return self._stopping
+
+
 def run_dispatch_window(
     *,
     window_seconds: float,
-    should_stop: Callable[[], bool] = qcluster_is_stopping,
+    should_stop: Callable[[], bool] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Run due ticks for up to `window_seconds`; return how many ticks this window ran."""
+    should_stop = should_stop or ShutdownWatch()
     window_id = uuid.uuid4()
     deadline = time.monotonic() + window_seconds
     DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(window_id=window_id)
@@ -90,7 +107,7 @@ def run_dispatch_window(
                     break
                 due_in = (state["next_tick_at"] - timezone.now()).total_seconds() if state["next_tick_at"] else 0
                 if due_in <= 0:
-                    if dispatch_tick(provider=provider).ticked:
+                    if dispatch_tick(provider=provider, should_stop=should_stop).ticked:
                         ticks += 1
                     continue
             except Exception:

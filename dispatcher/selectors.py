@@ -5,6 +5,7 @@ from datetime import datetime
 
 from dispatcher.models import DispatcherState
 from dispatcher.services import dispatcher_state_ensure
+from messages_app.models import Message
 from messages_app.selectors import message_status_counts
 
 
@@ -16,6 +17,7 @@ class DispatcherStatus:
     last_tick_at: datetime | None
     next_tick_at: datetime | None
     counts: dict[str, int]
+    delivery_cache_pending: int
 
 
 def dispatcher_status() -> DispatcherStatus:
@@ -27,4 +29,5 @@ def dispatcher_status() -> DispatcherStatus:
         last_tick_at=state.last_tick_at,
         next_tick_at=state.next_tick_at if state.running else None,
         counts=message_status_counts(),
+        delivery_cache_pending=Message.objects.filter(delivery_cache_pending=True).count(),
     )

@@ -19,6 +19,9 @@ class DispatcherStatusSerializer(serializers.Serializer):
     last_tick_at = serializers.DateTimeField(allow_null=True)
     next_tick_at = serializers.DateTimeField(allow_null=True)
     counts = MessageCountsSerializer()
+    delivery_cache_pending = serializers.IntegerField(
+        help_text="Sent messages whose messages:<messageId> record is not in Redis yet (it was unreachable)."
+    )
 
 
 class DispatcherConfigSerializer(serializers.Serializer):

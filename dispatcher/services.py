@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.utils import timezone
 
-from dispatcher.claiming import claim_tick
+from dispatcher.claiming import claim_batch, claim_tick, recover_expired_leases
 from dispatcher.conf import dispatcher_settings
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
 from dispatcher.providers import BaseProvider, get_provider
-from dispatcher.sending import DeliveryOutcome, deliver_message
+from dispatcher.sending import DeliveryOutcome, deliver_batch, delivery_cache_catch_up
+from messages_app.models import Message
 
 logger = logging.getLogger(__name__)
 
 DISPATCH_WINDOW_TASK = "dispatcher.tasks.dispatch_window"
 DISPATCH_SCHEDULE_NAME = "dispatcher: pace dispatch ticks"
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -140,26 +147,79 @@ def dispatcher_configure(*, batch_size: int | None = None, interval_seconds: int
     return state
 
 
-def dispatch_tick(*, provider: BaseProvider | None = None, due_only: bool = True, force: bool = False) -> TickResult:
-    """Run one tick: claim a batch (if running and, with `due_only`, if due), then send it.
+def dispatch_tick(
+    *,
+    provider: BaseProvider | None = None,
+    due_only: bool = True,
+    force: bool = False,
+    should_stop: Callable[[], bool] = _never,
+) -> TickResult:
+    """Run one tick: recover expired leases, claim a batch (if running and, with
+    `due_only`, if due), send it, then catch up on pending cache records.
 
     `force` (manual ticks only) sends one batch even while the dispatcher is stopped.
     """
+    now = timezone.now()
+    recover_expired_leases(now=now)
     if not due_only:
         dispatcher_state_ensure()
-    claimed = claim_tick(now=timezone.now(), due_only=due_only, even_if_stopped=force)
+    claimed = claim_tick(now=now, due_only=due_only, even_if_stopped=force)
     if claimed is None:
         if not due_only:
             raise DispatcherStoppedError("The dispatcher is stopped; start it first, or force the tick.")
         return TickResult(ticked=False)
-    messages = claimed.messages
+    outcomes = _send_claimed(claimed.messages, provider=provider, should_stop=should_stop)
+    return TickResult(ticked=True, outcomes=outcomes)
+
+
+def dispatch_drain(
+    *,
+    batch_size: int,
+    provider: BaseProvider | None = None,
+    should_stop: Callable[[], bool] = _never,
+    deadline: float | None = None,
+    on_batch: Callable[[list[DeliveryOutcome]], None] | None = None,
+) -> list[DeliveryOutcome]:
+    """Claim and send batches back to back, ignoring the pace, until nothing is claimable,
+    the dispatcher is stopped, `should_stop()` or the monotonic `deadline` passes."""
+    owned_provider = provider is None
+    provider = provider or get_provider()
+    outcomes: list[DeliveryOutcome] = []
+    try:
+        while not should_stop() and (deadline is None or time.monotonic() < deadline):
+            now = timezone.now()
+            recover_expired_leases(now=now)
+            with transaction.atomic():
+                # Share the state-row lock with ticks and stop(): nothing is claimed after stop returns.
+                state = DispatcherState.objects.select_for_update().filter(pk=DispatcherState.SINGLETON_PK).first()
+                if state is None or not state.running:
+                    break
+                messages = claim_batch(batch_size=batch_size, now=now)
+            if not messages:
+                break
+            batch = deliver_batch(messages=messages, provider=provider, should_stop=should_stop)
+            outcomes.extend(batch)
+            if on_batch:
+                on_batch(batch)
+        delivery_cache_catch_up()
+    finally:
+        if owned_provider:
+            provider.close()
+    return outcomes
+
+
+def _send_claimed(
+    messages: list[Message], *, provider: BaseProvider | None, should_stop: Callable[[], bool]
+) -> list[DeliveryOutcome]:
     if messages:
         logger.info("tick claimed %d messages: ids %s", len(messages), [m.pk for m in messages])
     owned_provider = provider is None
     provider = provider or get_provider()
     try:
-        outcomes = [deliver_message(message=m, provider=provider) for m in messages]
+        outcomes = deliver_batch(messages=messages, provider=provider, should_stop=should_stop)
+        if Message.objects.filter(delivery_cache_pending=True).exists():
+            delivery_cache_catch_up()
     finally:
         if owned_provider:
             provider.close()
-    return TickResult(ticked=True, outcomes=outcomes)
+    return outcomes

@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from messages_app.models import Message
+from messages_app.models import DeliveryAttempt, Message
 from messages_app.services import message_create, messages_requeue_failed
 from messages_app.validators import normalize_phone_number, validate_content
 
@@ -22,7 +22,8 @@ class MessageAdminForm(forms.ModelForm):
 
     class Meta:
         model = Message
-        fields = ["recipient_phone_number", "content"]
+        fields = ["recipient_phone_number", "content", "send_after"]
+        help_texts = {"send_after": "Optional: not sent before this time."}
 
     def clean_recipient_phone_number(self) -> str:
         return normalize_phone_number(self.cleaned_data["recipient_phone_number"])
@@ -31,9 +32,25 @@ class MessageAdminForm(forms.ModelForm):
         return validate_content(self.cleaned_data["content"])
 
 
+class DeliveryAttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    fields = ["number", "started_at", "duration_ms", "http_status", "outcome", "error", "provider_message_id"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["id"]
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     form = MessageAdminForm
+    inlines = [DeliveryAttemptInline]
     list_display = ["id", "recipient_phone_number", "short_content", "status", "attempts", "created_at", "sent_at"]
     list_filter = ["status"]
     search_fields = ["recipient_phone_number", "content", "=uuid", "=provider_message_id"]
@@ -45,9 +62,13 @@ class MessageAdmin(admin.ModelAdmin):
         "uuid",
         "status",
         "created_at",
+        "send_after",
+        "next_attempt_at",
         "claimed_at",
+        "lease_expires_at",
         "sent_at",
         "provider_message_id",
+        "delivery_cache_pending",
         "attempts",
         "last_error",
     ]
@@ -55,8 +76,14 @@ class MessageAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
         if obj is None:
-            return ["recipient_phone_number", "content"]
+            return ["recipient_phone_number", "content", "send_after"]
         return ["recipient_phone_number", "content", *self.readonly_fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
+        return self.readonly_fields if obj is not None else []
+
+    def get_inlines(self, request: HttpRequest, obj: Message | None = None):
+        return self.inlines if obj is not None else []
 
     @admin.display(description="content")
     def short_content(self, obj: Message) -> str:
@@ -71,6 +98,7 @@ class MessageAdmin(admin.ModelAdmin):
         created = message_create(
             recipient_phone_number=form.cleaned_data["recipient_phone_number"],
             content=form.cleaned_data["content"],
+            send_after=form.cleaned_data.get("send_after"),
         )
         obj.pk = created.pk
 

@@ -15,6 +15,7 @@ from messages_app.errors import MessageStateError
 from messages_app.filters import MessageFilter
 from messages_app.pagination import SentMessageCursorPagination
 from messages_app.serializers import (
+    DeliveryAttemptSerializer,
     MessageBulkCreateSerializer,
     MessageBulkResultSerializer,
     MessageCreateSerializer,
@@ -79,6 +80,16 @@ class MessageViewSet(
     def sent(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="The delivery attempts of a message, oldest first",
+        responses={200: DeliveryAttemptSerializer(many=True)},
+        filters=False,
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
+    def attempts(self, request: Request, pk: str | None = None) -> Response:
+        message = self.get_object()
+        return Response(DeliveryAttemptSerializer(selectors.message_attempts(message_id=message.pk), many=True).data)
 
     @extend_schema(
         summary="Put a failed message back in the queue",

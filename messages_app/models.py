@@ -19,9 +19,20 @@ class Message(models.Model):
     content = models.TextField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNSENT)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Not claimed before this moment (optional, set by the client).
+    send_after = models.DateTimeField(null=True, blank=True)
+    # Not claimed before this moment either: send_after at first, then the retry backoff.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # Who holds the message while it is `processing`, and until when. Writes of
+    # the outcome must match the token, so a worker whose lease ran out (and
+    # whose message was handed to another) cannot overwrite the newer state.
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    # Sent, but its messages:<messageId> record is not in Redis yet (Redis was down).
+    delivery_cache_pending = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
 
@@ -41,6 +52,17 @@ class Message(models.Model):
                 name="message_sent_recent",
                 condition=Q(status="sent"),
             ),
+            # Every tick looks for expired leases among the few processing rows.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="message_processing_lease",
+                condition=Q(status="processing"),
+            ),
+            models.Index(
+                fields=["id"],
+                name="message_cache_pending",
+                condition=Q(delivery_cache_pending=True),
+            ),
             models.Index(fields=["status", "-id"], name="message_status_recent"),
             models.Index(fields=["recipient_phone_number", "-id"], name="message_recipient_recent"),
         ]
@@ -53,3 +75,30 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"Message {self.pk} to {self.recipient_phone_number} ({self.status})"
+
+
+class DeliveryAttempt(models.Model):
+    """One try at handing a message to the provider, kept for the record."""
+
+    class Outcome(models.TextChoices):
+        SENT = "sent", "Sent"
+        RETRY = "retry", "Will retry"
+        FAILED = "failed", "Failed"
+        LEASE_EXPIRED = "lease_expired", "Lease expired (worker lost)"
+        RELEASED = "released", "Released unsent (worker stopping)"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="delivery_attempts")
+    number = models.PositiveIntegerField(help_text="1 for the first attempt.")
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error = models.TextField(blank=True, default="")
+    provider_message_id = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["message_id", "id"]
+        indexes = [models.Index(fields=["message", "id"], name="attempt_message")]
+
+    def __str__(self) -> str:
+        return f"Attempt {self.number} of message {self.message_id}: {self.outcome}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count, QuerySet
 
-from messages_app.models import Message
+from messages_app.models import DeliveryAttempt, Message
 
 
 def message_list() -> QuerySet[Message]:
@@ -20,3 +20,7 @@ def message_status_counts() -> dict[str, int]:
     for row in Message.objects.order_by().values("status").annotate(n=Count("id")):
         counts[row["status"]] = row["n"]
     return counts
+
+
+def message_attempts(*, message_id: int) -> QuerySet[DeliveryAttempt]:
+    return DeliveryAttempt.objects.filter(message_id=message_id).order_by("id")

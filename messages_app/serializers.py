@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from messages_app.models import Message
+from messages_app.models import DeliveryAttempt, Message
 from messages_app.validators import normalize_phone_number, validate_content
 
 
@@ -37,7 +37,16 @@ class MessageSerializer(serializers.ModelSerializer):
             "provider_message_id",
             "attempts",
             "last_error",
+            "send_after",
+            "next_attempt_at",
         ]
+        read_only_fields = fields
+
+
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = ["number", "started_at", "duration_ms", "http_status", "outcome", "error", "provider_message_id"]
         read_only_fields = fields
 
 
@@ -48,6 +57,9 @@ class MessageCreateSerializer(serializers.Serializer):
     content = StrictCharField(
         trim_whitespace=False,
         help_text="1 to MESSAGE_MAX_LENGTH characters (default 1000), counted as characters.",
+    )
+    send_after = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="Optional: do not send before this time (ISO 8601)."
     )
 
     def validate_recipient_phone_number(self, value: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -40,21 +41,27 @@ def messages_transition(
     return qs.filter(status__in=allowed).update(**updates)
 
 
-def message_create(*, recipient_phone_number: str, content: str) -> Message:
+def message_create(*, recipient_phone_number: str, content: str, send_after: datetime | None = None) -> Message:
     message = Message.objects.create(
         recipient_phone_number=normalize_phone_number(recipient_phone_number),
         content=validate_content(content),
+        send_after=send_after,
+        next_attempt_at=send_after,
     )
-    logger.info("queued message id=%s uuid=%s", message.pk, message.uuid)
+    logger.info(
+        "queued message id=%s uuid=%s%s", message.pk, message.uuid, f" to send after {send_after}" if send_after else ""
+    )
     return message
 
 
-def messages_bulk_create(*, items: Sequence[dict[str, str]]) -> list[Message]:
+def messages_bulk_create(*, items: Sequence[dict[str, Any]]) -> list[Message]:
     """Create all messages or none. Callers validate first to report per-item errors."""
     messages = [
         Message(
             recipient_phone_number=normalize_phone_number(item["recipient_phone_number"]),
             content=validate_content(item["content"]),
+            send_after=item.get("send_after"),
+            next_attempt_at=item.get("send_after"),
         )
         for item in items
     ]
@@ -69,11 +76,13 @@ def messages_bulk_create(*, items: Sequence[dict[str, str]]) -> list[Message]:
     return created
 
 
+# A requeued message starts afresh: due now, with a new budget of attempts.
+_REQUEUED = {"to_status": Status.UNSENT, "claimed_at": None, "next_attempt_at": None, "attempts": 0}
+
+
 def message_requeue(*, message_id: int) -> Message:
     """Put a failed message back in the queue; raise MessageStateError otherwise."""
-    changed = messages_transition(
-        message_ids=[message_id], from_status=Status.FAILED, to_status=Status.UNSENT, claimed_at=None
-    )
+    changed = messages_transition(message_ids=[message_id], from_status=Status.FAILED, **_REQUEUED)
     message = Message.objects.get(pk=message_id)
     if not changed:
         raise MessageStateError(f"Only failed messages can be requeued; this one is {message.status}.")
@@ -83,8 +92,6 @@ def message_requeue(*, message_id: int) -> Message:
 
 def messages_requeue_failed(*, message_ids: Iterable[int] | None = None) -> int:
     """Requeue failed messages (all of them, or those among `message_ids`); return the count."""
-    changed = messages_transition(
-        message_ids=message_ids, from_status=Status.FAILED, to_status=Status.UNSENT, claimed_at=None
-    )
+    changed = messages_transition(message_ids=message_ids, from_status=Status.FAILED, **_REQUEUED)
     logger.info("requeued %d failed messages", changed)
     return changed

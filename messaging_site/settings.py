@@ -167,6 +167,10 @@ DISPATCHER = {
     "INITIAL_INTERVAL_SECONDS": env_int("DISPATCH_INTERVAL_SECONDS", 120, minimum=1, maximum=86_400),
     "DELIVERY_CACHE_TTL_SECONDS": env_int("DELIVERY_CACHE_TTL_SECONDS", 0, minimum=0),
     "WINDOW_SECONDS": env_int("DISPATCH_WINDOW_SECONDS", 100, minimum=5, maximum=600),
+    "MAX_ATTEMPTS": env_int("DISPATCH_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+    "RETRY_BASE_SECONDS": env_float("DISPATCH_RETRY_BASE_SECONDS", 5.0, minimum=0.0),
+    "RETRY_MAX_SECONDS": env_float("DISPATCH_RETRY_MAX_SECONDS", 600.0, minimum=0.0),
+    "LEASE_SECONDS": env_float("DISPATCH_LEASE_SECONDS", 60.0, minimum=0.5),
 }
 
 # --- django-q2 -----------------------------------------------------------------

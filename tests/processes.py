@@ -121,9 +121,9 @@ def fake_provider(tmp_path: Path, *extra_args: str):
 
 
 @contextmanager
-def qcluster(tmp_path: Path, **env_overrides: str):
-    """A real `manage.py qcluster` against the test database."""
-    with running(["qcluster"], env=child_env(**env_overrides), log_path=tmp_path / "qcluster.log") as process:
+def qcluster(tmp_path: Path, *, log_name: str = "qcluster.log", **env_overrides: str):
+    """A real `manage.py qcluster` against the test database (log in `tmp_path / log_name`)."""
+    with running(["qcluster"], env=child_env(**env_overrides), log_path=tmp_path / log_name) as process:
         yield process
 
 
@@ -148,10 +148,10 @@ def logs_of(*processes: RunningProcess) -> str:
 
 
 @contextmanager
-def qcluster_running(tmp_path: Path, *, timeout: float = 30, **env_overrides: str):
+def qcluster_running(tmp_path: Path, *, timeout: float = 30, log_name: str = "qcluster.log", **env_overrides: str):
     """`qcluster` that has reported it is running (its workers are up and polling the queue)."""
     env_overrides.setdefault("LOG_LEVEL", "INFO")  # the readiness line, and what tests look for, are INFO
-    with qcluster(tmp_path, **env_overrides) as process:
+    with qcluster(tmp_path, log_name=log_name, **env_overrides) as process:
         wait_for_log(process, "running.", timeout=timeout)
         yield process
 
@@ -237,3 +237,148 @@ def start_claimer(tmp_path: Path, name: str, *, go_file: Path, batch_size: int, 
         start_new_session=True,
     )
     return popen, ready
+
+
+# --- Fault injection helpers (tests/dispatcher/test_faults.py) -------------------------------
+
+
+def manage(args: list[str], *, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python manage.py <args>` to completion; return it with its output (stdout and stderr together)."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextmanager
+def drain(tmp_path: Path, name: str, *args: str, **env_overrides: str):
+    """A real `manage.py dispatcher drain <args>` process (log in `tmp_path / f"{name}.log"`)."""
+    with running(
+        ["dispatcher", "drain", *args], env=child_env(**env_overrides), log_path=tmp_path / f"{name}.log"
+    ) as process:
+        yield process
+
+
+def provider_requests(url: str) -> list[dict]:
+    """What the fake provider at `url` received, oldest answer first."""
+    return http_json("GET", url + "_fake/requests", timeout=30)
+
+
+def provider_stats(url: str) -> dict:
+    return http_json("GET", url + "_fake/stats")
+
+
+def provider_faults(url: str, **faults: object) -> dict:
+    """Change the fake provider's faults while it runs; return them all."""
+    return http_json("POST", url + "_fake/faults", faults)
+
+
+class RedisServer:
+    """A private `redis-server` subprocess that tests may stop and start again on the same port.
+
+    It keeps its snapshot in `directory`: `stop()` saves one (SHUTDOWN SAVE) and `start()` loads it,
+    the way a Redis with persistence comes back after a restart. It never snapshots by itself.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.popen: subprocess.Popen | None = None
+        self.log_path = directory / f"redis-{self.port}.log"
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def ping(self) -> bool:
+        import redis
+
+        client = self.client()
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 10) -> None:
+        assert self.popen is None or self.popen.poll() is not None, "already running"
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                    "--dbfilename",
+                    f"redis-{self.port}.rdb",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self.ping, timeout=timeout, what=f"redis-server on port {self.port}")
+
+    def stop(self, *, save: bool = True, timeout: float = 10) -> None:
+        """Shut it down (saving a snapshot first if `save`); return once the port refuses connections."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        # redis-cli rather than redis-py, whose retries on the hang-up would add seconds.
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "save" if save else "nosave"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+@contextmanager
+def redis_server(tmp_path: Path):
+    """A private Redis (never the shared one on 6379) on a free port; killed after the block."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def terminate_database_backends() -> int:
+    """Terminate every other client connection to the test database; return how many were ended.
+
+    Only this database's client backends are touched, never our own connection.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        return sum(1 for (ended,) in cursor.fetchall() if ended)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 import requests
@@ -15,10 +17,34 @@ if TYPE_CHECKING:
 # Connecting should be quick even when the provider is slow to answer.
 CONNECT_TIMEOUT_SECONDS = 3.05
 MAX_ERROR_BODY = 200
+MAX_MESSAGE_ID_LENGTH = 255  # the width of Message.provider_message_id
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from an HTTP Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class WebhookProvider(BaseProvider):
-    """POSTs `{"to", "content"}` as JSON to WEBHOOK_URL and expects a `messageId` back."""
+    """POSTs `{"to", "content"}` as JSON to WEBHOOK_URL and expects a `messageId` back.
+
+    Each request carries `Idempotency-Key: <message uuid>`, the same on every attempt.
+    """
 
     def __init__(self) -> None:
         conf = dispatcher_settings()
@@ -43,7 +69,9 @@ class WebhookProvider(BaseProvider):
     def send(self, message: Message) -> ProviderResult:
         payload = {"to": message.recipient_phone_number, "content": message.content}
         try:
-            response = self._session().post(self.url, json=payload, timeout=self.timeout)
+            response = self._session().post(
+                self.url, json=payload, timeout=self.timeout, headers={"Idempotency-Key": str(message.uuid)}
+            )
         except requests.Timeout:
             raise ProviderError(f"timed out after {self.timeout[1]:g}s waiting for the provider") from None
         except requests.ConnectionError as exc:
@@ -56,8 +84,10 @@ class WebhookProvider(BaseProvider):
             body = response.text[:MAX_ERROR_BODY]
             raise ProviderError(
                 f"provider answered HTTP {status}: {body}",
-                permanent=400 <= status < 500 and status not in (408, 429),
+                # 5xx, 408 and 429 may pass; any other answer will be the same next time.
+                permanent=not (status >= 500 or status in (408, 429)),
                 http_status=status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         try:
             data = response.json()
@@ -69,6 +99,13 @@ class WebhookProvider(BaseProvider):
         if not isinstance(message_id, str) or not message_id.strip():
             raise ProviderError(
                 f"provider answered HTTP {status} without a messageId", permanent=True, http_status=status
+            )
+        if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+            raise ProviderError(
+                f"provider answered HTTP {status} with a messageId of {len(message_id)} characters "
+                f"(at most {MAX_MESSAGE_ID_LENGTH} can be stored)",
+                permanent=True,
+                http_status=status,
             )
         return ProviderResult(message_id=message_id, http_status=status)
 

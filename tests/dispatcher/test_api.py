@@ -18,7 +18,15 @@ URL = "/api/dispatcher/"
 START_URL = "/api/dispatcher/start/"
 STOP_URL = "/api/dispatcher/stop/"
 
-STATUS_FIELDS = {"running", "batch_size", "interval_seconds", "last_tick_at", "next_tick_at", "counts"}
+STATUS_FIELDS = {
+    "running",
+    "batch_size",
+    "interval_seconds",
+    "last_tick_at",
+    "next_tick_at",
+    "counts",
+    "delivery_cache_pending",
+}
 
 
 def make_state(**fields) -> DispatcherState:

@@ -130,19 +130,19 @@ def test_tick_sends_one_batch_and_prints_it(running_dispatcher):
     assert [e.message_pk for e in locmem.outbox] == [messages[0].pk, messages[1].pk]
     for entry, message in zip(locmem.outbox, messages, strict=False):
         assert f"sent   message {message.pk} ({message.uuid}) messageId={entry.message_id}" in out
-    assert "2 sent, 0 failed." in out
+    assert "2 sent, 0 to retry, 0 failed." in out
     assert "cache write failed" not in out
     assert Message.objects.get(pk=messages[2].pk).status == Status.UNSENT
 
 
 def test_tick_prints_failures(running_dispatcher):
     message = make_message()
-    locmem.failures.append(ProviderError("provider answered HTTP 500: oops"))
+    locmem.failures.append(ProviderError("provider answered HTTP 500: oops", permanent=True))
 
     out = run("dispatcher", "tick")
 
     assert f"failed message {message.pk} ({message.uuid}): provider answered HTTP 500: oops" in out
-    assert "0 sent, 1 failed." in out
+    assert "0 sent, 0 to retry, 1 failed." in out
     assert Message.objects.get(pk=message.pk).status == Status.FAILED
 
 
@@ -182,7 +182,7 @@ def test_tick_says_when_the_delivery_cache_is_down(running_dispatcher, settings)
     message = make_message()
     out = run("dispatcher", "tick")
     assert f"sent   message {message.pk}" in out
-    assert "(delivery cache write failed)" in out
+    assert "(delivery cache write failed; will be written later)" in out
     assert Message.objects.get(pk=message.pk).status == Status.SENT
 
 

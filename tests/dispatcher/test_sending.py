@@ -109,10 +109,9 @@ def test_success_clears_the_error_of_an_earlier_attempt(raw_redis):
 # --- failure -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("permanent", [False, True])
-def test_provider_error_marks_failed_with_the_reason(raw_redis, permanent):
+def test_a_permanent_provider_error_marks_failed_with_the_reason(raw_redis):
     message = processing_message(attempts=1)
-    locmem.failures.append(ProviderError("provider answered HTTP 503: busy", permanent=permanent, http_status=503))
+    locmem.failures.append(ProviderError("provider answered HTTP 503: busy", permanent=True, http_status=503))
 
     outcome = deliver_message(message=message, provider=locmem.LocmemProvider())
 
@@ -130,21 +129,22 @@ def test_provider_error_marks_failed_with_the_reason(raw_redis, permanent):
 
 def test_a_very_long_error_is_truncated():
     message = processing_message()
-    locmem.failures.append(ProviderError("x" * (MAX_ERROR_LENGTH + 500)))
+    locmem.failures.append(ProviderError("x" * (MAX_ERROR_LENGTH + 500), permanent=True))
     deliver_message(message=message, provider=locmem.LocmemProvider())
     message.refresh_from_db()
     assert message.status == Status.FAILED
     assert len(message.last_error) == MAX_ERROR_LENGTH
 
 
-def test_a_crashing_backend_marks_failed_not_stuck_in_processing(caplog):
+def test_a_crashing_backend_is_retried_not_stuck_in_processing(caplog):
     message = processing_message()
 
     outcome = deliver_message(message=message, provider=CrashingProvider())
 
     assert not outcome.sent
     message.refresh_from_db()
-    assert message.status == Status.FAILED
+    assert message.status == Status.UNSENT
+    assert message.next_attempt_at is not None
     assert message.attempts == 1
     assert "RuntimeError" in message.last_error and "backend bug" in message.last_error
     assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
@@ -152,7 +152,7 @@ def test_a_crashing_backend_marks_failed_not_stuck_in_processing(caplog):
 
 def test_a_failure_does_not_stop_the_rest_of_the_batch(running_dispatcher):
     messages = [make_message() for _ in range(3)]
-    locmem.failures.append(ProviderError("first one fails"))
+    locmem.failures.append(ProviderError("first one fails", permanent=True))
 
     result = dispatch_tick(due_only=False)
 

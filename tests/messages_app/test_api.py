@@ -26,6 +26,8 @@ MESSAGE_FIELDS = {
     "provider_message_id",
     "attempts",
     "last_error",
+    "send_after",
+    "next_attempt_at",
 }
 
 

@@ -25,6 +25,8 @@ MESSAGE_FIELDS = {
     "provider_message_id",
     "attempts",
     "last_error",
+    "send_after",
+    "next_attempt_at",
 }
 
 
@@ -243,7 +245,15 @@ def test_status_answers_the_dispatcher_status_in_the_envelope(api_client, path):
     assert set(body) == {"status", "success"}
     assert body["status"] == 200
     status = body["success"]
-    assert set(status) == {"running", "batch_size", "interval_seconds", "last_tick_at", "next_tick_at", "counts"}
+    assert set(status) == {
+        "running",
+        "batch_size",
+        "interval_seconds",
+        "last_tick_at",
+        "next_tick_at",
+        "counts",
+        "delivery_cache_pending",
+    }
     assert status["running"] is True
     assert status["counts"] == {"unsent": 0, "processing": 0, "sent": 1, "failed": 2}
 

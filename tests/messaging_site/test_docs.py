@@ -81,6 +81,8 @@ def test_schema_documents_the_message_fields_and_statuses(anon_client):
         "provider_message_id",
         "attempts",
         "last_error",
+        "send_after",
+        "next_attempt_at",
     }
     assert set(components["MessageStatusEnum"]["enum"]) == {"unsent", "processing", "sent", "failed"}
     requeue = schema["paths"]["/api/messages/{id}/requeue/"]["post"]

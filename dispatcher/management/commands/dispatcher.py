@@ -1,17 +1,34 @@
 from __future__ import annotations
 
+import signal
+import time
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
 from dispatcher.selectors import dispatcher_status
-from dispatcher.services import dispatch_tick, dispatcher_configure, dispatcher_start, dispatcher_stop
+from dispatcher.sending import DeliveryOutcome, delivery_cache_catch_up
+from dispatcher.services import (
+    dispatch_drain,
+    dispatch_tick,
+    dispatcher_configure,
+    dispatcher_start,
+    dispatcher_state_ensure,
+    dispatcher_stop,
+)
+from messages_app.models import Message
 
 
 class Command(BaseCommand):
-    help = "Operate the dispatcher cluster-wide: status, start, stop, configure, or run one tick now."
+    help = (
+        "Operate the dispatcher cluster-wide: status, start, stop, configure; run one tick now; "
+        "drain the queue at full speed; or write pending delivery cache records."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="operation", required=True, metavar="{status,start,stop,configure,tick}")
+        sub = parser.add_subparsers(
+            dest="operation", required=True, metavar="{status,start,stop,configure,tick,drain,recache}"
+        )
         sub.add_parser("status", help="Show whether it runs, its pace and the message counts.")
         sub.add_parser("start", help="Start sending (the first tick is due at once).")
         sub.add_parser("stop", help="Stop claiming messages.")
@@ -20,6 +37,14 @@ class Command(BaseCommand):
         configure.add_argument("--interval-seconds", type=int)
         tick = sub.add_parser("tick", help="Claim and send one batch now, and print what was sent.")
         tick.add_argument("--force", action="store_true", help="Send one batch even if the dispatcher is stopped.")
+        drain = sub.add_parser(
+            "drain",
+            help="Claim and send batches back to back, ignoring the pace, until nothing is claimable "
+            "(while the dispatcher runs). SIGTERM finishes the send in flight and releases the rest.",
+        )
+        drain.add_argument("--batch-size", type=int, default=100)
+        drain.add_argument("--max-seconds", type=float, default=None, help="Stop after this long.")
+        sub.add_parser("recache", help="Write delivery cache records that could not be written (Redis was down).")
 
     def handle(self, *args, operation: str, **options) -> None:
         if operation == "start":
@@ -35,6 +60,12 @@ class Command(BaseCommand):
                 raise CommandError(exc.message) from None
         elif operation == "tick":
             self._tick(force=options["force"])
+            return
+        elif operation == "drain":
+            self._drain(batch_size=options["batch_size"], max_seconds=options["max_seconds"])
+            return
+        elif operation == "recache":
+            self._recache()
             return
         self._print_status()
 
@@ -57,12 +88,67 @@ class Command(BaseCommand):
             self.stdout.write("No unsent messages.")
             return
         for outcome in result.outcomes:
-            if outcome.sent:
-                self.stdout.write(
-                    f"sent   message {outcome.message_id} ({outcome.message_uuid}) "
-                    f"messageId={outcome.provider_message_id}"
-                    + ("" if outcome.cached else " (delivery cache write failed)")
-                )
-            else:
-                self.stdout.write(f"failed message {outcome.message_id} ({outcome.message_uuid}): {outcome.error}")
-        self.stdout.write(f"{len(result.sent)} sent, {len(result.failed)} failed.")
+            self.stdout.write(self._describe(outcome))
+        retried = sum(1 for o in result.outcomes if o.outcome == "retry")
+        failed = len(result.outcomes) - len(result.sent) - retried
+        self.stdout.write(f"{len(result.sent)} sent, {retried} to retry, {failed} failed.")
+
+    @staticmethod
+    def _describe(outcome: DeliveryOutcome) -> str:
+        who = f"message {outcome.message_id} ({outcome.message_uuid})"
+        if outcome.sent:
+            cached = "" if outcome.cached else " (delivery cache write failed; will be written later)"
+            return f"sent   {who} messageId={outcome.provider_message_id}{cached}"
+        if outcome.outcome == "retry":
+            return f"retry  {who} at {outcome.next_attempt_at.isoformat()}: {outcome.error}"
+        return f"failed {who}: {outcome.error}"
+
+    def _drain(self, *, batch_size: int, max_seconds: float | None) -> None:
+        if not 1 <= batch_size <= 10_000:
+            raise CommandError("--batch-size must be between 1 and 10000")
+        if not dispatcher_state_ensure().running:
+            raise CommandError("The dispatcher is stopped; start it first.")
+        stopping = False
+
+        def on_sigterm(signum, frame) -> None:
+            nonlocal stopping
+            stopping = True
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        started = time.monotonic()
+        totals = {"sent": 0, "retry": 0, "failed": 0}
+
+        def progress(batch: list[DeliveryOutcome]) -> None:
+            for outcome in batch:
+                totals[outcome.outcome] = totals.get(outcome.outcome, 0) + 1
+            elapsed = time.monotonic() - started
+            done = sum(totals.values())
+            self.stdout.write(
+                f"drain: {totals['sent']} sent, {totals['retry']} to retry, {totals['failed']} failed "
+                f"({done / elapsed if elapsed else 0:.0f}/s)"
+            )
+            self.stdout.flush()
+
+        try:
+            dispatch_drain(
+                batch_size=batch_size,
+                should_stop=lambda: stopping,
+                deadline=None if max_seconds is None else started + max_seconds,
+                on_batch=progress,
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        reason = "stopped by SIGTERM" if stopping else "done"
+        self.stdout.write(
+            f"drain {reason}: {totals['sent']} sent, {totals['retry']} to retry, {totals['failed']} failed "
+            f"in {time.monotonic() - started:.1f} s."
+        )
+
+    def _recache(self) -> None:
+        total = 0
+        while written := delivery_cache_catch_up():
+            total += written
+        self.stdout.write(f"Wrote {total} pending delivery cache record(s).")
+        still_pending = Message.objects.filter(delivery_cache_pending=True).count()
+        if still_pending:
+            raise CommandError(f"{still_pending} record(s) still pending: the delivery cache is unreachable.")
