@@ -231,3 +231,42 @@ def test_fakeprovider_on_a_busy_port_is_an_error():
 def test_fakeprovider_rejects_bad_options(args, message):
     # The port is free: a bad option must stop it before it starts serving.
     assert message in str(fakeprovider_error("--port", str(free_port()), *args))
+
+
+# --- dispatcher drain / recache ---------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_drain_sends_everything_claimable_in_batches_and_reports_progress(running_dispatcher):
+    messages = [make_message() for _ in range(7)]
+    later = make_message(next_attempt_at=timezone.now() + timezone.timedelta(hours=1))
+
+    out = run("dispatcher", "drain", "--batch-size", "3")
+
+    assert sorted(e.message_pk for e in locmem.outbox) == sorted(m.pk for m in messages)
+    assert out.count("drain: ") == 3  # one progress line per batch
+    assert "drain done: 7 sent, 0 to retry, 0 failed" in out
+    assert Message.objects.get(pk=later.pk).status == Status.UNSENT
+
+
+@pytest.mark.django_db
+def test_drain_refuses_while_stopped_and_bad_batch_sizes(stopped_dispatcher):
+    make_message()
+    with pytest.raises(CommandError, match="stopped"):
+        run("dispatcher", "drain")
+    with pytest.raises(CommandError, match="--batch-size"):
+        run("dispatcher", "drain", "--batch-size", "0")
+    assert locmem.outbox == []
+
+
+@pytest.mark.django_db
+def test_recache_writes_pending_records(running_dispatcher):
+    from dispatcher.delivery_cache import delivery_cache_get
+
+    message = make_message(status=Status.SENT, delivery_cache_pending=True)
+
+    out = run("dispatcher", "recache")
+
+    assert "Wrote 1 pending delivery cache record(s)." in out
+    assert delivery_cache_get(message.provider_message_id)["messageId"] == message.provider_message_id
+    assert not Message.objects.get(pk=message.pk).delivery_cache_pending

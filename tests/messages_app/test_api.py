@@ -682,3 +682,60 @@ def test_token_authenticated_writes_need_no_csrf_token(user, client_for):
     client.handler.enforce_csrf_checks = True
     response = client.post(LIST_URL, {"recipient_phone_number": "+905551112233", "content": "hi"}, format="json")
     assert response.status_code == 201
+
+
+# --- send_after and the attempt log ----------------------------------------------------
+
+
+def test_create_with_send_after_holds_the_message_until_then(api_client):
+    when = timezone.now() + dt.timedelta(hours=2)
+    response = api_client.post(
+        LIST_URL,
+        {"recipient_phone_number": "+905551112233", "content": "later", "send_after": when.isoformat()},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    stored = Message.objects.get()
+    assert stored.send_after == when and stored.next_attempt_at == when
+    assert response.json()["send_after"] is not None
+
+
+def test_create_with_a_malformed_send_after_is_400_and_stores_nothing(api_client):
+    response = api_client.post(
+        LIST_URL,
+        {"recipient_phone_number": "+905551112233", "content": "x", "send_after": "tomorrow-ish"},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "send_after" in response.json()
+    assert not Message.objects.exists()
+
+
+def test_attempts_lists_the_delivery_attempts_oldest_first(api_client):
+    from messages_app.models import DeliveryAttempt
+
+    message = make_message(status=Status.SENT)
+    other = make_message()
+    now = timezone.now()
+    DeliveryAttempt.objects.create(message=message, number=1, started_at=now, outcome="retry", http_status=503)
+    DeliveryAttempt.objects.create(
+        message=message, number=2, started_at=now, outcome="sent", http_status=202, provider_message_id="abc"
+    )
+    DeliveryAttempt.objects.create(message=other, number=1, started_at=now, outcome="retry")
+
+    response = api_client.get(f"{detail_url(message.pk)}attempts/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert [(a["number"], a["outcome"], a["http_status"]) for a in body] == [(1, "retry", 503), (2, "sent", 202)]
+    assert set(body[0]) == {
+        "number",
+        "started_at",
+        "duration_ms",
+        "http_status",
+        "outcome",
+        "error",
+        "provider_message_id",
+    }
+    assert api_client.get(f"{detail_url(999999)}attempts/").status_code == 404
+    assert APIClient().get(f"{detail_url(message.pk)}attempts/").status_code == 401
