@@ -27,6 +27,9 @@ class Command(BaseCommand):
         parser.add_argument("--error-status", type=int, default=500, help="Status of the failing answers.")
         parser.add_argument("--status-code", type=int, default=202, help="Status of the successful answers.")
         parser.add_argument("--missing-message-id", action="store_true", help="Leave messageId out of answers.")
+        parser.add_argument(
+            "--retry-after", type=float, default=0.0, help="Send this Retry-After (seconds) on 429 and 503 answers."
+        )
         parser.add_argument("--auth-key", default=None, help="Require this x-ins-auth-key (default: accept any).")
 
     def handle(self, *args, **options) -> None:
@@ -39,6 +42,7 @@ class Command(BaseCommand):
                     "error_status": options["error_status"],
                     "status_code": options["status_code"],
                     "missing_message_id": options["missing_message_id"],
+                    "retry_after": options["retry_after"],
                 }
             )
         except ValueError as exc:
