@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.db import close_old_connections
 from django.utils import timezone
 
 from dispatcher.claiming import release_claimed
@@ -215,8 +216,10 @@ def deliver_batch(
             outcomes.append(deliver_message(message=message, provider=provider, conf=conf))
         except Exception:
             # Recording the outcome failed (database gone?). The message keeps
-            # its lease and comes back when the lease expires; go on with the rest.
+            # its lease and comes back when the lease expires; go on with the
+            # rest on a fresh connection if the old one is broken.
             logger.exception("could not record the outcome of message id=%s uuid=%s", message.pk, message.uuid)
+            close_old_connections()
     return outcomes
 
 
