@@ -1,0 +1,110 @@
+"""`python -m bench` runs end to end at a small size (the figures themselves are not checked).
+
+The benchmarks get a database and a Redis db of their own, not the test suite's
+nor the real benchmark's; a file lock keeps two test runs on this machine from
+emptying them under each other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCH_ENV = {
+    "BENCH_DATABASE_URL": "postgres://postgres@127.0.0.1:5432/messaging_bench_test",
+    "BENCH_REDIS_URL": "redis://127.0.0.1:6379/12",
+}
+LOCK_PATH = Path("/tmp/messaging-bench-test.lock")
+
+pytestmark = pytest.mark.process
+
+
+@pytest.fixture(scope="module")
+def bench_lock():
+    """Hold the lock for the module: another run waits (up to 2 minutes) instead of clashing."""
+    with open(LOCK_PATH, "a") as handle:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test run holds {LOCK_PATH}")
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float = 60) -> dict:
+    env = dict(os.environ, **BENCH_ENV)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--log-dir", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    logs = "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr}\n{done.stdout[-3000:]}\n{logs}"
+    return json.loads(done.stdout)
+
+
+def test_throughput_sends_every_message_once(bench_lock, tmp_path):
+    result = run_bench(tmp_path, "throughput", "--messages", "2000", "--processes", "1")
+
+    assert result["ok"] is True
+    assert result["messages"] == 2000
+    assert result["duplicates_total"] == 0
+    (run,) = result["runs"]
+    assert run["checks"]["sent"] == 2000
+    assert run["checks"]["sent_exactly_once"] is True
+    assert run["duplicates"] == 0
+    assert run["provider"]["accepted"] == 2000
+    assert run["provider"]["duplicates_dropped"] == 0
+    for field in ("messages_per_s", "wall_s", "latency_p50_ms", "latency_p99_ms", "drain_peak_rss_mib"):
+        assert isinstance(run[field], (int, float)) and run[field] > 0, field
+    assert run["fakeprovider_peak_rss_mib"] > 0
+    assert run["load"]["rows"] == 2000 and run["load"]["rows_per_s"] > 0
+    assert run["latency_p50_ms"] <= run["latency_p99_ms"]
+    for field in ("messages_per_s", "latency_p50_ms", "latency_p99_ms", "drain_peak_rss_mib"):
+        assert result["median"][field] == run[field]
+
+
+def test_claim_times_the_dispatchers_claim_and_explains_it(bench_lock, tmp_path):
+    result = run_bench(tmp_path, "claim", "--rows", "1000,2000", "--repeat", "20", "--warmup", "2")
+
+    assert [size["rows"] for size in result["sizes"]] == [1000, 2000]
+    for size in result["sizes"]:
+        assert size["unsent"] == size["rows"] // 2
+        assert size["claim_batch"]["n"] == 20
+        assert 0 < size["claim_batch"]["p50_ms"] <= size["claim_batch"]["p99_ms"]
+        assert set(size["queries"]) >= {"select_for_update_skip_locked", "update_to_processing", "fetch_claimed"}
+        first = size["explain"][0]
+        assert "FOR UPDATE SKIP LOCKED" in first["sql"]
+        assert any(line.startswith("Execution Time") for line in first["plan"])
+    assert result["ratio_p50_largest_to_smallest"] > 0
+
+
+def test_sentlist_times_first_and_deep_pages(bench_lock, tmp_path):
+    result = run_bench(tmp_path, "sentlist", "--sent", "2000", "--depth", "10", "--repeat", "20")
+
+    for name in ("sent_list", "message_list"):
+        figures = result[name]
+        assert figures["first_page"]["n"] == 20 and figures["first_page"]["p50_ms"] > 0
+        assert figures["deep_page"]["pages_deep"] == 10
+        assert figures["deep_page"]["rows_before_it"] == 500
+        assert figures["deep_page"]["queries_per_request"] >= 1
+        assert figures["deep_page"]["explain"][0]["plan"]
