@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import subprocess
 import time
@@ -143,6 +142,23 @@ def check_idempotency(received: list[dict], messages: list[Message], logs: str =
             )
 
 
+def check_attempt_log(messages: list[Message], logs: str = "") -> None:
+    """Each counted attempt has its DeliveryAttempt row, numbered 1..attempts, and a sent message's last
+    row is its `sent` one, with the messageId it keeps. (A `released` row does not count as an attempt.)"""
+    rows: dict[int, list[DeliveryAttempt]] = defaultdict(list)
+    for attempt in DeliveryAttempt.objects.exclude(outcome="released").order_by("message_id", "id"):
+        rows[attempt.message_id].append(attempt)
+    for message in messages:
+        tries = rows[message.pk]
+        summary = [(a.number, a.outcome) for a in tries]
+        assert [a.number for a in tries] == list(range(1, message.attempts + 1)), (
+            f"message {message.pk} ({message.status}, attempts={message.attempts}) has attempt rows {summary}\n{logs}"
+        )
+        if message.status == Status.SENT:
+            assert tries[-1].outcome == "sent", (message.pk, summary)
+            assert tries[-1].provider_message_id == message.provider_message_id, (message.pk, summary)
+
+
 # --- 1. a worker killed in mid-batch ---------------------------------------------------------------
 
 
@@ -196,6 +212,7 @@ def test_sigkill_mid_batch_loses_nothing_and_repeats_only_what_was_in_flight(tmp
     assert count(Status.PROCESSING) == 0, logs
     assert all(m.status == Status.SENT for m in final), logs
     check_idempotency(received, final, logs)
+    check_attempt_log(final, logs)
     repeated = repeats(received)
     assert repeated <= len(in_flight), f"{repeated} repeats, {len(in_flight)} in flight\n{logs}"
     # A repeat only happens when the first request reached the provider, which then accepted it: the provider
@@ -259,6 +276,7 @@ def test_three_drain_processes_send_each_message_exactly_once(tmp_path, stopped_
     assert set(per_key.values()) == {1}, [k for k, n in per_key.items() if n > 1][:10]
     assert stats["requests"] == total and stats["duplicates_dropped"] == 0, stats
     check_idempotency(received, final)
+    check_attempt_log(final)
     assert all(m.attempts == 1 for m in final)
     assert DeliveryAttempt.objects.filter(outcome="sent").count() == total
     assert DeliveryAttempt.objects.exclude(outcome="sent").count() == 0
@@ -357,6 +375,7 @@ def test_provider_answers_are_retried_or_fail_as_they_should(tmp_path, stopped_d
     # Every attempt at a message carried the same key: the message's uuid.
     assert by_key == {str(m.uuid): m.attempts for m in messages}, by_key
     check_idempotency(received, messages)
+    check_attempt_log(messages)
 
     expected = {five_hundreds.pk: Status.SENT, timed_out.pk: Status.SENT, throttled.pk: Status.SENT}
     expected[exhausted.pk] = Status.FAILED
@@ -424,9 +443,9 @@ def test_redis_down_loses_no_delivery_and_the_cache_catches_up(tmp_path, stopped
         redis_srv.start()
         recached = manage(["dispatcher", "recache"], env=child_env(**env))
         assert recached.returncode == 0, recached.stdout
-        assert re.search(r"\b1\b", recached.stdout), recached.stdout  # "Wrote 1 pending delivery cache record(s)."
+        assert "Wrote 1 pending" in recached.stdout, recached.stdout
         again = manage(["dispatcher", "recache"], env=child_env(**env))
-        assert again.returncode == 0 and re.search(r"\b0\b", again.stdout), again.stdout
+        assert again.returncode == 0 and "Wrote 0 pending" in again.stdout, again.stdout
 
         received = provider_requests(provider.url)
         stats = provider_stats(provider.url)
@@ -444,6 +463,7 @@ def test_redis_down_loses_no_delivery_and_the_cache_catches_up(tmp_path, stopped
     assert not any(m.delivery_cache_pending for m in final)
     assert in_redis == sent_ids, f"{len(sent_ids - in_redis)} deliveries missing from Redis\n{logs}"
     check_idempotency(received, final, logs)
+    check_attempt_log(final, logs)
 
     figures(
         "redis_down",
@@ -459,13 +479,19 @@ def test_redis_down_loses_no_delivery_and_the_cache_catches_up(tmp_path, stopped
 # --- 5. the database connection cut in mid-tick ----------------------------------------------------
 
 
+def processing_uuids() -> set[str]:
+    return {str(u) for u in Message.objects.filter(status=Status.PROCESSING).values_list("uuid", flat=True)}
+
+
 def test_database_connections_terminated_mid_tick_the_next_ticks_finish_the_job(tmp_path, stopped_dispatcher, figures):
-    total = 16
+    total = 24
     make_messages(total, "pgkill")
     dispatcher_configure(batch_size=4, interval_seconds=1)
+    cuts, gap = 8, 0.25
 
-    with fake_provider(tmp_path, "--latency-ms", "500") as provider:
-        env = dispatcher_env(provider.url)
+    with fake_provider(tmp_path, "--latency-ms", "200") as provider:
+        # A lease of 1 + 4 x 1 = 5 s brings back what a cut tick leaves behind quickly.
+        env = dispatcher_env(provider.url, WEBHOOK_TIMEOUT_SECONDS="1")
         with qcluster_running(tmp_path, **env) as cluster:
             processes = (cluster, provider)
             dispatcher_start()
@@ -475,9 +501,16 @@ def test_database_connections_terminated_mid_tick_the_next_ticks_finish_the_job(
                 what="a batch in mid-send",
                 processes=processes,
             )
-            in_flight = count(Status.PROCESSING)
-            terminated = terminate_database_backends()
-            cut_at = timezone.now()
+            # Cut every connection of the qcluster (worker, pusher, monitor) again and again for two
+            # seconds, so that some cuts land between a send and the write of its outcome.
+            exposed: set[str] = set()  # messages in flight at some cut
+            terminated = 0
+            for _ in range(cuts):
+                exposed |= processing_uuids()
+                terminated += terminate_database_backends()
+                exposed |= processing_uuids()
+                time.sleep(gap)
+            cut_until = timezone.now()
             wait_or_fail(
                 lambda: count(Status.SENT) == total,
                 timeout=60,
@@ -490,22 +523,29 @@ def test_database_connections_terminated_mid_tick_the_next_ticks_finish_the_job(
             logs = logs_of(*processes)
 
     final = list(Message.objects.order_by("id"))
-    assert terminated >= 1, "no connection of the qcluster was terminated"
+    assert terminated >= cuts, f"only {terminated} connections terminated in {cuts} cuts"
     assert count(Status.PROCESSING) == 0 and count(Status.FAILED) == 0, logs
-    # Later ticks ran: messages were claimed after the cut.
-    assert Message.objects.filter(claimed_at__gt=cut_at).exists(), logs
+    # Later ticks ran: messages were claimed after the last cut.
+    assert Message.objects.filter(claimed_at__gt=cut_until).exists(), logs
     check_idempotency(received, final, logs)
-    repeated = repeats(received)
-    assert repeated <= in_flight, f"{repeated} repeats, {in_flight} in flight\n{logs}"
+    check_attempt_log(final, logs)
+    repeated_keys = {key for key, n in Counter(r["idempotency_key"] for r in received).items() if n > 1}
+    assert repeated_keys <= exposed, f"re-sent though not in flight at a cut: {repeated_keys - exposed}\n{logs}"
+    assert stats["duplicates_dropped"] == repeats(received), stats
+    cluster_log = cluster.log()
+    failed_writes = cluster_log.count("could not record the outcome")
+    failed_ticks = cluster_log.count("tick failed")
 
     figures(
         "db_connections_terminated",
         messages=total,
         lost=total - count(Status.SENT),
-        duplicate_requests=repeated,
+        duplicate_requests=repeats(received),
         dropped_by_provider=stats["duplicates_dropped"],
         backends_terminated=terminated,
-        in_flight_at_cut=in_flight,
+        in_flight_at_cuts=len(exposed),
+        outcome_writes_failed=failed_writes,
+        ticks_failed=failed_ticks,
     )
 
 
@@ -551,6 +591,7 @@ def test_nothing_is_claimed_once_stop_returns_during_a_batch(tmp_path, stopped_d
     assert count(Status.UNSENT) == total - count(Status.SENT)
     final = list(Message.objects.order_by("id"))
     check_idempotency(received, final, logs)
+    check_attempt_log(final, logs)
 
     figures(
         "stop_mid_batch",
@@ -600,6 +641,7 @@ def test_sigterm_mid_batch_finishes_the_send_in_flight_and_releases_the_rest(tmp
     assert count(Status.SENT) + released_messages.count() == claimed_at_term, logs
     final = list(Message.objects.order_by("id"))
     check_idempotency(received, final, logs)
+    check_attempt_log(final, logs)
     assert repeats(received) == 0
 
     figures(
