@@ -28,11 +28,13 @@ class DispatcherSettings:
     retry_base_seconds: float
     retry_max_seconds: float
     lease_seconds: float
+    concurrency: int
 
     def lease_for(self, batch_size: int) -> float:
-        """How long a claim of `batch_size` messages is ours: long enough to send them all
-        one after another even if each send runs into the timeout."""
-        return self.lease_seconds + batch_size * self.webhook_timeout_seconds
+        """How long a claim of `batch_size` messages is ours: long enough to send them all,
+        `concurrency` at a time, even if every send runs into the timeout."""
+        rounds = -(-batch_size // self.concurrency)
+        return self.lease_seconds + rounds * self.webhook_timeout_seconds
 
 
 def dispatcher_settings() -> DispatcherSettings:
@@ -53,4 +55,5 @@ def dispatcher_settings() -> DispatcherSettings:
         retry_base_seconds=float(raw.get("RETRY_BASE_SECONDS", 5.0)),
         retry_max_seconds=float(raw.get("RETRY_MAX_SECONDS", 600.0)),
         lease_seconds=float(raw.get("LEASE_SECONDS", 60.0)),
+        concurrency=int(raw.get("CONCURRENCY", 16)),
     )

@@ -24,21 +24,18 @@ def delivery_cache_key(provider_message_id: str) -> str:
     return f"{KEY_PREFIX}{provider_message_id}"
 
 
-def delivery_cache_record(*, provider_message_id: str, sent_at: datetime) -> bool:
-    """Store the delivery record; return False (and log) if the cache is unreachable.
-
-    A cache failure must never undo a delivery the provider accepted, so errors
-    are reported, not raised.
-    """
-    record = {"messageId": provider_message_id, "timestamp": int(sent_at.timestamp())}
+def delivery_cache_record_many(*, deliveries: list[tuple[str, datetime]]) -> bool:
+    """Store many delivery records in one round trip (a pipeline on Redis); False if unreachable."""
+    records = {
+        delivery_cache_key(message_id): {"messageId": message_id, "timestamp": int(sent_at.timestamp())}
+        for message_id, sent_at in deliveries
+    }
     try:
-        caches[settings.DELIVERY_CACHE_ALIAS].set(
-            delivery_cache_key(provider_message_id),
-            record,
-            timeout=dispatcher_settings().delivery_cache_ttl_seconds,
+        caches[settings.DELIVERY_CACHE_ALIAS].set_many(
+            records, timeout=dispatcher_settings().delivery_cache_ttl_seconds
         )
     except Exception:
-        logger.warning("could not cache delivery messageId=%s", provider_message_id, exc_info=True)
+        logger.warning("could not cache %d deliveries", len(records), exc_info=True)
         return False
     return True
 

@@ -256,6 +256,8 @@ class FakeProviderHandler(BaseHTTPRequestHandler):
 class FakeProviderServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Dispatchers open dozens of connections at once; the default backlog of 5 refuses them.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], state: FakeProviderState) -> None:
         super().__init__(address, FakeProviderHandler)

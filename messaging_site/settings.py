@@ -171,6 +171,7 @@ DISPATCHER = {
     "RETRY_BASE_SECONDS": env_float("DISPATCH_RETRY_BASE_SECONDS", 5.0, minimum=0.0),
     "RETRY_MAX_SECONDS": env_float("DISPATCH_RETRY_MAX_SECONDS", 600.0, minimum=0.0),
     "LEASE_SECONDS": env_float("DISPATCH_LEASE_SECONDS", 60.0, minimum=0.5),
+    "CONCURRENCY": env_int("DISPATCH_CONCURRENCY", 16, minimum=1, maximum=1024),
 }
 
 # --- django-q2 -----------------------------------------------------------------

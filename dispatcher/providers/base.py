@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,8 +44,24 @@ class BaseProvider:
     whose answer was lost is dropped by the provider instead of delivered twice.
     """
 
+    _executor: ThreadPoolExecutor | None = None
+    _executor_size = 0
+
     def send(self, message: Message) -> ProviderResult:
         raise NotImplementedError
 
+    def executor(self, concurrency: int) -> ThreadPoolExecutor:
+        """Threads for concurrent sends, kept for the provider's life so their
+        pooled connections stay open from one batch to the next."""
+        if self._executor is None or self._executor_size != concurrency:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="provider-send")
+            self._executor_size = concurrency
+        return self._executor
+
     def close(self) -> None:
-        """Release pooled connections; called when a dispatch window ends."""
+        """Release threads and pooled connections; called when a window or drain ends."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -52,6 +52,8 @@ class WebhookProvider(BaseProvider):
         self.timeout = (min(CONNECT_TIMEOUT_SECONDS, conf.webhook_timeout_seconds), conf.webhook_timeout_seconds)
         self._auth_key = conf.webhook_auth_key
         self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
 
     def _session(self) -> requests.Session:
         # One pooled session per thread: requests.Session is not thread-safe.
@@ -60,10 +62,14 @@ class WebhookProvider(BaseProvider):
             session = requests.Session()
             session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
             session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
+            # No per-request look-ups of ~/.netrc or proxy variables: the URL is configured.
+            session.trust_env = False
             session.headers.update({"Content-Type": "application/json", "Accept": "application/json"})
             if self._auth_key:
                 session.headers["x-ins-auth-key"] = self._auth_key
             self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
         return session
 
     def send(self, message: Message) -> ProviderResult:
@@ -110,7 +116,9 @@ class WebhookProvider(BaseProvider):
         return ProviderResult(message_id=message_id, http_status=status)
 
     def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
+        super().close()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
             session.close()
-            self._local.session = None
+        self._local = threading.local()

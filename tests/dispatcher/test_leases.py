@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from django.utils import timezone
@@ -18,17 +19,22 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_claim_stamps_a_token_and_a_lease_long_enough_for_the_batch(settings):
-    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 30, "WEBHOOK_TIMEOUT_SECONDS": 10}
-    make_message()
-    make_message()
+    settings.DISPATCHER = {
+        **settings.DISPATCHER,
+        "LEASE_SECONDS": 30,
+        "WEBHOOK_TIMEOUT_SECONDS": 10,
+        "CONCURRENCY": 2,
+    }
+    for _ in range(5):
+        make_message()
     now = timezone.now()
 
-    claimed = claim_batch(batch_size=5, now=now)
+    claimed = claim_batch(batch_size=10, now=now)
 
-    assert len(claimed) == 2
+    assert len(claimed) == 5
     assert len({m.claim_token for m in claimed}) == 1 and claimed[0].claim_token is not None
-    # 30 s plus 10 s for each of the two messages, should both run into the timeout.
-    assert all(m.lease_expires_at == now + dt.timedelta(seconds=50) for m in claimed)
+    # 30 s, plus 10 s for each of the three rounds of two sends, should all run into the timeout.
+    assert all(m.lease_expires_at == now + dt.timedelta(seconds=60) for m in claimed)
 
 
 def test_messages_not_yet_due_are_not_claimed():
@@ -80,7 +86,8 @@ def test_expired_leases_go_back_to_the_queue_and_the_attempt_counts(settings):
     assert outcomes == {(expired.pk, 1, "lease_expired"), (last_chance.pk, 3, "lease_expired")}
 
 
-def test_a_stopping_worker_finishes_the_send_in_flight_and_releases_the_rest():
+def test_a_stopping_worker_finishes_the_send_in_flight_and_releases_the_rest(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "CONCURRENCY": 1}
     for _ in range(4):
         make_message()
     claimed = claim_batch(batch_size=4, now=timezone.now())
@@ -107,3 +114,31 @@ def test_release_leaves_a_message_claimed_by_someone_else_alone():
     Message.objects.filter(pk=mine.pk).update(claim_token=None)  # taken over meanwhile
     assert release_claimed(messages=[mine]) == 0
     assert Message.objects.get(pk=mine.pk).status == Status.PROCESSING
+
+
+class SlowProvider(locmem.LocmemProvider):
+    def send(self, message):
+        time.sleep(0.3)
+        return super().send(message)
+
+
+def test_a_stopping_worker_with_concurrent_sends_lets_those_in_flight_finish(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "CONCURRENCY": 2}
+    for _ in range(6):
+        make_message()
+    claimed = claim_batch(batch_size=6, now=timezone.now())
+    started = time.monotonic()
+
+    outcomes = deliver_batch(
+        messages=claimed, provider=SlowProvider(), should_stop=lambda: time.monotonic() - started > 0.1
+    )
+
+    # Two sends were in flight when the stop came: both finished and were recorded.
+    assert [o.message_id for o in outcomes] == [m.pk for m in claimed[:2]]
+    assert all(o.sent for o in outcomes)
+    statuses = dict(Message.objects.values_list("pk", "status"))
+    assert statuses == {
+        **{m.pk: Status.SENT for m in claimed[:2]},
+        **{m.pk: Status.UNSENT for m in claimed[2:]},
+    }
+    assert DeliveryAttempt.objects.filter(outcome="released").count() == 4
