@@ -56,6 +56,15 @@ def qcluster_is_stopping() -> bool:
     return False
 
 
+def qcluster_running_on_this_host() -> bool:
+    """True if a qcluster on this host has published a running status lately (for health checks)."""
+    from django_q.conf import Conf
+    from django_q.status import Stat
+
+    host = socket.gethostname()
+    return any(stat.host == host and stat.status in (Conf.IDLE, Conf.WORKING, Conf.STARTING) for stat in Stat.get_all())
+
+
 class ShutdownWatch:
     """`qcluster_is_stopping`, asked at most every `every` seconds (it reads the cache)."""
 

@@ -270,3 +270,9 @@ def test_recache_writes_pending_records(running_dispatcher):
     assert "Wrote 1 pending delivery cache record(s)." in out
     assert delivery_cache_get(message.provider_message_id)["messageId"] == message.provider_message_id
     assert not Message.objects.get(pk=message.pk).delivery_cache_pending
+
+
+@pytest.mark.django_db
+def test_cluster_check_fails_without_a_running_qcluster_on_this_host():
+    with pytest.raises(CommandError, match="no running qcluster"):
+        run("dispatcher", "cluster-check")

@@ -221,3 +221,22 @@ def test_a_cluster_shutting_down_ends_its_window_early(cluster):
         assert "qcluster is shutting down" in qcluster.log(), logs
         assert count(Status.PROCESSING) == 0, logs
         assert DispatcherState.objects.get().running is True
+
+
+def test_cluster_check_passes_while_a_qcluster_runs_here(cluster):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+
+    def check() -> bool:
+        try:
+            call_command("dispatcher", "cluster-check", stdout=out)
+        except CommandError:
+            return False
+        return True
+
+    with cluster():
+        wait_for(check, timeout=15, what="the qcluster's status")
+    assert "qcluster running" in out.getvalue()

@@ -6,6 +6,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
+from dispatcher.pacing import qcluster_running_on_this_host
 from dispatcher.selectors import dispatcher_status
 from dispatcher.sending import DeliveryOutcome, delivery_cache_catch_up
 from dispatcher.services import (
@@ -45,6 +46,10 @@ class Command(BaseCommand):
         drain.add_argument("--batch-size", type=int, default=100)
         drain.add_argument("--max-seconds", type=float, default=None, help="Stop after this long.")
         sub.add_parser("recache", help="Write delivery cache records that could not be written (Redis was down).")
+        sub.add_parser(
+            "cluster-check",
+            help="Exit non-zero unless a qcluster on this host reports itself running (a container health check).",
+        )
 
     def handle(self, *args, operation: str, **options) -> None:
         if operation == "start":
@@ -66,6 +71,11 @@ class Command(BaseCommand):
             return
         elif operation == "recache":
             self._recache()
+            return
+        elif operation == "cluster-check":
+            if not qcluster_running_on_this_host():
+                raise CommandError("no running qcluster on this host")
+            self.stdout.write("qcluster running")
             return
         self._print_status()
 
