@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, time
+
 import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 
 
 def normalize_phone_number(value: str) -> str:
@@ -37,3 +41,21 @@ def validate_content(value: str) -> str:
     if len(value) > limit:
         raise ValidationError(f"Content is {len(value)} characters long; the limit is {limit}.", code="max_length")
     return value
+
+
+def parse_aware_datetime(value: str) -> datetime:
+    """Parse an ISO 8601 date-time, or a date (meaning its midnight), as the API reads
+    `send_after`; a time without an offset is in the default time zone (TIME_ZONE)."""
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        parsed = parse_datetime(text)
+        if parsed is None and (day := parse_date(text)) is not None:
+            parsed = datetime.combine(day, time())
+    except ValueError:  # well-formed but impossible, e.g. month 13
+        parsed = None
+    if parsed is None:
+        raise ValidationError(
+            f"{value!r} is not an ISO 8601 date or date-time, e.g. 2025-01-31 or 2025-01-31T09:00:00+03:00.",
+            code="invalid",
+        )
+    return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed

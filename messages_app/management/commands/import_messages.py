@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from contextlib import ExitStack
+from typing import BinaryIO
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from messages_app.errors import MessageImportError
+from messages_app.management.progress import progress_bar, progress_write
+from messages_app.services import MessageImportRejection, messages_import_csv
+
+
+class Command(BaseCommand):
+    help = (
+        "Queue messages from a CSV file whose header names the columns recipient_phone_number and content "
+        "(and optionally send_after, ISO 8601; other columns are ignored). Each row is checked as the API "
+        "checks a message: invalid rows are reported with their line number and skipped, valid ones stored "
+        "in batches. The file is read to its end first: if it is unreadable, not UTF-8, not CSV or lacks a "
+        "required column, nothing is stored and the command fails."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("file", metavar="FILE.csv", help="The CSV file (UTF-8), or - to read standard input.")
+        parser.add_argument("--batch-size", type=int, default=1000, help="Rows stored per transaction (default 1000).")
+        parser.add_argument("--dry-run", action="store_true", help="Check and report every row, but store nothing.")
+
+    def handle(self, *args, file: str, batch_size: int, dry_run: bool, **options) -> None:
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        name = "standard input" if file == "-" else file
+        with ExitStack() as stack:
+            stream = stack.enter_context(self._open(file, name))
+            bar = stack.enter_context(progress_bar(self.stderr, desc="import", unit="row"))
+
+            def report(rejection: MessageImportRejection) -> None:
+                progress_write(bar, f"line {rejection.line}: {rejection.reason}")
+
+            try:
+                result = messages_import_csv(
+                    stream=stream,
+                    batch_size=batch_size,
+                    dry_run=dry_run,
+                    on_checked=lambda total: bar.reset(total=total),
+                    on_rejected=report,
+                    on_progress=bar.update,
+                )
+            except MessageImportError as exc:
+                raise CommandError(f"{name}: {exc}") from None
+            except OSError as exc:
+                raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
+        if dry_run:
+            self.stdout.write(
+                f"Dry run: would import {result.imported} messages; {result.rejected} rows rejected. "
+                "Nothing was stored."
+            )
+        else:
+            self.stdout.write(f"Imported {result.imported} messages; {result.rejected} rows rejected.")
+
+    @staticmethod
+    def _open(file: str, name: str) -> BinaryIO:
+        """The file as a seekable binary stream: the import reads it twice."""
+        try:
+            if file == "-":
+                return _spooled(sys.stdin.buffer)
+            source = open(file, "rb")  # noqa: SIM115 - the caller closes it
+            if source.seekable():
+                return source
+            with source:
+                return _spooled(source)
+        except OSError as exc:
+            raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+def _spooled(source: BinaryIO) -> BinaryIO:
+    """A copy of `source` in a temporary file on disk (not in memory): standard
+    input, or a pipe given by name, can be read only once."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    try:
+        shutil.copyfileobj(source, spool)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool

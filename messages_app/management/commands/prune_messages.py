@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from messages_app.errors import MessageStateError
+from messages_app.management.progress import progress_bar
+from messages_app.models import Message
+from messages_app.services import messages_prune
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete messages created more than DAYS days ago that are sent (the default) or failed, with their "
+        "delivery attempts, in batches of ids. Unsent and processing messages are never deleted: they are "
+        "still being delivered."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--older-than",
+            type=int,
+            required=True,
+            metavar="DAYS",
+            help="Delete messages created more than this many days ago (at least 1).",
+        )
+        parser.add_argument(
+            "--status",
+            action="append",
+            dest="statuses",
+            choices=Message.Status.values,
+            metavar="STATUS",
+            help="sent (the default) or failed; repeat it for both.",
+        )
+        parser.add_argument(
+            "--batch-size", type=int, default=5000, help="Messages deleted per transaction (default 5000)."
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
+
+    def handle(
+        self, *args, older_than: int, statuses: list[str] | None, batch_size: int, dry_run: bool, **options
+    ) -> None:
+        if older_than < 1:
+            raise CommandError("--older-than must be at least 1 (days)")
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        created_before = timezone.now() - timedelta(days=older_than)
+        with progress_bar(self.stderr, desc="prune", unit="message") as bar:
+            try:
+                deleted = messages_prune(
+                    created_before=created_before,
+                    statuses=statuses or [Message.Status.SENT],
+                    batch_size=batch_size,
+                    dry_run=dry_run,
+                    on_checked=lambda total: bar.reset(total=total),
+                    on_progress=bar.update,
+                )
+            except MessageStateError as exc:
+                raise CommandError(str(exc)) from None
+        if dry_run:
+            self.stdout.write(f"Dry run: would delete {deleted} messages. Nothing was deleted.")
+        else:
+            self.stdout.write(f"Deleted {deleted} messages.")

@@ -1,0 +1,442 @@
+import io
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from messages_app.errors import MessageImportError, MessageStateError
+from messages_app.models import DeliveryAttempt, Message
+from messages_app.services import (
+    MessageImportRejection,
+    MessageImportRow,
+    messages_import_csv,
+    messages_import_rows,
+    messages_prune,
+    messages_requeue_failed,
+)
+from tests.factories import make_message
+
+pytestmark = pytest.mark.django_db
+
+Status = Message.Status
+
+HEADER = "recipient_phone_number,content,send_after\n"
+
+
+def run(*args: str) -> tuple[str, str]:
+    """Run a command; return what it wrote to stdout and to stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def csv_file(tmp_path, content: str | bytes, name: str = "messages.csv") -> str:
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+def aged(message: Message, *, days: float) -> Message:
+    """`message` as if created `days` ago (created_at is set on insert)."""
+    Message.objects.filter(pk=message.pk).update(created_at=timezone.now() - timedelta(days=days))
+    return message
+
+
+def attempt_for(message: Message) -> DeliveryAttempt:
+    return DeliveryAttempt.objects.create(
+        message=message, number=1, started_at=timezone.now(), outcome=DeliveryAttempt.Outcome.SENT
+    )
+
+
+# --- import_messages ------------------------------------------------------------------
+
+
+def test_import_stores_valid_rows_normalised(tmp_path):
+    path = csv_file(
+        tmp_path,
+        HEADER + "+90 555 111 22 33,hello,\n"
+        "+90.555.111.22.34,  keeps its spaces  ,2030-01-31T09:00:00+03:00\n"
+        "+905551112235,naive time,2030-01-31 09:00\n"
+        "+905551112236,a date,2030-02-01\n",
+    )
+
+    out, _ = run("import_messages", path)
+
+    assert out == "Imported 4 messages; 0 rows rejected.\n"
+    stored = {m.recipient_phone_number: m for m in Message.objects.all()}
+    assert set(stored) == {"+905551112233", "+905551112234", "+905551112235", "+905551112236"}
+    assert all(m.status == Status.UNSENT and m.attempts == 0 for m in stored.values())
+    assert stored["+905551112233"].content == "hello"
+    assert stored["+905551112233"].send_after is None
+    assert stored["+905551112234"].content == "  keeps its spaces  "
+    assert stored["+905551112234"].send_after == datetime(2030, 1, 31, 6, 0, tzinfo=UTC)
+    # Without an offset, the default time zone (UTC in these settings).
+    assert stored["+905551112235"].send_after == datetime(2030, 1, 31, 9, 0, tzinfo=UTC)
+    assert stored["+905551112236"].send_after == datetime(2030, 2, 1, 0, 0, tzinfo=UTC)
+    # Not claimable before send_after, as for a message created through the API.
+    assert stored["+905551112236"].next_attempt_at == stored["+905551112236"].send_after
+
+
+def test_import_reports_invalid_rows_by_line_and_stores_the_valid_ones(tmp_path):
+    too_long = "x" * (settings.MESSAGE_MAX_LENGTH + 1)
+    path = csv_file(
+        tmp_path,
+        HEADER  # line 1
+        + "+905551112233,first,\n"  # 2
+        + "not a phone,hello,\n"  # 3
+        + "+905551112234,   ,\n"  # 4
+        + "\n"  # 5: blank, skipped
+        + '+905551112235,"two\nlines",\n'  # 6-7: one row
+        + f"+905551112236,{too_long},\n"  # 8
+        + "+905551112237,hi,tomorrow\n"  # 9
+        + "+905551112238,hi,2030-13-01\n"  # 10
+        + "+905551112239,last,2030-01-01T10:00:00Z\n",  # 11
+    )
+
+    out, err = run("import_messages", path, "--batch-size", "2")
+
+    assert out == "Imported 3 messages; 5 rows rejected.\n"
+    rejections = [line for line in err.splitlines() if line.startswith("line ")]
+    assert [line.split(":")[0] for line in rejections] == ["line 3", "line 4", "line 8", "line 9", "line 10"]
+    assert rejections[0].startswith("line 3: recipient_phone_number: Enter a phone number")
+    assert rejections[1] == "line 4: content: Content must not be blank."
+    assert f"the limit is {settings.MESSAGE_MAX_LENGTH}" in rejections[2]
+    assert rejections[3].startswith("line 9: send_after: 'tomorrow' is not an ISO 8601 date")
+    assert rejections[4].startswith("line 10: send_after: ")
+    assert sorted(Message.objects.values_list("content", flat=True)) == ["first", "last", "two\nlines"]
+
+
+def test_import_reports_every_problem_of_a_row_at_once():
+    rejected: list[MessageImportRejection] = []
+    rows = [MessageImportRow(line=7, recipient_phone_number="123", content="", send_after="soon")]
+
+    result = messages_import_rows(rows=rows, on_rejected=rejected.append)
+
+    assert (result.imported, result.rejected) == (0, 1)
+    assert rejected[0].line == 7
+    assert rejected[0].reason.startswith("recipient_phone_number: ")
+    assert "; content: Content must not be blank.; send_after: 'soon' is not" in rejected[0].reason
+
+
+def test_import_handles_bom_crlf_extra_columns_and_blank_rows(tmp_path):
+    content = (
+        "\ufeffid, Content ,note,Recipient_Phone_Number\r\n"
+        "1,hello,ignored,+905551112233\r\n"
+        "\r\n"
+        ",,,\r\n"
+        "2,short row without a phone\r\n"
+        "3,bye,ignored,+905551112234,and,more,cells\r\n"
+    )
+    path = csv_file(tmp_path, content)
+
+    out, err = run("import_messages", path)
+
+    assert out == "Imported 2 messages; 1 rows rejected.\n"
+    assert "line 5: recipient_phone_number: A phone number is required." in err
+    assert sorted(Message.objects.values_list("recipient_phone_number", "content")) == [
+        ("+905551112233", "hello"),
+        ("+905551112234", "bye"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("phone,content\n+905551112233,hi\n", "lacks recipient_phone_number"),
+        ("recipient_phone_number\n+905551112233\n", "lacks content"),
+        ("", "the file is empty"),
+        ("\n+905551112233,hi\n", "lacks recipient_phone_number, content"),
+    ],
+)
+def test_import_without_the_required_columns_stores_nothing(tmp_path, content, error):
+    path = csv_file(tmp_path, content)
+
+    with pytest.raises(CommandError, match=error):
+        run("import_messages", path)
+
+    assert not Message.objects.exists()
+
+
+def test_import_of_a_file_that_is_not_utf8_stores_nothing_even_after_valid_batches(tmp_path):
+    valid = "".join(f"+9055511{n:05d},hello {n}\n" for n in range(10))
+    path = csv_file(tmp_path, ("recipient_phone_number,content\n" + valid).encode() + b"+905551112233,caf\xe9\n")
+
+    with pytest.raises(CommandError, match=r"line 12 is not UTF-8"):
+        run("import_messages", path, "--batch-size", "2")
+
+    assert not Message.objects.exists()
+
+
+def test_import_of_a_missing_file_fails(tmp_path):
+    with pytest.raises(CommandError, match=r"cannot read .*No such file"):
+        run("import_messages", str(tmp_path / "nowhere.csv"))
+
+
+def test_import_rejects_a_batch_size_below_one(tmp_path):
+    path = csv_file(tmp_path, "recipient_phone_number,content\n+905551112233,hi\n")
+    with pytest.raises(CommandError, match="--batch-size"):
+        run("import_messages", path, "--batch-size", "0")
+    assert not Message.objects.exists()
+
+
+def test_import_reads_standard_input(monkeypatch):
+    data = "\ufeffrecipient_phone_number,content\n+90 555 111 22 33,from stdin\nbad,row\n".encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+    out, err = run("import_messages", "-")
+
+    assert out == "Imported 1 messages; 1 rows rejected.\n"
+    assert "line 3: recipient_phone_number:" in err
+    assert list(Message.objects.values_list("recipient_phone_number", "content")) == [("+905551112233", "from stdin")]
+
+
+def test_import_from_standard_input_that_is_not_utf8_fails(monkeypatch):
+    data = b"recipient_phone_number,content\n+905551112233,caf\xe9\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+    with pytest.raises(CommandError, match="standard input: line 2 is not UTF-8"):
+        run("import_messages", "-")
+
+    assert not Message.objects.exists()
+
+
+def test_import_dry_run_stores_nothing_but_reports(tmp_path):
+    path = csv_file(tmp_path, HEADER + "+905551112233,hello,\nbad,hello,\n+905551112234,hi,\n")
+
+    out, err = run("import_messages", path, "--dry-run")
+
+    assert out == "Dry run: would import 2 messages; 1 rows rejected. Nothing was stored.\n"
+    assert "line 3: recipient_phone_number:" in err
+    assert not Message.objects.exists()
+
+
+def test_import_shows_progress(tmp_path):
+    rows = "".join(f"+9055511{n:05d},hello\n" for n in range(5))
+    path = csv_file(tmp_path, "recipient_phone_number,content\n" + rows)
+
+    _, err = run("import_messages", path, "--batch-size", "2")
+
+    assert "import: 100%" in err
+    assert "5/5" in err
+
+
+def test_import_stores_in_batches_and_reports_progress_per_batch(tmp_path):
+    rows = "".join(f"+9055511{n:05d},hello\n" for n in range(5))
+    path = tmp_path / "m.csv"
+    path.write_text("recipient_phone_number,content\n" + rows + "bad,row\n")
+    checked: list[int] = []
+    progress: list[int] = []
+
+    with path.open("rb") as stream:
+        result = messages_import_csv(
+            stream=stream, batch_size=2, on_checked=checked.append, on_progress=progress.append
+        )
+
+    assert (result.imported, result.rejected) == (5, 1)
+    assert checked == [6]
+    assert progress == [2, 2, 2]
+    assert Message.objects.count() == 5
+
+
+@pytest.mark.parametrize(
+    "bad_row",
+    [
+        '+905551112234,"a quote left open\n+905551112235,swallowed\n',
+        '+905551112234,"quoted" then more\n+905551112235,fine\n',
+    ],
+)
+def test_import_of_malformed_csv_stores_nothing(tmp_path, bad_row):
+    path = csv_file(tmp_path, "recipient_phone_number,content\n+905551112233,ok\n" + bad_row)
+
+    with pytest.raises(CommandError, match="the row starting on line 3 is not valid CSV"):
+        run("import_messages", path, "--batch-size", "1")
+
+    assert not Message.objects.exists()
+
+
+def test_import_service_refuses_a_file_without_header_before_storing():
+    with pytest.raises(MessageImportError, match="lacks content"):
+        messages_import_csv(stream=io.BytesIO(b"recipient_phone_number\n+905551112233\n"))
+    assert not Message.objects.exists()
+
+
+# --- prune_messages -------------------------------------------------------------------
+
+
+def test_prune_deletes_only_old_messages_of_the_chosen_status_with_their_attempts():
+    old_sent = [aged(make_message(status=Status.SENT), days=40) for _ in range(5)]
+    for message in old_sent:
+        attempt_for(message)
+    young_sent = aged(make_message(status=Status.SENT), days=10)
+    old_failed = aged(make_message(status=Status.FAILED), days=40)
+    old_unsent = aged(make_message(status=Status.UNSENT), days=40)
+    old_processing = aged(make_message(status=Status.PROCESSING), days=40)
+    kept_attempt = attempt_for(young_sent)
+
+    out, err = run("prune_messages", "--older-than", "30", "--batch-size", "2")
+
+    assert out == "Deleted 5 messages.\n"
+    assert "prune: 100%" in err
+    assert "5/5" in err
+    assert set(Message.objects.values_list("pk", flat=True)) == {
+        young_sent.pk,
+        old_failed.pk,
+        old_unsent.pk,
+        old_processing.pk,
+    }
+    assert list(DeliveryAttempt.objects.values_list("pk", flat=True)) == [kept_attempt.pk]
+
+
+def test_prune_works_in_batches():
+    for _ in range(5):
+        aged(make_message(status=Status.SENT), days=3)
+    checked: list[int] = []
+    progress: list[int] = []
+
+    deleted = messages_prune(
+        created_before=timezone.now() - timedelta(days=1),
+        batch_size=2,
+        on_checked=checked.append,
+        on_progress=progress.append,
+    )
+
+    assert deleted == 5
+    assert checked == [5]
+    assert progress == [2, 2, 1]
+    assert not Message.objects.exists()
+
+
+def test_prune_with_both_final_statuses():
+    old_sent = aged(make_message(status=Status.SENT), days=8)
+    old_failed = aged(make_message(status=Status.FAILED), days=8)
+    young_failed = aged(make_message(status=Status.FAILED), days=6)
+
+    out, _ = run("prune_messages", "--older-than", "7", "--status", "failed", "--status", "sent")
+
+    assert out == "Deleted 2 messages.\n"
+    assert not Message.objects.filter(pk__in=[old_sent.pk, old_failed.pk]).exists()
+    assert Message.objects.filter(pk=young_failed.pk).exists()
+
+
+def test_prune_of_failed_only_keeps_sent():
+    old_sent = aged(make_message(status=Status.SENT), days=8)
+    aged(make_message(status=Status.FAILED), days=8)
+
+    out, _ = run("prune_messages", "--older-than", "7", "--status", "failed")
+
+    assert out == "Deleted 1 messages.\n"
+    assert list(Message.objects.values_list("pk", flat=True)) == [old_sent.pk]
+
+
+@pytest.mark.parametrize("status", ["unsent", "processing"])
+def test_prune_refuses_live_statuses(status):
+    aged(make_message(status=status), days=40)
+    aged(make_message(status=Status.SENT), days=40)
+
+    with pytest.raises(CommandError, match="Only sent and failed messages can be pruned"):
+        run("prune_messages", "--older-than", "30", "--status", "sent", "--status", status)
+
+    assert Message.objects.count() == 2
+
+
+def test_prune_service_refuses_live_statuses():
+    with pytest.raises(MessageStateError):
+        messages_prune(created_before=timezone.now(), statuses=[Status.SENT, Status.PROCESSING])
+
+
+@pytest.mark.parametrize("days", ["0", "-3"])
+def test_prune_refuses_fewer_than_one_day(days):
+    aged(make_message(status=Status.SENT), days=40)
+
+    with pytest.raises(CommandError, match="--older-than must be at least 1"):
+        run("prune_messages", f"--older-than={days}")
+
+    assert Message.objects.count() == 1
+
+
+def test_prune_requires_older_than():
+    with pytest.raises(CommandError, match="--older-than"):
+        run("prune_messages")
+
+
+def test_prune_dry_run_deletes_nothing():
+    aged(make_message(status=Status.SENT), days=40)
+    aged(make_message(status=Status.SENT), days=1)
+
+    out, _ = run("prune_messages", "--older-than", "30", "--dry-run")
+
+    assert out == "Dry run: would delete 1 messages. Nothing was deleted.\n"
+    assert Message.objects.count() == 2
+
+
+# --- requeue_failed -------------------------------------------------------------------
+
+
+def test_requeue_failed_requeues_every_failed_message():
+    failed = [
+        make_message(status=Status.FAILED, attempts=5, last_error="HTTP 400"),
+        aged(make_message(status=Status.FAILED, attempts=5), days=30),
+    ]
+    sent = make_message(status=Status.SENT)
+
+    out, _ = run("requeue_failed")
+
+    assert out == "Requeued 2 failed messages.\n"
+    for message in failed:
+        message.refresh_from_db()
+        assert (message.status, message.attempts, message.next_attempt_at) == (Status.UNSENT, 0, None)
+    sent.refresh_from_db()
+    assert sent.status == Status.SENT
+
+
+@pytest.mark.parametrize("since", ["2030-01-10", "2030-01-10T00:00:00", "2030-01-10T03:00:00+03:00"])
+def test_requeue_failed_since_only_requeues_messages_created_since(since):
+    def failed_created_at(moment: datetime) -> Message:
+        message = make_message(status=Status.FAILED)
+        Message.objects.filter(pk=message.pk).update(created_at=moment)
+        return message
+
+    before = failed_created_at(datetime(2030, 1, 9, 23, 59, tzinfo=UTC))
+    at = failed_created_at(datetime(2030, 1, 10, 0, 0, tzinfo=UTC))
+    after = failed_created_at(datetime(2030, 1, 11, tzinfo=UTC))
+
+    out, _ = run("requeue_failed", "--since", since)
+
+    assert out == "Requeued 2 failed messages.\n"
+    assert set(Message.objects.filter(status=Status.UNSENT).values_list("pk", flat=True)) == {at.pk, after.pk}
+    before.refresh_from_db()
+    assert before.status == Status.FAILED
+
+
+@pytest.mark.parametrize("since", ["yesterday", "2030-13-01", "2030-01-10T25:00", ""])
+def test_requeue_failed_with_a_malformed_since_fails(since):
+    make_message(status=Status.FAILED)
+
+    with pytest.raises(CommandError, match=r"--since: .* is not an ISO 8601 date"):
+        run("requeue_failed", f"--since={since}")
+
+    assert Message.objects.get().status == Status.FAILED
+
+
+def test_requeue_failed_dry_run_changes_nothing():
+    make_message(status=Status.FAILED)
+    aged(make_message(status=Status.FAILED), days=3)
+
+    out, _ = run("requeue_failed", "--dry-run", "--since", (timezone.now() - timedelta(days=1)).isoformat())
+
+    assert out == "Dry run: would requeue 1 failed messages. Nothing was changed.\n"
+    assert Message.objects.filter(status=Status.FAILED).count() == 2
+
+
+def test_messages_requeue_failed_keeps_its_default_behaviour():
+    failed = make_message(status=Status.FAILED)
+    other = make_message(status=Status.FAILED)
+
+    assert messages_requeue_failed(message_ids=[failed.pk]) == 1
+    assert messages_requeue_failed(created_since=timezone.now() + timedelta(days=1)) == 0
+    assert messages_requeue_failed() == 1
+    other.refresh_from_db()
+    assert other.status == Status.UNSENT
