@@ -2,14 +2,21 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 
+from dispatcher import dashboard
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.models import DispatcherState
 from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_state_ensure, dispatcher_stop
 from messages_app.selectors import message_status_counts
+
+# The admin's own index template comes first in the template search (the admin
+# app is listed before ours), so ours is named here rather than shadowing it:
+# it adds the link to the dashboard.
+admin.site.index_template = "admin/dispatcher/index.html"
 
 
 @admin.register(DispatcherState)
@@ -34,6 +41,12 @@ class DispatcherStateAdmin(admin.ModelAdmin):
         own = [
             path("start/", self.admin_site.admin_view(self.start_view), name="dispatcher_dispatcherstate_start"),
             path("stop/", self.admin_site.admin_view(self.stop_view), name="dispatcher_dispatcherstate_stop"),
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="dispatcher_dashboard"),
+            path(
+                "dashboard/requeue-failed/",
+                self.admin_site.admin_view(self.requeue_failed_view),
+                name="dispatcher_dashboard_requeue_failed",
+            ),
         ]
         return own + super().get_urls()
 
@@ -54,6 +67,12 @@ class DispatcherStateAdmin(admin.ModelAdmin):
             raise PermissionDenied
         state = operation()
         self.message_user(request, done, messages.SUCCESS)
+        # The dashboard's buttons ask to come back to it; only a URL of this site is followed.
+        back_to = request.POST.get("next") or request.GET.get("next")
+        if back_to and url_has_allowed_host_and_scheme(
+            back_to, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            return HttpResponseRedirect(back_to)
         return HttpResponseRedirect(reverse("admin:dispatcher_dispatcherstate_change", args=[state.pk]))
 
     def start_view(self, request: HttpRequest) -> HttpResponseRedirect:
@@ -61,3 +80,9 @@ class DispatcherStateAdmin(admin.ModelAdmin):
 
     def stop_view(self, request: HttpRequest) -> HttpResponseRedirect:
         return self._control(request, dispatcher_stop, "Dispatcher stopped: no more messages will be claimed.")
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        return dashboard.dashboard_view(request, model_admin=self)
+
+    def requeue_failed_view(self, request: HttpRequest) -> HttpResponse:
+        return dashboard.requeue_failed_view(request, model_admin=self)

@@ -12,11 +12,13 @@ accepted gets the first answer's messageId again and is counted as a duplicate
 it dropped, not delivered twice.
 
 `GET /_fake/requests` lists what it received and `GET /_fake/stats` counts it;
-`DELETE /_fake/requests` forgets everything.
+`DELETE /_fake/requests` forgets everything. `GET /` (or `/_fake/`) is the same
+list as a page for people, newest first, that reloads itself every 2 s.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import random
@@ -24,13 +26,19 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 logger = logging.getLogger("dispatcher.fakeprovider")
 
 MAX_BODY_BYTES = 1_000_000
 KEPT_REQUESTS = 10_000
+# The page re-renders every 2 s; the newest requests are what anyone watches,
+# and the full list is at /_fake/requests.
+PAGE_REQUESTS = 500
+PAGE_REFRESH_SECONDS = 2
 
 
 @dataclass
@@ -125,6 +133,77 @@ class FakeProviderState:
                 del self.requests[: len(self.requests) - KEPT_REQUESTS]
 
 
+def _cell(value: object) -> str:
+    return "&mdash;" if value is None else html.escape(str(value), quote=True)
+
+
+def render_requests_page(state: FakeProviderState) -> str:
+    """The received requests as an HTML page, newest first, every value escaped."""
+    stats = state.stats()
+    with state.lock:
+        newest = state.requests[-PAGE_REQUESTS:][::-1]
+        faults = asdict(state.faults)
+    rows = []
+    for entry in newest:
+        received = datetime.fromtimestamp(entry.received_at, UTC)
+        rows.append(
+            f'<tr class="received-request{" duplicate" if entry.duplicate else ""}"'
+            f' data-status="{entry.status}" data-message-id="{_cell(entry.message_id)}">'
+            f'<td class="time"><time datetime="{received.isoformat()}">{received:%Y-%m-%d %H:%M:%S.%f}</time></td>'
+            f'<td class="to">{_cell(entry.to)}</td>'
+            f'<td class="content">{_cell(entry.content)}</td>'
+            f'<td class="status">{entry.status}</td>'
+            f'<td class="message-id">{_cell(entry.message_id)}</td>'
+            f'<td class="duplicate-flag">{"duplicate, dropped" if entry.duplicate else ""}</td>'
+            "</tr>"
+        )
+    if not rows:
+        rows.append('<tr id="no-requests"><td colspan="6">Nothing received yet.</td></tr>')
+    shown = f"the newest {len(newest)} of {stats['requests']}" if stats["requests"] > len(newest) else "all of them"
+    by_status = ", ".join(f"{_cell(k)}: {v}" for k, v in sorted(stats["by_status"].items())) or "none"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="{PAGE_REFRESH_SECONDS}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Fake provider: {stats["requests"]} received</title>
+<style>
+  body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+  table {{ border-collapse: collapse; width: 100%; }}
+  th, td {{ border-bottom: 1px solid #ddd; padding: 0.3rem 0.5rem; text-align: left; vertical-align: top; }}
+  th {{ background: #f3f3f3; }}
+  td.content {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
+  td.time, td.message-id {{ font-family: ui-monospace, monospace; font-size: 12px; }}
+  tr.duplicate {{ background: #fff6d6; }}
+  .stats span {{ margin-right: 1.2rem; }}
+  .quiet {{ color: #666; }}
+</style>
+</head>
+<body>
+<h1>Fake provider</h1>
+<p class="stats" id="stats">
+  <span>received: <strong id="stat-requests">{stats["requests"]}</strong></span>
+  <span>accepted: <strong id="stat-accepted">{stats["accepted"]}</strong></span>
+  <span>duplicates dropped: <strong id="stat-duplicates">{stats["duplicates_dropped"]}</strong></span>
+  <span>by status: {by_status}</span>
+</p>
+<p class="quiet">Faults: <code id="faults">{_cell(json.dumps(faults))}</code></p>
+<p class="quiet">Newest first, {shown}; this page reloads every {PAGE_REFRESH_SECONDS} s.
+  As JSON: <a href="/_fake/requests">/_fake/requests</a>, <a href="/_fake/stats">/_fake/stats</a>.</p>
+<table id="received">
+<thead>
+<tr><th>Time (UTC)</th><th>To</th><th>Content</th><th>Status</th><th>messageId</th><th>Duplicate</th></tr>
+</thead>
+<tbody>
+{"".join(rows)}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -152,6 +231,15 @@ class FakeProviderHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def _send_html(self, status: int, page: str) -> None:
+        payload = page.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def _read_json(self) -> object:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
@@ -161,7 +249,9 @@ class FakeProviderHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         state = self.server.state
-        if self.path.rstrip("/") == "/_fake/requests":
+        if urlsplit(self.path).path.rstrip("/") in ("", "/_fake"):
+            self._send_html(200, render_requests_page(state))
+        elif self.path.rstrip("/") == "/_fake/requests":
             with state.lock:
                 self._send_json(200, [asdict(r) for r in state.requests])
         elif self.path.rstrip("/") == "/_fake/faults":

@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.urls import path, reverse
+from django.utils import timezone
 
+from messages_app.csv_export import messages_csv_lines
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.services import message_create, messages_requeue_failed
 from messages_app.validators import normalize_phone_number, validate_content
@@ -32,6 +37,28 @@ class MessageAdminForm(forms.ModelForm):
         return validate_content(self.cleaned_data["content"])
 
 
+class AttemptsFilter(admin.SimpleListFilter):
+    title = "attempts"
+    parameter_name = "attempts_range"
+
+    # value in the query string -> (label, condition)
+    RANGES = {
+        "0": ("0", Q(attempts=0)),
+        "1": ("1", Q(attempts=1)),
+        "2-4": ("2 to 4", Q(attempts__gte=2, attempts__lte=4)),
+        "5+": ("5 or more", Q(attempts__gte=5)),
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(value, label) for value, (label, _) in self.RANGES.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        if self.value() not in self.RANGES:
+            return queryset
+        _, condition = self.RANGES[self.value()]
+        return queryset.filter(condition)
+
+
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt
     fields = ["number", "started_at", "duration_ms", "http_status", "outcome", "error", "provider_message_id"]
@@ -52,7 +79,7 @@ class MessageAdmin(admin.ModelAdmin):
     form = MessageAdminForm
     inlines = [DeliveryAttemptInline]
     list_display = ["id", "recipient_phone_number", "short_content", "status", "attempts", "created_at", "sent_at"]
-    list_filter = ["status"]
+    list_filter = ["status", "created_at", "sent_at", AttemptsFilter]
     search_fields = ["recipient_phone_number", "content", "=uuid", "=provider_message_id"]
     date_hierarchy = "created_at"
     ordering = ["-id"]
@@ -73,6 +100,31 @@ class MessageAdmin(admin.ModelAdmin):
         "last_error",
     ]
     actions = ["requeue_failed"]
+
+    def get_urls(self):
+        own = [
+            path(
+                "export.csv",
+                self.admin_site.admin_view(self.export_csv_view),
+                name="messages_app_message_export_csv",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def export_csv_view(self, request: HttpRequest) -> HttpResponse:
+        """The messages the changelist shows for the same query string (filters,
+        search, date hierarchy, ordering), every page of them, as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            # What the changelist itself does with a filter it cannot apply.
+            return HttpResponseRedirect(reverse("admin:messages_app_message_changelist") + "?e=1")
+        response = StreamingHttpResponse(messages_csv_lines(queryset=changelist.queryset), content_type="text/csv")
+        filename = f"messages-{timezone.now():%Y%m%d-%H%M%S}.csv"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
 
     def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
         if obj is None:

@@ -98,7 +98,12 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering = ["message_id", "id"]
-        indexes = [models.Index(fields=["message", "id"], name="attempt_message")]
+        indexes = [
+            models.Index(fields=["message", "id"], name="attempt_message"),
+            # The dashboard counts the last hour's outcomes per minute; without this
+            # it would scan every attempt ever logged.
+            models.Index(fields=["started_at"], name="attempt_started_at"),
+        ]
 
     def __str__(self) -> str:
         return f"Attempt {self.number} of message {self.message_id}: {self.outcome}"
