@@ -126,11 +126,13 @@ def recover_expired_leases(*, now: datetime, limit: int = 1000) -> int:
             )
             for pk, attempts in expired
         )
+    ids = [pk for pk, _ in expired]
     logger.warning(
         "recovered %d messages with expired leases (ids %s); %d failed for good",
         len(expired),
-        [pk for pk, _ in expired][:20],
+        ids[:20],
         len(to_failed),
+        extra={"message_ids": ids, "failed_message_ids": to_failed},
     )
     return len(expired)
 
@@ -160,8 +162,12 @@ def release_claimed(*, messages: list[Message]) -> int:
             for m in released
         )
     if released:
+        ids = [m.pk for m in released]
         logger.info(
-            "released %d claimed messages unsent (ids %s): shutting down", len(released), [m.pk for m in released]
+            "released %d claimed messages unsent (ids %s): shutting down",
+            len(released),
+            ids,
+            extra={"message_ids": ids},
         )
     return len(released)
 

@@ -29,6 +29,8 @@ class DispatcherSettings:
     retry_max_seconds: float
     lease_seconds: float
     concurrency: int
+    # Empty: /metrics is open to anyone who can reach it.
+    metrics_token: str = ""
 
     def lease_for(self, batch_size: int) -> float:
         """How long a claim of `batch_size` messages is ours: long enough to send them all,
@@ -56,4 +58,5 @@ def dispatcher_settings() -> DispatcherSettings:
         retry_max_seconds=float(raw.get("RETRY_MAX_SECONDS", 600.0)),
         lease_seconds=float(raw.get("LEASE_SECONDS", 60.0)),
         concurrency=int(raw.get("CONCURRENCY", 16)),
+        metrics_token=raw.get("METRICS_TOKEN") or "",
     )

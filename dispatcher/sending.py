@@ -24,6 +24,7 @@ from django.utils import timezone
 from dispatcher.claiming import release_claimed
 from dispatcher.conf import DispatcherSettings, dispatcher_settings
 from dispatcher.delivery_cache import delivery_cache_record_many
+from dispatcher.metrics import metrics_record_batch
 from dispatcher.providers import BaseProvider, ProviderError, ProviderResult
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.services import messages_mark_sent, messages_transition
@@ -85,7 +86,12 @@ def send_one(*, message: Message, provider: BaseProvider) -> SendResult:
     except ProviderError as exc:
         error = exc
     except Exception as exc:  # a bug in a backend must not leave the message in processing
-        logger.exception("provider backend crashed on message id=%s uuid=%s", message.pk, message.uuid)
+        logger.exception(
+            "provider backend crashed on message id=%s uuid=%s",
+            message.pk,
+            message.uuid,
+            extra={"message_id": message.pk, "message_uuid": str(message.uuid)},
+        )
         error = ProviderError(f"unexpected error in provider backend: {type(exc).__name__}: {exc}")
     return SendResult(
         message=message,
@@ -122,13 +128,15 @@ def deliver_batch(
         # Recording failed (database gone?). The messages keep their leases and
         # come back when the leases expire, to be sent again under the same
         # Idempotency-Key. Go on with a fresh connection if the old one broke.
-        logger.exception("could not record the outcomes of messages %s", [r.message.pk for r in results])
+        ids = [r.message.pk for r in results]
+        logger.exception("could not record the outcomes of messages %s", ids, extra={"message_ids": ids})
         close_old_connections()
     if not_sent:
         try:
             release_claimed(messages=not_sent)
         except Exception:
-            logger.exception("could not release messages %s; their leases will", [m.pk for m in not_sent])
+            ids = [m.pk for m in not_sent]
+            logger.exception("could not release messages %s; their leases will", ids, extra={"message_ids": ids})
     return outcomes
 
 
@@ -189,6 +197,10 @@ def record_outcomes(*, results: list[SendResult], conf: DispatcherSettings | Non
                 outcomes[r.message.pk] = outcome
                 attempts.append(_attempt(r, outcome.outcome))
         DeliveryAttempt.objects.bulk_create(attempts)
+    # After the commit: only outcomes on record count. A few cache calls per batch, never raises.
+    metrics_record_batch(
+        outcomes=[o.outcome for o in outcomes.values()], provider_latencies_ms=[r.duration_ms for r in results]
+    )
     return [outcomes[r.message.pk] for r in results]
 
 
@@ -203,10 +215,12 @@ def _mark_sent(sent: list[SendResult], *, cached: bool) -> None:
             delivery_cache_pending=not cached,
         )
         if changed < len(group):
+            ids = [r.message.pk for r in group]
             logger.warning(
                 "%d of messages %s were sent but their leases had passed to another worker",
                 len(group) - changed,
-                [r.message.pk for r in group],
+                ids,
+                extra={"message_ids": ids},
             )
     for r in sent:
         logger.info(
@@ -216,6 +230,7 @@ def _mark_sent(sent: list[SendResult], *, cached: bool) -> None:
             r.message.attempts + 1,
             r.result.message_id,
             r.duration_ms,
+            extra={"message_id": r.message.pk, "message_uuid": str(r.message.uuid)},
         )
 
 
@@ -241,6 +256,7 @@ def _mark_unsuccessful(r: SendResult, conf: DispatcherSettings) -> DeliveryOutco
             attempt,
             "" if exc.permanent else " (no attempts left)",
             error,
+            extra={"message_id": message.pk, "message_uuid": str(message.uuid)},
         )
         return DeliveryOutcome(
             message_id=message.pk, message_uuid=str(message.uuid), outcome=Outcome.FAILED, error=error
@@ -256,6 +272,7 @@ def _mark_unsuccessful(r: SendResult, conf: DispatcherSettings) -> DeliveryOutco
         attempt,
         next_attempt_at.isoformat(),
         error,
+        extra={"message_id": message.pk, "message_uuid": str(message.uuid)},
     )
     return DeliveryOutcome(
         message_id=message.pk,
@@ -286,6 +303,7 @@ def delivery_cache_catch_up(*, limit: int = 500) -> int:
     )
     if not pending or not delivery_cache_record_many(deliveries=[(pmid, sent_at) for _, pmid, sent_at in pending]):
         return 0
-    Message.objects.filter(pk__in=[pk for pk, _, _ in pending]).update(delivery_cache_pending=False)
-    logger.info("wrote %d pending delivery cache records", len(pending))
+    ids = [pk for pk, _, _ in pending]
+    Message.objects.filter(pk__in=ids).update(delivery_cache_pending=False)
+    logger.info("wrote %d pending delivery cache records", len(pending), extra={"message_ids": ids})
     return len(pending)

@@ -14,6 +14,7 @@ from django.utils import timezone
 from dispatcher.claiming import claim_batch, claim_tick, recover_expired_leases
 from dispatcher.conf import dispatcher_settings
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
+from dispatcher.metrics import metrics_record_tick
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
 from dispatcher.providers import BaseProvider, get_provider
 from dispatcher.sending import DeliveryOutcome, deliver_batch, delivery_cache_catch_up
@@ -160,6 +161,7 @@ def dispatch_tick(
 
     `force` (manual ticks only) sends one batch even while the dispatcher is stopped.
     """
+    started = time.monotonic()
     now = timezone.now()
     recover_expired_leases(now=now)
     if not due_only:
@@ -170,6 +172,7 @@ def dispatch_tick(
             raise DispatcherStoppedError("The dispatcher is stopped; start it first, or force the tick.")
         return TickResult(ticked=False)
     outcomes = _send_claimed(claimed.messages, provider=provider, should_stop=should_stop)
+    metrics_record_tick(duration_seconds=time.monotonic() - started)
     return TickResult(ticked=True, outcomes=outcomes)
 
 
@@ -192,6 +195,7 @@ def dispatch_drain(
     totals: Counter[str] = Counter()
     try:
         while not should_stop() and (deadline is None or time.monotonic() < deadline):
+            started = time.monotonic()
             now = timezone.now()
             recover_expired_leases(now=now)
             with transaction.atomic():
@@ -203,6 +207,7 @@ def dispatch_drain(
             if not messages:
                 break
             batch = deliver_batch(messages=messages, provider=provider, should_stop=should_stop)
+            metrics_record_tick(duration_seconds=time.monotonic() - started)  # a drain batch counts as a tick
             totals.update(o.outcome for o in batch)
             if on_batch:
                 on_batch(batch)
@@ -217,7 +222,8 @@ def _send_claimed(
     messages: list[Message], *, provider: BaseProvider | None, should_stop: Callable[[], bool]
 ) -> list[DeliveryOutcome]:
     if messages:
-        logger.info("tick claimed %d messages: ids %s", len(messages), [m.pk for m in messages])
+        ids = [m.pk for m in messages]
+        logger.info("tick claimed %d messages: ids %s", len(messages), ids, extra={"message_ids": ids})
     owned_provider = provider is None
     provider = provider or get_provider()
     try:

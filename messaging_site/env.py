@@ -77,6 +77,13 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_choice(name: str, default: str, *, choices: tuple[str, ...]) -> str:
+    value = env_str(name, default)
+    if value.lower() not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
+
+
 def env_url(name: str, default: str | None = None, *, schemes: tuple[str, ...]) -> str | None:
     value = env_str(name, default)
     if value is None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from messaging_site.env import env_bool, env_float, env_int, env_list, env_str, env_url
+from messaging_site.env import env_bool, env_choice, env_float, env_int, env_list, env_str, env_url
+from messaging_site.logging_config import LOG_FORMATS, build_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_STATE_DIR = Path(env_str("LOCAL_STATE_DIR", str(BASE_DIR / ".local")))
@@ -172,6 +173,8 @@ DISPATCHER = {
     "RETRY_MAX_SECONDS": env_float("DISPATCH_RETRY_MAX_SECONDS", 600.0, minimum=0.0),
     "LEASE_SECONDS": env_float("DISPATCH_LEASE_SECONDS", 60.0, minimum=0.5),
     "CONCURRENCY": env_int("DISPATCH_CONCURRENCY", 16, minimum=1, maximum=1024),
+    # If set, GET /metrics requires `Authorization: Bearer <token>`; unset, it is open.
+    "METRICS_TOKEN": env_str("METRICS_TOKEN", ""),
 }
 
 # --- django-q2 -----------------------------------------------------------------
@@ -224,20 +227,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Logging -------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "dispatcher": {"level": LOG_LEVEL},
-        "messages_app": {"level": LOG_LEVEL},
-        "django-q": {"level": LOG_LEVEL},  # django-q2 logs under this name
-    },
-}
+# plain (default) for a terminal; json for a log pipeline, one object per line.
+LOG_FORMAT = env_choice("LOG_FORMAT", "plain", choices=LOG_FORMATS)
+LOGGING = build_logging(log_format=LOG_FORMAT, level=LOG_LEVEL)
 
 # Serve static files from the apps' folders in development, no collectstatic needed.
 WHITENOISE_USE_FINDERS = DEBUG

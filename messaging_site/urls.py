@@ -3,6 +3,8 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from dispatcher.health import healthz, readyz
+from dispatcher.metrics import metrics_view
 from dispatcher.urls import urlpatterns as dispatcher_api_urlpatterns
 from messages_app.urls import api_urlpatterns as messages_api_urlpatterns
 from messages_app.urls import seed_urlpatterns
@@ -25,4 +27,9 @@ urlpatterns = [
     path("api/", include(api_urlpatterns)),
     path("api-auth/", include("rest_framework.urls")),
     *seed_urlpatterns,
+    # Monitoring, anonymous (/metrics optionally behind METRICS_TOKEN); no trailing
+    # slash, as probes and Prometheus expect.
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
 ]

@@ -1,0 +1,36 @@
+"""The LOGGING dict, built from LOG_FORMAT and LOG_LEVEL (kept out of settings so tests can build either)."""
+
+from __future__ import annotations
+
+LOG_FORMATS = ("plain", "json")
+
+_FORMATTERS = {
+    # For people reading a terminal.
+    "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    # For a log pipeline: one JSON object per line. Fields passed as `extra`
+    # (message_id, message_uuid, message_ids) become keys of their own, so a
+    # message's whole story can be found by its id without parsing the text.
+    "json": {
+        "()": "pythonjsonlogger.json.JsonFormatter",
+        "fmt": ["levelname", "name", "process", "message"],
+        "rename_fields": {"levelname": "level", "name": "logger"},
+        "timestamp": True,  # ISO 8601 in UTC, under "timestamp"
+    },
+}
+
+
+def build_logging(*, log_format: str, level: str) -> dict:
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {log_format!r}")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {log_format: _FORMATTERS[log_format]},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": log_format}},
+        "root": {"handlers": ["console"], "level": "WARNING"},
+        "loggers": {
+            "dispatcher": {"level": level},
+            "messages_app": {"level": level},
+            "django-q": {"level": level},  # django-q2 logs under this name
+        },
+    }

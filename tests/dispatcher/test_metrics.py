@@ -1,0 +1,221 @@
+"""GET /metrics: counters and histograms the dispatcher records in the cache, the queue from the database."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from dispatcher import metrics
+from dispatcher.metrics import PROVIDER_LATENCY, metrics_record_batch, metrics_record_tick
+from dispatcher.models import DispatcherState
+from dispatcher.providers import ProviderError, locmem
+from dispatcher.services import dispatch_drain, dispatch_tick, dispatcher_state_ensure
+from messages_app.models import DeliveryAttempt, Message
+from tests.factories import make_message
+from tests.processes import free_port
+
+Status = Message.Status
+Outcome = DeliveryAttempt.Outcome
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+@pytest.fixture(autouse=True)
+def running_dispatcher():
+    dispatcher_state_ensure()
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(
+        running=True, batch_size=10, interval_seconds=60, next_tick_at=timezone.now()
+    )
+
+
+@pytest.fixture
+def redis_down(settings):
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"},
+    }
+
+
+def scrape(client: Client, **headers) -> dict[tuple[str, tuple], float]:
+    """GET /metrics and return {(sample name, sorted labels): value}."""
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def send_one_batch_with_a_retry_and_a_failure() -> None:
+    for _ in range(3):
+        make_message()
+    later = timezone.now() + timezone.timedelta(hours=1)
+    make_message(send_after=later, next_attempt_at=later)  # scheduled: stays queued
+    make_message(status=Status.SENT)  # sent earlier, not by this dispatcher
+    locmem.failures.extend(
+        [ProviderError("HTTP 503", http_status=503), ProviderError("HTTP 400", permanent=True, http_status=400)]
+    )
+    dispatch_tick(due_only=False)
+
+
+def test_counters_queue_and_histograms_after_a_batch(client):
+    send_one_batch_with_a_retry_and_a_failure()
+
+    samples = scrape(client)
+
+    assert value(samples, "messaging_messages_sent_total") == 1
+    assert value(samples, "messaging_messages_retried_total") == 1
+    assert value(samples, "messaging_messages_failed_total") == 1
+    # The queue comes from the database: the retry is unsent again, plus the scheduled one.
+    assert value(samples, "messaging_queue_messages", status="unsent") == 2
+    assert value(samples, "messaging_queue_messages", status="processing") == 0
+    assert value(samples, "messaging_queue_messages", status="sent") == 2
+    assert value(samples, "messaging_queue_messages", status="failed") == 1
+    # Three provider calls, all well under 10 ms with locmem, so in every bucket.
+    assert value(samples, "messaging_provider_latency_seconds_count") == 3
+    for le in PROVIDER_LATENCY.les:
+        assert value(samples, "messaging_provider_latency_seconds_bucket", le=le) == 3
+    assert value(samples, "messaging_provider_latency_seconds_sum") < 0.1
+    assert value(samples, "messaging_tick_duration_seconds_count") == 1
+    assert value(samples, "messaging_tick_duration_seconds_bucket", le="+Inf") == 1
+    assert value(samples, "messaging_tick_duration_seconds_sum") > 0
+    assert value(samples, "messaging_metrics_cache_up") == 1
+    assert value(samples, "messaging_metrics_database_up") == 1
+
+
+def test_counters_add_up_across_batches_and_drain_batches(client):
+    for _ in range(3):
+        make_message()
+    dispatch_tick(due_only=False)
+    for _ in range(5):
+        make_message()
+    dispatch_drain(batch_size=2)  # three batches: 2, 2, 1
+
+    samples = scrape(client)
+
+    assert value(samples, "messaging_messages_sent_total") == 8
+    assert value(samples, "messaging_messages_failed_total") == 0
+    assert value(samples, "messaging_provider_latency_seconds_count") == 8
+    assert value(samples, "messaging_tick_duration_seconds_count") == 4
+
+
+def test_histogram_buckets_are_cumulative(client):
+    metrics_record_batch(outcomes=[Outcome.SENT] * 4, provider_latencies_ms=[20, 20, 300, 45_000])
+    metrics_record_batch(outcomes=[Outcome.RETRY], provider_latencies_ms=[1000])  # exactly on a bound
+    metrics_record_tick(duration_seconds=0.07)
+
+    samples = scrape(client)
+
+    def bucket(le: str) -> float:
+        return value(samples, "messaging_provider_latency_seconds_bucket", le=le)
+
+    assert bucket("0.01") == 0
+    assert bucket("0.025") == 2
+    assert bucket("0.25") == 2
+    assert bucket("0.5") == 3
+    assert bucket("1.0") == 4  # le means "less than or equal"
+    assert bucket("30.0") == 4
+    assert bucket("+Inf") == 5
+    assert value(samples, "messaging_provider_latency_seconds_count") == 5
+    assert value(samples, "messaging_provider_latency_seconds_sum") == pytest.approx(46.34)
+    assert value(samples, "messaging_messages_sent_total") == 4
+    assert value(samples, "messaging_messages_retried_total") == 1
+    assert value(samples, "messaging_tick_duration_seconds_bucket", le="0.05") == 0
+    assert value(samples, "messaging_tick_duration_seconds_bucket", le="0.1") == 1
+
+
+def test_a_batch_costs_a_few_cache_calls_whatever_its_size(monkeypatch):
+    calls = []
+    real_incr = metrics._incr
+    monkeypatch.setattr(metrics, "_incr", lambda cache, key, delta: (calls.append(key), real_incr(cache, key, delta)))
+
+    metrics_record_batch(outcomes=[Outcome.SENT] * 500, provider_latencies_ms=[3] * 500)
+
+    # sent, one latency bucket, the latency sum
+    assert len(calls) == 3
+
+
+def test_recording_with_the_cache_down_never_breaks_sending_and_warns_once(redis_down, monkeypatch, caplog):
+    monkeypatch.setattr(metrics, "_recording_failed", False)
+    messages = [make_message() for _ in range(2)]
+
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.metrics"):
+        dispatch_tick(due_only=False)
+        make_message()
+        dispatch_tick(due_only=False)
+
+    assert Message.objects.filter(status=Status.SENT).count() == 3
+    assert all(Message.objects.get(pk=m.pk).status == Status.SENT for m in messages)
+    warnings = [r for r in caplog.records if r.name == "dispatcher.metrics" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "could not record metrics" in warnings[0].getMessage()
+
+
+def test_scrape_with_the_cache_down_still_answers_with_the_queue(client, redis_down):
+    make_message()
+    make_message(status=Status.FAILED)
+
+    samples = scrape(client)
+
+    assert value(samples, "messaging_metrics_cache_up") == 0
+    assert value(samples, "messaging_queue_messages", status="unsent") == 1
+    assert value(samples, "messaging_queue_messages", status="failed") == 1
+    # Left out rather than reported as zero, which would read as a counter reset.
+    assert not any(name.startswith("messaging_messages_") for name, _ in samples)
+    assert not any(name.startswith("messaging_provider_latency") for name, _ in samples)
+
+
+def test_works_on_a_cache_without_redis(client, settings):
+    # The local setup's file cache and django's locmem speak the same incr/add.
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "metrics-test"},
+    }
+    make_message()
+    dispatch_tick(due_only=False)
+    make_message()
+    dispatch_tick(due_only=False)
+
+    samples = scrape(client)
+
+    assert value(samples, "messaging_messages_sent_total") == 2
+    assert value(samples, "messaging_tick_duration_seconds_count") == 2
+
+
+def test_metrics_are_open_without_a_token(client):
+    assert client.get("/metrics").status_code == 200
+
+
+def test_metrics_token_is_required_when_set(client, settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "METRICS_TOKEN": "s3cret-token"}
+
+    missing = client.get("/metrics")
+    assert missing.status_code == 401
+    assert missing["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/metrics", headers={"Authorization": "Token s3cret-token"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    samples = scrape(client, Authorization="Bearer s3cret-token")
+    assert value(samples, "messaging_metrics_cache_up") == 1
+
+
+def test_openmetrics_is_served_when_asked_for(client):
+    response = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/openmetrics-text")
+    assert response.content.decode().rstrip().endswith("# EOF")

@@ -1,0 +1,99 @@
+"""LOG_FORMAT: plain by default, json for one object per line with each message's id and uuid."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+from django.utils.log import configure_logging
+
+from dispatcher.providers import ProviderError, locmem
+from dispatcher.services import dispatch_tick, dispatcher_state_ensure
+from messaging_site.logging_config import build_logging
+from tests.factories import make_message
+
+
+@pytest.fixture
+def json_log_lines():
+    """Configure logging as LOG_FORMAT=json does; return a callable giving the lines written so far, parsed."""
+    stream = io.StringIO()
+    configure_logging(settings.LOGGING_CONFIG, build_logging(log_format="json", level="INFO"))
+    [console] = [h for h in logging.getLogger().handlers if h.name == "console"]
+    console.setStream(stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
+
+
+def _settings_in_subprocess(code: str, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "SECRET_KEY": "only-for-this-test", **env}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.django_db
+def test_json_dispatch_lines_carry_the_message_id_and_uuid(json_log_lines):
+    dispatcher_state_ensure()
+    messages = {m.pk: m for m in (make_message(), make_message())}
+    locmem.failures.append(ProviderError("HTTP 503", http_status=503))  # one of the two is retried
+
+    dispatch_tick(due_only=False)
+
+    lines = json_log_lines()
+    per_message = [line for line in lines if "message_id" in line]
+    assert sorted(line["message"].split(" id=")[0] for line in per_message) == ["retrying message", "sent message"]
+    for line in per_message:
+        message = messages[line["message_id"]]
+        assert line["message_uuid"] == str(message.uuid)
+        # The text is the same as in plain format.
+        assert f" id={message.pk} uuid={message.uuid} attempt=1 " in line["message"]
+        assert line["logger"] == "dispatcher.sending"
+        assert line["level"] in {"INFO", "WARNING"}
+        assert line["process"] == os.getpid()
+        assert line["timestamp"].endswith("+00:00")
+    [claimed] = [line for line in lines if line["message"].startswith("tick claimed 2 messages")]
+    assert sorted(claimed["message_ids"]) == sorted(messages)
+
+
+def test_every_json_line_is_one_object(json_log_lines):
+    logging.getLogger("dispatcher.test").warning("two\nlines", extra={"message_id": 7})
+
+    [line] = json_log_lines()
+    assert line["message"] == "two\nlines"
+    assert line["message_id"] == 7
+
+
+def test_plain_format_is_unchanged_by_default():
+    config = build_logging(log_format="plain", level="INFO")
+
+    assert config["handlers"]["console"]["formatter"] == "plain"
+    assert config["formatters"]["plain"]["format"] == "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+
+def test_log_format_json_is_read_from_the_environment():
+    result = _settings_in_subprocess(
+        "import messaging_site.settings as s; print(s.LOG_FORMAT, s.LOGGING['handlers']['console']['formatter'])",
+        LOG_FORMAT="JSON",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["json", "json"]
+
+
+def test_a_malformed_log_format_stops_start_up_naming_the_variable():
+    result = _settings_in_subprocess("import messaging_site.settings", LOG_FORMAT="xml")
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "LOG_FORMAT must be one of plain, json, got 'xml'" in result.stderr
