@@ -23,6 +23,8 @@ api_urlpatterns = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
+    # A short address for the operators' dashboard, which lives under the dispatcher's admin.
+    path("admin/dashboard/", RedirectView.as_view(pattern_name="admin:dispatcher_dashboard"), name="dashboard"),
     path("admin/", admin.site.urls),
     path("api/", include(api_urlpatterns)),
     path("api-auth/", include("rest_framework.urls")),

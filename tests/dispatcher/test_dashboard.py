@@ -472,3 +472,9 @@ def test_requeue_all_needs_change_permission_on_messages(client):
     assert client.post(REQUEUE_ALL).status_code == 403
     assert Message.objects.get(pk=failed.pk).status == Status.FAILED
     assert 'id="requeue-all"' not in client.get(DASHBOARD).content.decode()
+
+
+def test_the_short_dashboard_address_redirects_to_it(client):
+    response = client.get("/admin/dashboard/")
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/dispatcher/dispatcherstate/dashboard/"

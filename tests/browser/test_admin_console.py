@@ -1,0 +1,291 @@
+"""The operator's console in a real browser: the admin login, the dashboard's numbers
+and controls, requeueing a failed message, stopping and starting the dispatcher,
+and Swagger UI rendering the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import Page, expect
+
+from dispatcher.models import DispatcherState
+from messages_app.models import DeliveryAttempt, Message
+from tests.browser.conftest import staff_login
+from tests.factories import make_message
+
+pytestmark = pytest.mark.browser
+
+Status = Message.Status
+
+DASHBOARD = "/admin/dispatcher/dispatcherstate/dashboard/"
+REQUEUE_ALL = "/admin/dispatcher/dispatcherstate/dashboard/requeue-failed/"
+MESSAGES = "/admin/messages_app/message/"
+DISPATCHER = "/admin/dispatcher/dispatcherstate/"
+DISPATCHER_CHANGE = "/admin/dispatcher/dispatcherstate/1/change/"
+
+
+def set_state(*, running: bool) -> DispatcherState:
+    state, _ = DispatcherState.objects.update_or_create(
+        pk=DispatcherState.SINGLETON_PK,
+        defaults={
+            "running": running,
+            "batch_size": 3,
+            "interval_seconds": 60,
+            "next_tick_at": timezone.now() if running else None,
+        },
+    )
+    return state
+
+
+def is_running() -> bool:
+    return DispatcherState.objects.get(pk=DispatcherState.SINGLETON_PK).running
+
+
+def make_failed(**fields) -> Message:
+    fields.setdefault("attempts", 5)
+    fields.setdefault("last_error", "HTTP 400: invalid recipient")
+    fields.setdefault("claimed_at", timezone.now())
+    return make_message(status=Status.FAILED, **fields)
+
+
+def attempted(message: Message, *, outcome: str, minutes_ago: int) -> Message:
+    started = timezone.now() - dt.timedelta(minutes=minutes_ago)
+    DeliveryAttempt.objects.create(message=message, number=1, started_at=started, outcome=outcome)
+    return message
+
+
+def expect_success(page: Page, text: str) -> None:
+    expect(page.locator("ul.messagelist li.success")).to_contain_text(text)
+
+
+# --- logging in -------------------------------------------------------------------------------
+
+
+def test_staff_logs_in_through_the_admin_login_form(page: Page, live_server):
+    page.goto(f"{live_server.url}/admin/")
+    # Anonymous: the admin sends the browser to its login form.
+    expect(page).to_have_url(re.compile(r"/admin/login/\?next=/admin/$"))
+    expect(page.locator("#login-form")).to_be_visible()
+
+    staff_login(page, live_server)
+
+    expect(page).to_have_url(f"{live_server.url}/admin/")
+    expect(page.locator("#content h1")).to_have_text("Site administration")
+    expect(page.locator("#dashboard-link")).to_be_visible()
+    expect(page.locator("#content-main")).to_contain_text("Messages")
+    expect(page.locator("#content-main")).to_contain_text("Dispatcher")
+
+
+def test_wrong_password_stays_on_the_login_form(page: Page, live_server):
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "nobody")
+    page.fill("#id_password", "wrong")
+    page.click("input[type=submit]")
+    expect(page.locator(".errornote")).to_contain_text("correct username and password")
+    expect(page).to_have_url(re.compile(r"/admin/login/"))
+
+
+# --- the dashboard ----------------------------------------------------------------------------
+
+
+def test_dashboard_shows_the_message_counts(page: Page, live_server, tmp_path):
+    set_state(running=True)
+    for _ in range(3):
+        make_message(status=Status.UNSENT)
+    make_message(status=Status.PROCESSING)
+    attempted(make_message(status=Status.SENT), outcome=DeliveryAttempt.Outcome.SENT, minutes_ago=30)
+    attempted(make_message(status=Status.SENT), outcome=DeliveryAttempt.Outcome.SENT, minutes_ago=2)
+    failed = attempted(make_failed(), outcome=DeliveryAttempt.Outcome.FAILED, minutes_ago=2)
+
+    staff_login(page, live_server)
+    page.click("#dashboard-link")
+    expect(page).to_have_url(f"{live_server.url}{DASHBOARD}")
+
+    expect(page.locator("#count-unsent")).to_have_text("3")
+    expect(page.locator("#count-processing")).to_have_text("1")
+    expect(page.locator("#count-sent")).to_have_text("2")
+    expect(page.locator("#count-failed")).to_have_text("1")
+    expect(page.locator("#dashboard-running")).to_have_text("Running")
+    expect(page.locator("#dashboard-batch-size")).to_have_text("3")
+    expect(page.locator("#dashboard-interval")).to_have_text("60")
+    # The last hour's chart: one bar per outcome and minute, drawn from the attempts.
+    expect(page.locator("#outcome-chart")).to_be_visible()
+    expect(page.locator("#chart-total-sent")).to_have_text("2")
+    expect(page.locator("#chart-total-failed")).to_have_text("1")
+    expect(page.locator("#outcome-chart rect.bar-sent")).to_have_count(2)
+    expect(page.locator("#outcome-chart rect.bar-failed")).to_have_count(1)
+    bar = page.locator("#outcome-chart rect.bar-failed").bounding_box()
+    assert bar is not None
+    assert bar["height"] > 10  # drawn, not a sliver: it is the tallest value on the chart
+    failure = page.locator(f"#recent-failures tr.failure[data-message-id='{failed.pk}']")
+    expect(failure).to_contain_text("HTTP 400: invalid recipient")
+    expect(page.locator("#requeue-all")).to_have_text("Requeue all failed (1)")
+
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+    # Each count links to the changelist filtered by that status.
+    page.click("#count-failed")
+    expect(page).to_have_url(f"{live_server.url}{MESSAGES}?status__exact=failed")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+
+
+def test_dashboard_stops_and_starts_the_dispatcher(page: Page, live_server):
+    set_state(running=True)
+    staff_login(page, live_server)
+    page.goto(f"{live_server.url}{DASHBOARD}")
+
+    page.click("#dashboard-stop")
+    expect_success(page, "Dispatcher stopped")
+    expect(page).to_have_url(f"{live_server.url}{DASHBOARD}")  # the button's `next`
+    expect(page.locator("#dashboard-running")).to_have_text("Stopped")
+    expect(page.locator("#dashboard-next-tick")).to_have_text("none while stopped")
+    expect(page.locator("#dashboard-stop")).to_have_count(0)
+    assert is_running() is False
+
+    page.click("#dashboard-start")
+    expect_success(page, "Dispatcher started")
+    expect(page).to_have_url(f"{live_server.url}{DASHBOARD}")
+    expect(page.locator("#dashboard-running")).to_have_text("Running")
+    expect(page.locator("#dashboard-start")).to_have_count(0)
+    expect(page.locator("#dashboard-stop")).to_be_visible()
+    assert is_running() is True
+
+
+def test_dashboard_requeues_all_failed_after_confirmation(page: Page, live_server):
+    set_state(running=True)
+    failed = [make_failed(), make_failed()]
+    sent = make_message(status=Status.SENT)
+    staff_login(page, live_server)
+    page.goto(f"{live_server.url}{DASHBOARD}")
+    expect(page.locator("#count-failed")).to_have_text("2")
+
+    page.click("#requeue-all")
+    expect(page).to_have_url(f"{live_server.url}{REQUEUE_ALL}")
+    expect(page.locator("#requeue-all-count")).to_have_text("2")
+    # Nothing happens before the confirmation.
+    assert Message.objects.filter(status=Status.FAILED).count() == 2
+
+    page.click("#requeue-all-confirm")
+    expect(page).to_have_url(f"{live_server.url}{DASHBOARD}")
+    expect_success(page, "Requeued 2 failed message(s).")
+    expect(page.locator("#count-failed")).to_have_text("0")
+    expect(page.locator("#count-unsent")).to_have_text("2")
+    expect(page.locator("#no-failures")).to_be_visible()
+    for message in failed:
+        message.refresh_from_db()
+        assert message.status == Status.UNSENT
+        assert message.attempts == 0
+    sent.refresh_from_db()
+    assert sent.status == Status.SENT
+
+
+def test_dashboard_requeue_all_can_be_cancelled(page: Page, live_server):
+    failed = make_failed()
+    staff_login(page, live_server)
+    page.goto(f"{live_server.url}{REQUEUE_ALL}")
+    expect(page.locator("#requeue-all-count")).to_have_text("1")
+
+    page.click("#requeue-all-cancel")
+    expect(page).to_have_url(f"{live_server.url}{DASHBOARD}")
+    expect(page.locator("#count-failed")).to_have_text("1")
+    failed.refresh_from_db()
+    assert failed.status == Status.FAILED
+
+
+# --- the message changelist -------------------------------------------------------------------
+
+
+def test_requeue_a_failed_message_from_the_changelist(page: Page, live_server):
+    failed = make_failed()
+    other_failed = make_failed()
+    staff_login(page, live_server)
+    page.goto(f"{live_server.url}{MESSAGES}")
+    expect(page.locator("#result_list tbody tr")).to_have_count(2)
+
+    page.check(f"#result_list input.action-select[value='{failed.pk}']")
+    page.select_option("select[name=action]", label="Requeue selected failed messages")
+    page.click("button[name=index]")  # "Go"
+
+    expect_success(page, "Requeued 1 failed message(s).")
+    expect(page).to_have_url(re.compile(re.escape(MESSAGES)))
+    failed.refresh_from_db()
+    assert failed.status == Status.UNSENT
+    assert failed.attempts == 0
+    other_failed.refresh_from_db()
+    assert other_failed.status == Status.FAILED  # not selected, not touched
+    row = page.locator("#result_list tbody tr", has=page.locator(f"input.action-select[value='{failed.pk}']"))
+    expect(row.locator("td.field-status")).to_have_text("Unsent")
+
+
+# --- the dispatcher page ----------------------------------------------------------------------
+
+
+def test_stop_and_start_the_dispatcher_from_its_admin_page(page: Page, live_server):
+    set_state(running=True)
+    staff_login(page, live_server)
+    page.click(f"#content-main a[href='{DISPATCHER}']")  # "Dispatcher" in the app list
+    expect(page).to_have_url(f"{live_server.url}{DISPATCHER_CHANGE}")  # the one row's page
+    running = page.locator(".field-running .readonly img")  # the admin's boolean icon
+    expect(running).to_have_attribute("alt", "True")
+
+    page.click("#dispatcher-stop")
+    expect_success(page, "Dispatcher stopped: no more messages will be claimed.")
+    expect(page).to_have_url(f"{live_server.url}{DISPATCHER_CHANGE}")
+    expect(page.locator("#dispatcher-stop")).to_have_count(0)
+    expect(running).to_have_attribute("alt", "False")
+    assert is_running() is False
+
+    page.click("#dispatcher-start")
+    expect_success(page, "Dispatcher started: the first tick runs now.")
+    expect(page.locator("#dispatcher-start")).to_have_count(0)
+    expect(page.locator("#dispatcher-stop")).to_be_visible()
+    expect(running).to_have_attribute("alt", "True")
+    assert is_running() is True
+
+
+# --- Swagger UI -------------------------------------------------------------------------------
+
+
+def test_swagger_ui_renders_the_endpoints(page: Page, live_server):
+    local_failures: list[str] = []
+    page.on(
+        "requestfailed",
+        lambda request: (
+            local_failures.append(f"{request.url} ({request.failure})")
+            if request.url.startswith(live_server.url)
+            else None
+        ),
+    )
+    page.on(
+        "response",
+        lambda response: (
+            local_failures.append(f"{response.url} -> {response.status}")
+            if response.url.startswith(live_server.url) and response.status >= 400
+            else None
+        ),
+    )
+
+    page.goto(f"{live_server.url}/api/docs/")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Message sending service API")
+    expect(page.locator(".opblock").first).to_be_visible()
+
+    paths = set(page.locator(".opblock-summary-path").evaluate_all("nodes => nodes.map(n => n.dataset.path)"))
+    assert {
+        "/api/messages/",
+        "/api/messages/{id}/",
+        "/api/messages/{id}/requeue/",
+        "/api/messages/bulk/",
+        "/api/dispatcher/",
+        "/api/dispatcher/start/",
+        "/api/dispatcher/stop/",
+    } <= paths
+    assert page.locator(".opblock").count() >= 10
+    text = page.locator(".swagger-ui").inner_text().replace("\u200b", "")
+    assert "/api/messages/" in text
+    assert "/api/dispatcher/" in text
+    # Swagger UI's code, styles and the schema all came from this server.
+    assert local_failures == []
