@@ -9,8 +9,11 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . .
-# collectstatic only needs some SECRET_KEY to import the settings; it is not used at run time.
-RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --no-input \
+# collectstatic only needs the settings to import: a throwaway key, made here and
+# gone with this one command, and DEBUG for the production-only checks (the run-time
+# environment supplies the real SECRET_KEY and WEBHOOK_URL).
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" DEBUG=true \
+        python manage.py collectstatic --no-input \
     && useradd --create-home --uid 10001 app \
     && mkdir -p /app/.local && chown -R app /app/.local
 

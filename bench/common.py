@@ -56,9 +56,13 @@ def service_env(**overrides: str) -> dict[str, str]:
     env = dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="messaging_site.settings",
-        SECRET_KEY=secrets.token_urlsafe(40),
+        SECRET_KEY=secrets.token_urlsafe(50),
         DATABASE_URL=database_url(),
         REDIS_URL=redis_url(),
+        # DEBUG is off, as in production, but the benchmark's fake provider and
+        # django.test.Client speak plain http.
+        WEBHOOK_ALLOW_HTTP="true",
+        SECURE_SSL_REDIRECT="false",
         PYTHONUNBUFFERED="1",
     )
     env.update(overrides)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -9,9 +11,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 
 from dispatcher import dashboard
 from dispatcher.errors import DispatcherConfigError
-from dispatcher.models import DispatcherState
+from dispatcher.models import ControlAction, DispatcherState
 from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_state_ensure, dispatcher_stop
+from messages_app.permissions import CONTROL_DISPATCHER
 from messages_app.selectors import message_status_counts
+
+VIA = ControlAction.Via.ADMIN
 
 # The admin's own index template comes first in the template search (the admin
 # app is listed before ours), so ours is named here rather than shadowing it:
@@ -21,7 +26,14 @@ admin.site.index_template = "admin/dispatcher/index.html"
 
 @admin.register(DispatcherState)
 class DispatcherStateAdmin(admin.ModelAdmin):
-    """One page for the one dispatcher: its state, Start/Stop, and its pace."""
+    """One page for the one dispatcher: its state, Start/Stop, and its pace.
+
+    Every admin user is staff, so here staff status grants nothing by itself:
+    Start, Stop and the pace (this page's form and the dashboard's) need
+    dispatcher.control_dispatcher, which superusers have. The model's own change
+    permission is not used; a staff user without the control permission sees
+    the state without the controls.
+    """
 
     change_form_template = "admin/dispatcher/dispatcherstate/change_form.html"
     fields = ["running", "batch_size", "interval_seconds", "last_tick_at", "next_tick_at", "message_counts"]
@@ -33,9 +45,24 @@ class DispatcherStateAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(CONTROL_DISPATCHER)
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Saving this page's form paces the dispatcher: that is controlling it.
+        return self.has_control_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Whoever may control it may see what they control.
+        return super().has_view_permission(request, obj) or self.has_control_permission(request)
+
     def changelist_view(self, request: HttpRequest, extra_context=None):
         state = dispatcher_state_ensure()
         return HttpResponseRedirect(reverse("admin:dispatcher_dispatcherstate_change", args=[state.pk]))
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_control": self.has_control_permission(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def get_urls(self):
         own = [
@@ -56,16 +83,18 @@ class DispatcherStateAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: DispatcherState, form, change: bool) -> None:
         try:
-            dispatcher_configure(batch_size=obj.batch_size, interval_seconds=obj.interval_seconds)
+            dispatcher_configure(
+                batch_size=obj.batch_size, interval_seconds=obj.interval_seconds, actor=request.user, via=VIA
+            )
         except DispatcherConfigError as exc:  # the form validators normally catch this first
             self.message_user(request, exc.message, messages.ERROR)
 
     def _control(self, request: HttpRequest, operation, done: str) -> HttpResponseRedirect:
         if request.method != "POST":
             raise PermissionDenied("Use the buttons on the dispatcher page.")
-        if not self.has_change_permission(request):
+        if not self.has_control_permission(request):
             raise PermissionDenied
-        state = operation()
+        state = operation(actor=request.user, via=VIA)
         self.message_user(request, done, messages.SUCCESS)
         # The dashboard's buttons ask to come back to it; only a URL of this site is followed.
         back_to = request.POST.get("next") or request.GET.get("next")
@@ -86,3 +115,36 @@ class DispatcherStateAdmin(admin.ModelAdmin):
 
     def requeue_failed_view(self, request: HttpRequest) -> HttpResponse:
         return dashboard.requeue_failed_view(request, model_admin=self)
+
+
+@admin.register(ControlAction)
+class ControlActionAdmin(admin.ModelAdmin):
+    """The audit log, read-only for everyone (superusers included): a record
+    that could be edited or deleted from here would prove nothing."""
+
+    list_display = ["created_at", "actor_display", "action", "via", "detail_display"]
+    list_filter = ["action", "via", "created_at"]
+    search_fields = ["actor_label"]
+    date_hierarchy = "created_at"
+    ordering = ["-created_at", "-id"]
+    list_per_page = 100
+    fields = ["created_at", "actor_label", "actor", "action", "via", "detail_display"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    # The label, not the foreign key: it names who acted even after the account is deleted.
+    @admin.display(description="actor", ordering="actor_label")
+    def actor_display(self, obj: ControlAction) -> str:
+        return obj.actor_label
+
+    @admin.display(description="detail")
+    def detail_display(self, obj: ControlAction) -> str:
+        return json.dumps(obj.detail, sort_keys=True, ensure_ascii=False)

@@ -10,13 +10,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from dispatcher.errors import DispatcherConfigError
+from dispatcher.models import ControlAction
 from dispatcher.selectors import dispatcher_status
 from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer
 from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_stop
+from messages_app.permissions import CanControlDispatcher
+
+VIA = ControlAction.Via.API
 
 
 class DispatcherViewSet(viewsets.GenericViewSet):
-    """The cluster-wide dispatcher: read by any user, controlled by staff."""
+    """The cluster-wide dispatcher: read by any user, controlled by staff or
+    holders of dispatcher.control_dispatcher (every control is audited)."""
 
     serializer_class = DispatcherStatusSerializer
     pagination_class = None
@@ -25,7 +30,7 @@ class DispatcherViewSet(viewsets.GenericViewSet):
     def get_permissions(self):
         if self.action == "retrieve":
             return [permissions.IsAuthenticated()]
-        return [permissions.IsAdminUser()]
+        return [CanControlDispatcher()]
 
     def _status_response(self) -> Response:
         return Response(DispatcherStatusSerializer(dispatcher_status()).data)
@@ -35,7 +40,7 @@ class DispatcherViewSet(viewsets.GenericViewSet):
         return self._status_response()
 
     @extend_schema(
-        summary="Change batch size and/or interval (staff)",
+        summary="Change batch size and/or interval (staff or control permission)",
         request=DispatcherConfigSerializer,
         responses=DispatcherStatusSerializer,
     )
@@ -43,19 +48,27 @@ class DispatcherViewSet(viewsets.GenericViewSet):
         serializer = DispatcherConfigSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
-            dispatcher_configure(**serializer.validated_data)
+            dispatcher_configure(**serializer.validated_data, actor=request.user, via=VIA)
         except DispatcherConfigError as exc:
             raise ValidationError({exc.field: [exc.message]}) from None
         return self._status_response()
 
-    @extend_schema(summary="Start sending, cluster-wide (staff)", request=None, responses=DispatcherStatusSerializer)
+    @extend_schema(
+        summary="Start sending, cluster-wide (staff or control permission)",
+        request=None,
+        responses=DispatcherStatusSerializer,
+    )
     @action(detail=False, methods=["post"])
     def start(self, request: Request) -> Response:
-        dispatcher_start()
+        dispatcher_start(actor=request.user, via=VIA)
         return self._status_response()
 
-    @extend_schema(summary="Stop sending, cluster-wide (staff)", request=None, responses=DispatcherStatusSerializer)
+    @extend_schema(
+        summary="Stop sending, cluster-wide (staff or control permission)",
+        request=None,
+        responses=DispatcherStatusSerializer,
+    )
     @action(detail=False, methods=["post"])
     def stop(self, request: Request) -> Response:
-        dispatcher_stop()
+        dispatcher_stop(actor=request.user, via=VIA)
         return self._status_response()

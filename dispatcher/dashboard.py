@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dispatcher.errors import DispatcherConfigError
+from dispatcher.models import ControlAction
 from dispatcher.selectors import dispatcher_status
 from dispatcher.services import dispatcher_configure
 from messages_app.models import Message
@@ -173,14 +174,14 @@ def outcome_chart(
 
 def _can_requeue(request: HttpRequest, model_admin: ModelAdmin) -> bool:
     # The same permission as the changelist's requeue action.
-    return model_admin.admin_site.get_model_admin(Message).has_change_permission(request)
+    return model_admin.admin_site.get_model_admin(Message).has_requeue_permission(request)
 
 
 def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResponse:
     """GET shows the dashboard; POST saves the pace form (errors re-render the page)."""
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
-    can_control = model_admin.has_change_permission(request)
+    can_control = model_admin.has_control_permission(request)
     dashboard_url = reverse("admin:dispatcher_dashboard")
     status = dispatcher_status()
 
@@ -190,7 +191,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResp
         form = PaceForm(request.POST)
         if form.is_valid():
             try:
-                state = dispatcher_configure(**form.cleaned_data)
+                state = dispatcher_configure(**form.cleaned_data, actor=request.user, via=ControlAction.Via.ADMIN)
             except DispatcherConfigError as exc:
                 form.add_error(exc.field, exc.message)
             else:
@@ -240,7 +241,7 @@ def requeue_failed_view(request: HttpRequest, *, model_admin: ModelAdmin) -> Htt
         raise PermissionDenied
     dashboard_url = reverse("admin:dispatcher_dashboard")
     if request.method == "POST":
-        requeued = messages_requeue_failed()
+        requeued = messages_requeue_failed(actor=request.user, via=ControlAction.Via.ADMIN)
         model_admin.message_user(request, f"Requeued {requeued} failed message(s).", messages.SUCCESS)
         return HttpResponseRedirect(dashboard_url)
     context = {

@@ -7,10 +7,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 from django.utils import timezone
 
+from dispatcher.audit import Action, Via, control_action_record
 from dispatcher.claiming import claim_batch, claim_tick, recover_expired_leases
 from dispatcher.conf import dispatcher_settings
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
@@ -19,6 +21,9 @@ from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherSt
 from dispatcher.providers import BaseProvider, get_provider
 from dispatcher.sending import DeliveryOutcome, deliver_batch, delivery_cache_catch_up
 from messages_app.models import Message
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -88,24 +93,30 @@ def _locked_state() -> DispatcherState:
     return DispatcherState.objects.select_for_update().get(pk=DispatcherState.SINGLETON_PK)
 
 
-def dispatcher_start() -> DispatcherState:
-    """Start sending cluster-wide; the first tick is due at once. Idempotent."""
+def dispatcher_start(*, actor: AbstractBaseUser | None = None, via: str = Via.COMMAND) -> DispatcherState:
+    """Start sending cluster-wide; the first tick is due at once. Idempotent.
+
+    Recorded in the audit log as done by `actor` through `via` (None and
+    "command": someone at the shell), even when it was already running.
+    """
     with transaction.atomic():
         state = _locked_state()
-        if state.running:
-            return state
-        state.running = True
-        state.next_tick_at = timezone.now()
-        state.save(update_fields=["running", "next_tick_at", "updated_at"])
-        # A window may not be running (they end when stopped); start one now
-        # rather than waiting up to a minute for the schedule.
-        transaction.on_commit(enqueue_dispatch_window)
-    logger.info("dispatcher started")
+        changed = not state.running
+        if changed:
+            state.running = True
+            state.next_tick_at = timezone.now()
+            state.save(update_fields=["running", "next_tick_at", "updated_at"])
+            # A window may not be running (they end when stopped); start one now
+            # rather than waiting up to a minute for the schedule.
+            transaction.on_commit(enqueue_dispatch_window)
+        control_action_record(action=Action.START, actor=actor, via=via, detail={"changed": changed})
+    if changed:
+        logger.info("dispatcher started")
     return state
 
 
-def dispatcher_stop() -> DispatcherState:
-    """Stop claiming cluster-wide. Idempotent.
+def dispatcher_stop(*, actor: AbstractBaseUser | None = None, via: str = Via.COMMAND) -> DispatcherState:
+    """Stop claiming cluster-wide. Idempotent; recorded in the audit log like dispatcher_start.
 
     The UPDATE waits for the state-row lock that an in-progress claim holds, so
     once this returns no further message is claimed; messages already claimed
@@ -113,17 +124,29 @@ def dispatcher_stop() -> DispatcherState:
     """
     with transaction.atomic():
         state = _locked_state()
-        if not state.running:
-            return state
-        state.running = False
-        state.next_tick_at = None
-        state.save(update_fields=["running", "next_tick_at", "updated_at"])
-    logger.info("dispatcher stopped")
+        changed = state.running
+        if changed:
+            state.running = False
+            state.next_tick_at = None
+            state.save(update_fields=["running", "next_tick_at", "updated_at"])
+        control_action_record(action=Action.STOP, actor=actor, via=via, detail={"changed": changed})
+    if changed:
+        logger.info("dispatcher stopped")
     return state
 
 
-def dispatcher_configure(*, batch_size: int | None = None, interval_seconds: int | None = None) -> DispatcherState:
-    """Change the pace at run time; it persists in the database."""
+def dispatcher_configure(
+    *,
+    batch_size: int | None = None,
+    interval_seconds: int | None = None,
+    actor: AbstractBaseUser | None = None,
+    via: str = Via.COMMAND,
+) -> DispatcherState:
+    """Change the pace at run time; it persists in the database.
+
+    Recorded in the audit log with the values asked for and the ones they
+    replaced; values out of range raise DispatcherConfigError and record nothing.
+    """
     if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise DispatcherConfigError("batch_size", f"Batch size must be between 1 and {MAX_BATCH_SIZE}.")
     if interval_seconds is not None and not 1 <= interval_seconds <= MAX_INTERVAL_SECONDS:
@@ -132,6 +155,7 @@ def dispatcher_configure(*, batch_size: int | None = None, interval_seconds: int
         )
     with transaction.atomic():
         state = _locked_state()
+        previous = {"batch_size": state.batch_size, "interval_seconds": state.interval_seconds}
         update_fields = ["updated_at"]
         if batch_size is not None:
             state.batch_size = batch_size
@@ -145,6 +169,21 @@ def dispatcher_configure(*, batch_size: int | None = None, interval_seconds: int
                 state.next_tick_at = base + timezone.timedelta(seconds=interval_seconds)
                 update_fields.append("next_tick_at")
         state.save(update_fields=update_fields)
+        requested = {
+            name: value
+            for name, value in (("batch_size", batch_size), ("interval_seconds", interval_seconds))
+            if value is not None
+        }
+        control_action_record(
+            action=Action.CONFIGURE,
+            actor=actor,
+            via=via,
+            detail={
+                **requested,
+                "previous": {name: previous[name] for name in requested},
+                "changed": any(previous[name] != value for name, value in requested.items()),
+            },
+        )
     logger.info("dispatcher configured: %d messages every %d s", state.batch_size, state.interval_seconds)
     return state
 

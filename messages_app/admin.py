@@ -9,8 +9,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, Streami
 from django.urls import path, reverse
 from django.utils import timezone
 
+from dispatcher.models import ControlAction
 from messages_app.csv_export import messages_csv_lines
 from messages_app.models import DeliveryAttempt, Message
+from messages_app.permissions import REQUEUE_MESSAGE
 from messages_app.services import message_create, messages_requeue_failed
 from messages_app.validators import normalize_phone_number, validate_content
 
@@ -154,10 +156,15 @@ class MessageAdmin(admin.ModelAdmin):
         )
         obj.pk = created.pk
 
-    @admin.action(description="Requeue selected failed messages", permissions=["change"])
+    def has_requeue_permission(self, request: HttpRequest) -> bool:
+        # Its own permission (superusers have it): staff status is what lets anyone
+        # into the admin at all, so here it cannot be what allows requeueing.
+        return request.user.has_perm(REQUEUE_MESSAGE)
+
+    @admin.action(description="Requeue selected failed messages", permissions=["requeue"])
     def requeue_failed(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
         selected = list(queryset.values_list("pk", flat=True))
-        changed = messages_requeue_failed(message_ids=selected)
+        changed = messages_requeue_failed(message_ids=selected, actor=request.user, via=ControlAction.Via.ADMIN)
         self.message_user(request, f"Requeued {changed} failed message(s).", messages.SUCCESS)
         if len(selected) > changed:
             self.message_user(

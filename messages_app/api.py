@@ -10,10 +10,12 @@ from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from dispatcher.models import ControlAction
 from messages_app import selectors, services
 from messages_app.errors import MessageStateError
 from messages_app.filters import MessageFilter
 from messages_app.pagination import SentMessageCursorPagination
+from messages_app.permissions import CanRequeueMessages, ModelPermissionsWithView
 from messages_app.serializers import (
     DeliveryAttemptSerializer,
     MessageBulkCreateSerializer,
@@ -43,6 +45,8 @@ class MessageViewSet(
 ):
     serializer_class = MessageSerializer
     filterset_class = MessageFilter
+    # Reads need view_message, create and bulk add_message; requeue has its own (below).
+    permission_classes = [ModelPermissionsWithView]
 
     def get_queryset(self):
         if self.action == "sent":
@@ -75,7 +79,12 @@ class MessageViewSet(
             messages = services.messages_bulk_create(items=serializer.validated_data["messages"])
         return Response({"messages": MessageSerializer(messages, many=True).data}, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="Sent messages, most recently sent first", filters=False)
+    @extend_schema(
+        summary="Sent messages, most recently sent first",
+        # many=True: documented as a cursor page like the list, not as one message.
+        responses=MessageSerializer(many=True),
+        filters=False,
+    )
     @action(detail=False, methods=["get"], pagination_class=SentMessageCursorPagination, filterset_class=None)
     def sent(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
@@ -92,15 +101,16 @@ class MessageViewSet(
         return Response(DeliveryAttemptSerializer(selectors.message_attempts(message_id=message.pk), many=True).data)
 
     @extend_schema(
-        summary="Put a failed message back in the queue",
+        summary="Put a failed message back in the queue (staff or the requeue permission)",
         request=None,
         responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not failed.")},
     )
-    @action(detail=True, methods=["post"])
+    # An operator's action, not a model write: POST here is not "add a message".
+    @action(detail=True, methods=["post"], permission_classes=[CanRequeueMessages])
     def requeue(self, request: Request, pk: str | None = None) -> Response:
         message = self.get_object()
         try:
-            message = services.message_requeue(message_id=message.pk)
+            message = services.message_requeue(message_id=message.pk, actor=request.user, via=ControlAction.Via.API)
         except MessageStateError as exc:
             raise Conflict(str(exc)) from None
         return Response(MessageSerializer(message).data)

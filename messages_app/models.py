@@ -72,6 +72,9 @@ class Message(models.Model):
                 name="message_status_valid",
             ),
         ]
+        # Requeueing is an operator's decision, not part of editing a message: it
+        # gets its own permission (checked by the API, the admin and the dashboard).
+        permissions = [("requeue_message", "Can requeue failed messages")]
 
     def __str__(self) -> str:
         return f"Message {self.pk} to {self.recipient_phone_number} ({self.status})"

@@ -6,16 +6,21 @@ Same paths and envelope: `{"status": <code>, "success": <data>}` or
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import exceptions, permissions, serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from dispatcher.models import ControlAction
 from dispatcher.selectors import dispatcher_status
 from dispatcher.serializers import DispatcherStatusSerializer
 from dispatcher.services import dispatcher_start, dispatcher_stop
 from messages_app import selectors, services
+from messages_app.api_defaults import request_body_too_large
+from messages_app.models import Message
+from messages_app.permissions import CanControlDispatcher, ModelPermissionsWithView
 from messages_app.serializers import MessageCreateSerializer, MessageSerializer
 
 # The Go service returned every sent message at once; we cap the answer.
@@ -56,6 +61,8 @@ class SeedAPIView(APIView):
     """Answers every error in the Go service's envelope."""
 
     def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, RequestDataTooBig):
+            exc = request_body_too_large()
         if isinstance(exc, exceptions.ParseError):
             return fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid request body", str(exc.detail))
         if isinstance(exc, exceptions.ValidationError):
@@ -69,11 +76,21 @@ class SeedAPIView(APIView):
             )
         if isinstance(exc, exceptions.APIException):
             response = super().handle_exception(exc)
-            return fail(response.status_code, str(exc.default_detail), _flatten_errors(exc.detail))
+            enveloped = fail(response.status_code, str(exc.default_detail), _flatten_errors(exc.detail))
+            # A throttled client needs Retry-After in the envelope's answer too.
+            for header in ("Retry-After", "WWW-Authenticate"):
+                if response.has_header(header):
+                    enveloped[header] = response[header]
+            return enveloped
         return super().handle_exception(exc)
 
 
 class SeedMessagesView(SeedAPIView):
+    # As /api/messages/: GET needs view_message, POST add_message. The queryset
+    # only names the model for the permission check.
+    permission_classes = [ModelPermissionsWithView]
+    queryset = Message.objects.all()
+
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Sent messages, most recently sent first",
@@ -103,7 +120,7 @@ class SeedMessagesView(SeedAPIView):
 
 
 class SeedWorkerView(SeedAPIView):
-    permission_classes = [permissions.IsAdminUser]
+    permission_classes = [CanControlDispatcher]
 
     @extend_schema(
         tags=["seed-compatible"],
@@ -113,10 +130,11 @@ class SeedWorkerView(SeedAPIView):
         responses={200: _success_envelope("SeedWorkerOK", serializers.CharField()), 400: FailSerializer},
     )
     def post(self, request: Request, action: str) -> Response:
+        via = ControlAction.Via.SEED_API
         if action == "start":
-            dispatcher_start()
+            dispatcher_start(actor=request.user, via=via)
         elif action == "stop":
-            dispatcher_stop()
+            dispatcher_stop(actor=request.user, via=via)
         else:
             return fail(status.HTTP_400_BAD_REQUEST, "status parameter is missing")
         return success("OK")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
@@ -19,6 +21,31 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class RejectUnknownFieldsMixin:
+    """Answer 400 naming every key the serializer does not know, next to any other error.
+
+    DRF drops unknown keys silently, so a typo ("recipient_phone") or a field that
+    cannot be set ("status") would look accepted while doing nothing.
+    """
+
+    # What Django's own forms add to a form-encoded body (the browsable API's forms).
+    IGNORED_KEYS = frozenset({"csrfmiddlewaretoken"})
+
+    def to_internal_value(self, data):
+        unknown = sorted(set(data) - set(self.fields) - self.IGNORED_KEYS, key=str) if isinstance(data, Mapping) else []
+        errors: dict = {}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not unknown or not isinstance(exc.detail, dict):
+                raise
+            errors = dict(exc.detail)
+        if unknown:
+            errors.update({str(name): ["Unknown field."] for name in unknown})
+            raise serializers.ValidationError(errors)
+        return value
 
 
 class MessageSerializer(serializers.ModelSerializer):
@@ -50,7 +77,7 @@ class DeliveryAttemptSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class MessageCreateSerializer(serializers.Serializer):
+class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     recipient_phone_number = StrictCharField(
         max_length=64, help_text="International format with country code; stored in E.164, e.g. +905551112233."
     )
@@ -75,7 +102,7 @@ class MessageCreateSerializer(serializers.Serializer):
             raise _as_drf_error(exc) from None
 
 
-class MessageBulkCreateSerializer(serializers.Serializer):
+class MessageBulkCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     messages = MessageCreateSerializer(many=True, allow_empty=False)
 
     def get_fields(self):

@@ -12,15 +12,19 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F, QuerySet
 
+from dispatcher.audit import Action, Via, control_action_record
 from messages_app.errors import MessageImportError, MessageStateError
 from messages_app.models import Message
 from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +147,23 @@ def messages_bulk_create(*, items: Sequence[dict[str, Any]]) -> list[Message]:
 _REQUEUED = {"to_status": Status.UNSENT, "claimed_at": None, "next_attempt_at": None, "attempts": 0}
 
 
-def message_requeue(*, message_id: int) -> Message:
-    """Put a failed message back in the queue; raise MessageStateError otherwise."""
-    changed = messages_transition(message_ids=[message_id], from_status=Status.FAILED, **_REQUEUED)
+# The audit log keeps at most this many of the ids an operator selected (and how
+# many there were): "select all" in the admin can pick millions.
+REQUEUE_RECORDED_IDS = 1000
+
+
+def message_requeue(*, message_id: int, actor: AbstractBaseUser | None = None, via: str = Via.COMMAND) -> Message:
+    """Put a failed message back in the queue; raise MessageStateError otherwise.
+
+    A requeue is recorded in the audit log as done by `actor` through `via`; a
+    refused one (the message is not failed) is not, as it did nothing.
+    """
+    with transaction.atomic():
+        changed = messages_transition(message_ids=[message_id], from_status=Status.FAILED, **_REQUEUED)
+        if changed:
+            control_action_record(
+                action=Action.REQUEUE, actor=actor, via=via, detail={"message_ids": [message_id], "count": changed}
+            )
     message = Message.objects.get(pk=message_id)
     if not changed:
         raise MessageStateError(f"Only failed messages can be requeued; this one is {message.status}.")
@@ -158,15 +176,34 @@ def messages_requeue_failed(
     message_ids: Iterable[int] | None = None,
     created_since: datetime | None = None,
     dry_run: bool = False,
+    actor: AbstractBaseUser | None = None,
+    via: str = Via.COMMAND,
 ) -> int:
     """Requeue failed messages (all of them, or those among `message_ids`, and/or those
-    created at or after `created_since`); return the count. A dry run only counts them."""
+    created at or after `created_since`); return the count. A dry run only counts them.
+
+    Recorded in the audit log (a dry run is not) as done by `actor` through `via`,
+    even when nothing was failed: "requeue" with the selected ids, or
+    "requeue_all" with `created_since`.
+    """
     queryset = Message.objects.all() if created_since is None else Message.objects.filter(created_at__gte=created_since)
+    if message_ids is not None:
+        message_ids = list(message_ids)
     if dry_run:
         if message_ids is not None:
-            queryset = queryset.filter(pk__in=list(message_ids))
+            queryset = queryset.filter(pk__in=message_ids)
         return queryset.filter(status=Status.FAILED).count()
-    changed = messages_transition(queryset=queryset, message_ids=message_ids, from_status=Status.FAILED, **_REQUEUED)
+    if message_ids is not None:
+        action = Action.REQUEUE
+        detail: dict[str, Any] = {"message_ids": message_ids[:REQUEUE_RECORDED_IDS], "selected": len(message_ids)}
+    else:
+        action = Action.REQUEUE_ALL
+        detail = {"created_since": created_since.isoformat() if created_since else None}
+    with transaction.atomic():
+        changed = messages_transition(
+            queryset=queryset, message_ids=message_ids, from_status=Status.FAILED, **_REQUEUED
+        )
+        control_action_record(action=action, actor=actor, via=via, detail={**detail, "count": changed})
     logger.info(
         "requeued %d failed messages%s", changed, f" created since {created_since.isoformat()}" if created_since else ""
     )

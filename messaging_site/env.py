@@ -8,6 +8,7 @@ of surfacing later as a confusing failure deep inside a worker.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -26,6 +27,32 @@ def _raw(name: str) -> str | None:
 def env_str(name: str, default: str | None = None) -> str | None:
     value = _raw(name)
     return default if value is None or value == "" else value
+
+
+def env_secret(name: str) -> str | None:
+    """NAME, or the content of the file whose path is in NAME_FILE.
+
+    The file form is how Docker and Kubernetes secrets are mounted, and it keeps
+    the secret out of `docker inspect` and the process environment. Surrounding
+    whitespace (the trailing newline of `echo key > file`) is stripped. Errors
+    name the variable and the path, never the secret.
+    """
+    file_name = f"{name}_FILE"
+    value = env_str(name)
+    path = env_str(file_name)
+    if path is None:
+        return value
+    if value is not None:
+        raise ImproperlyConfigured(f"{name} and {file_name} are both set; set only one of them")
+    try:
+        content = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ImproperlyConfigured(f"{file_name} names {path!r}, which cannot be read: {reason}") from None
+    if not content:
+        # An empty secret file is a mount gone wrong, not a request for the default.
+        raise ImproperlyConfigured(f"{file_name} names {path!r}, which is empty")
+    return content
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -94,3 +121,33 @@ def env_url(name: str, default: str | None = None, *, schemes: tuple[str, ...]) 
             f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}"
         )
     return value
+
+
+# The periods REST framework understands; it reads only the first letter, so
+# "10/mango" would silently mean ten a minute. We accept the words, not the typo.
+_RATE_PERIODS = {
+    "s": "s",
+    "sec": "s",
+    "second": "s",
+    "m": "min",
+    "min": "min",
+    "minute": "min",
+    "h": "hour",
+    "hour": "hour",
+    "d": "day",
+    "day": "day",
+}
+
+
+def env_rate(name: str, default: str) -> str:
+    """A request rate such as "60/min" (periods: s, min, hour, day), normalised for REST framework."""
+    value = env_str(name, default)
+    number, slash, period = value.partition("/")
+    number, period = number.strip(), period.strip().lower()
+    canonical = _RATE_PERIODS.get(period[:-1] if period.endswith("s") and period[:-1] in _RATE_PERIODS else period)
+    if not slash or not number.isascii() or not number.isdigit() or int(number) < 1 or canonical is None:
+        raise ImproperlyConfigured(
+            f"{name} must be a rate like 60/min: a whole number of at least 1, a slash, "
+            f"and s, min, hour or day; got {value!r}"
+        )
+    return f"{int(number)}/{canonical}"

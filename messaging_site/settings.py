@@ -7,23 +7,88 @@ through an accessor (dispatcher.conf) rather than os.environ.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
-from messaging_site.env import env_bool, env_choice, env_float, env_int, env_list, env_str, env_url
+from messaging_site.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_rate,
+    env_secret,
+    env_str,
+    env_url,
+)
 from messaging_site.logging_config import LOG_FORMATS, build_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_STATE_DIR = Path(env_str("LOCAL_STATE_DIR", str(BASE_DIR / ".local")))
 
+# Off unless asked for: a deployment that forgets DEBUG gets production behaviour,
+# and "production" below means exactly this, DEBUG off.
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_str("SECRET_KEY")
+_MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(50))"'
+SECRET_KEY = env_secret("SECRET_KEY")
 if not SECRET_KEY:
-    raise ImproperlyConfigured("SECRET_KEY must be set in the environment (`make run` writes a random one to .env)")
+    if DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set in the environment (`make run` writes a random one to .env)")
+    raise ImproperlyConfigured(
+        f"SECRET_KEY (or SECRET_KEY_FILE) must be set in production (DEBUG is off); make one with: {_MAKE_A_KEY}"
+    )
+# Refused at start-up rather than left to `check --deploy`, which nobody may run:
+# a guessable key lets anyone forge sessions and password-reset links. The rule
+# is Django's own (security.W009), so the two never disagree.
+if not DEBUG and (
+    len(SECRET_KEY) < SECRET_KEY_MIN_LENGTH
+    or len(set(SECRET_KEY)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+    or SECRET_KEY.startswith(SECRET_KEY_INSECURE_PREFIX)
+):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is too weak for production (DEBUG is off): it needs at least {SECRET_KEY_MIN_LENGTH} "
+        f"characters, at least {SECRET_KEY_MIN_UNIQUE_CHARACTERS} different ones, and no "
+        f"{SECRET_KEY_INSECURE_PREFIX!r} prefix; make one with: {_MAKE_A_KEY}"
+    )
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- HTTPS and security headers ---------------------------------------------------
+# Production defaults are the safe ones, so `manage.py check --deploy` is clean;
+# a deployment serving plain http (docker-compose without a TLS proxy, `make run`)
+# turns them off explicitly. In DEBUG they all default to off.
+# Behind a TLS-terminating proxy, SECURE_PROXY_SSL_HEADER=true trusts its
+# X-Forwarded-Proto: https. Only set it if the proxy overwrites that header on
+# every request, or a client could claim https over plain http.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("SECURE_PROXY_SSL_HEADER", False) else None
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and Prometheus talk to the container directly over http; redirecting them
+# to https would fail the health checks. The paths have no leading slash.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# No page script reads the CSRF cookie (the admin and Swagger UI take the token
+# from the page), so JavaScript need not see either cookie.
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+# Browsers only honour HSTS on https responses, so these are harmless over http.
+# Set SECURE_HSTS_INCLUDE_SUBDOMAINS / SECURE_HSTS_PRELOAD to false if some
+# subdomain of the host still serves plain http.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -38,6 +103,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "axes",
     "messages_app",
     "dispatcher",
 ]
@@ -51,6 +117,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes requires: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "messaging_site.urls"
@@ -157,12 +225,37 @@ STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 # --- Messages -----------------------------------------------------------------
 MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 1000, minimum=1, maximum=100_000)
 MESSAGE_BULK_MAX_ITEMS = env_int("MESSAGE_BULK_MAX_ITEMS", 1000, minimum=1, maximum=100_000)
+# Larger request bodies are refused before they are read into memory. The default
+# fits the largest bulk request the limits above allow in any JSON encoding: a
+# character takes up to 12 bytes when escaped (an emoji is a surrogate pair,
+# \ud83d\ude00, and Python's json.dumps escapes all non-ASCII), plus room for
+# each item's keys, phone number and send_after. About 12 MiB with the defaults.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "MAX_REQUEST_BODY_BYTES",
+    MESSAGE_BULK_MAX_ITEMS * (12 * MESSAGE_MAX_LENGTH + 512) + 65_536,
+    minimum=1024,
+)
 
 # --- Dispatcher (read through dispatcher.conf.dispatcher_settings()) -----------
+# Phone numbers, message text and WEBHOOK_AUTH_KEY go to the provider, so in
+# production they travel over https unless WEBHOOK_ALLOW_HTTP says plain http is
+# meant (the bundled fake provider, a provider reached over a private network).
+_WEBHOOK_URL = env_url("WEBHOOK_URL", "http://127.0.0.1:8081/", schemes=("http", "https"))
+_WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", False)
+if not DEBUG and urlsplit(_WEBHOOK_URL).scheme == "http" and not _WEBHOOK_ALLOW_HTTP:
+    _what = (
+        "is a plain http URL"
+        if env_str("WEBHOOK_URL")
+        else "is not set, and its default (the local fake provider, http://127.0.0.1:8081/) is plain http"
+    )
+    raise ImproperlyConfigured(
+        f"WEBHOOK_URL {_what}, which production (DEBUG off) refuses: set WEBHOOK_URL to the provider's "
+        "https URL, or WEBHOOK_ALLOW_HTTP=true if plain http is intended"
+    )
 DISPATCHER = {
     "PROVIDER_BACKEND": env_str("DISPATCH_PROVIDER_BACKEND", "webhook"),
-    "WEBHOOK_URL": env_url("WEBHOOK_URL", "http://127.0.0.1:8081/", schemes=("http", "https")),
-    "WEBHOOK_AUTH_KEY": env_str("WEBHOOK_AUTH_KEY", ""),
+    "WEBHOOK_URL": _WEBHOOK_URL,
+    "WEBHOOK_AUTH_KEY": env_secret("WEBHOOK_AUTH_KEY") or "",
     "WEBHOOK_TIMEOUT_SECONDS": env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
     "INITIAL_BATCH_SIZE": env_int("DISPATCH_BATCH_SIZE", 2, minimum=1, maximum=10_000),
     "INITIAL_INTERVAL_SECONDS": env_int("DISPATCH_INTERVAL_SECONDS", 120, minimum=1, maximum=86_400),
@@ -174,7 +267,7 @@ DISPATCHER = {
     "LEASE_SECONDS": env_float("DISPATCH_LEASE_SECONDS", 60.0, minimum=0.5),
     "CONCURRENCY": env_int("DISPATCH_CONCURRENCY", 16, minimum=1, maximum=1024),
     # If set, GET /metrics requires `Authorization: Bearer <token>`; unset, it is open.
-    "METRICS_TOKEN": env_str("METRICS_TOKEN", ""),
+    "METRICS_TOKEN": env_secret("METRICS_TOKEN") or "",
 }
 
 # --- django-q2 -----------------------------------------------------------------
@@ -208,6 +301,21 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "messages_app.pagination.MessageCursorPagination",
     "PAGE_SIZE": 50,
+    # Over the rate: 429 with Retry-After. Counted in the default cache (Redis),
+    # so the limit holds across every web process.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "messages_app.api_defaults.UserRateThrottle",
+        "messages_app.api_defaults.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_rate("THROTTLE_USER_RATE", "1000/min"),
+        "anon": env_rate("THROTTLE_ANON_RATE", "60/min"),
+    },
+    # Anonymous clients are told apart by REMOTE_ADDR only; trusting
+    # X-Forwarded-For would let any client dodge the limit by sending a new one.
+    "NUM_PROXIES": 0,
+    # An oversized body is a 413 in JSON, not Django's HTML 400.
+    "EXCEPTION_HANDLER": "messages_app.api_defaults.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {
@@ -223,6 +331,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"MessageStatusEnum": "messages_app.models.Message.Status"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",  # drf-spectacular's default
+        "messages_app.api_schema.document_error_responses",
+    ],
 }
 
 # --- Logging -------------------------------------------------------------------
@@ -234,3 +346,24 @@ LOGGING = build_logging(log_format=LOG_FORMAT, level=LOG_LEVEL)
 # Serve static files from the apps' folders in development, no collectstatic needed.
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- Admin login lockout (django-axes) ---------------------------------------------
+# Failed logins are counted per username *and* address, so someone guessing
+# passwords elsewhere cannot lock a real operator out. AxesStandaloneBackend only
+# refuses locked-out logins; ModelBackend still authenticates. The API's token and
+# session authentication never call authenticate(), so axes does not touch them.
+# A locked-out login is answered 429 until the cool-off ends or an operator runs
+# `manage.py axes_reset_username <name>` (or `axes_reset` for everyone).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+_AXES_COOLOFF_MINUTES = env_int("AXES_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60)
+AXES_COOLOFF_TIME = timedelta(minutes=_AXES_COOLOFF_MINUTES)
+AXES_COOLOFF_MESSAGE = (
+    f"Account locked: too many failed login attempts. Try again in {_AXES_COOLOFF_MINUTES} minutes, "
+    "or ask an operator to unlock it."
+)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True

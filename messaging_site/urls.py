@@ -35,3 +35,6 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
 ]
+
+# Unknown addresses under /api/ (e.g. /api/messages/1.5/attempts/) answer JSON like the rest of the API.
+handler404 = "messages_app.api_defaults.not_found"

@@ -6,7 +6,8 @@ from django.core.cache import caches
 from rest_framework.test import APIClient
 
 from dispatcher.providers import locmem
-from tests.factories import make_user, token_for
+from messages_app.permissions import CONTROL_DISPATCHER, REQUEUE_MESSAGE
+from tests.factories import MESSAGE_CLIENT_PERMS, make_user, token_for
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,20 @@ def _clean_caches_and_outbox():
 
 @pytest.fixture
 def user(db):
-    return make_user(username="alice")
+    """A client of the API: may read and queue messages, nothing more (not staff)."""
+    return make_user(username="alice", perms=MESSAGE_CLIENT_PERMS)
+
+
+@pytest.fixture
+def no_perms_user(db):
+    """Logged in, and allowed nothing that needs a permission."""
+    return make_user(username="nobody")
+
+
+@pytest.fixture
+def operator_user(db):
+    """Not staff, but holds the dedicated permissions to control the dispatcher and requeue."""
+    return make_user(username="olga", perms=[*MESSAGE_CLIENT_PERMS, CONTROL_DISPATCHER, REQUEUE_MESSAGE])
 
 
 @pytest.fixture
@@ -53,3 +67,8 @@ def api_client(user, client_for) -> APIClient:
 @pytest.fixture
 def staff_client(staff_user, client_for) -> APIClient:
     return client_for(staff_user)
+
+
+@pytest.fixture
+def operator_client(operator_user, client_for) -> APIClient:
+    return client_for(operator_user)

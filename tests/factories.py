@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -26,11 +28,27 @@ def make_message(*, status: str = Message.Status.UNSENT, content: str = "hello",
     return Message.objects.create(status=status, content=content, **fields)
 
 
-def make_user(*, username: str = "alice", staff: bool = False, superuser: bool = False):
+# What an API client that queues and reads messages needs (the `user` fixture).
+MESSAGE_CLIENT_PERMS = ("messages_app.view_message", "messages_app.add_message")
+
+
+def make_user(*, username: str = "alice", staff: bool = False, superuser: bool = False, perms: Iterable[str] = ()):
+    """A user with password "pw-for-tests-only" and the given "app_label.codename" permissions."""
     User = get_user_model()
-    return User.objects.create_user(
+    user = User.objects.create_user(
         username=username, password="pw-for-tests-only", is_staff=staff or superuser, is_superuser=superuser
     )
+    grant(user, *perms)
+    return user
+
+
+def grant(user, *perms: str):
+    """Give `user` the permissions named "app_label.codename"; return the user, reloaded
+    so that its permission cache does not hide them."""
+    for perm in perms:
+        app_label, codename = perm.split(".", 1)
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return get_user_model().objects.get(pk=user.pk)
 
 
 def token_for(user) -> str:

@@ -464,9 +464,12 @@ def test_requeue_all_with_nothing_failed(admin_client_):
     assert flash_messages(response) == [("success", "Requeued 0 failed message(s).")]
 
 
-def test_requeue_all_needs_change_permission_on_messages(client):
+def test_requeue_all_needs_the_requeue_permission(client):
     failed = make_message(status=Status.FAILED)
-    staff_client_with(client, "view_dispatcherstate", "change_dispatcherstate", "view_message")
+    # Every model permission on both, but not requeue_message: not enough.
+    staff_client_with(
+        client, "view_dispatcherstate", "change_dispatcherstate", "control_dispatcher", "view_message", "change_message"
+    )
 
     assert client.get(REQUEUE_ALL).status_code == 403
     assert client.post(REQUEUE_ALL).status_code == 403

@@ -20,7 +20,7 @@ from django.utils import timezone
 from dispatcher.models import DispatcherState
 from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_stop
 from messages_app.models import Message
-from tests.factories import make_user, phone_number
+from tests.factories import MESSAGE_CLIENT_PERMS, make_user, phone_number
 from tests.processes import fake_provider, http_json, logs_of, qcluster_running, wait_for
 
 Status = Message.Status
@@ -142,7 +142,7 @@ def test_the_cluster_keeps_the_pace(cluster):
 
 
 def test_the_go_service_flow_over_the_seed_routes(cluster, client_for):
-    staff = make_user(username="ops", staff=True)
+    staff = make_user(username="ops", staff=True, perms=MESSAGE_CLIENT_PERMS)  # staff may control; reading needs perms
     client = client_for(staff)  # Authorization: Token <key>, as the Go service's clients send
 
     response = client.post("/messages/worker/stop")

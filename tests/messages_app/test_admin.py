@@ -257,9 +257,9 @@ def test_requeue_action_across_all_rows(admin_client_):
     assert ("success", "Requeued 3 failed message(s).") in flash_messages(response)
 
 
-def test_requeue_action_is_not_available_without_change_permission(client):
+def test_requeue_action_is_not_available_without_the_requeue_permission(client):
     viewer = make_user(username="viewer", staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_message"))
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_message", "change_message"]))
     client.force_login(viewer)
     failed = make_message(status=Status.FAILED)
 
@@ -378,10 +378,13 @@ def test_start_and_stop_need_a_staff_login(client, name, running):
 
 
 @pytest.mark.parametrize(("name", "running"), [("start", False), ("stop", True)])
-def test_start_and_stop_need_change_permission(client, name, running):
+def test_start_and_stop_need_the_control_permission(client, name, running):
     set_state(running=running)
     viewer = make_user(username="viewer", staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_dispatcherstate"))
+    # The model's change permission is not the control permission.
+    viewer.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_dispatcherstate", "change_dispatcherstate"])
+    )
     client.force_login(viewer)
 
     response = client.post(reverse(f"admin:dispatcher_dispatcherstate_{name}"))

@@ -1,0 +1,82 @@
+"""Documents in the OpenAPI schema the error answers every operation can give.
+
+drf-spectacular documents only what a view declares, usually its success. The
+errors below come from machinery every view shares (authentication, permissions,
+throttling, body parsing, pagination), so they are added here in one place
+rather than repeated on each view; what a view declares itself is kept.
+"""
+
+from __future__ import annotations
+
+SEED_TAG = "seed-compatible"
+SEED_FAIL_REF = {"$ref": "#/components/schemas/SeedFail"}
+ERROR_REF = {"$ref": "#/components/schemas/ErrorDetail"}
+VALIDATION_REF = {"$ref": "#/components/schemas/ValidationErrors"}
+
+ERROR_COMPONENTS = {
+    "ErrorDetail": {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+        "description": "What went wrong, for a person to read.",
+    },
+    "ValidationErrors": {
+        "type": "object",
+        "additionalProperties": {},
+        "description": (
+            "Each field in error with a list of messages (`non_field_errors` for the body as a "
+            "whole, item indexes for a list), or `detail` for a body that is not valid JSON."
+        ),
+    },
+}
+
+DESCRIPTIONS = {
+    "400": "Invalid input.",
+    "401": "No credentials, or invalid ones: send `Authorization: Token <key>`.",
+    "403": "Authenticated, but not allowed to do this.",
+    "404": "No such object, or an invalid cursor.",
+    "413": "The request body is over the size limit (MAX_REQUEST_BODY_BYTES).",
+    "415": "The body is neither JSON nor form data.",
+    "429": "Too many requests (THROTTLE_USER_RATE, THROTTLE_ANON_RATE); retry after Retry-After seconds.",
+}
+
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before trying again."}}
+
+
+def _error_codes(operation: dict, *, seed: bool) -> list[str]:
+    parameters = operation.get("parameters", [])
+    locations = {parameter["in"] for parameter in parameters}
+    codes = ["429"]
+    if operation.get("security") and {} not in operation["security"]:
+        codes += ["401", "403"]
+    if "requestBody" in operation:
+        codes += ["400", "413", "415"]
+    elif "query" in locations:
+        codes.append("400")
+    # The Go service's routes have no object ids; an unknown worker action is their 400.
+    if ("path" in locations and not seed) or any(parameter["name"] == "cursor" for parameter in parameters):
+        codes.append("404")
+    return codes
+
+
+def _response(code: str, *, seed: bool) -> dict:
+    body = SEED_FAIL_REF if seed else (VALIDATION_REF if code == "400" else ERROR_REF)
+    response = {"description": DESCRIPTIONS[code], "content": {"application/json": {"schema": body}}}
+    if code == "429":
+        response["headers"] = RETRY_AFTER
+    return response
+
+
+def document_error_responses(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook (SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"])."""
+    result.setdefault("components", {}).setdefault("schemas", {}).update(ERROR_COMPONENTS)
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            seed = SEED_TAG in operation.get("tags", [])
+            responses = operation["responses"]
+            for code in _error_codes(operation, seed=seed):
+                responses.setdefault(code, _response(code, seed=seed))
+            operation["responses"] = dict(sorted(responses.items()))
+    return result

@@ -1,0 +1,58 @@
+"""Who may do what through the API, in one place (the admin's checks are on the ModelAdmins).
+
+- Reading messages needs `messages_app.view_message`; queueing them
+  `messages_app.add_message` (Django's model permissions; superusers have all).
+- Controlling the dispatcher (start, stop, pace) needs staff status or
+  `dispatcher.control_dispatcher`; requeueing needs staff status or
+  `messages_app.requeue_message`, so operators need not be staff.
+- Reading the dispatcher's state needs only a login.
+
+Every class refuses anonymous requests, which DRF answers 401 (TokenAuthentication
+comes first, so with a WWW-Authenticate header); an authenticated user without
+the permission gets 403.
+"""
+
+from __future__ import annotations
+
+from rest_framework.permissions import BasePermission, DjangoModelPermissions
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+CONTROL_DISPATCHER = "dispatcher.control_dispatcher"
+REQUEUE_MESSAGE = "messages_app.requeue_message"
+
+_VIEW = "%(app_label)s.view_%(model_name)s"
+
+
+class ModelPermissionsWithView(DjangoModelPermissions):
+    """DjangoModelPermissions that also require the view permission to read
+    (DRF's own lets any authenticated user GET)."""
+
+    perms_map = {**DjangoModelPermissions.perms_map, "GET": [_VIEW], "HEAD": [_VIEW], "OPTIONS": [_VIEW]}
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if not request.user or not request.user.is_authenticated:
+            return False
+        # A method the view does not serve stays 405 for everyone, rather than a
+        # 403 suggesting that some permission would make it work.
+        if not hasattr(view, request.method.lower()):
+            return True
+        return super().has_permission(request, view)
+
+
+class StaffOrPermission(BasePermission):
+    """Staff users, or users holding `permission` (a subclass sets it)."""
+
+    permission: str = ""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and (user.is_staff or user.has_perm(self.permission)))
+
+
+class CanControlDispatcher(StaffOrPermission):
+    permission = CONTROL_DISPATCHER
+
+
+class CanRequeueMessages(StaffOrPermission):
+    permission = REQUEUE_MESSAGE

@@ -1,0 +1,249 @@
+"""Who may call what: every endpoint against every kind of caller.
+
+Rules (messages_app/permissions.py):
+- reading messages needs view_message, queueing them add_message (staff status
+  alone does not help; superusers have every permission);
+- starting, stopping and pacing the dispatcher need staff status or
+  control_dispatcher; requeueing needs staff status or requeue_message;
+- the dispatcher's state, /status and the API root need only a login;
+- the API schema and its documentation pages are public, as they were before:
+  they describe the API, and every call they describe still needs a token.
+
+Anonymous callers and revoked tokens get 401, a caller without the permission
+403, and a refused call writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.urls import URLPattern, URLResolver, get_resolver
+from django_q.models import OrmQ
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from dispatcher.models import ControlAction, DispatcherState
+from messages_app.models import Message
+from messages_app.permissions import CONTROL_DISPATCHER, REQUEUE_MESSAGE
+from tests.factories import make_message, make_user, token_for
+
+pytestmark = pytest.mark.django_db
+
+VIEW = "messages_app.view_message"
+ADD = "messages_app.add_message"
+
+# What each rule lets through, by the kind of caller (see PRINCIPALS).
+OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE = "open", "login", "read", "write", "control", "requeue"
+
+# name -> keyword arguments of make_user; None: no credentials at all.
+PRINCIPALS: dict[str, dict | None] = {
+    "anonymous": None,
+    "no-perms": {},
+    "reader": {"perms": [VIEW]},
+    "writer": {"perms": [ADD]},
+    "staff": {"staff": True},
+    "controller": {"perms": [CONTROL_DISPATCHER]},
+    "requeuer": {"perms": [REQUEUE_MESSAGE]},
+    "superuser": {"superuser": True},
+}
+
+ALLOWED: dict[str, set[str]] = {
+    OPEN: set(PRINCIPALS),
+    LOGIN: set(PRINCIPALS) - {"anonymous"},
+    READ: {"reader", "superuser"},
+    WRITE: {"writer", "superuser"},
+    CONTROL: {"staff", "controller", "superuser"},
+    REQUEUE: {"staff", "requeuer", "superuser"},
+}
+
+NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    url_name: str  # the route's name, to check that every route is in the matrix
+    method: str
+    path: str  # "{pk}" is a failed message's id
+    rule: str
+    success: int = 200
+    body: dict | None = None
+
+
+ENDPOINTS = [
+    Endpoint("api-root", "api-root", "get", "/api/", LOGIN),
+    Endpoint("list", "message-list", "get", "/api/messages/", READ),
+    Endpoint("list-options", "message-list", "options", "/api/messages/", READ),
+    Endpoint("create", "message-list", "post", "/api/messages/", WRITE, 201, NEW_MESSAGE),
+    Endpoint("bulk", "message-bulk", "post", "/api/messages/bulk/", WRITE, 201, {"messages": [NEW_MESSAGE]}),
+    Endpoint("sent", "message-sent", "get", "/api/messages/sent/", READ),
+    Endpoint("retrieve", "message-detail", "get", "/api/messages/{pk}/", READ),
+    Endpoint("attempts", "message-attempts", "get", "/api/messages/{pk}/attempts/", READ),
+    Endpoint("requeue", "message-requeue", "post", "/api/messages/{pk}/requeue/", REQUEUE),
+    Endpoint("dispatcher", "dispatcher", "get", "/api/dispatcher/", LOGIN),
+    Endpoint("dispatcher-patch", "dispatcher", "patch", "/api/dispatcher/", CONTROL, body={"batch_size": 9}),
+    Endpoint("dispatcher-start", "dispatcher-start", "post", "/api/dispatcher/start/", CONTROL),
+    Endpoint("dispatcher-stop", "dispatcher-stop", "post", "/api/dispatcher/stop/", CONTROL),
+    Endpoint("seed-list", "seed-messages", "get", "/messages", READ),
+    Endpoint("seed-create", "seed-messages", "post", "/messages", WRITE, body=NEW_MESSAGE),
+    Endpoint("seed-worker-start", "seed-worker", "post", "/messages/worker/start", CONTROL),
+    Endpoint("seed-worker-stop", "seed-worker", "post", "/messages/worker/stop", CONTROL),
+    Endpoint("seed-status", "seed-status", "get", "/status", LOGIN),
+    Endpoint("schema", "schema", "get", "/api/schema/", OPEN),
+    Endpoint("docs", "swagger-ui", "get", "/api/docs/", OPEN),
+    Endpoint("redoc", "redoc", "get", "/api/redoc/", OPEN),
+]
+
+# Routes outside the matrix, public on purpose.
+PUBLIC_BY_DESIGN = {
+    "seed-swagger": "a redirect to /api/docs/",
+    "login": "the browsable API's login form (api-auth/)",
+    "logout": "the browsable API's logout (api-auth/)",
+    "healthz": "a probe (tests/dispatcher/test_health.py)",
+    "readyz": "a probe (tests/dispatcher/test_health.py)",
+    "metrics": "Prometheus; optionally behind METRICS_TOKEN (tests/dispatcher/test_metrics.py)",
+}
+
+
+def set_up() -> Message:
+    """A failed message to read and requeue, and a stopped dispatcher to start (or stop again)."""
+    DispatcherState.objects.update_or_create(
+        pk=DispatcherState.SINGLETON_PK,
+        defaults={"running": False, "next_tick_at": None, "batch_size": 3, "interval_seconds": 60},
+    )
+    return make_message(status=Message.Status.FAILED, attempts=5, last_error="HTTP 400")
+
+
+def snapshot() -> dict:
+    """Everything a call could write."""
+    return {
+        "messages": list(Message.objects.order_by("pk").values()),
+        "state": DispatcherState.objects.values().get(),
+        "audit": ControlAction.objects.count(),
+        "queued_tasks": OrmQ.objects.count(),
+    }
+
+
+def call(client: APIClient, endpoint: Endpoint, message: Message):
+    return getattr(client, endpoint.method)(endpoint.path.format(pk=message.pk), endpoint.body, format="json")
+
+
+def client_with_token(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user)}")
+    return client
+
+
+def client_as(principal: str) -> APIClient:
+    options = PRINCIPALS[principal]
+    return APIClient() if options is None else client_with_token(make_user(username=principal, **options))
+
+
+def assert_refused(response, status: int, before: dict, endpoint: Endpoint) -> None:
+    assert response.status_code == status, (endpoint.id, response.status_code, response.content)
+    if status == 401:
+        assert response["WWW-Authenticate"].startswith("Token"), endpoint.id
+    assert snapshot() == before, f"{endpoint.id}: a refused call wrote something"
+
+
+@pytest.mark.parametrize("principal", list(PRINCIPALS))
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.id)
+def test_the_matrix(endpoint: Endpoint, principal: str, django_capture_on_commit_callbacks):
+    message = set_up()
+    client = client_as(principal)
+    before = snapshot()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = call(client, endpoint, message)
+
+    if principal in ALLOWED[endpoint.rule]:
+        assert response.status_code == endpoint.success, (endpoint.id, principal, response.content)
+    else:
+        assert_refused(response, 401 if principal == "anonymous" else 403, before, endpoint)
+
+
+SECURED = [e for e in ENDPOINTS if e.rule != OPEN]
+
+
+@pytest.mark.parametrize("endpoint", SECURED, ids=lambda e: e.id)
+def test_a_deleted_token_is_401_and_writes_nothing(endpoint: Endpoint):
+    message = set_up()
+    user = make_user(username="root", superuser=True)
+    client = client_with_token(user)
+    Token.objects.filter(user=user).delete()  # revoked
+    before = snapshot()
+
+    assert_refused(call(client, endpoint, message), 401, before, endpoint)
+
+
+@pytest.mark.parametrize("endpoint", SECURED, ids=lambda e: e.id)
+def test_a_regenerated_token_retires_the_old_key(endpoint: Endpoint, django_capture_on_commit_callbacks):
+    message = set_up()
+    user = make_user(username="root", superuser=True)
+    old = client_with_token(user)
+    Token.objects.filter(user=user).delete()
+    new = client_with_token(user)  # a fresh key, as `drf_create_token -r` makes
+    before = snapshot()
+
+    assert_refused(call(old, endpoint, message), 401, before, endpoint)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert call(new, endpoint, message).status_code == endpoint.success
+
+
+def test_an_inactive_operator_is_refused_even_with_the_control_permission():
+    set_up()
+    user = make_user(username="former", perms=[CONTROL_DISPATCHER])
+    client = client_with_token(user)
+    user.is_active = False
+    user.save()
+
+    assert client.post("/api/dispatcher/start/").status_code == 401
+    assert DispatcherState.objects.get().running is False
+    assert not ControlAction.objects.exists()
+
+
+def test_a_permission_given_through_a_group_counts():
+    set_up()
+    operators = Group.objects.create(name="operators")
+    operators.permissions.add(Permission.objects.get(codename="control_dispatcher"))
+    user = make_user(username="grouped")
+    user.groups.add(operators)
+
+    assert client_with_token(user).post("/api/dispatcher/start/").status_code == 200
+    assert DispatcherState.objects.get().running is True
+
+
+def test_unsupported_methods_stay_405_for_a_caller_without_permissions():
+    # Not 403: no permission would make PUT work.
+    message = set_up()
+    client = client_as("no-perms")
+    assert client.put(f"/api/messages/{message.pk}/", NEW_MESSAGE, format="json").status_code == 405
+    assert client.delete(f"/api/messages/{message.pk}/").status_code == 405
+    assert client.delete("/messages").status_code == 405
+    assert Message.objects.filter(pk=message.pk).exists()
+
+
+def test_anonymous_unsupported_methods_are_still_401():
+    message = set_up()
+    assert APIClient().delete(f"/api/messages/{message.pk}/").status_code == 401
+
+
+def _route_names(patterns) -> set[str]:
+    names: set[str] = set()
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            if pattern.namespace == "admin":  # Django's admin checks staff and model permissions itself
+                continue
+            names |= _route_names(pattern.url_patterns)
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            names.add(pattern.name)
+    return names
+
+
+def test_every_route_is_in_the_matrix_or_public_by_design():
+    routes = _route_names(get_resolver().url_patterns)
+    covered = {e.url_name for e in ENDPOINTS} | set(PUBLIC_BY_DESIGN)
+    # "dashboard" is the admin dashboard's short address, a redirect into the admin.
+    assert routes - covered - {"dashboard"} == set(), "add the new route to ENDPOINTS (or PUBLIC_BY_DESIGN)"
