@@ -200,8 +200,10 @@ def _api_client():
     from rest_framework.test import APIClient
 
     user, _ = get_user_model().objects.get_or_create(username=BENCH_USERNAME)
-    # Reading messages needs the view permission, as for any API client.
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="messages_app", codename="view_message"))
+    # Reading and queueing messages need these permissions, as for any API client.
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="messages_app", codename__in=["view_message", "add_message"])
+    )
     token, _ = Token.objects.get_or_create(user=user)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")

@@ -108,3 +108,11 @@ def test_sentlist_times_first_and_deep_pages(bench_lock, tmp_path):
         assert figures["deep_page"]["rows_before_it"] == 500
         assert figures["deep_page"]["queries_per_request"] >= 1
         assert figures["deep_page"]["explain"][0]["plan"]
+
+
+def test_bulk_times_the_bulk_endpoint(bench_lock, tmp_path):
+    result = run_bench(tmp_path, "bulk", "--messages", "500", "--per-request", "100")
+
+    assert result["messages"] == 500
+    assert result["requests"] == 5
+    assert result["messages_per_s"] > 0
