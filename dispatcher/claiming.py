@@ -172,6 +172,23 @@ def release_claimed(*, messages: list[Message]) -> int:
     return len(released)
 
 
+def _lock_state() -> DispatcherState | None:
+    """The state row, locked until the transaction ends: ticks, drains and stop() queue on it."""
+    return DispatcherState.objects.select_for_update().filter(pk=DispatcherState.SINGLETON_PK).first()
+
+
+def claim_drain_batch(*, now: datetime, batch_size: int) -> list[Message] | None:
+    """A batch for `dispatcher drain`, which ignores the pace: None once the dispatcher is stopped.
+
+    Like a tick it claims under the state-row lock, so nothing is claimed after stop() returns.
+    """
+    with transaction.atomic():
+        state = _lock_state()
+        if state is None or not state.running:
+            return None
+        return claim_batch(batch_size=batch_size, now=now)
+
+
 def claim_tick(*, now: datetime, due_only: bool, even_if_stopped: bool = False) -> ClaimedTick | None:
     """Take the next tick if the dispatcher runs (and, with `due_only`, if it is due).
 
@@ -179,7 +196,7 @@ def claim_tick(*, now: datetime, due_only: bool, even_if_stopped: bool = False) 
     leaves the schedule alone.
     """
     with transaction.atomic():
-        state = DispatcherState.objects.select_for_update().filter(pk=DispatcherState.SINGLETON_PK).first()
+        state = _lock_state()
         if state is None or not (state.running or even_if_stopped):
             return None
         update_fields = ["last_tick_at", "updated_at"]

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dispatcher.audit import Action, Via, control_action_record
-from dispatcher.claiming import claim_batch, claim_tick, recover_expired_leases
+from dispatcher.claiming import claim_drain_batch, claim_tick, recover_expired_leases
 from dispatcher.conf import dispatcher_settings
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
 from dispatcher.metrics import metrics_record_tick
@@ -43,10 +43,6 @@ class TickResult:
     @property
     def sent(self) -> list[DeliveryOutcome]:
         return [o for o in self.outcomes if o.sent]
-
-    @property
-    def failed(self) -> list[DeliveryOutcome]:
-        return [o for o in self.outcomes if not o.sent]
 
 
 def dispatcher_state_ensure(*, using: str = "default") -> DispatcherState:
@@ -221,13 +217,14 @@ def dispatch_drain(
     provider: BaseProvider | None = None,
     should_stop: Callable[[], bool] = _never,
     deadline: float | None = None,
-    on_batch: Callable[[list[DeliveryOutcome]], None] | None = None,
+    on_batch: Callable[[Counter[str]], None] | None = None,
 ) -> Counter[str]:
     """Claim and send batches back to back, ignoring the pace, until nothing is claimable,
     the dispatcher is stopped, `should_stop()` or the monotonic `deadline` passes.
 
-    Returns how many attempts ended in each outcome; outcomes are not kept, so
-    memory stays flat however many messages go through.
+    Returns how many attempts ended in each outcome (`on_batch` gets the running
+    counts after each batch); outcomes are not kept, so memory stays flat
+    however many messages go through.
     """
     owned_provider = provider is None
     provider = provider or get_provider()
@@ -237,19 +234,14 @@ def dispatch_drain(
             started = time.monotonic()
             now = timezone.now()
             recover_expired_leases(now=now)
-            with transaction.atomic():
-                # Share the state-row lock with ticks and stop(): nothing is claimed after stop returns.
-                state = DispatcherState.objects.select_for_update().filter(pk=DispatcherState.SINGLETON_PK).first()
-                if state is None or not state.running:
-                    break
-                messages = claim_batch(batch_size=batch_size, now=now)
-            if not messages:
+            messages = claim_drain_batch(now=now, batch_size=batch_size)
+            if not messages:  # stopped (None) or nothing claimable
                 break
             batch = deliver_batch(messages=messages, provider=provider, should_stop=should_stop)
             metrics_record_tick(duration_seconds=time.monotonic() - started)  # a drain batch counts as a tick
             totals.update(o.outcome for o in batch)
             if on_batch:
-                on_batch(batch)
+                on_batch(totals)
         delivery_cache_catch_up()
     finally:
         if owned_provider:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -99,9 +100,7 @@ class Command(BaseCommand):
             return
         for outcome in result.outcomes:
             self.stdout.write(self._describe(outcome))
-        retried = sum(1 for o in result.outcomes if o.outcome == "retry")
-        failed = len(result.outcomes) - len(result.sent) - retried
-        self.stdout.write(f"{len(result.sent)} sent, {retried} to retry, {failed} failed.")
+        self.stdout.write(f"{self._tally(Counter(o.outcome for o in result.outcomes))}.")
 
     @staticmethod
     def _describe(outcome: DeliveryOutcome) -> str:
@@ -126,21 +125,15 @@ class Command(BaseCommand):
 
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         started = time.monotonic()
-        totals = {"sent": 0, "retry": 0, "failed": 0}
 
-        def progress(batch: list[DeliveryOutcome]) -> None:
-            for outcome in batch:
-                totals[outcome.outcome] = totals.get(outcome.outcome, 0) + 1
+        def progress(totals: Counter[str]) -> None:
             elapsed = time.monotonic() - started
-            done = sum(totals.values())
-            self.stdout.write(
-                f"drain: {totals['sent']} sent, {totals['retry']} to retry, {totals['failed']} failed "
-                f"({done / elapsed if elapsed else 0:.0f}/s)"
-            )
+            rate = sum(totals.values()) / elapsed if elapsed else 0
+            self.stdout.write(f"drain: {self._tally(totals)} ({rate:.0f}/s)")
             self.stdout.flush()
 
         try:
-            dispatch_drain(
+            totals = dispatch_drain(
                 batch_size=batch_size,
                 should_stop=lambda: stopping,
                 deadline=None if max_seconds is None else started + max_seconds,
@@ -149,10 +142,11 @@ class Command(BaseCommand):
         finally:
             signal.signal(signal.SIGTERM, previous)
         reason = "stopped by SIGTERM" if stopping else "done"
-        self.stdout.write(
-            f"drain {reason}: {totals['sent']} sent, {totals['retry']} to retry, {totals['failed']} failed "
-            f"in {time.monotonic() - started:.1f} s."
-        )
+        self.stdout.write(f"drain {reason}: {self._tally(totals)} in {time.monotonic() - started:.1f} s.")
+
+    @staticmethod
+    def _tally(totals: Counter[str]) -> str:
+        return f"{totals['sent']} sent, {totals['retry']} to retry, {totals['failed']} failed"
 
     def _recache(self) -> None:
         total = 0
