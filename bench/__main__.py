@@ -5,7 +5,7 @@
   throughput  queue N messages (COPY) and time P `dispatcher drain` processes
               sending them all through the fake provider: messages/s, latency,
               peak RSS, duplicates.
-  claim       time dispatcher.claiming.claim_batch on tables of several sizes.
+  claim       time dispatcher.engine.claiming.claim_batch on tables of several sizes.
   sentlist    time GET /api/messages/sent/ and /api/messages/, first and deep pages.
   bulk        time POST /api/messages/bulk/.
 

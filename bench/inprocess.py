@@ -99,7 +99,7 @@ def claim(options: argparse.Namespace) -> dict:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from dispatcher.claiming import claim_batch
+    from dispatcher.engine.claiming import claim_batch
 
     def one_claim(expected: int, *, capture: bool = False) -> tuple[float, list[float], list[str]]:
         timer = _QueryTimer()

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -9,11 +7,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from dispatcher import dashboard
+from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
-from dispatcher.models import ControlAction, DispatcherState
+from dispatcher.models import DispatcherState
+from dispatcher.monitoring import dashboard
+from dispatcher.permissions import CONTROL_DISPATCHER
 from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_state_ensure, dispatcher_stop
-from messages_app.permissions import CONTROL_DISPATCHER
 from messages_app.selectors import message_status_counts
 
 VIA = ControlAction.Via.ADMIN
@@ -115,36 +114,3 @@ class DispatcherStateAdmin(admin.ModelAdmin):
 
     def requeue_failed_view(self, request: HttpRequest) -> HttpResponse:
         return dashboard.requeue_failed_view(request, model_admin=self)
-
-
-@admin.register(ControlAction)
-class ControlActionAdmin(admin.ModelAdmin):
-    """The audit log, read-only for everyone (superusers included): a record
-    that could be edited or deleted from here would prove nothing."""
-
-    list_display = ["created_at", "actor_display", "action", "via", "detail_display"]
-    list_filter = ["action", "via", "created_at"]
-    search_fields = ["actor_label"]
-    date_hierarchy = "created_at"
-    ordering = ["-created_at", "-id"]
-    list_per_page = 100
-    fields = ["created_at", "actor_label", "actor", "action", "via", "detail_display"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    # The label, not the foreign key: it names who acted even after the account is deleted.
-    @admin.display(description="actor", ordering="actor_label")
-    def actor_display(self, obj: ControlAction) -> str:
-        return obj.actor_label
-
-    @admin.display(description="detail")
-    def detail_display(self, obj: ControlAction) -> str:
-        return json.dumps(obj.detail, sort_keys=True, ensure_ascii=False)

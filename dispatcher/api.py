@@ -9,12 +9,12 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
-from dispatcher.models import ControlAction
+from dispatcher.permissions import CanControlDispatcher
 from dispatcher.selectors import dispatcher_status
 from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer
 from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_stop
-from messages_app.permissions import CanControlDispatcher
 
 VIA = ControlAction.Via.API
 

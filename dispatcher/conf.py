@@ -8,9 +8,9 @@ from django.conf import settings
 
 # Short names accepted for DISPATCH_PROVIDER_BACKEND, like Django's email backends.
 PROVIDER_ALIASES = {
-    "webhook": "dispatcher.providers.webhook.WebhookProvider",
-    "console": "dispatcher.providers.console.ConsoleProvider",
-    "locmem": "dispatcher.providers.locmem.LocmemProvider",
+    "webhook": "dispatcher.engine.providers.webhook.WebhookProvider",
+    "console": "dispatcher.engine.providers.console.ConsoleProvider",
+    "locmem": "dispatcher.engine.providers.locmem.LocmemProvider",
 }
 
 

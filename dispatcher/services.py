@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 from django.utils import timezone
 
-from dispatcher.audit import Action, Via, control_action_record
-from dispatcher.claiming import claim_drain_batch, claim_tick, recover_expired_leases
+from audit.services import Action, Via, control_action_record
 from dispatcher.conf import dispatcher_settings
+from dispatcher.engine.claiming import claim_drain_batch, claim_tick, recover_expired_leases
+from dispatcher.engine.providers import BaseProvider, get_provider
+from dispatcher.engine.sending import DeliveryOutcome, deliver_batch, delivery_cache_catch_up
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
-from dispatcher.metrics import metrics_record_tick
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
-from dispatcher.providers import BaseProvider, get_provider
-from dispatcher.sending import DeliveryOutcome, deliver_batch, delivery_cache_catch_up
+from dispatcher.monitoring.metrics import metrics_record_tick
 from messages_app.models import Message
 
 if TYPE_CHECKING:

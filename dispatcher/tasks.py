@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dispatcher.conf import dispatcher_settings
-from dispatcher.pacing import run_dispatch_window
+from dispatcher.engine.pacing import run_dispatch_window
 
 
 def dispatch_window() -> str:

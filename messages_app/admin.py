@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, Streami
 from django.urls import path, reverse
 from django.utils import timezone
 
-from dispatcher.models import ControlAction
+from audit.models import ControlAction
 from messages_app.csv_export import messages_csv_lines
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.permissions import REQUEUE_MESSAGE

@@ -10,11 +10,10 @@ from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dispatcher.models import ControlAction
+from audit.models import ControlAction
 from messages_app import selectors, services
 from messages_app.errors import MessageStateError
 from messages_app.filters import MessageFilter
-from messages_app.pagination import SentMessageCursorPagination
 from messages_app.permissions import CanRequeueMessages, ModelPermissionsWithView
 from messages_app.serializers import (
     DeliveryAttemptSerializer,
@@ -23,6 +22,7 @@ from messages_app.serializers import (
     MessageCreateSerializer,
     MessageSerializer,
 )
+from restapi.pagination import SentMessageCursorPagination
 
 
 class Conflict(APIException):

@@ -2,10 +2,9 @@
 
 - Reading messages needs `messages_app.view_message`; queueing them
   `messages_app.add_message` (Django's model permissions; superusers have all).
-- Controlling the dispatcher (start, stop, pace) needs staff status or
-  `dispatcher.control_dispatcher`; requeueing needs staff status or
-  `messages_app.requeue_message`, so operators need not be staff.
-- Reading the dispatcher's state needs only a login.
+- Requeueing needs staff status or `messages_app.requeue_message`, so
+  operators need not be staff. (The dispatcher's own rules are in
+  dispatcher.permissions.)
 
 Every class refuses anonymous requests, which DRF answers 401 (TokenAuthentication
 comes first, so with a WWW-Authenticate header); an authenticated user without
@@ -18,7 +17,6 @@ from rest_framework.permissions import BasePermission, DjangoModelPermissions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-CONTROL_DISPATCHER = "dispatcher.control_dispatcher"
 REQUEUE_MESSAGE = "messages_app.requeue_message"
 
 _VIEW = "%(app_label)s.view_%(model_name)s"
@@ -48,10 +46,6 @@ class StaffOrPermission(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
         return bool(user and user.is_authenticated and (user.is_staff or user.has_perm(self.permission)))
-
-
-class CanControlDispatcher(StaffOrPermission):
-    permission = CONTROL_DISPATCHER
 
 
 class CanRequeueMessages(StaffOrPermission):

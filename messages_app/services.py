@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F, QuerySet
 
-from dispatcher.audit import Action, Via, control_action_record
+from audit.services import Action, Via, control_action_record
 from messages_app.errors import MessageImportError, MessageStateError
 from messages_app.models import Message
 from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content

@@ -1,19 +1,8 @@
-from django.urls import re_path
-from django.views.generic import RedirectView
 from rest_framework.routers import DefaultRouter
 
 from messages_app.api import MessageViewSet
-from messages_app.seed_api import SeedMessagesView, SeedStatusView, SeedWorkerView
 
 router = DefaultRouter()
 router.register("messages", MessageViewSet, basename="message")
 
 api_urlpatterns = router.urls
-
-# The Go service's routes, with or without a trailing slash as it accepted them.
-seed_urlpatterns = [
-    re_path(r"^messages/?$", SeedMessagesView.as_view(), name="seed-messages"),
-    re_path(r"^messages/worker/(?P<action>[^/]+)/?$", SeedWorkerView.as_view(), name="seed-worker"),
-    re_path(r"^status/?$", SeedStatusView.as_view(), name="seed-status"),
-    re_path(r"^swagger/?$", RedirectView.as_view(pattern_name="swagger-ui"), name="seed-swagger"),
-]

@@ -3,11 +3,11 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from dispatcher.health import healthz, readyz
-from dispatcher.metrics import metrics_view
+from dispatcher.monitoring.health import healthz, readyz
+from dispatcher.monitoring.metrics import metrics_view
 from dispatcher.urls import urlpatterns as dispatcher_api_urlpatterns
 from messages_app.urls import api_urlpatterns as messages_api_urlpatterns
-from messages_app.urls import seed_urlpatterns
+from seed_api.urls import urlpatterns as seed_urlpatterns
 
 api_urlpatterns = [
     *messages_api_urlpatterns,
@@ -37,4 +37,4 @@ urlpatterns = [
 ]
 
 # Unknown addresses under /api/ (e.g. /api/messages/1.5/attempts/) answer JSON like the rest of the API.
-handler404 = "messages_app.api_defaults.not_found"
+handler404 = "restapi.defaults.not_found"

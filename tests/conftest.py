@@ -5,8 +5,9 @@ from django.conf import settings
 from django.core.cache import caches
 from rest_framework.test import APIClient
 
-from dispatcher.providers import locmem
-from messages_app.permissions import CONTROL_DISPATCHER, REQUEUE_MESSAGE
+from dispatcher.engine.providers import locmem
+from dispatcher.permissions import CONTROL_DISPATCHER
+from messages_app.permissions import REQUEUE_MESSAGE
 from tests.factories import MESSAGE_CLIENT_PERMS, make_user, token_for
 
 

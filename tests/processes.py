@@ -174,10 +174,10 @@ class InProcessFakeProvider:
 
 @contextmanager
 def fake_provider_in_thread(**kwargs):
-    """`dispatcher.fakeprovider.make_fake_provider` on a free port, served by a thread until the block ends."""
+    """`devtools.fakeprovider.server.make_fake_provider` on a free port, served by a thread until the block ends."""
     import threading
 
-    from dispatcher.fakeprovider import make_fake_provider
+    from devtools.fakeprovider.server import make_fake_provider
 
     server = make_fake_provider(port=free_port(), **kwargs)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -200,7 +200,7 @@ import django
 django.setup()
 from django.db import connection, transaction
 from django.utils import timezone
-from dispatcher.claiming import claim_batch
+from dispatcher.engine.claiming import claim_batch
 
 ready, go, batch_size, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 connection.ensure_connection()

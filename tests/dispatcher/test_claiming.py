@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from dispatcher.claiming import claim_batch, claim_tick, next_tick_after
+from dispatcher.engine.claiming import claim_batch, claim_tick, next_tick_after
 from dispatcher.models import DispatcherState
 from messages_app.models import Message
 from tests.factories import make_message, phone_number

@@ -10,8 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.models import DispatcherState
-from dispatcher.providers import ProviderError, locmem
 from messages_app.models import Message
 from tests.factories import make_message
 from tests.processes import free_port
@@ -261,7 +261,7 @@ def test_drain_refuses_while_stopped_and_bad_batch_sizes(stopped_dispatcher):
 
 @pytest.mark.django_db
 def test_recache_writes_pending_records(running_dispatcher):
-    from dispatcher.delivery_cache import delivery_cache_get
+    from dispatcher.engine.delivery_cache import delivery_cache_get
 
     message = make_message(status=Status.SENT, delivery_cache_pending=True)
 

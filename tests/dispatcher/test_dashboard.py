@@ -14,8 +14,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from dispatcher.dashboard import outcome_chart
 from dispatcher.models import DispatcherState
+from dispatcher.monitoring.dashboard import outcome_chart
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.selectors import delivery_outcomes_per_minute
 from tests.factories import make_message, make_user

@@ -9,8 +9,8 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
-from dispatcher.health import STALE_TICK_FLOOR_SECONDS, tick_overdue_after
 from dispatcher.models import DispatcherState
+from dispatcher.monitoring.health import STALE_TICK_FLOOR_SECONDS, tick_overdue_after
 from dispatcher.services import dispatch_tick, dispatcher_state_ensure
 from tests.processes import free_port
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from django.utils import timezone
 
-from dispatcher.claiming import LEASE_EXPIRED_ERROR, claim_batch, recover_expired_leases, release_claimed
-from dispatcher.providers import locmem
-from dispatcher.sending import deliver_batch, deliver_message
+from dispatcher.engine.claiming import LEASE_EXPIRED_ERROR, claim_batch, recover_expired_leases, release_claimed
+from dispatcher.engine.providers import locmem
+from dispatcher.engine.sending import deliver_batch, deliver_message
 from messages_app.models import DeliveryAttempt, Message
 from tests.factories import make_message
 

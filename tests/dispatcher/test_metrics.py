@@ -9,10 +9,10 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher import metrics
-from dispatcher.metrics import PROVIDER_LATENCY, metrics_record_batch, metrics_record_tick
+from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.models import DispatcherState
-from dispatcher.providers import ProviderError, locmem
+from dispatcher.monitoring import metrics
+from dispatcher.monitoring.metrics import PROVIDER_LATENCY, metrics_record_batch, metrics_record_tick
 from dispatcher.services import dispatch_drain, dispatch_tick, dispatcher_state_ensure
 from messages_app.models import DeliveryAttempt, Message
 from tests.factories import make_message
@@ -154,14 +154,14 @@ def test_recording_with_the_cache_down_never_breaks_sending_and_warns_once(redis
     monkeypatch.setattr(metrics, "_recording_failed", False)
     messages = [make_message() for _ in range(2)]
 
-    with caplog.at_level(logging.DEBUG, logger="dispatcher.metrics"):
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.monitoring.metrics"):
         dispatch_tick(due_only=False)
         make_message()
         dispatch_tick(due_only=False)
 
     assert Message.objects.filter(status=Status.SENT).count() == 3
     assert all(Message.objects.get(pk=m.pk).status == Status.SENT for m in messages)
-    warnings = [r for r in caplog.records if r.name == "dispatcher.metrics" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "dispatcher.monitoring.metrics" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "could not record metrics" in warnings[0].getMessage()
 

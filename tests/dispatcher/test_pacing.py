@@ -12,9 +12,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from dispatcher.engine.pacing import run_dispatch_window
+from dispatcher.engine.providers import BaseProvider, ProviderResult, locmem
 from dispatcher.models import DispatcherState
-from dispatcher.pacing import run_dispatch_window
-from dispatcher.providers import BaseProvider, ProviderResult, locmem
 from dispatcher.services import dispatcher_stop
 from messages_app.models import Message
 from tests.factories import phone_number

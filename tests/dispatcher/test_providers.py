@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from dispatcher.fakeprovider import FakeProviderHandler
-from dispatcher.providers import ProviderError, ProviderResult, get_provider
-from dispatcher.providers.console import ConsoleProvider
-from dispatcher.providers.locmem import LocmemProvider
-from dispatcher.providers.webhook import WebhookProvider
+from devtools.fakeprovider.server import FakeProviderHandler
+from dispatcher.engine.providers import ProviderError, ProviderResult, get_provider
+from dispatcher.engine.providers.console import ConsoleProvider
+from dispatcher.engine.providers.locmem import LocmemProvider
+from dispatcher.engine.providers.webhook import WebhookProvider
 from messages_app.models import Message
 from tests.processes import fake_provider, fake_provider_in_thread, free_port, http_json
 
@@ -377,8 +377,8 @@ def test_fake_provider_command_serves_and_stops_cleanly(tmp_path, webhook_at):
         ("webhook", WebhookProvider),
         ("console", ConsoleProvider),
         ("locmem", LocmemProvider),
-        ("dispatcher.providers.webhook.WebhookProvider", WebhookProvider),
-        ("dispatcher.providers.locmem.LocmemProvider", LocmemProvider),
+        ("dispatcher.engine.providers.webhook.WebhookProvider", WebhookProvider),
+        ("dispatcher.engine.providers.locmem.LocmemProvider", LocmemProvider),
     ],
 )
 def test_get_provider_resolves_aliases_and_dotted_paths(backend, expected):
@@ -387,7 +387,7 @@ def test_get_provider_resolves_aliases_and_dotted_paths(backend, expected):
 
 @pytest.mark.parametrize(
     ("setting", "expected"),
-    [("console", ConsoleProvider), ("dispatcher.providers.locmem.LocmemProvider", LocmemProvider)],
+    [("console", ConsoleProvider), ("dispatcher.engine.providers.locmem.LocmemProvider", LocmemProvider)],
 )
 def test_get_provider_defaults_to_the_setting(settings, setting, expected):
     settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_BACKEND": setting}
@@ -396,7 +396,7 @@ def test_get_provider_defaults_to_the_setting(settings, setting, expected):
 
 def test_get_provider_unknown_backend_fails_loudly():
     with pytest.raises(ImportError):
-        get_provider("dispatcher.providers.nope.NopeProvider")
+        get_provider("dispatcher.engine.providers.nope.NopeProvider")
 
 
 def test_console_provider_prints_the_message(capsys):

@@ -9,11 +9,11 @@ import pytest
 import redis
 from django.utils import timezone
 
-from dispatcher.claiming import claim_batch
 from dispatcher.conf import dispatcher_settings
-from dispatcher.providers import ProviderError, locmem
-from dispatcher.providers.webhook import WebhookProvider, parse_retry_after
-from dispatcher.sending import deliver_message, delivery_cache_catch_up, retry_delay
+from dispatcher.engine.claiming import claim_batch
+from dispatcher.engine.providers import ProviderError, locmem
+from dispatcher.engine.providers.webhook import WebhookProvider, parse_retry_after
+from dispatcher.engine.sending import deliver_message, delivery_cache_catch_up, retry_delay
 from messages_app.models import DeliveryAttempt, Message
 from tests.factories import make_message
 from tests.processes import fake_provider_in_thread, free_port

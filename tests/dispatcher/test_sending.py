@@ -11,11 +11,11 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from dispatcher.delivery_cache import delivery_cache_get
+from dispatcher.engine.delivery_cache import delivery_cache_get
+from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, locmem
+from dispatcher.engine.sending import MAX_ERROR_LENGTH, deliver_message
 from dispatcher.errors import DispatcherStoppedError
 from dispatcher.models import DispatcherState
-from dispatcher.providers import BaseProvider, ProviderError, ProviderResult, locmem
-from dispatcher.sending import MAX_ERROR_LENGTH, deliver_message
 from dispatcher.services import dispatch_tick
 from messages_app.models import Message
 from tests.factories import make_message

@@ -14,8 +14,8 @@ from django.utils import timezone
 from django_q.models import OrmQ, Schedule
 
 from dispatcher.apps import _ensure_dispatcher_running
-from dispatcher.claiming import claim_tick
 from dispatcher.conf import dispatcher_settings
+from dispatcher.engine.claiming import claim_tick
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
 from dispatcher.services import (

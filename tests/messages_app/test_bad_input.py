@@ -22,9 +22,9 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
+from dispatcher.engine.providers import locmem
+from dispatcher.engine.providers.base import ProviderError
 from dispatcher.models import DispatcherState
-from dispatcher.providers import locmem
-from dispatcher.providers.base import ProviderError
 from dispatcher.services import dispatch_tick
 from messages_app.models import DeliveryAttempt, Message
 from tests.factories import make_user, token_for

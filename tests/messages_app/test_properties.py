@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from rest_framework.test import APIClient
 
-from dispatcher.providers import locmem
+from dispatcher.engine.providers import locmem
 from dispatcher.services import dispatch_tick
 from messages_app.models import Message
 from tests.factories import make_user, token_for

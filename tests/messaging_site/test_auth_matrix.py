@@ -24,9 +24,11 @@ from django_q.models import OrmQ
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from dispatcher.models import ControlAction, DispatcherState
+from audit.models import ControlAction
+from dispatcher.models import DispatcherState
+from dispatcher.permissions import CONTROL_DISPATCHER
 from messages_app.models import Message
-from messages_app.permissions import CONTROL_DISPATCHER, REQUEUE_MESSAGE
+from messages_app.permissions import REQUEUE_MESSAGE
 from tests.factories import make_message, make_user, token_for
 
 pytestmark = pytest.mark.django_db

@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings
 from django.utils.log import configure_logging
 
-from dispatcher.providers import ProviderError, locmem
+from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.services import dispatch_tick, dispatcher_state_ensure
 from messaging_site.logging_config import build_logging
 from tests.factories import make_message
@@ -59,7 +59,7 @@ def test_json_dispatch_lines_carry_the_message_id_and_uuid(json_log_lines):
         assert line["message_uuid"] == str(message.uuid)
         # The text is the same as in plain format.
         assert f" id={message.pk} uuid={message.uuid} attempt=1 " in line["message"]
-        assert line["logger"] == "dispatcher.sending"
+        assert line["logger"] == "dispatcher.engine.sending"
         assert line["level"] in {"INFO", "WARNING"}
         assert line["process"] == os.getpid()
         assert line["timestamp"].endswith("+00:00")

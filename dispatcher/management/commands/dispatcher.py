@@ -6,10 +6,10 @@ from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from dispatcher.engine.pacing import qcluster_running_on_this_host
+from dispatcher.engine.sending import DeliveryOutcome, delivery_cache_catch_up
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
-from dispatcher.pacing import qcluster_running_on_this_host
 from dispatcher.selectors import dispatcher_status
-from dispatcher.sending import DeliveryOutcome, delivery_cache_catch_up
 from dispatcher.services import (
     dispatch_drain,
     dispatch_tick,

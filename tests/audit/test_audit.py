@@ -17,10 +17,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from dispatcher.models import ControlAction, DispatcherState
+from audit.models import ControlAction
+from dispatcher.models import DispatcherState
+from dispatcher.permissions import CONTROL_DISPATCHER
 from dispatcher.services import dispatcher_start
 from messages_app.models import Message
-from messages_app.permissions import CONTROL_DISPATCHER, REQUEUE_MESSAGE
+from messages_app.permissions import REQUEUE_MESSAGE
 from tests.factories import make_message, make_user
 
 pytestmark = pytest.mark.django_db
@@ -29,7 +31,7 @@ Action = ControlAction.Action
 Via = ControlAction.Via
 Status = Message.Status
 
-CHANGELIST = "/admin/dispatcher/controlaction/"
+CHANGELIST = "/admin/audit/controlaction/"
 DASHBOARD = "/admin/dispatcher/dispatcherstate/dashboard/"
 
 
@@ -384,14 +386,14 @@ def test_nobody_can_add_change_or_delete_a_record(superuser_client, operator_cli
     operator_client.post("/api/dispatcher/start/")
     record = the_record()
     before = ControlAction.objects.values().get()
-    change_url = reverse("admin:dispatcher_controlaction_change", args=[record.pk])
+    change_url = reverse("admin:audit_controlaction_change", args=[record.pk])
 
-    assert superuser_client.get(reverse("admin:dispatcher_controlaction_add")).status_code == 403
+    assert superuser_client.get(reverse("admin:audit_controlaction_add")).status_code == 403
     page = superuser_client.get(change_url)
     assert page.status_code == 200  # shown read-only
     assert b'name="_save"' not in page.content
     assert superuser_client.post(change_url, {"action": "stop", "actor_label": "someone else"}).status_code == 403
-    delete_url = reverse("admin:dispatcher_controlaction_delete", args=[record.pk])
+    delete_url = reverse("admin:audit_controlaction_delete", args=[record.pk])
     assert superuser_client.post(delete_url, {"post": "yes"}).status_code == 403
     changelist = superuser_client.get(CHANGELIST)
     assert b"delete_selected" not in changelist.content

@@ -21,8 +21,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
-from dispatcher.models import ControlAction
 from dispatcher.selectors import dispatcher_status
 from dispatcher.services import dispatcher_configure
 from messages_app.models import Message

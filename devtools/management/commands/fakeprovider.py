@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from dispatcher.fakeprovider import Faults, make_fake_provider
+from devtools.fakeprovider.server import Faults, make_fake_provider
 
 
 class Command(BaseCommand):
@@ -53,7 +53,7 @@ class Command(BaseCommand):
 
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s fakeprovider %(message)s"))
-        log = logging.getLogger("dispatcher.fakeprovider")
+        log = logging.getLogger("devtools.fakeprovider.server")
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False

@@ -21,11 +21,11 @@ from datetime import datetime, timedelta
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from dispatcher.claiming import release_claimed
 from dispatcher.conf import DispatcherSettings, dispatcher_settings
-from dispatcher.delivery_cache import delivery_cache_record_many
-from dispatcher.metrics import metrics_record_batch
-from dispatcher.providers import BaseProvider, ProviderError, ProviderResult
+from dispatcher.engine.claiming import release_claimed
+from dispatcher.engine.delivery_cache import delivery_cache_record_many
+from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult
+from dispatcher.monitoring.metrics import metrics_record_batch
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.services import messages_mark_sent, messages_transition
 

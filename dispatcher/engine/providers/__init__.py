@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.utils.module_loading import import_string
 
 from dispatcher.conf import PROVIDER_ALIASES, dispatcher_settings
-from dispatcher.providers.base import BaseProvider, ProviderError, ProviderResult
+from dispatcher.engine.providers.base import BaseProvider, ProviderError, ProviderResult
 
 __all__ = ["BaseProvider", "ProviderError", "ProviderResult", "get_provider"]
 

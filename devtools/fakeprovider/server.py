@@ -31,7 +31,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-logger = logging.getLogger("dispatcher.fakeprovider")
+logger = logging.getLogger("devtools.fakeprovider.server")
 
 MAX_BODY_BYTES = 1_000_000
 KEPT_REQUESTS = 10_000

@@ -13,15 +13,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from dispatcher.models import ControlAction
+from audit.models import ControlAction
+from dispatcher.permissions import CanControlDispatcher
 from dispatcher.selectors import dispatcher_status
 from dispatcher.serializers import DispatcherStatusSerializer
 from dispatcher.services import dispatcher_start, dispatcher_stop
 from messages_app import selectors, services
-from messages_app.api_defaults import request_body_too_large
 from messages_app.models import Message
-from messages_app.permissions import CanControlDispatcher, ModelPermissionsWithView
+from messages_app.permissions import ModelPermissionsWithView
 from messages_app.serializers import MessageCreateSerializer, MessageSerializer
+from restapi.defaults import request_body_too_large
 
 # The Go service returned every sent message at once; we cap the answer.
 SEED_SENT_LIST_LIMIT = 1000

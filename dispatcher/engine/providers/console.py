@@ -4,7 +4,7 @@ import sys
 import uuid
 from typing import TYPE_CHECKING
 
-from dispatcher.providers.base import BaseProvider, ProviderResult
+from dispatcher.engine.providers.base import BaseProvider, ProviderResult
 
 if TYPE_CHECKING:
     from messages_app.models import Message

@@ -9,7 +9,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dispatcher.conf import dispatcher_settings
-from dispatcher.providers.base import BaseProvider, ProviderError, ProviderResult
+from dispatcher.engine.providers.base import BaseProvider, ProviderError, ProviderResult
 
 if TYPE_CHECKING:
     from messages_app.models import Message

@@ -7,7 +7,7 @@ import re
 import pytest
 import requests
 
-from dispatcher.fakeprovider import PAGE_REQUESTS, ReceivedRequest
+from devtools.fakeprovider.server import PAGE_REQUESTS, ReceivedRequest
 from tests.processes import fake_provider_in_thread, http_json
 
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from django.db import close_old_connections
 from django.utils import timezone
 
+from dispatcher.engine.providers import get_provider
 from dispatcher.models import DispatcherState
-from dispatcher.providers import get_provider
 from dispatcher.services import dispatch_tick
 
 logger = logging.getLogger(__name__)

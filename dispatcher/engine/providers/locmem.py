@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dispatcher.providers.base import BaseProvider, ProviderError, ProviderResult
+from dispatcher.engine.providers.base import BaseProvider, ProviderError, ProviderResult
 
 if TYPE_CHECKING:
     from messages_app.models import Message

@@ -1,9 +1,9 @@
-"""Recording control actions in the audit log (dispatcher.models.ControlAction).
+"""Recording control actions in the audit log (audit.models.ControlAction).
 
-Only the services call this, inside the transaction of the change they make;
-views, the admin and commands pass who acts (`actor`) and through what (`via`).
-Kept apart from dispatcher.services so messages_app.services can record too
-without importing the dispatcher's sending code.
+Only the services of the apps above call this, inside the transaction of the
+change they make; views, the admin and commands pass who acts (`actor`) and
+through what (`via`). The audit app is the bottom layer: it imports no other
+app of ours, so both messages and the dispatcher can record.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.models import ControlAction
+from audit.models import ControlAction
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser

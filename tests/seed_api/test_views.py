@@ -152,7 +152,7 @@ def test_get_messages_with_none_sent_is_an_empty_list(api_client):
 
 
 def test_get_messages_is_capped(api_client, monkeypatch):
-    from messages_app import seed_api
+    from seed_api import views as seed_api
 
     monkeypatch.setattr(seed_api, "SEED_SENT_LIST_LIMIT", 2)
     base = timezone.now() - dt.timedelta(hours=1)
