@@ -97,7 +97,6 @@ def claim(options: argparse.Namespace) -> dict:
     setup_django()
     from django.db import connection, transaction
     from django.test.utils import CaptureQueriesContext
-    from django.utils import timezone
 
     from dispatcher.engine.claiming import claim_batch
 
@@ -106,7 +105,7 @@ def claim(options: argparse.Namespace) -> dict:
         with CaptureQueriesContext(connection) as captured, connection.execute_wrapper(timer):
             started = time.perf_counter()
             with transaction.atomic():
-                claimed = claim_batch(batch_size=options.batch_size, now=timezone.now())
+                claimed = claim_batch(batch_size=options.batch_size).message_ids
                 transaction.set_rollback(True)
             elapsed = time.perf_counter() - started
         if len(claimed) != expected:
@@ -128,7 +127,7 @@ def claim(options: argparse.Namespace) -> dict:
             elapsed, query_seconds, sqls = one_claim(expected)
             times.append(elapsed)
             per_query.append(query_seconds)
-        names = ["select_for_update_skip_locked", "update_to_processing", "fetch_claimed"]
+        names = ["select_for_update_skip_locked", "update_to_processing"]
         if len(sqls) != len(names):
             names = [f"query_{i + 1}" for i in range(len(sqls))]
         query_times = {

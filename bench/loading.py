@@ -7,7 +7,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 # Every NOT NULL column without a database default (Django's `default=` is
-# applied by the ORM only), plus sent_at. The rest stay NULL; id comes from
+# applied by the ORM only), plus sent_at and next_attempt_at (when an unsent
+# message is due: the claim reads only due ones). The rest stay NULL; id comes from
 # its identity sequence. See messages_app/migrations/000{1,2}_*.py.
 COLUMNS = (
     "uuid",
@@ -15,6 +16,7 @@ COLUMNS = (
     "content",
     "status",
     "created_at",
+    "next_attempt_at",
     "sent_at",
     "provider_message_id",
     "delivery_cache_pending",
@@ -46,7 +48,8 @@ def copy_unsent(conn, count: int) -> dict:
             for i in range(start, min(start + CHUNK_ROWS, count)):
                 created = base + timedelta(microseconds=i - start)
                 lines.append(
-                    f"{prefix}{i:012x}\t{_phone(i)}\tbench message {i}\tunsent\t{created.isoformat()}\t\\N\t\tf\t0\t\n"
+                    f"{prefix}{i:012x}\t{_phone(i)}\tbench message {i}\tunsent\t{created.isoformat()}\t"
+                    f"{created.isoformat()}\t\\N\t\tf\t0\t\n"
                 )
             last = created
             copy.write("".join(lines))
@@ -68,13 +71,13 @@ def copy_history(conn, *, sent: int, unsent: int = 0, start: datetime | None = N
                 if i < sent:
                     sent_at = (created + timedelta(milliseconds=500)).isoformat()
                     lines.append(
-                        f"{prefix}{i:012x}\t{_phone(i)}\tbench message {i}\tsent\t{created.isoformat()}\t"
+                        f"{prefix}{i:012x}\t{_phone(i)}\tbench message {i}\tsent\t{created.isoformat()}\t\\N\t"
                         f"{sent_at}\tbench-{prefix}{i:012x}\tf\t1\t\n"
                     )
                 else:
                     lines.append(
                         f"{prefix}{i:012x}\t{_phone(i)}\tbench message {i}\tunsent\t{created.isoformat()}\t"
-                        "\\N\t\tf\t0\t\n"
+                        f"{created.isoformat()}\t\\N\t\tf\t0\t\n"
                     )
             copy.write("".join(lines))
     return _rate(total, time.perf_counter() - started)

@@ -23,7 +23,7 @@ def pacing(options: argparse.Namespace) -> dict:
     script = (
         "from django_q.models import OrmQ, Task;"
         "from messages_app.models import Message;"
-        "from dispatcher.services import dispatcher_stop, dispatcher_configure;"
+        "from dispatcher.state import dispatcher_stop, dispatcher_configure;"
         "OrmQ.objects.all().delete(); Task.objects.all().delete(); Message.objects.all().delete();"
         "dispatcher_stop();"
         f"dispatcher_configure(batch_size={options.batch_size}, interval_seconds={options.interval});"

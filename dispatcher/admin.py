@@ -12,7 +12,7 @@ from dispatcher.errors import DispatcherConfigError
 from dispatcher.models import DispatcherState
 from dispatcher.monitoring import dashboard
 from dispatcher.permissions import CONTROL_DISPATCHER
-from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_state_ensure, dispatcher_stop
+from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_state_ensure, dispatcher_stop
 from messages_app.selectors import message_status_counts
 
 VIA = ControlAction.Via.ADMIN

@@ -12,9 +12,8 @@ from rest_framework.response import Response
 from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.permissions import CanControlDispatcher
-from dispatcher.selectors import dispatcher_status
 from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer
-from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_stop
+from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_status, dispatcher_stop
 
 VIA = ControlAction.Via.API
 

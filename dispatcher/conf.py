@@ -1,10 +1,16 @@
-"""The dispatcher's settings, read from settings.DISPATCHER in one place."""
+"""The dispatcher's settings: each one's environment variable, default, range and
+meaning written once here.
+
+messaging_site.settings reads the environment through these specs into
+settings.DISPATCHER; everything else reads them back through
+`dispatcher_settings()`. This module imports nothing of Django's at import time,
+because the settings module itself imports it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from django.conf import settings
+from typing import Literal
 
 # Short names accepted for DISPATCH_PROVIDER_BACKEND, like Django's email backends.
 PROVIDER_ALIASES = {
@@ -12,6 +18,107 @@ PROVIDER_ALIASES = {
     "console": "dispatcher.engine.providers.console.ConsoleProvider",
     "locmem": "dispatcher.engine.providers.locmem.LocmemProvider",
 }
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    key: str  # in settings.DISPATCHER and DispatcherSettings (lower-cased)
+    env: str  # the environment variable it is read from
+    kind: Literal["int", "float", "str", "secret"]
+    default: int | float | str
+    meaning: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+BATCH_SIZE = SettingSpec(
+    "INITIAL_BATCH_SIZE", "DISPATCH_BATCH_SIZE", "int", 2, "initial messages per tick", minimum=1, maximum=10_000
+)
+INTERVAL_SECONDS = SettingSpec(
+    "INITIAL_INTERVAL_SECONDS",
+    "DISPATCH_INTERVAL_SECONDS",
+    "int",
+    120,
+    "initial seconds between ticks",
+    minimum=1,
+    maximum=86_400,
+)
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "PROVIDER_BACKEND", "DISPATCH_PROVIDER_BACKEND", "str", "webhook", "webhook, console, locmem or a dotted path"
+    ),
+    SettingSpec("WEBHOOK_AUTH_KEY", "WEBHOOK_AUTH_KEY", "secret", "", "sent as x-ins-auth-key"),
+    SettingSpec(
+        "WEBHOOK_TIMEOUT_SECONDS",
+        "WEBHOOK_TIMEOUT_SECONDS",
+        "float",
+        10.0,
+        "read timeout of one provider call (connect timeout is at most 3 s)",
+        minimum=0.1,
+        maximum=300,
+    ),
+    BATCH_SIZE,
+    INTERVAL_SECONDS,
+    SettingSpec(
+        "DELIVERY_CACHE_TTL_SECONDS",
+        "DELIVERY_CACHE_TTL_SECONDS",
+        "int",
+        0,
+        "TTL of messages:<messageId> records; 0 = forever",
+        minimum=0,
+    ),
+    SettingSpec(
+        "WINDOW_SECONDS",
+        "DISPATCH_WINDOW_SECONDS",
+        "int",
+        100,
+        "how long one dispatch window paces ticks",
+        minimum=5,
+        maximum=600,
+    ),
+    SettingSpec("MAX_ATTEMPTS", "DISPATCH_MAX_ATTEMPTS", "int", 5, "attempts before a message fails for good", 1, 100),
+    SettingSpec(
+        "RETRY_BASE_SECONDS",
+        "DISPATCH_RETRY_BASE_SECONDS",
+        "float",
+        5.0,
+        "first retry delay; doubles each attempt, with jitter",
+        minimum=0.0,
+    ),
+    SettingSpec(
+        "RETRY_MAX_SECONDS", "DISPATCH_RETRY_MAX_SECONDS", "float", 600.0, "the longest retry delay", minimum=0.0
+    ),
+    SettingSpec(
+        "LEASE_SECONDS",
+        "DISPATCH_LEASE_SECONDS",
+        "float",
+        60.0,
+        "a claimed chunk's lease, renewed while its worker sends; a dead worker's messages return after it",
+        minimum=1.0,
+        maximum=3600,
+    ),
+    SettingSpec(
+        "CHUNK_SIZE",
+        "DISPATCH_CHUNK_SIZE",
+        "int",
+        100,
+        "messages per django-q2 task a tick hands out",
+        minimum=1,
+        maximum=10_000,
+    ),
+    SettingSpec(
+        "CONCURRENCY",
+        "DISPATCH_CONCURRENCY",
+        "int",
+        16,
+        "requests in flight at once within a chunk",
+        minimum=1,
+        maximum=1024,
+    ),
+    SettingSpec("METRICS_TOKEN", "METRICS_TOKEN", "secret", "", "if set, /metrics needs Authorization: Bearer <token>"),
+)
+SPECS_BY_KEY = {spec.key: spec for spec in SPECS}
 
 
 @dataclass(frozen=True)
@@ -28,35 +135,54 @@ class DispatcherSettings:
     retry_base_seconds: float
     retry_max_seconds: float
     lease_seconds: float
+    chunk_size: int
     concurrency: int
     # Empty: /metrics is open to anyone who can reach it.
     metrics_token: str = ""
 
-    def lease_for(self, batch_size: int) -> float:
-        """How long a claim of `batch_size` messages is ours: long enough to send them all,
-        `concurrency` at a time, even if every send runs into the timeout."""
-        rounds = -(-batch_size // self.concurrency)
-        return self.lease_seconds + rounds * self.webhook_timeout_seconds
+    @property
+    def chunk_send_budget_seconds(self) -> float:
+        """How long one chunk task may go on starting sends. After it, the task
+        gives the rest of its chunk back; with the sends in flight (each at most
+        the provider timeout) and the outcome writes, it then ends inside the
+        task timeout (`task_timeouts`), so django-q2 never kills a chunk mid-send."""
+        return float(self.window_seconds)
+
+
+def task_timeouts(*, window_seconds: int, webhook_timeout_seconds: float) -> tuple[int, int]:
+    """django-q2's (timeout, retry) for our tasks: a dispatch window runs
+    `window_seconds`; a chunk starts sends for at most as long, then waits at most
+    one provider timeout for those in flight. `retry` (when the ORM broker hands an
+    unacknowledged task out again) comes after the timeout, so a task is never
+    run twice at once."""
+    timeout = int(window_seconds + webhook_timeout_seconds + 30)
+    return timeout, timeout + 30
 
 
 def dispatcher_settings() -> DispatcherSettings:
+    from django.conf import settings
+
     raw = settings.DISPATCHER
-    backend = raw.get("PROVIDER_BACKEND", "webhook")
-    ttl = raw.get("DELIVERY_CACHE_TTL_SECONDS", 0)
+
+    def value(key: str):
+        return raw.get(key, SPECS_BY_KEY[key].default) if key in SPECS_BY_KEY else raw[key]
+
+    backend = value("PROVIDER_BACKEND")
     return DispatcherSettings(
         provider_backend=PROVIDER_ALIASES.get(backend, backend),
         webhook_url=raw.get("WEBHOOK_URL", "http://127.0.0.1:8081/"),
-        webhook_auth_key=raw.get("WEBHOOK_AUTH_KEY", ""),
-        webhook_timeout_seconds=float(raw.get("WEBHOOK_TIMEOUT_SECONDS", 10.0)),
-        initial_batch_size=int(raw.get("INITIAL_BATCH_SIZE", 2)),
-        initial_interval_seconds=int(raw.get("INITIAL_INTERVAL_SECONDS", 120)),
+        webhook_auth_key=value("WEBHOOK_AUTH_KEY") or "",
+        webhook_timeout_seconds=float(value("WEBHOOK_TIMEOUT_SECONDS")),
+        initial_batch_size=int(value("INITIAL_BATCH_SIZE")),
+        initial_interval_seconds=int(value("INITIAL_INTERVAL_SECONDS")),
         # 0 means "keep forever", which Django's cache spells None.
-        delivery_cache_ttl_seconds=ttl or None,
-        window_seconds=int(raw.get("WINDOW_SECONDS", 100)),
-        max_attempts=int(raw.get("MAX_ATTEMPTS", 5)),
-        retry_base_seconds=float(raw.get("RETRY_BASE_SECONDS", 5.0)),
-        retry_max_seconds=float(raw.get("RETRY_MAX_SECONDS", 600.0)),
-        lease_seconds=float(raw.get("LEASE_SECONDS", 60.0)),
-        concurrency=int(raw.get("CONCURRENCY", 16)),
-        metrics_token=raw.get("METRICS_TOKEN") or "",
+        delivery_cache_ttl_seconds=int(value("DELIVERY_CACHE_TTL_SECONDS")) or None,
+        window_seconds=int(value("WINDOW_SECONDS")),
+        max_attempts=int(value("MAX_ATTEMPTS")),
+        retry_base_seconds=float(value("RETRY_BASE_SECONDS")),
+        retry_max_seconds=float(value("RETRY_MAX_SECONDS")),
+        lease_seconds=float(value("LEASE_SECONDS")),
+        chunk_size=int(value("CHUNK_SIZE")),
+        concurrency=int(value("CONCURRENCY")),
+        metrics_token=value("METRICS_TOKEN") or "",
     )

@@ -3,8 +3,10 @@ from __future__ import annotations
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-MAX_BATCH_SIZE = 10_000
-MAX_INTERVAL_SECONDS = 86_400
+from dispatcher.conf import BATCH_SIZE, INTERVAL_SECONDS
+
+MAX_BATCH_SIZE = int(BATCH_SIZE.maximum)
+MAX_INTERVAL_SECONDS = int(INTERVAL_SECONDS.maximum)
 
 
 class DispatcherState(models.Model):
@@ -31,6 +33,9 @@ class DispatcherState(models.Model):
     # The dispatch window that currently paces ticks; an older window that sees
     # a newer id here hands over and ends, so windows do not pile up.
     window_id = models.UUIDField(null=True, blank=True, editable=False)
+    # Since when the cluster has not kept up with the pace: a due tick waited
+    # because a whole batch from before was still being sent. None: on pace.
+    behind_since = models.DateTimeField(null=True, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

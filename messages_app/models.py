@@ -4,6 +4,7 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Message(models.Model):
@@ -21,14 +22,19 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # Not claimed before this moment (optional, set by the client).
     send_after = models.DateTimeField(null=True, blank=True)
-    # Not claimed before this moment either: send_after at first, then the retry backoff.
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When the message is next due: creation (or send_after), then each retry's
+    # backoff. Set whenever a message is unsent, so the claim's index can skip
+    # what is not due yet; cleared once nothing more is due (sent or failed).
+    next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
     # Who holds the message while it is `processing`, and until when. Writes of
     # the outcome must match the token, so a worker whose lease ran out (and
     # whose message was handed to another) cannot overwrite the newer state.
     claim_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When a worker began sending it under the current claim; a lease that runs
+    # out before this was never tried, and costs the message no attempt.
+    sending_started_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
     # Sent, but its messages:<messageId> record is not in Redis yet (Redis was down).
@@ -39,11 +45,12 @@ class Message(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # The claim reads the oldest unsent rows; a partial index keeps that
-            # lookup proportional to the queue, not to the whole history.
+            # The claim reads the unsent rows that are due, earliest first; a partial
+            # index on the due time keeps that lookup proportional to what is due,
+            # not to the history or to messages scheduled for later.
             models.Index(
-                fields=["created_at", "id"],
-                name="message_unsent_queue",
+                fields=["next_attempt_at", "id"],
+                name="message_due_queue",
                 condition=Q(status="unsent"),
             ),
             # The sent list pages backwards through sending time.

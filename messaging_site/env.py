@@ -83,7 +83,7 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
     return result
 
 
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float:
     value = _raw(name)
     if value is None or value == "":
         result = default
@@ -94,6 +94,8 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
             raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
     if minimum is not None and result < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {result}")
+    if maximum is not None and result > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {result}")
     return result
 
 

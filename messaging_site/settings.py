@@ -19,6 +19,8 @@ from django.core.checks.security.base import (
 )
 from django.core.exceptions import ImproperlyConfigured
 
+from dispatcher.conf import SPECS as DISPATCHER_SETTING_SPECS
+from dispatcher.conf import task_timeouts
 from messaging_site.env import (
     env_bool,
     env_choice,
@@ -102,16 +104,18 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
-    "axes",
     # Our apps, from the outermost layer down (docs/ARCHITECTURE.md; import-linter
-    # holds the direction): each imports only those listed after it.
+    # holds the direction): each imports only those listed after it. The
+    # dispatcher comes before django_q so that its `qcluster` command is the one
+    # that runs (a sentinel that stops gracefully on SIGTERM).
     "seed_api",
     "dispatcher",
     "messages_app",
     "audit",
     "restapi",
     "devtools",
+    "django_q",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -258,39 +262,39 @@ if not DEBUG and urlsplit(_WEBHOOK_URL).scheme == "http" and not _WEBHOOK_ALLOW_
         f"WEBHOOK_URL {_what}, which production (DEBUG off) refuses: set WEBHOOK_URL to the provider's "
         "https URL, or WEBHOOK_ALLOW_HTTP=true if plain http is intended"
     )
-DISPATCHER = {
-    "PROVIDER_BACKEND": env_str("DISPATCH_PROVIDER_BACKEND", "webhook"),
-    "WEBHOOK_URL": _WEBHOOK_URL,
-    "WEBHOOK_AUTH_KEY": env_secret("WEBHOOK_AUTH_KEY") or "",
-    "WEBHOOK_TIMEOUT_SECONDS": env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-    "INITIAL_BATCH_SIZE": env_int("DISPATCH_BATCH_SIZE", 2, minimum=1, maximum=10_000),
-    "INITIAL_INTERVAL_SECONDS": env_int("DISPATCH_INTERVAL_SECONDS", 120, minimum=1, maximum=86_400),
-    "DELIVERY_CACHE_TTL_SECONDS": env_int("DELIVERY_CACHE_TTL_SECONDS", 0, minimum=0),
-    "WINDOW_SECONDS": env_int("DISPATCH_WINDOW_SECONDS", 100, minimum=5, maximum=600),
-    "MAX_ATTEMPTS": env_int("DISPATCH_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
-    "RETRY_BASE_SECONDS": env_float("DISPATCH_RETRY_BASE_SECONDS", 5.0, minimum=0.0),
-    "RETRY_MAX_SECONDS": env_float("DISPATCH_RETRY_MAX_SECONDS", 600.0, minimum=0.0),
-    "LEASE_SECONDS": env_float("DISPATCH_LEASE_SECONDS", 60.0, minimum=0.5),
-    "CONCURRENCY": env_int("DISPATCH_CONCURRENCY", 16, minimum=1, maximum=1024),
-    # If set, GET /metrics requires `Authorization: Bearer <token>`; unset, it is open.
-    "METRICS_TOKEN": env_secret("METRICS_TOKEN") or "",
+_DISPATCHER_READERS = {
+    "int": lambda spec: env_int(spec.env, spec.default, minimum=spec.minimum, maximum=spec.maximum),
+    "float": lambda spec: env_float(spec.env, spec.default, minimum=spec.minimum, maximum=spec.maximum),
+    "str": lambda spec: env_str(spec.env, spec.default),
+    "secret": lambda spec: env_secret(spec.env) or spec.default,
 }
+# Every dispatcher setting's variable, default and range is in dispatcher.conf.SPECS.
+DISPATCHER = {spec.key: _DISPATCHER_READERS[spec.kind](spec) for spec in DISPATCHER_SETTING_SPECS}
+DISPATCHER["WEBHOOK_URL"] = _WEBHOOK_URL
 
 # --- django-q2 -----------------------------------------------------------------
-# The dispatch schedule fires once a minute, and each run paces ticks for
-# DISPATCH_WINDOW_SECONDS; timeout and retry must outlive such a run so the ORM
-# broker never hands the same window to a second worker while it is still going.
+# The dispatch schedule fires once a minute and each run paces ticks for
+# DISPATCH_WINDOW_SECONDS; each tick hands its messages out as chunk tasks.
+# timeout and retry outlive both (dispatcher.conf.task_timeouts), so the ORM
+# broker never hands a task to a second worker while the first still runs it.
+_TASK_TIMEOUT, _TASK_RETRY = task_timeouts(
+    window_seconds=DISPATCHER["WINDOW_SECONDS"], webhook_timeout_seconds=DISPATCHER["WEBHOOK_TIMEOUT_SECONDS"]
+)
 Q_CLUSTER = {
     "name": "messaging",
     "orm": "default",
-    "workers": env_int("QCLUSTER_WORKERS", 2, minimum=1, maximum=64),
-    "timeout": DISPATCHER["WINDOW_SECONDS"] + 30,
-    "retry": DISPATCHER["WINDOW_SECONDS"] + 60,
+    "workers": env_int("QCLUSTER_WORKERS", 4, minimum=1, maximum=64),
+    "timeout": _TASK_TIMEOUT,
+    "retry": _TASK_RETRY,
     "max_attempts": 1,
     "ack_failures": True,
     "catch_up": False,
     "save_limit": 200,
     "poll": 0.2,
+    # A worker is replaced after this many tasks or once it has grown past this
+    # resident size, so one large batch does not keep its memory for good.
+    "recycle": env_int("QCLUSTER_RECYCLE", 500, minimum=1),
+    "max_rss": env_int("QCLUSTER_MAX_RSS_KB", 262_144, minimum=32_768),
     "label": "Task queue",
 }
 

@@ -15,9 +15,8 @@ from rest_framework.views import APIView
 
 from audit.models import ControlAction
 from dispatcher.permissions import CanControlDispatcher
-from dispatcher.selectors import dispatcher_status
 from dispatcher.serializers import DispatcherStatusSerializer
-from dispatcher.services import dispatcher_start, dispatcher_stop
+from dispatcher.state import dispatcher_start, dispatcher_status, dispatcher_stop
 from messages_app import selectors, services
 from messages_app.models import Message
 from messages_app.permissions import ModelPermissionsWithView

@@ -73,3 +73,12 @@ def staff_client(staff_user, client_for) -> APIClient:
 @pytest.fixture
 def operator_client(operator_user, client_for) -> APIClient:
     return client_for(operator_user)
+
+
+@pytest.fixture
+def tasks_run_inline(monkeypatch):
+    """django-q2 runs each task the moment it is queued, in this process (its sync
+    mode), so the chunk tasks a tick hands out are sent before hand_out_tick returns."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Iterable
 
 from django.contrib.auth import get_user_model
@@ -10,7 +11,9 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from dispatcher.engine.pipeline import send_chunk
 from messages_app.models import Message
+from messages_app.transitions import messages_claim
 
 _phone_counter = itertools.count(1000)
 
@@ -26,6 +29,22 @@ def make_message(*, status: str = Message.Status.UNSENT, content: str = "hello",
         fields.setdefault("sent_at", timezone.now())
         fields.setdefault("provider_message_id", f"provider-{next(_phone_counter)}")
     return Message.objects.create(status=status, content=content, **fields)
+
+
+def claimed_message(**fields) -> Message:
+    """An unsent message claimed the way a tick claims one (status processing, a
+    claim token and a lease), as a worker receives it."""
+    message = make_message(**fields)
+    messages_claim(message_ids=[message.pk], claim_token=uuid.uuid4(), lease_seconds=60)
+    message.refresh_from_db()
+    return message
+
+
+def deliver(message: Message, provider):
+    """Send one claimed message through the pipeline and return its DeliveryOutcome."""
+    report = send_chunk(message_ids=[message.pk], claim_token=message.claim_token, provider=provider)
+    [outcome] = report.outcomes
+    return outcome
 
 
 # What an API client that queues and reads messages needs (the `user` fixture).

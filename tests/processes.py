@@ -45,7 +45,11 @@ def test_database_url() -> str:
 
 def child_env(**overrides: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1")
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=test_database_url(),
+        PYTHONUNBUFFERED="1",
+    )
     env.update(overrides)
     return env
 
@@ -199,7 +203,6 @@ import json, os, sys, time
 import django
 django.setup()
 from django.db import connection, transaction
-from django.utils import timezone
 from dispatcher.engine.claiming import claim_batch
 
 ready, go, batch_size, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -213,7 +216,7 @@ while not os.path.exists(go):
 claimed = []
 while True:
     with transaction.atomic():
-        ids = [m.pk for m in claim_batch(batch_size=batch_size, now=timezone.now())]
+        ids = claim_batch(batch_size=batch_size).message_ids
         if ids:
             time.sleep(hold)
     if not ids:

@@ -8,6 +8,10 @@ tick's due time, stored in the database. Whoever takes a due tick moves
 `next_tick_at` under the state-row lock, so however many windows, workers or
 hosts are running, each tick happens once. A newer window takes over from an
 older one, which then ends, so normally one worker is busy pacing.
+
+The window paces and hands out; it does not send. Each tick's messages go to
+django-q2 as chunk tasks (dispatcher.engine.pipeline), which every worker of
+every qcluster takes from the shared queue.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import uuid
 from collections.abc import Callable
 
 from django.db import close_old_connections
-from django.utils import timezone
 
-from dispatcher.engine.providers import get_provider
-from dispatcher.models import DispatcherState
-from dispatcher.services import dispatch_tick
+from dispatcher.engine.claiming import recover_expired_leases
+from dispatcher.engine.pipeline import hand_out_tick
+from dispatcher.engine.recording import delivery_cache_catch_up
+from dispatcher.state import dispatcher_pace_check, dispatcher_window_open
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,10 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 # After an unexpected error (database gone, say), wait before the next try.
 ERROR_BACKOFF_SECONDS = 2.0
+# How often a window returns expired leases to the queue (so a dead worker's
+# messages come back within about a lease, whatever the interval) and writes
+# delivery records Redis missed.
+UPKEEP_SECONDS = 5.0
 
 
 def qcluster_is_stopping() -> bool:
@@ -87,45 +95,46 @@ def run_dispatch_window(
     should_stop: Callable[[], bool] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Run due ticks for up to `window_seconds`; return how many ticks this window ran."""
+    """Take due ticks for up to `window_seconds`, handing each tick's messages out as
+    chunk tasks; return how many ticks this window took. Between ticks it returns
+    expired leases to the queue and writes delivery records Redis missed."""
     should_stop = should_stop or ShutdownWatch()
     window_id = uuid.uuid4()
     deadline = time.monotonic() + window_seconds
-    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(window_id=window_id)
+    dispatcher_window_open(window_id=window_id)
     logger.info("dispatch window %s opened for %g s", window_id, window_seconds)
-    provider = get_provider()
     ticks = 0
+    upkeep_at = 0.0
     reason = "window elapsed"
-    try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            close_old_connections()
-            try:
-                state = (
-                    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK)
-                    .values("running", "next_tick_at", "window_id")
-                    .first()
-                )
-                if state is None or not state["running"]:
-                    reason = "dispatcher stopped"
-                    break
-                if state["window_id"] != window_id:
-                    reason = "a newer window took over"
-                    break
-                if should_stop():
-                    reason = "qcluster is shutting down"
-                    break
-                due_in = (state["next_tick_at"] - timezone.now()).total_seconds() if state["next_tick_at"] else 0
-                if due_in <= 0:
-                    if dispatch_tick(provider=provider, should_stop=should_stop).ticked:
-                        ticks += 1
+    while (remaining := deadline - time.monotonic()) > 0:
+        close_old_connections()
+        try:
+            pace = dispatcher_pace_check()
+            if pace is None or not pace.running:
+                reason = "dispatcher stopped"
+                break
+            if pace.window_id != window_id:
+                reason = "a newer window took over"
+                break
+            if should_stop():
+                reason = "qcluster is shutting down"
+                break
+            if time.monotonic() >= upkeep_at:
+                upkeep_at = time.monotonic() + UPKEEP_SECONDS
+                recover_expired_leases()
+                delivery_cache_catch_up()
+            if pace.due_in_seconds <= 0:
+                if hand_out_tick():
+                    ticks += 1
                     continue
-            except Exception:
-                logger.exception("dispatch window %s: tick failed; retrying", window_id)
-                close_old_connections()
-                sleep(min(ERROR_BACKOFF_SECONDS, max(remaining, 0)))
+                # Due but not taken: the cluster is behind (dispatcher.state); look again shortly.
+                sleep(min(POLL_SECONDS, max(remaining, 0)))
                 continue
-            sleep(max(0.0, min(due_in, POLL_SECONDS, remaining)))
-    finally:
-        provider.close()
+        except Exception:
+            logger.exception("dispatch window %s: tick failed; retrying", window_id)
+            close_old_connections()
+            sleep(min(ERROR_BACKOFF_SECONDS, max(remaining, 0)))
+            continue
+        sleep(max(0.0, min(pace.due_in_seconds, POLL_SECONDS, remaining)))
     logger.info("dispatch window %s closed after %d ticks: %s", window_id, ticks, reason)
     return ticks

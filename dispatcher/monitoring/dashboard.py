@@ -23,8 +23,7 @@ from django.utils import timezone
 
 from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
-from dispatcher.selectors import dispatcher_status
-from dispatcher.services import dispatcher_configure
+from dispatcher.state import dispatcher_configure, dispatcher_status
 from messages_app.models import Message
 from messages_app.selectors import delivery_outcomes_per_minute, message_count, messages_recent_failures
 from messages_app.services import messages_requeue_failed

@@ -20,7 +20,7 @@ from django.utils import timezone
 from audit.models import ControlAction
 from dispatcher.models import DispatcherState
 from dispatcher.permissions import CONTROL_DISPATCHER
-from dispatcher.services import dispatcher_start
+from dispatcher.state import dispatcher_start
 from messages_app.models import Message
 from messages_app.permissions import REQUEUE_MESSAGE
 from tests.factories import make_message, make_user

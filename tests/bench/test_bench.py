@@ -91,7 +91,7 @@ def test_claim_times_the_dispatchers_claim_and_explains_it(bench_lock, tmp_path)
         assert size["unsent"] == size["rows"] // 2
         assert size["claim_batch"]["n"] == 20
         assert 0 < size["claim_batch"]["p50_ms"] <= size["claim_batch"]["p99_ms"]
-        assert set(size["queries"]) >= {"select_for_update_skip_locked", "update_to_processing", "fetch_claimed"}
+        assert set(size["queries"]) >= {"select_for_update_skip_locked", "update_to_processing"}
         first = size["explain"][0]
         assert "FOR UPDATE SKIP LOCKED" in first["sql"]
         assert any(line.startswith("Execution Time") for line in first["plan"])

@@ -18,7 +18,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from dispatcher.models import DispatcherState
-from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_stop
+from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_stop
 from messages_app.models import Message
 from tests.factories import MESSAGE_CLIENT_PERMS, make_user, phone_number
 from tests.processes import fake_provider, http_json, logs_of, qcluster_running, wait_for

@@ -28,7 +28,8 @@ from django.core.management import call_command
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from dispatcher.services import dispatcher_configure, dispatcher_start, dispatcher_stop, enqueue_dispatch_window
+from dispatcher.schedule import enqueue_dispatch_window
+from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_stop
 from messages_app.models import DeliveryAttempt, Message
 from tests.factories import phone_number
 from tests.processes import (

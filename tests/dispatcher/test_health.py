@@ -9,9 +9,10 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
+from dispatcher.engine.pipeline import run_tick_here
 from dispatcher.models import DispatcherState
 from dispatcher.monitoring.health import STALE_TICK_FLOOR_SECONDS, tick_overdue_after
-from dispatcher.services import dispatch_tick, dispatcher_state_ensure
+from dispatcher.state import dispatcher_state_ensure
 from tests.processes import free_port
 
 
@@ -58,7 +59,7 @@ def test_healthz_is_ok_even_when_the_cache_is_down(client, redis_down):
 @pytest.mark.django_db
 def test_readyz_is_ready_when_database_cache_and_ticks_are_fine(client):
     set_state(running=True, batch_size=2, interval_seconds=60)
-    dispatch_tick(due_only=False)
+    run_tick_here()
 
     response = client.get("/readyz")
 

@@ -1,4 +1,8 @@
-"""Claim tokens, leases and their recovery (real PostgreSQL)."""
+"""Claim tokens, leases, their renewal and their recovery (real PostgreSQL).
+
+Leases are stamped by the database's clock; to let one run out, a test moves
+`lease_expires_at` into the past.
+"""
 
 from __future__ import annotations
 
@@ -6,114 +10,239 @@ import datetime as dt
 import time
 
 import pytest
-from django.utils import timezone
+from django.db import transaction
 
-from dispatcher.engine.claiming import LEASE_EXPIRED_ERROR, claim_batch, recover_expired_leases, release_claimed
+from dispatcher.engine.claiming import Claim, claim_batch, recover_expired_leases
+from dispatcher.engine.leases import LeaseKeeper
+from dispatcher.engine.pipeline import send_chunk
 from dispatcher.engine.providers import locmem
-from dispatcher.engine.sending import deliver_batch, deliver_message
+from dispatcher.engine.recording import LOST
 from messages_app.models import DeliveryAttempt, Message
+from messages_app.transitions import LEASE_EXPIRED_ERROR, database_now, messages_release_unsent
 from tests.factories import make_message
+from tests.processes import wait_for
 
 Status = Message.Status
 pytestmark = pytest.mark.django_db
 
 
-def test_a_claim_stamps_a_token_and_a_lease_long_enough_for_the_batch(settings):
-    settings.DISPATCHER = {
-        **settings.DISPATCHER,
-        "LEASE_SECONDS": 30,
-        "WEBHOOK_TIMEOUT_SECONDS": 10,
-        "CONCURRENCY": 2,
-    }
+def claim(batch_size: int) -> Claim:
+    with transaction.atomic():
+        return claim_batch(batch_size=batch_size)
+
+
+def expire_leases(message_ids, *, started: bool) -> None:
+    """Let the leases of `message_ids` run out, as if their worker had vanished
+    (after it began sending them, if `started`)."""
+    past = database_now() - dt.timedelta(seconds=1)
+    Message.objects.filter(pk__in=message_ids).update(
+        lease_expires_at=past, sending_started_at=past - dt.timedelta(seconds=5) if started else None
+    )
+
+
+def test_a_claim_stamps_one_token_and_a_lease_of_lease_seconds(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 30}
     for _ in range(5):
         make_message()
-    now = timezone.now()
 
-    claimed = claim_batch(batch_size=10, now=now)
+    claimed = claim(10)
 
-    assert len(claimed) == 5
-    assert len({m.claim_token for m in claimed}) == 1 and claimed[0].claim_token is not None
-    # 30 s, plus 10 s for each of the three rounds of two sends, should all run into the timeout.
-    assert all(m.lease_expires_at == now + dt.timedelta(seconds=60) for m in claimed)
+    assert len(claimed.message_ids) == 5
+    rows = Message.objects.filter(pk__in=claimed.message_ids)
+    assert set(rows.values_list("claim_token", flat=True)) == {claimed.claim_token}
+    # However big the batch: the worker renews the lease while it sends.
+    assert all(m.lease_expires_at == m.claimed_at + dt.timedelta(seconds=30) for m in rows)
 
 
 def test_messages_not_yet_due_are_not_claimed():
-    now = timezone.now()
+    now = database_now()
     later = make_message(send_after=now + dt.timedelta(minutes=5), next_attempt_at=now + dt.timedelta(minutes=5))
     due = make_message(next_attempt_at=now - dt.timedelta(seconds=1))
     plain = make_message()
 
-    claimed = claim_batch(batch_size=10, now=now)
-
-    assert {m.pk for m in claimed} == {due.pk, plain.pk}
+    assert set(claim(10).message_ids) == {due.pk, plain.pk}
     assert Message.objects.get(pk=later.pk).status == Status.UNSENT
-    assert [m.pk for m in claim_batch(batch_size=10, now=now + dt.timedelta(minutes=6))] == [later.pk]
+
+    # Six minutes pass.
+    Message.objects.filter(pk=later.pk).update(next_attempt_at=database_now() - dt.timedelta(minutes=1))
+    assert claim(10).message_ids == [later.pk]
+
+
+# --- the claim token guards every outcome --------------------------------------------
+
+
+class TakenOverMidSend(locmem.LocmemProvider):
+    """While the provider is still answering, the lease runs out and another worker
+    claims the message anew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fresh: Claim | None = None
+
+    def send(self, message):
+        expire_leases([message.pk], started=True)
+        assert recover_expired_leases() == 1
+        self.fresh = claim(1)
+        return super().send(message)
 
 
 def test_an_outcome_is_written_only_under_the_current_claim_token():
     make_message()
-    [stale] = claim_batch(batch_size=1, now=timezone.now())
-    # The lease ran out and another worker claimed the message anew.
-    recover_expired_leases(now=timezone.now() + dt.timedelta(days=1))
-    [fresh] = claim_batch(batch_size=1, now=timezone.now() + dt.timedelta(days=1))
-    assert fresh.claim_token != stale.claim_token
+    stale = claim(1)
+    provider = TakenOverMidSend()
 
-    deliver_message(message=stale, provider=locmem.LocmemProvider())
+    report = send_chunk(message_ids=stale.message_ids, claim_token=stale.claim_token, provider=provider)
 
-    stored = Message.objects.get(pk=fresh.pk)
+    fresh = provider.fresh
+    assert fresh.message_ids == stale.message_ids and fresh.claim_token != stale.claim_token
+    [outcome] = report.outcomes
+    assert outcome.outcome == LOST  # sent, but no longer ours to record
+    stored = Message.objects.get(pk=fresh.message_ids[0])
     assert stored.status == Status.PROCESSING  # the late worker changed nothing
     assert stored.claim_token == fresh.claim_token
-    deliver_message(message=fresh, provider=locmem.LocmemProvider())
-    assert Message.objects.get(pk=fresh.pk).status == Status.SENT
+    assert not DeliveryAttempt.objects.filter(outcome="sent").exists()
+
+    report = send_chunk(message_ids=fresh.message_ids, claim_token=fresh.claim_token, provider=locmem.LocmemProvider())
+    assert [o.outcome for o in report.outcomes] == ["sent"]
+    assert Message.objects.get(pk=stored.pk).status == Status.SENT
 
 
-def test_expired_leases_go_back_to_the_queue_and_the_attempt_counts(settings):
+def test_a_chunk_whose_lease_passed_on_before_it_started_sends_nothing():
+    make_message()
+    stale = claim(1)
+    expire_leases(stale.message_ids, started=False)
+    recover_expired_leases()
+    fresh = claim(1)
+
+    report = send_chunk(message_ids=stale.message_ids, claim_token=stale.claim_token, provider=locmem.LocmemProvider())
+
+    assert report.outcomes == [] and report.released == 0
+    assert locmem.outbox == []
+    stored = Message.objects.get(pk=fresh.message_ids[0])
+    assert (stored.status, stored.claim_token) == (Status.PROCESSING, fresh.claim_token)
+
+
+class RecordsWhenStarted(locmem.LocmemProvider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.started_at: dict[int, dt.datetime | None] = {}
+
+    def send(self, message):
+        self.started_at[message.pk] = Message.objects.get(pk=message.pk).sending_started_at
+        return super().send(message)
+
+
+def test_a_chunk_marks_its_messages_started_before_the_first_send(settings):
+    # One send at a time, from this thread: the provider reads the row in the test's transaction.
+    settings.DISPATCHER = {**settings.DISPATCHER, "CONCURRENCY": 1}
+    make_message()
+    make_message()
+    claimed = claim(2)
+    assert not Message.objects.filter(sending_started_at__isnull=False).exists()
+    provider = RecordsWhenStarted()
+
+    send_chunk(message_ids=claimed.message_ids, claim_token=claimed.claim_token, provider=provider)
+
+    claimed_at = Message.objects.get(pk=claimed.message_ids[0]).claimed_at
+    assert set(provider.started_at) == set(claimed.message_ids)
+    assert all(started is not None and started >= claimed_at for started in provider.started_at.values())
+    # Done: nothing of the claim is left on the rows.
+    assert not Message.objects.filter(sending_started_at__isnull=False).exists()
+
+
+# --- recovering expired leases -------------------------------------------------------
+
+
+def test_expired_leases_go_back_to_the_queue_and_a_started_attempt_counts(settings):
     settings.DISPATCHER = {**settings.DISPATCHER, "MAX_ATTEMPTS": 3}
-    now = timezone.now()
-    expired = make_message(status=Status.PROCESSING, attempts=0, lease_expires_at=now - dt.timedelta(seconds=1))
-    last_chance = make_message(status=Status.PROCESSING, attempts=2, lease_expires_at=now - dt.timedelta(seconds=1))
-    alive = make_message(status=Status.PROCESSING, attempts=0, lease_expires_at=now + dt.timedelta(seconds=30))
+    for _ in range(4):
+        make_message()
+    started, last_chance, alive, never_started = claim(4).message_ids
+    Message.objects.filter(pk=last_chance).update(attempts=2)
+    Message.objects.filter(pk=never_started).update(attempts=2, last_error="an earlier failure")
+    expire_leases([started, last_chance], started=True)
+    expire_leases([never_started], started=False)
+    started_at = Message.objects.get(pk=started).sending_started_at
+    before = database_now()
 
-    assert recover_expired_leases(now=now) == 2
+    assert recover_expired_leases() == 3
 
-    expired.refresh_from_db()
-    assert (expired.status, expired.attempts, expired.claim_token) == (Status.UNSENT, 1, None)
-    assert expired.last_error == LEASE_EXPIRED_ERROR
-    last_chance.refresh_from_db()
-    assert (last_chance.status, last_chance.attempts) == (Status.FAILED, 3)
-    assert Message.objects.get(pk=alive.pk).status == Status.PROCESSING
+    message = Message.objects.get(pk=started)
+    assert (message.status, message.attempts, message.claim_token) == (Status.UNSENT, 1, None)
+    assert (message.lease_expires_at, message.sending_started_at) == (None, None)
+    assert message.last_error == LEASE_EXPIRED_ERROR
+    assert before <= message.next_attempt_at <= database_now()  # due again at once
+    message = Message.objects.get(pk=last_chance)
+    assert (message.status, message.attempts, message.next_attempt_at) == (Status.FAILED, 3, None)
+    assert message.last_error == LEASE_EXPIRED_ERROR
+    assert Message.objects.get(pk=alive).status == Status.PROCESSING
+    # Claimed but never started: back in the queue, and it cost nothing, even with
+    # one attempt left (waiting in the task queue is not a failure of the message).
+    message = Message.objects.get(pk=never_started)
+    assert (message.status, message.attempts, message.last_error) == (Status.UNSENT, 2, "an earlier failure")
+    assert (message.claim_token, message.lease_expires_at) == (None, None)
+    assert before <= message.next_attempt_at <= database_now()
+
     outcomes = set(DeliveryAttempt.objects.values_list("message_id", "number", "outcome"))
-    assert outcomes == {(expired.pk, 1, "lease_expired"), (last_chance.pk, 3, "lease_expired")}
+    assert outcomes == {(started, 1, "lease_expired"), (last_chance, 3, "lease_expired")}
+    assert DeliveryAttempt.objects.get(message_id=started).started_at == started_at
+    assert recover_expired_leases() == 0
+
+
+def test_recovery_takes_at_most_its_limit():
+    for _ in range(5):
+        make_message()
+    claimed = claim(5)
+    expire_leases(claimed.message_ids, started=False)
+
+    assert recover_expired_leases(limit=2) == 2
+    assert Message.objects.filter(status=Status.PROCESSING).count() == 3
+    assert recover_expired_leases() == 3
+    assert Message.objects.filter(status=Status.UNSENT).count() == 5
+
+
+# --- a stopping worker gives back what it did not start ------------------------------
 
 
 def test_a_stopping_worker_finishes_the_send_in_flight_and_releases_the_rest(settings):
     settings.DISPATCHER = {**settings.DISPATCHER, "CONCURRENCY": 1}
     for _ in range(4):
         make_message()
-    claimed = claim_batch(batch_size=4, now=timezone.now())
+    claimed = claim(4)
     asked = []
 
     def stop_after_first() -> bool:
         asked.append(True)
         return len(asked) > 1
 
-    outcomes = deliver_batch(messages=claimed, provider=locmem.LocmemProvider(), should_stop=stop_after_first)
+    before = database_now()
+    report = send_chunk(
+        message_ids=claimed.message_ids,
+        claim_token=claimed.claim_token,
+        provider=locmem.LocmemProvider(),
+        should_stop=stop_after_first,
+    )
 
-    assert [o.message_id for o in outcomes] == [claimed[0].pk]
+    first, *rest = claimed.message_ids
+    assert [o.message_id for o in report.outcomes] == [first]
+    assert report.released == 3
     statuses = dict(Message.objects.values_list("pk", "status"))
-    assert statuses == {claimed[0].pk: Status.SENT, **{m.pk: Status.UNSENT for m in claimed[1:]}}
-    released = Message.objects.filter(status=Status.UNSENT)
-    assert all(m.attempts == 0 and m.claim_token is None and m.lease_expires_at is None for m in released)
+    assert statuses == {first: Status.SENT, **dict.fromkeys(rest, Status.UNSENT)}
+    for message in Message.objects.filter(status=Status.UNSENT):
+        assert (message.attempts, message.claim_token, message.lease_expires_at) == (0, None, None)
+        assert message.sending_started_at is None
+        assert before <= message.next_attempt_at <= database_now()  # due again at once
     assert DeliveryAttempt.objects.filter(outcome="released").count() == 3
     assert not Message.objects.filter(status=Status.PROCESSING).exists()
 
 
 def test_release_leaves_a_message_claimed_by_someone_else_alone():
     make_message()
-    [mine] = claim_batch(batch_size=1, now=timezone.now())
-    Message.objects.filter(pk=mine.pk).update(claim_token=None)  # taken over meanwhile
-    assert release_claimed(messages=[mine]) == 0
-    assert Message.objects.get(pk=mine.pk).status == Status.PROCESSING
+    mine = claim(1)
+    Message.objects.filter(pk__in=mine.message_ids).update(claim_token=None)  # taken over meanwhile
+    assert messages_release_unsent(claim_token=mine.claim_token, message_ids=mine.message_ids) == set()
+    assert Message.objects.get(pk=mine.message_ids[0]).status == Status.PROCESSING
+    assert not DeliveryAttempt.objects.exists()
 
 
 class SlowProvider(locmem.LocmemProvider):
@@ -126,19 +255,64 @@ def test_a_stopping_worker_with_concurrent_sends_lets_those_in_flight_finish(set
     settings.DISPATCHER = {**settings.DISPATCHER, "CONCURRENCY": 2}
     for _ in range(6):
         make_message()
-    claimed = claim_batch(batch_size=6, now=timezone.now())
+    claimed = claim(6)
     started = time.monotonic()
 
-    outcomes = deliver_batch(
-        messages=claimed, provider=SlowProvider(), should_stop=lambda: time.monotonic() - started > 0.1
+    report = send_chunk(
+        message_ids=claimed.message_ids,
+        claim_token=claimed.claim_token,
+        provider=SlowProvider(),
+        should_stop=lambda: time.monotonic() - started > 0.1,
     )
 
     # Two sends were in flight when the stop came: both finished and were recorded.
-    assert [o.message_id for o in outcomes] == [m.pk for m in claimed[:2]]
-    assert all(o.sent for o in outcomes)
+    assert sorted(o.message_id for o in report.outcomes) == claimed.message_ids[:2]
+    assert all(o.sent for o in report.outcomes)
+    assert report.released == 4
     statuses = dict(Message.objects.values_list("pk", "status"))
     assert statuses == {
-        **{m.pk: Status.SENT for m in claimed[:2]},
-        **{m.pk: Status.UNSENT for m in claimed[2:]},
+        **dict.fromkeys(claimed.message_ids[:2], Status.SENT),
+        **dict.fromkeys(claimed.message_ids[2:], Status.UNSENT),
     }
     assert DeliveryAttempt.objects.filter(outcome="released").count() == 4
+
+
+# --- keeping a lease alive -------------------------------------------------------------
+# The keeper renews from a thread with its own connection: these tests commit.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_keeper_renews_the_lease_while_the_worker_sends():
+    for _ in range(3):
+        make_message()
+    claimed = claim(3)
+    Message.objects.update(lease_expires_at=database_now() + dt.timedelta(seconds=0.6))
+    first_leases = dict(Message.objects.values_list("pk", "lease_expires_at"))
+
+    with LeaseKeeper(message_ids=claimed.message_ids, claim_token=claimed.claim_token, lease_seconds=0.6) as keeper:
+        # Longer than the lease: without renewals it would have run out.
+        time.sleep(1.0)
+        assert recover_expired_leases() == 0
+        leases = dict(Message.objects.values_list("pk", "lease_expires_at"))
+        assert all(leases[pk] > first_leases[pk] for pk in claimed.message_ids)
+        assert min(leases.values()) > database_now()
+
+        # Done with one: its lease is no longer renewed.
+        keeper.done(claimed.message_ids[:1])
+        time.sleep(0.3)  # a renewal already under way may still include it
+        done_lease = Message.objects.get(pk=claimed.message_ids[0]).lease_expires_at
+        time.sleep(0.5)
+        assert Message.objects.get(pk=claimed.message_ids[0]).lease_expires_at == done_lease
+        assert Message.objects.get(pk=claimed.message_ids[1]).lease_expires_at > done_lease
+
+    assert keeper.lost is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_keeper_notices_a_message_taken_over():
+    for _ in range(2):
+        make_message()
+    claimed = claim(2)
+    with LeaseKeeper(message_ids=claimed.message_ids, claim_token=claimed.claim_token, lease_seconds=0.3) as keeper:
+        Message.objects.filter(pk=claimed.message_ids[1]).update(claim_token=None)  # someone else holds it
+        wait_for(lambda: keeper.lost, timeout=5, what="the keeper to notice the lost lease")

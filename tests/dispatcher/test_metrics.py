@@ -9,11 +9,12 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from dispatcher.engine import counters
+from dispatcher.engine.counters import PROVIDER_LATENCY, metrics_record_batch, metrics_record_tick
+from dispatcher.engine.pipeline import drain, run_tick_here
 from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.models import DispatcherState
-from dispatcher.monitoring import metrics
-from dispatcher.monitoring.metrics import PROVIDER_LATENCY, metrics_record_batch, metrics_record_tick
-from dispatcher.services import dispatch_drain, dispatch_tick, dispatcher_state_ensure
+from dispatcher.state import dispatcher_state_ensure
 from messages_app.models import DeliveryAttempt, Message
 from tests.factories import make_message
 from tests.processes import free_port
@@ -70,7 +71,7 @@ def send_one_batch_with_a_retry_and_a_failure() -> None:
     locmem.failures.extend(
         [ProviderError("HTTP 503", http_status=503), ProviderError("HTTP 400", permanent=True, http_status=400)]
     )
-    dispatch_tick(due_only=False)
+    run_tick_here()
 
 
 def test_counters_queue_and_histograms_after_a_batch(client):
@@ -101,10 +102,10 @@ def test_counters_queue_and_histograms_after_a_batch(client):
 def test_counters_add_up_across_batches_and_drain_batches(client):
     for _ in range(3):
         make_message()
-    dispatch_tick(due_only=False)
+    run_tick_here()
     for _ in range(5):
         make_message()
-    dispatch_drain(batch_size=2)  # three batches: 2, 2, 1
+    drain(batch_size=2)  # three batches: 2, 2, 1
 
     samples = scrape(client)
 
@@ -141,8 +142,8 @@ def test_histogram_buckets_are_cumulative(client):
 
 def test_a_batch_costs_a_few_cache_calls_whatever_its_size(monkeypatch):
     calls = []
-    real_incr = metrics._incr
-    monkeypatch.setattr(metrics, "_incr", lambda cache, key, delta: (calls.append(key), real_incr(cache, key, delta)))
+    real_incr = counters._incr
+    monkeypatch.setattr(counters, "_incr", lambda cache, key, delta: (calls.append(key), real_incr(cache, key, delta)))
 
     metrics_record_batch(outcomes=[Outcome.SENT] * 500, provider_latencies_ms=[3] * 500)
 
@@ -151,17 +152,17 @@ def test_a_batch_costs_a_few_cache_calls_whatever_its_size(monkeypatch):
 
 
 def test_recording_with_the_cache_down_never_breaks_sending_and_warns_once(redis_down, monkeypatch, caplog):
-    monkeypatch.setattr(metrics, "_recording_failed", False)
+    monkeypatch.setattr(counters, "_recording_failed", False)
     messages = [make_message() for _ in range(2)]
 
-    with caplog.at_level(logging.DEBUG, logger="dispatcher.monitoring.metrics"):
-        dispatch_tick(due_only=False)
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.engine.counters"):
+        run_tick_here()
         make_message()
-        dispatch_tick(due_only=False)
+        run_tick_here()
 
     assert Message.objects.filter(status=Status.SENT).count() == 3
     assert all(Message.objects.get(pk=m.pk).status == Status.SENT for m in messages)
-    warnings = [r for r in caplog.records if r.name == "dispatcher.monitoring.metrics" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "dispatcher.engine.counters" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "could not record metrics" in warnings[0].getMessage()
 
@@ -187,9 +188,9 @@ def test_works_on_a_cache_without_redis(client, settings):
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "metrics-test"},
     }
     make_message()
-    dispatch_tick(due_only=False)
+    run_tick_here()
     make_message()
-    dispatch_tick(due_only=False)
+    run_tick_here()
 
     samples = scrape(client)
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from dispatcher.engine.pacing import run_dispatch_window
 from dispatcher.engine.providers import BaseProvider, ProviderResult, locmem
 from dispatcher.models import DispatcherState
-from dispatcher.services import dispatcher_stop
+from dispatcher.state import dispatcher_stop
 from messages_app.models import Message
 from tests.factories import phone_number
 from tests.processes import wait_for
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def one_a_second(settings):
+def one_a_second(settings, tasks_run_inline):
+    # The window hands each tick out as chunk tasks; run inline, they are sent at once.
     settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_BACKEND": "locmem"}
     DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(
         running=True, batch_size=1, interval_seconds=1, next_tick_at=timezone.now(), last_tick_at=None
@@ -187,7 +188,10 @@ class OverlongIdProvider(BaseProvider):
 def test_a_database_error_in_a_tick_is_logged_and_the_window_goes_on(settings, caplog):
     settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_BACKEND": f"{__name__}.OverlongIdProvider"}
     OverlongIdProvider.calls = 0
-    make_messages(10)
+    # Two a tick: the one message left processing is less than a batch, so the pace
+    # goes on (a whole batch still in flight would hold the next tick).
+    DispatcherState.objects.update(batch_size=2)
+    make_messages(20)
     started = time.monotonic()
 
     with caplog.at_level(logging.INFO, logger="dispatcher"):

@@ -7,15 +7,19 @@ import json
 
 import pytest
 import redis
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.claiming import claim_batch
 from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.engine.providers.webhook import WebhookProvider, parse_retry_after
-from dispatcher.engine.sending import deliver_message, delivery_cache_catch_up, retry_delay
+from dispatcher.engine.recording import delivery_cache_catch_up
+from dispatcher.engine.sending import retry_delay
 from messages_app.models import DeliveryAttempt, Message
-from tests.factories import make_message
+from messages_app.transitions import database_now
+from tests.factories import claimed_message, deliver, make_message
 from tests.processes import fake_provider_in_thread, free_port
 
 Status = Message.Status
@@ -33,10 +37,15 @@ def policy(settings):
     return dispatcher_settings()
 
 
-def claimed_message(**fields) -> Message:
-    make_message(**fields)
-    [message] = claim_batch(batch_size=1, now=timezone.now())
-    return message
+def claim_one() -> list[int]:
+    with transaction.atomic():
+        return claim_batch(batch_size=1).message_ids
+
+
+def let_time_pass(message: Message, seconds: float) -> Message:
+    """Move the message's due time `seconds` into the past, as if that long had gone by; return it reloaded."""
+    Message.objects.filter(pk=message.pk).update(next_attempt_at=F("next_attempt_at") - dt.timedelta(seconds=seconds))
+    return Message.objects.get(pk=message.pk)
 
 
 def test_backoff_doubles_with_jitter_and_is_capped(policy):
@@ -51,23 +60,28 @@ def test_a_transient_failure_is_retried_later_then_fails_when_attempts_run_out(p
     message = claimed_message()
     for attempt in (1, 2):
         locmem.failures.append(ProviderError("provider answered HTTP 503: busy", http_status=503))
-        before = timezone.now()
-        outcome = deliver_message(message=message, provider=locmem.LocmemProvider())
+        before = database_now()
+        outcome = deliver(message, locmem.LocmemProvider())
+        after = database_now()
         assert outcome.outcome == "retry"
         message.refresh_from_db()
         assert message.status == Status.UNSENT and message.attempts == attempt
-        assert message.claim_token is None
-        low, high = [before + dt.timedelta(seconds=s) for s in (5 * 2 ** (attempt - 1), 10 * 2 ** (attempt - 1))]
-        assert low - dt.timedelta(seconds=1) <= message.next_attempt_at <= high + dt.timedelta(seconds=1)
+        assert (message.claim_token, message.lease_expires_at, message.sending_started_at) == (None, None, None)
+        # Due again after the backoff, by the database's clock.
+        low, high = (5 * 2 ** (attempt - 1), 10 * 2 ** (attempt - 1))
+        assert before + dt.timedelta(seconds=low) <= message.next_attempt_at <= after + dt.timedelta(seconds=high)
         # Not claimable before its time; claimable after.
-        assert claim_batch(batch_size=1, now=timezone.now()) == []
-        [message] = claim_batch(batch_size=1, now=message.next_attempt_at)
+        assert claim_one() == []
+        let_time_pass(message, high)
+        assert claim_one() == [message.pk]
+        message.refresh_from_db()
 
     locmem.failures.append(ProviderError("provider answered HTTP 503: busy", http_status=503))
-    assert deliver_message(message=message, provider=locmem.LocmemProvider()).outcome == "failed"
+    assert deliver(message, locmem.LocmemProvider()).outcome == "failed"
     message.refresh_from_db()
     assert (message.status, message.attempts) == (Status.FAILED, 3)
     assert message.last_error == "provider answered HTTP 503: busy"
+    assert message.next_attempt_at is None  # nothing more is due
     log = list(DeliveryAttempt.objects.filter(message=message).values_list("number", "outcome", "http_status"))
     assert log == [(1, "retry", 503), (2, "retry", 503), (3, "failed", 503)]
 
@@ -75,18 +89,21 @@ def test_a_transient_failure_is_retried_later_then_fails_when_attempts_run_out(p
 def test_retry_after_from_the_provider_is_honoured(policy):
     message = claimed_message()
     locmem.failures.append(ProviderError("provider answered HTTP 429", http_status=429, retry_after=120))
-    before = timezone.now()
-    deliver_message(message=message, provider=locmem.LocmemProvider())
+    before = database_now()
+    deliver(message, locmem.LocmemProvider())
+    after = database_now()
     message.refresh_from_db()
-    assert message.next_attempt_at >= before + dt.timedelta(seconds=120)
+    assert before + dt.timedelta(seconds=120) <= message.next_attempt_at <= after + dt.timedelta(seconds=120)
 
 
 def test_a_permanent_failure_fails_at_once(policy):
     message = claimed_message()
     locmem.failures.append(ProviderError("provider answered HTTP 400: bad number", permanent=True, http_status=400))
-    assert deliver_message(message=message, provider=locmem.LocmemProvider()).outcome == "failed"
+    assert deliver(message, locmem.LocmemProvider()).outcome == "failed"
     message.refresh_from_db()
-    assert (message.status, message.attempts) == (Status.FAILED, 1)
+    assert (message.status, message.attempts, message.next_attempt_at) == (Status.FAILED, 1, None)
+    log = list(DeliveryAttempt.objects.filter(message=message).values_list("number", "outcome", "http_status"))
+    assert log == [(1, "failed", 400)]
 
 
 @pytest.mark.parametrize(
@@ -108,9 +125,11 @@ def test_the_webhook_sends_the_same_idempotency_key_on_every_attempt(settings):
         message = claimed_message()
         fake.server.state.faults.update({"script": [500, 202]})
         provider = WebhookProvider()
-        assert deliver_message(message=message, provider=provider).outcome == "retry"
-        [message] = claim_batch(batch_size=1, now=timezone.now() + dt.timedelta(hours=1))
-        assert deliver_message(message=message, provider=provider).outcome == "sent"
+        assert deliver(message, provider).outcome == "retry"
+        message = let_time_pass(message, 3600)
+        assert claim_one() == [message.pk]
+        message.refresh_from_db()
+        assert deliver(message, provider).outcome == "sent"
         # A repeat of an accepted key: the provider drops it and answers with the first id.
         first_id = Message.objects.get(pk=message.pk).provider_message_id
         assert provider.send(message).message_id == first_id
@@ -137,7 +156,7 @@ def test_delivery_cache_records_that_failed_are_written_later(settings):
     settings.CACHES = {**settings.CACHES, settings.DELIVERY_CACHE_ALIAS: down}
     message = claimed_message()
 
-    outcome = deliver_message(message=message, provider=locmem.LocmemProvider())
+    outcome = deliver(message, locmem.LocmemProvider())
 
     assert outcome.sent and not outcome.cached
     message.refresh_from_db()

@@ -12,13 +12,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from dispatcher.engine.delivery_cache import delivery_cache_get
+from dispatcher.engine.pipeline import hand_out_tick, run_tick_here
 from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, locmem
-from dispatcher.engine.sending import MAX_ERROR_LENGTH, deliver_message
 from dispatcher.errors import DispatcherStoppedError
 from dispatcher.models import DispatcherState
-from dispatcher.services import dispatch_tick
 from messages_app.models import Message
-from tests.factories import make_message
+from messages_app.transitions import MAX_ERROR_LENGTH
+from tests.factories import claimed_message, deliver, make_message
 from tests.processes import free_port
 
 Status = Message.Status
@@ -38,10 +38,6 @@ def running_dispatcher():
     DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(
         running=True, batch_size=10, interval_seconds=60, next_tick_at=timezone.now()
     )
-
-
-def processing_message(**fields) -> Message:
-    return make_message(status=Status.PROCESSING, claimed_at=timezone.now(), **fields)
 
 
 class CrashingProvider(BaseProvider):
@@ -66,10 +62,10 @@ class CountingProvider(BaseProvider):
 
 
 def test_success_marks_sent_and_records_the_delivery_in_redis(raw_redis):
-    message = processing_message(content="your code is 1234")
+    message = claimed_message(content="your code is 1234")
     before = timezone.now()
 
-    outcome = deliver_message(message=message, provider=locmem.LocmemProvider())
+    outcome = deliver(message, locmem.LocmemProvider())
 
     assert outcome.sent and outcome.cached
     assert len(locmem.outbox) == 1
@@ -94,14 +90,14 @@ def test_success_marks_sent_and_records_the_delivery_in_redis(raw_redis):
 
 def test_delivery_record_gets_the_configured_ttl(settings, raw_redis):
     settings.DISPATCHER = {**settings.DISPATCHER, "DELIVERY_CACHE_TTL_SECONDS": 90}
-    message = processing_message()
-    outcome = deliver_message(message=message, provider=locmem.LocmemProvider())
+    message = claimed_message()
+    outcome = deliver(message, locmem.LocmemProvider())
     assert 0 < raw_redis.ttl(f"messages:{outcome.provider_message_id}") <= 90
 
 
 def test_success_clears_the_error_of_an_earlier_attempt(raw_redis):
-    message = processing_message(attempts=2, last_error="provider answered HTTP 500")
-    deliver_message(message=message, provider=locmem.LocmemProvider())
+    message = claimed_message(attempts=2, last_error="provider answered HTTP 500")
+    deliver(message, locmem.LocmemProvider())
     message.refresh_from_db()
     assert (message.status, message.attempts, message.last_error) == (Status.SENT, 3, "")
 
@@ -110,10 +106,10 @@ def test_success_clears_the_error_of_an_earlier_attempt(raw_redis):
 
 
 def test_a_permanent_provider_error_marks_failed_with_the_reason(raw_redis):
-    message = processing_message(attempts=1)
+    message = claimed_message(attempts=1)
     locmem.failures.append(ProviderError("provider answered HTTP 503: busy", permanent=True, http_status=503))
 
-    outcome = deliver_message(message=message, provider=locmem.LocmemProvider())
+    outcome = deliver(message, locmem.LocmemProvider())
 
     assert not outcome.sent
     assert outcome.error == "provider answered HTTP 503: busy"
@@ -128,18 +124,18 @@ def test_a_permanent_provider_error_marks_failed_with_the_reason(raw_redis):
 
 
 def test_a_very_long_error_is_truncated():
-    message = processing_message()
+    message = claimed_message()
     locmem.failures.append(ProviderError("x" * (MAX_ERROR_LENGTH + 500), permanent=True))
-    deliver_message(message=message, provider=locmem.LocmemProvider())
+    deliver(message, locmem.LocmemProvider())
     message.refresh_from_db()
     assert message.status == Status.FAILED
     assert len(message.last_error) == MAX_ERROR_LENGTH
 
 
 def test_a_crashing_backend_is_retried_not_stuck_in_processing(caplog):
-    message = processing_message()
+    message = claimed_message()
 
-    outcome = deliver_message(message=message, provider=CrashingProvider())
+    outcome = deliver(message, CrashingProvider())
 
     assert not outcome.sent
     message.refresh_from_db()
@@ -150,13 +146,14 @@ def test_a_crashing_backend_is_retried_not_stuck_in_processing(caplog):
     assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
 
 
-def test_a_failure_does_not_stop_the_rest_of_the_batch(running_dispatcher):
+def test_a_failure_does_not_stop_the_rest_of_the_batch(running_dispatcher, settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "CONCURRENCY": 1}  # sent in order: the first one fails
     messages = [make_message() for _ in range(3)]
     locmem.failures.append(ProviderError("first one fails", permanent=True))
 
-    result = dispatch_tick(due_only=False)
+    outcomes = run_tick_here()
 
-    assert [o.sent for o in result.outcomes] == [False, True, True]
+    assert [o.sent for o in outcomes] == [False, True, True]
     statuses = dict(Message.objects.values_list("pk", "status"))
     assert statuses == {messages[0].pk: Status.FAILED, messages[1].pk: Status.SENT, messages[2].pk: Status.SENT}
 
@@ -182,10 +179,10 @@ def unreachable_delivery_cache(settings):
 
 
 def test_an_unreachable_cache_does_not_undo_a_delivery(unreachable_delivery_cache, raw_redis, caplog):
-    message = processing_message()
+    message = claimed_message()
     started = time.monotonic()
 
-    outcome = deliver_message(message=message, provider=locmem.LocmemProvider())
+    outcome = deliver(message, locmem.LocmemProvider())
 
     assert time.monotonic() - started < 5
     assert outcome.sent
@@ -205,20 +202,19 @@ def test_dispatch_tick_sends_one_batch_oldest_first(running_dispatcher, raw_redi
     DispatcherState.objects.update(batch_size=2)
     messages = [make_message(content=f"m{i}") for i in range(3)]
 
-    result = dispatch_tick(due_only=False)
+    sent = [o for o in run_tick_here() if o.sent]
 
-    assert result.ticked
-    assert [o.message_id for o in result.sent] == [messages[0].pk, messages[1].pk]
+    assert [o.message_id for o in sent] == [messages[0].pk, messages[1].pk]
     assert [e.message_pk for e in locmem.outbox] == [messages[0].pk, messages[1].pk]
     assert Message.objects.get(pk=messages[2].pk).status == Status.UNSENT
-    for outcome in result.sent:
+    for outcome in sent:
         assert raw_redis.exists(f"messages:{outcome.provider_message_id}")
 
 
 def test_dispatch_tick_closes_only_the_provider_it_made(running_dispatcher, settings):
     make_message()
     provider = CountingProvider()
-    dispatch_tick(due_only=False, provider=provider)
+    run_tick_here(provider=provider)
     assert provider.closed == 0
     assert len(provider.sent) == 1
 
@@ -226,15 +222,14 @@ def test_dispatch_tick_closes_only_the_provider_it_made(running_dispatcher, sett
 def test_due_only_tick_not_due_does_nothing(running_dispatcher):
     DispatcherState.objects.update(next_tick_at=timezone.now() + timezone.timedelta(minutes=1))
     make_message()
-    result = dispatch_tick(due_only=True)
-    assert not result.ticked and result.outcomes == []
+    assert hand_out_tick() is False
     assert locmem.outbox == []
 
 
 def test_due_only_tick_when_stopped_returns_not_ticked():
     DispatcherState.objects.update(running=False, next_tick_at=None)
     make_message()
-    assert dispatch_tick(due_only=True).ticked is False
+    assert hand_out_tick() is False
     assert locmem.outbox == []
 
 
@@ -243,7 +238,7 @@ def test_manual_tick_on_a_stopped_dispatcher_raises():
     message = make_message()
 
     with pytest.raises(DispatcherStoppedError):
-        dispatch_tick(due_only=False)
+        run_tick_here()
 
     assert Message.objects.get(pk=message.pk).status == Status.UNSENT
     assert locmem.outbox == []
@@ -253,9 +248,9 @@ def test_forced_manual_tick_sends_while_stopped_and_stays_stopped(raw_redis):
     DispatcherState.objects.update(running=False, next_tick_at=None, batch_size=5)
     message = make_message()
 
-    result = dispatch_tick(due_only=False, force=True)
+    outcomes = run_tick_here(force=True)
 
-    assert [o.message_id for o in result.sent] == [message.pk]
+    assert [o.message_id for o in outcomes if o.sent] == [message.pk]
     assert Message.objects.get(pk=message.pk).status == Status.SENT
     state = DispatcherState.objects.get()
     assert state.running is False and state.next_tick_at is None
@@ -264,10 +259,22 @@ def test_forced_manual_tick_sends_while_stopped_and_stays_stopped(raw_redis):
 def test_manual_tick_creates_a_missing_state_row():
     DispatcherState.objects.all().delete()
     make_message()
-    result = dispatch_tick(due_only=False)  # deploy = start: a fresh state row runs
-    assert len(result.sent) == 1
+    outcomes = run_tick_here()  # deploy = start: a fresh state row runs
+    assert [o.sent for o in outcomes] == [True]
 
 
 def test_tick_with_nothing_to_send(running_dispatcher):
-    result = dispatch_tick(due_only=False)
-    assert result.ticked and result.outcomes == []
+    assert run_tick_here() == []
+
+
+def test_a_due_tick_hands_its_batch_out_as_chunk_tasks_that_workers_send(
+    running_dispatcher, settings, tasks_run_inline
+):
+    settings.DISPATCHER = {**settings.DISPATCHER, "CHUNK_SIZE": 2}
+    messages = [make_message(content=f"m{i}") for i in range(5)]
+
+    assert hand_out_tick() is True
+
+    assert sorted(e.message_pk for e in locmem.outbox) == [m.pk for m in messages]
+    assert set(Message.objects.values_list("status", flat=True)) == {Status.SENT}
+    assert hand_out_tick() is False  # the next tick is a minute away

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.apps import apps
 from django.core.management import call_command
 from django.db import connection, transaction
-from django.utils import timezone
+from django_q.conf import Conf
 from django_q.models import OrmQ, Schedule
 
 from dispatcher.apps import _ensure_dispatcher_running
@@ -18,14 +19,20 @@ from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.claiming import claim_tick
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
-from dispatcher.services import (
-    DISPATCH_SCHEDULE_NAME,
-    DISPATCH_WINDOW_TASK,
+from dispatcher.schedule import DISPATCH_SCHEDULE_NAME, DISPATCH_WINDOW_TASK
+from dispatcher.state import (
     dispatcher_configure,
+    dispatcher_pace_check,
     dispatcher_start,
+    dispatcher_state_read,
+    dispatcher_status,
     dispatcher_stop,
+    dispatcher_tick_take,
+    dispatcher_window_open,
+    next_tick_after,
 )
 from messages_app.models import Message
+from messages_app.transitions import database_now
 from tests.factories import make_message
 from tests.processes import wait_for
 
@@ -78,13 +85,13 @@ def test_post_migrate_handler_creates_what_is_missing_with_the_env_pace(settings
     DispatcherState.objects.all().delete()
     Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME).delete()
     settings.DISPATCHER = {**settings.DISPATCHER, "INITIAL_BATCH_SIZE": 7, "INITIAL_INTERVAL_SECONDS": 33}
-    before = timezone.now()
+    before = database_now()
 
     run_post_migrate_handler()
 
     state = get_state()
     assert (state.running, state.batch_size, state.interval_seconds) == (True, 7, 33)
-    assert before <= state.next_tick_at <= timezone.now()  # the first tick is due at once
+    assert before <= state.next_tick_at <= database_now()  # the first tick is due at once
     assert Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME, func=DISPATCH_WINDOW_TASK).count() == 1
 
 
@@ -131,24 +138,33 @@ def test_stop_is_idempotent():
     assert state.updated_at == stopped_at  # the second stop wrote nothing
 
 
+@pytest.fixture
+def queued_tasks(monkeypatch):
+    """django-q2 queues tasks instead of running them in the test process (a dispatch
+    window run here would pace ticks for a whole window)."""
+    monkeypatch.setattr(Conf, "SYNC", False)
+
+
 @pytest.mark.django_db
-def test_start_from_stopped_makes_the_first_tick_due_now_and_starts_a_window(django_capture_on_commit_callbacks):
+def test_start_from_stopped_makes_the_first_tick_due_now_and_starts_a_window(
+    queued_tasks, django_capture_on_commit_callbacks
+):
     dispatcher_stop()
     OrmQ.objects.all().delete()
-    before = timezone.now()
+    before = database_now()
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         state = dispatcher_start()
 
     assert state.running is True
-    assert before <= get_state().next_tick_at <= timezone.now()
+    assert before <= get_state().next_tick_at <= database_now()
     assert len(callbacks) == 1
     assert [t["func"] for t in window_tasks()] == [DISPATCH_WINDOW_TASK]
 
 
 @pytest.mark.django_db
-def test_start_when_running_changes_nothing(django_capture_on_commit_callbacks):
-    due = timezone.now() + timedelta(seconds=50)
+def test_start_when_running_changes_nothing(queued_tasks, django_capture_on_commit_callbacks):
+    due = database_now() + timedelta(seconds=50)
     set_state(running=True, next_tick_at=due)
     OrmQ.objects.all().delete()
 
@@ -209,7 +225,7 @@ def test_configure_accepts_the_limits():
 
 @pytest.mark.django_db
 def test_changing_the_interval_counts_from_the_last_tick():
-    last = timezone.now() - timedelta(seconds=20)
+    last = database_now() - timedelta(seconds=20)
     set_state(running=True, interval_seconds=120, last_tick_at=last, next_tick_at=last + timedelta(seconds=120))
 
     state = dispatcher_configure(interval_seconds=30)
@@ -222,15 +238,15 @@ def test_changing_the_interval_counts_from_the_last_tick():
 @pytest.mark.django_db
 def test_changing_the_interval_before_any_tick_counts_from_now():
     set_state(running=True, interval_seconds=120, last_tick_at=None)
-    before = timezone.now()
+    before = database_now()
     dispatcher_configure(interval_seconds=10)
     due = get_state().next_tick_at
-    assert before + timedelta(seconds=10) <= due <= timezone.now() + timedelta(seconds=10)
+    assert before + timedelta(seconds=10) <= due <= database_now() + timedelta(seconds=10)
 
 
 @pytest.mark.django_db
 def test_changing_only_the_batch_size_leaves_the_schedule_alone():
-    last = timezone.now() - timedelta(seconds=5)
+    last = database_now() - timedelta(seconds=5)
     due = last + timedelta(seconds=60)
     set_state(running=True, interval_seconds=60, last_tick_at=last, next_tick_at=due)
 
@@ -244,12 +260,14 @@ def test_changing_only_the_batch_size_leaves_the_schedule_alone():
 @pytest.mark.django_db
 def test_changing_the_interval_while_stopped_does_not_schedule_a_tick():
     dispatcher_stop()
-    set_state(last_tick_at=timezone.now())
+    set_state(last_tick_at=database_now() - timedelta(hours=1))
+    make_message()
     dispatcher_configure(interval_seconds=15)
     state = get_state()
     assert state.interval_seconds == 15
     assert state.next_tick_at is None
-    assert claim_tick(now=timezone.now() + timedelta(hours=1), due_only=True) is None
+    assert claim_tick(due_only=True) is None
+    assert Message.objects.filter(status=Status.UNSENT).count() == 1
 
 
 # --- stop waits for an in-progress claim ------------------------------------------
@@ -265,7 +283,7 @@ def _waiting_on_locks() -> int:
 
 @pytest.mark.django_db(transaction=True)
 def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
-    set_state(running=True, batch_size=2, next_tick_at=timezone.now())
+    set_state(running=True, batch_size=2, next_tick_at=database_now())
     messages = [make_message() for _ in range(6)]
 
     claim_open = threading.Event()
@@ -291,7 +309,7 @@ def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
     def slow_claim():
         # claim_tick inside an outer transaction: its row lock lasts until we commit.
         with transaction.atomic():
-            tick = claim_tick(now=timezone.now(), due_only=True)
+            tick = claim_tick(due_only=True)
             claim_open.set()
             assert let_claim_commit.wait(20)
             timeline["claim committing"] = time.monotonic()
@@ -302,7 +320,7 @@ def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
     stopper = in_thread("stop", dispatcher_stop)
     wait_for(lambda: _waiting_on_locks() >= 1, timeout=10, what="stop to wait for the claim's row lock")
     # A claim that comes after stop began queues behind it.
-    late_claimer = in_thread("late claim", lambda: claim_tick(now=timezone.now(), due_only=False))
+    late_claimer = in_thread("late claim", lambda: claim_tick(due_only=False))
     wait_for(lambda: _waiting_on_locks() >= 2, timeout=10, what="the late claim to queue up")
     time.sleep(0.3)
     assert stopper.is_alive(), "stop returned while a claim held the state row"
@@ -315,12 +333,192 @@ def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
 
     assert timeline["stop done"] > timeline["claim committing"]
     tick = results["claim"]
-    assert tick is not None and [m.pk for m in tick.messages] == [messages[0].pk, messages[1].pk]
+    assert tick is not None and tick.message_ids == [messages[0].pk, messages[1].pk]
     assert results["late claim"] is None
     assert get_state().running is False
 
-    # After stop returned, nothing claims any more.
-    assert claim_tick(now=timezone.now() + timedelta(hours=1), due_only=True) is None
-    assert claim_tick(now=timezone.now(), due_only=False) is None
-    assert Message.objects.filter(status=Status.PROCESSING).count() == 2
+    # After stop returned, nothing claims any more, however overdue a tick would be.
+    set_state(next_tick_at=database_now() - timedelta(hours=1))
+    Message.objects.filter(status=Status.PROCESSING).update(status=Status.SENT)  # room for a tick
+    assert claim_tick(due_only=True) is None
+    assert claim_tick(due_only=False) is None
+    assert Message.objects.filter(status=Status.SENT).count() == 2
     assert Message.objects.filter(status=Status.UNSENT).count() == 4
+
+
+# --- when the next tick is due ----------------------------------------------------
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("late_by", "expected_from_t0"),
+    [
+        (timedelta(0), timedelta(seconds=10)),  # on time
+        (timedelta(seconds=3), timedelta(seconds=10)),  # late: the phase is kept, not pushed back
+        (timedelta(seconds=9, milliseconds=999), timedelta(seconds=10)),
+    ],
+)
+def test_next_tick_after_keeps_the_phase(late_by, expected_from_t0):
+    assert next_tick_after(scheduled_at=T0, interval_seconds=10, now=T0 + late_by) == T0 + expected_from_t0
+
+
+@pytest.mark.parametrize("late_by", [timedelta(seconds=10), timedelta(seconds=25), timedelta(hours=3)])
+def test_next_tick_after_skips_missed_ticks(late_by):
+    now = T0 + late_by
+    assert next_tick_after(scheduled_at=T0, interval_seconds=10, now=now) == now + timedelta(seconds=10)
+
+
+def test_next_tick_after_the_first_tick():
+    assert next_tick_after(scheduled_at=None, interval_seconds=7, now=T0) == T0 + timedelta(seconds=7)
+
+
+# --- taking a tick, and falling behind ------------------------------------------------
+
+
+def take(**kwargs):
+    with transaction.atomic():
+        return dispatcher_tick_take(**kwargs)
+
+
+@pytest.mark.django_db
+def test_taking_a_due_tick_stamps_it_by_the_database_clock():
+    due = database_now() - timedelta(seconds=2)
+    set_state(running=True, batch_size=4, interval_seconds=30, next_tick_at=due, last_tick_at=None)
+
+    before = database_now()
+    tick = take(due_only=True)
+    after = database_now()
+
+    assert tick is not None
+    assert (tick.batch_size, tick.interval_seconds) == (4, 30)
+    assert before <= tick.now <= after
+    state = get_state()
+    assert state.last_tick_at == tick.now
+    assert state.next_tick_at == due + timedelta(seconds=30)
+    assert take(due_only=True) is None  # the next one is not due yet
+
+
+@pytest.mark.django_db
+def test_a_due_tick_is_held_while_a_whole_batch_is_in_flight(caplog):
+    due = database_now() - timedelta(seconds=2)
+    set_state(running=True, batch_size=5, interval_seconds=60, next_tick_at=due, last_tick_at=None)
+
+    assert take(due_only=True, in_flight=5) is None
+    assert take(due_only=True, in_flight=7) is None
+
+    state = get_state()
+    assert state.behind_since == due  # behind since the held tick fell due
+    assert state.next_tick_at == due  # still due
+    assert state.last_tick_at is None
+    # Warned once when it fell behind, not on every look.
+    assert sum("behind its pace" in r.getMessage() for r in caplog.records) == 1
+
+    status = dispatcher_status()
+    assert status.pace_held is False
+    assert status.behind_since == due
+    assert status.behind_seconds >= 2
+
+    # A manual tick takes no notice of the pace, and leaves the record of it alone.
+    assert take(due_only=False, in_flight=7) is not None
+    assert get_state().behind_since == due
+
+    assert take(due_only=True, in_flight=4) is not None
+    assert get_state().behind_since is None
+    assert any("back on pace" in r.getMessage() for r in caplog.records)
+    status = dispatcher_status()
+    assert (status.pace_held, status.behind_since, status.behind_seconds) == (True, None, 0.0)
+
+
+@pytest.mark.django_db
+def test_the_tick_after_a_held_one_is_counted_from_when_it_was_taken():
+    set_state(running=True, batch_size=5, interval_seconds=60, next_tick_at=database_now() - timedelta(seconds=20))
+    assert take(due_only=True, in_flight=5) is None
+
+    tick = take(due_only=True, in_flight=0)
+
+    assert tick is not None
+    assert get_state().next_tick_at == tick.now + timedelta(seconds=60)
+
+
+@pytest.mark.django_db
+def test_a_tick_not_due_is_not_held_or_marked_behind():
+    set_state(running=True, batch_size=5, next_tick_at=database_now() + timedelta(minutes=1))
+    assert take(due_only=True, in_flight=50) is None
+    assert get_state().behind_since is None
+
+
+@pytest.mark.django_db
+def test_stop_and_start_forget_that_the_cluster_was_behind(queued_tasks):
+    set_state(running=True, batch_size=5, next_tick_at=database_now() - timedelta(seconds=1))
+    assert take(due_only=True, in_flight=5) is None
+    assert get_state().behind_since is not None
+
+    dispatcher_stop()
+    assert get_state().behind_since is None
+    status = dispatcher_status()
+    assert (status.running, status.next_tick_at, status.behind_since, status.behind_seconds) == (False, None, None, 0.0)
+
+    set_state(behind_since=database_now())  # a stale record left behind
+    dispatcher_start()
+    assert get_state().behind_since is None
+
+
+@pytest.mark.django_db
+def test_a_stopped_dispatcher_gives_no_tick_unless_asked_to():
+    set_state(running=False, next_tick_at=None, last_tick_at=None)
+    assert take(due_only=True) is None
+    assert take(due_only=False) is None
+    tick = take(due_only=False, even_if_stopped=True)
+    assert tick is not None
+    state = get_state()
+    assert (state.running, state.next_tick_at, state.last_tick_at) == (False, None, tick.now)
+
+
+# --- reads ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_status_counts_the_messages_and_hides_the_schedule_while_stopped():
+    make_message()
+    make_message(status=Status.SENT)
+    make_message(status=Status.SENT, delivery_cache_pending=True)
+    due = database_now() + timedelta(seconds=40)
+    set_state(running=True, batch_size=3, interval_seconds=40, next_tick_at=due)
+
+    status = dispatcher_status()
+
+    assert (status.running, status.batch_size, status.interval_seconds, status.next_tick_at) == (True, 3, 40, due)
+    assert status.counts[Status.UNSENT] == 1 and status.counts[Status.SENT] == 2
+    assert status.delivery_cache_pending == 1
+    assert status.pace_held is True
+
+    set_state(running=False)
+    assert dispatcher_status().next_tick_at is None
+
+
+@pytest.mark.django_db
+def test_pace_check_says_how_long_until_the_tick_by_the_database_clock():
+    set_state(running=True, next_tick_at=database_now() + timedelta(seconds=30))
+    window = uuid.uuid4()
+    dispatcher_window_open(window_id=window)
+
+    pace = dispatcher_pace_check()
+
+    assert pace.running is True and pace.window_id == window
+    assert 29 <= pace.due_in_seconds <= 30
+    set_state(next_tick_at=database_now() - timedelta(seconds=5))
+    assert dispatcher_pace_check().due_in_seconds <= -5
+    set_state(running=False, next_tick_at=None)
+    assert (dispatcher_pace_check().running, dispatcher_pace_check().due_in_seconds) == (False, 0.0)
+
+
+@pytest.mark.django_db
+def test_pace_check_and_read_without_a_state_row_write_nothing(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "INITIAL_BATCH_SIZE": 4, "INITIAL_INTERVAL_SECONDS": 9}
+    DispatcherState.objects.all().delete()
+
+    assert dispatcher_pace_check() is None
+    state = dispatcher_state_read()
+    assert (state.running, state.batch_size, state.interval_seconds) == (True, 4, 9)
+    assert not DispatcherState.objects.exists()

@@ -22,10 +22,10 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
+from dispatcher.engine.pipeline import run_tick_here
 from dispatcher.engine.providers import locmem
 from dispatcher.engine.providers.base import ProviderError
 from dispatcher.models import DispatcherState
-from dispatcher.services import dispatch_tick
 from messages_app.models import DeliveryAttempt, Message
 from tests.factories import make_user, token_for
 
@@ -290,7 +290,7 @@ def test_content_up_to_the_limit_in_code_points_is_stored_and_sent_unchanged(roo
     assert response.status_code == 201, response.content[:300]
     assert response.json()["content"] == content
     assert Message.objects.get().content.encode() == content.encode()
-    dispatch_tick(due_only=False, force=True)
+    run_tick_here(force=True)
     assert [entry.content for entry in locmem.outbox] == [content]
 
 
@@ -319,7 +319,7 @@ def test_sql_and_html_in_content_are_stored_and_returned_verbatim(root_client, c
     assert stored.content == content
     assert root_client.get(f"{CREATE}{stored.pk}/").json()["content"] == content
     assert root_client.get(CREATE, {"recipient_phone_number": PHONE}).json()["results"][0]["content"] == content
-    dispatch_tick(due_only=False, force=True)
+    run_tick_here(force=True)
     assert [entry.content for entry in locmem.outbox] == [content]
     # The table is still there, and still holds just this one message.
     assert Message.objects.count() == 1
@@ -367,7 +367,7 @@ def test_html_in_a_failure_reason_is_shown_escaped_on_the_dashboard(root_client,
     root_client.post(CREATE, message(content=HTML), format="json")
     # A provider that echoes its input back in an error, as some do.
     locmem.failures.append(ProviderError(f"rejected {HTML}", permanent=True, http_status=400))
-    dispatch_tick(due_only=False, force=True)
+    run_tick_here(force=True)
     assert HTML in Message.objects.get().last_error
 
     dashboard = admin_client_.get("/admin/dashboard/", follow=True)

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from rest_framework.test import APIClient
 
+from dispatcher.engine.pipeline import run_tick_here
 from dispatcher.engine.providers import locmem
-from dispatcher.services import dispatch_tick
 from messages_app.models import Message
 from tests.factories import make_user, token_for
 
@@ -102,7 +102,7 @@ def post_message(client: APIClient, phone, content):
 
 def assert_sent_unchanged(to: str, content: str) -> None:
     event("accepted")  # --hypothesis-show-statistics shows how examples split
-    dispatch_tick(due_only=False, force=True)
+    run_tick_here(force=True)
     assert [(entry.to, entry.content) for entry in locmem.outbox] == [(to, content)]
 
 

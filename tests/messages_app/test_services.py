@@ -1,16 +1,15 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from messages_app.errors import MessageStateError
 from messages_app.models import Message
-from messages_app.services import (
-    message_create,
-    message_requeue,
-    messages_bulk_create,
-    messages_requeue_failed,
-    messages_transition,
-)
+from messages_app.services import message_create, message_requeue, messages_bulk_create, messages_requeue_failed
+from messages_app.transitions import database_now
 from tests.factories import make_message
 
 pytestmark = pytest.mark.django_db
@@ -41,6 +40,17 @@ def test_message_create_stores_a_normalised_unsent_message():
     assert stored.provider_message_id == ""
     assert stored.uuid is not None
     assert stored.created_at is not None
+    # Due at once: the claim's queue holds every unsent message by its due time.
+    assert stored.send_after is None
+    assert abs(stored.next_attempt_at - stored.created_at) < timedelta(seconds=1)
+
+
+def test_message_create_with_send_after_is_due_then():
+    when = timezone.now() + timedelta(hours=2)
+    message = message_create(recipient_phone_number="+905551112233", content="later", send_after=when)
+    stored = Message.objects.get(pk=message.pk)
+    assert stored.send_after == when
+    assert stored.next_attempt_at == when
 
 
 def test_message_create_gives_each_message_its_own_uuid():
@@ -88,6 +98,18 @@ def test_bulk_create_creates_every_message_normalised_in_order():
     ]
 
 
+def test_bulk_create_makes_each_message_due_at_once_or_at_its_send_after():
+    when = timezone.now() + timedelta(hours=1)
+    before = timezone.now()
+    now_item = {"recipient_phone_number": "+905550000001", "content": "now"}
+    later_item = {"recipient_phone_number": "+905550000002", "content": "later", "send_after": when}
+    soon, later = messages_bulk_create(items=[now_item, later_item])
+
+    soon, later = Message.objects.get(pk=soon.pk), Message.objects.get(pk=later.pk)
+    assert before <= soon.next_attempt_at <= timezone.now()
+    assert (later.send_after, later.next_attempt_at) == (when, when)
+
+
 @pytest.mark.parametrize("bad_index", [0, 1, 2])
 def test_bulk_create_is_all_or_nothing(bad_index):
     items = [{"recipient_phone_number": "+905550000001", "content": f"m{i}"} for i in range(3)]
@@ -117,7 +139,14 @@ def test_bulk_create_of_nothing_creates_nothing():
 
 
 def test_requeue_puts_a_failed_message_back_in_the_queue():
-    failed = make_message(status=Status.FAILED, attempts=3, last_error="provider said 500", claimed_at=timezone.now())
+    failed = make_message(
+        status=Status.FAILED,
+        attempts=3,
+        last_error="provider said 500",
+        claimed_at=timezone.now(),
+        next_attempt_at=None,
+    )
+    before = database_now()
 
     requeued = message_requeue(message_id=failed.pk)
 
@@ -126,10 +155,10 @@ def test_requeue_puts_a_failed_message_back_in_the_queue():
     stored = Message.objects.get(pk=failed.pk)
     assert stored.status == Status.UNSENT
     assert stored.claimed_at is None
-    # A fresh budget of attempts, due at once; why it last failed stays visible
-    # (every past attempt is in the delivery attempt log).
+    # A fresh budget of attempts, due at once (by the database's clock); why it last
+    # failed stays visible (every past attempt is in the delivery attempt log).
     assert stored.attempts == 0
-    assert stored.next_attempt_at is None
+    assert before <= stored.next_attempt_at <= database_now()
     assert stored.last_error == "provider said 500"
 
 
@@ -192,101 +221,3 @@ def test_requeue_failed_with_none_failed_returns_zero():
     make_message(status=Status.SENT)
     assert messages_requeue_failed() == 0
     assert messages_requeue_failed(message_ids=[]) == 0
-
-
-# --- messages_transition -------------------------------------------------------------------
-
-
-def test_transition_moves_messages_in_the_expected_status():
-    messages = [make_message(status=Status.UNSENT) for _ in range(2)]
-    now = timezone.now()
-
-    moved = messages_transition(
-        message_ids=[m.pk for m in messages], from_status=Status.UNSENT, to_status=Status.PROCESSING, claimed_at=now
-    )
-
-    assert moved == 2
-    for message in messages:
-        stored = Message.objects.get(pk=message.pk)
-        assert stored.status == Status.PROCESSING
-        assert stored.claimed_at == now
-
-
-@pytest.mark.parametrize("current", [Status.UNSENT, Status.SENT, Status.FAILED])
-def test_transition_from_the_wrong_status_changes_no_rows(current):
-    message = make_message(status=current)
-    before = _snapshot(message)
-
-    moved = messages_transition(
-        message_ids=[message.pk],
-        from_status=Status.PROCESSING,
-        to_status=Status.SENT,
-        increment_attempts=True,
-        sent_at=timezone.now(),
-        provider_message_id="should-not-be-written",
-    )
-
-    assert moved == 0
-    assert _snapshot(message) == before
-
-
-def test_transition_moves_only_the_rows_in_the_expected_status():
-    processing = make_message(status=Status.PROCESSING)
-    sent = make_message(status=Status.SENT)
-
-    moved = messages_transition(
-        message_ids=[processing.pk, sent.pk], from_status=Status.PROCESSING, to_status=Status.FAILED
-    )
-
-    assert moved == 1
-    assert Message.objects.get(pk=processing.pk).status == Status.FAILED
-    assert Message.objects.get(pk=sent.pk).status == Status.SENT
-
-
-def test_transition_accepts_several_from_statuses():
-    unsent = make_message(status=Status.UNSENT)
-    failed = make_message(status=Status.FAILED)
-    sent = make_message(status=Status.SENT)
-
-    moved = messages_transition(from_status=[Status.UNSENT, Status.FAILED], to_status=Status.PROCESSING)
-
-    assert moved == 2
-    assert Message.objects.get(pk=unsent.pk).status == Status.PROCESSING
-    assert Message.objects.get(pk=failed.pk).status == Status.PROCESSING
-    assert Message.objects.get(pk=sent.pk).status == Status.SENT
-
-
-def test_transition_increments_attempts_in_the_database():
-    message = make_message(status=Status.PROCESSING, attempts=2)
-
-    moved = messages_transition(
-        message_ids=[message.pk],
-        from_status=Status.PROCESSING,
-        to_status=Status.FAILED,
-        increment_attempts=True,
-        last_error="timeout",
-    )
-
-    assert moved == 1
-    stored = Message.objects.get(pk=message.pk)
-    assert (stored.status, stored.attempts, stored.last_error) == (Status.FAILED, 3, "timeout")
-
-
-def test_transition_respects_the_given_queryset():
-    inside = make_message(status=Status.UNSENT, content="inside")
-    outside = make_message(status=Status.UNSENT, content="outside")
-
-    moved = messages_transition(
-        queryset=Message.objects.filter(content="inside"), from_status=Status.UNSENT, to_status=Status.PROCESSING
-    )
-
-    assert moved == 1
-    assert Message.objects.get(pk=inside.pk).status == Status.PROCESSING
-    assert Message.objects.get(pk=outside.pk).status == Status.UNSENT
-
-
-def test_a_second_identical_transition_loses():
-    message = make_message(status=Status.UNSENT)
-    args = {"message_ids": [message.pk], "from_status": Status.UNSENT, "to_status": Status.PROCESSING}
-    assert messages_transition(**args) == 1
-    assert messages_transition(**args) == 0

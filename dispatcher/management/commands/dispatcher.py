@@ -6,16 +6,16 @@ from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from dispatcher.conf import BATCH_SIZE
 from dispatcher.engine.pacing import qcluster_running_on_this_host
-from dispatcher.engine.sending import DeliveryOutcome, delivery_cache_catch_up
+from dispatcher.engine.pipeline import drain, run_tick_here
+from dispatcher.engine.recording import DeliveryOutcome, delivery_cache_catch_up
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
-from dispatcher.selectors import dispatcher_status
-from dispatcher.services import (
-    dispatch_drain,
-    dispatch_tick,
+from dispatcher.state import (
     dispatcher_configure,
     dispatcher_start,
-    dispatcher_state_ensure,
+    dispatcher_state_read,
+    dispatcher_status,
     dispatcher_stop,
 )
 from messages_app.models import Message
@@ -87,20 +87,22 @@ class Command(BaseCommand):
         self.stdout.write(f"interval:         {status.interval_seconds} s")
         self.stdout.write(f"last tick:        {status.last_tick_at.isoformat() if status.last_tick_at else '-'}")
         self.stdout.write(f"next tick:        {status.next_tick_at.isoformat() if status.next_tick_at else '-'}")
+        pace = "held" if status.pace_held else f"behind by {status.behind_seconds:.0f} s"
+        self.stdout.write(f"pace:             {pace}")
         counts = ", ".join(f"{name} {count}" for name, count in status.counts.items())
         self.stdout.write(f"messages:         {counts}")
 
     def _tick(self, *, force: bool) -> None:
         try:
-            result = dispatch_tick(due_only=False, force=force)
+            outcomes = run_tick_here(force=force)
         except DispatcherStoppedError as exc:
             raise CommandError(str(exc)) from None
-        if not result.outcomes:
+        if not outcomes:
             self.stdout.write("No unsent messages.")
             return
-        for outcome in result.outcomes:
+        for outcome in outcomes:
             self.stdout.write(self._describe(outcome))
-        self.stdout.write(f"{self._tally(Counter(o.outcome for o in result.outcomes))}.")
+        self.stdout.write(f"{self._tally(Counter(o.outcome for o in outcomes))}.")
 
     @staticmethod
     def _describe(outcome: DeliveryOutcome) -> str:
@@ -109,13 +111,13 @@ class Command(BaseCommand):
             cached = "" if outcome.cached else " (delivery cache write failed; will be written later)"
             return f"sent   {who} messageId={outcome.provider_message_id}{cached}"
         if outcome.outcome == "retry":
-            return f"retry  {who} at {outcome.next_attempt_at.isoformat()}: {outcome.error}"
+            return f"retry  {who}: {outcome.error}"
         return f"failed {who}: {outcome.error}"
 
     def _drain(self, *, batch_size: int, max_seconds: float | None) -> None:
-        if not 1 <= batch_size <= 10_000:
-            raise CommandError("--batch-size must be between 1 and 10000")
-        if not dispatcher_state_ensure().running:
+        if not BATCH_SIZE.minimum <= batch_size <= BATCH_SIZE.maximum:
+            raise CommandError(f"--batch-size must be between {BATCH_SIZE.minimum:g} and {BATCH_SIZE.maximum:g}")
+        if not dispatcher_state_read().running:
             raise CommandError("The dispatcher is stopped; start it first.")
         stopping = False
 
@@ -133,7 +135,7 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         try:
-            totals = dispatch_drain(
+            totals = drain(
                 batch_size=batch_size,
                 should_stop=lambda: stopping,
                 deadline=None if max_seconds is None else started + max_seconds,

@@ -8,9 +8,9 @@ from typing import BinaryIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from messages_app.csv_import import MessageImportRejection, messages_import_csv
 from messages_app.errors import MessageImportError
 from messages_app.management.progress import progress_bar, progress_write
-from messages_app.services import MessageImportRejection, messages_import_csv
 
 
 class Command(BaseCommand):

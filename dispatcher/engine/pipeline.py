@@ -1,0 +1,247 @@
+"""The one sending pipeline: claim, send, record, count.
+
+Every way of sending goes through `send_chunk`:
+
+- the paced dispatcher: a dispatch window (dispatcher.engine.pacing) takes each
+  due tick, claims its N messages (`hand_out_tick`) and hands them out as
+  django-q2 chunk tasks, which any worker of any qcluster runs (`send_chunk`);
+- `dispatcher tick`: one tick claimed now and its chunks sent in this process;
+- `dispatcher drain`: batches claimed back to back without the pace, each sent
+  here the same way.
+
+A chunk renews its lease while it works, records outcomes as its sends complete
+(never only at the end), stops starting sends before django-q2's task timeout
+could kill it, and gives back what it did not start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.db import close_old_connections
+
+from dispatcher.conf import dispatcher_settings
+from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, recover_expired_leases
+from dispatcher.engine.counters import metrics_record_tick
+from dispatcher.engine.leases import LeaseKeeper
+from dispatcher.engine.providers import BaseProvider, provider_session
+from dispatcher.engine.recording import DeliveryOutcome, delivery_cache_catch_up, record_results
+from dispatcher.engine.sending import SendResult, Unsent, send_concurrently
+from dispatcher.errors import DispatcherStoppedError
+from dispatcher.schedule import enqueue_chunk
+from messages_app.models import Message
+from messages_app.transitions import messages_release_unsent, messages_renew_lease
+
+logger = logging.getLogger(__name__)
+
+# Outcomes are written when this many results are waiting, or this often.
+FLUSH_RESULTS = 200
+FLUSH_SECONDS = 0.25
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class ChunkReport:
+    outcomes: list[DeliveryOutcome] = field(default_factory=list)
+    released: int = 0
+    lease_lost: bool = False
+
+    def counts(self) -> Counter[str]:
+        counts = Counter(o.outcome for o in self.outcomes)
+        if self.released:
+            counts["released"] += self.released
+        return counts
+
+
+def send_chunk(
+    *,
+    message_ids: list[int],
+    claim_token: uuid.UUID,
+    provider: BaseProvider,
+    should_stop: Callable[[], bool] = _never,
+) -> ChunkReport:
+    """Send the claimed messages `message_ids` held under `claim_token` and record each outcome.
+
+    Messages no longer held (their lease ran out while the chunk waited, or they
+    were deleted) are skipped. If `should_stop()` turns true (the worker is
+    shutting down) or the send budget is spent, sends in flight finish and the
+    rest is given back to the queue unsent.
+    """
+    conf = dispatcher_settings()
+    report = ChunkReport()
+    held = messages_renew_lease(
+        message_ids=message_ids, claim_token=claim_token, lease_seconds=conf.lease_seconds, starting=True
+    )
+    if not held:
+        logger.info("chunk %s: none of its %d messages is still ours; nothing to send", claim_token, len(message_ids))
+        return report
+    messages = list(Message.objects.filter(pk__in=held).order_by("next_attempt_at", "id"))
+    deadline = time.monotonic() + conf.chunk_send_budget_seconds
+    unsent = Unsent(messages=[])
+    waiting: list[SendResult] = []
+    flushed_at = time.monotonic()
+
+    with LeaseKeeper(message_ids=held, claim_token=claim_token, lease_seconds=conf.lease_seconds) as keeper:
+
+        def stop_sending() -> bool:
+            return keeper.lost or should_stop() or time.monotonic() > deadline
+
+        def flush() -> None:
+            nonlocal waiting, flushed_at
+            if waiting and not keeper.lost:
+                report.outcomes.extend(_record(waiting, claim_token=claim_token, conf=conf))
+                keeper.done(r.message.pk for r in waiting)
+            waiting, flushed_at = [], time.monotonic()
+
+        try:
+            for results in send_concurrently(
+                messages, provider=provider, concurrency=conf.concurrency, should_stop=stop_sending, unsent=unsent
+            ):
+                waiting.extend(results)
+                if len(waiting) >= FLUSH_RESULTS or time.monotonic() - flushed_at >= FLUSH_SECONDS:
+                    flush()
+            flush()
+            if unsent.messages and not keeper.lost:
+                report.released = len(
+                    messages_release_unsent(claim_token=claim_token, message_ids=[m.pk for m in unsent.messages])
+                )
+                keeper.done(m.pk for m in unsent.messages)
+        except Exception:
+            # The database is gone: the messages keep their leases and come back
+            # when the leases expire, to be sent again under the same Idempotency-Key.
+            logger.exception("chunk %s: stopped; its messages come back when the lease runs out", claim_token)
+            close_old_connections()
+            raise
+    report.lease_lost = keeper.lost
+    counts = report.counts()
+    logger.info(
+        "chunk %s: %d messages (ids %s..%s): %s%s",
+        claim_token,
+        len(messages),
+        messages[0].pk,
+        messages[-1].pk,
+        ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "nothing recorded",
+        "; lease lost" if keeper.lost else "",
+    )
+    return report
+
+
+def _record(results: list[SendResult], *, claim_token: uuid.UUID, conf) -> list[DeliveryOutcome]:
+    """Record a group of results together; if that fails, one by one, so that one
+    row the database refuses never keeps the others' outcomes from being written.
+    A result that cannot be recorded keeps its lease and is sent again after it
+    (with the same Idempotency-Key)."""
+    try:
+        return record_results(results=results, claim_token=claim_token, conf=conf)
+    except Exception:
+        if len(results) == 1:
+            logger.exception(
+                "could not record the outcome of message id=%s uuid=%s; it comes back when its lease runs out",
+                results[0].message.pk,
+                results[0].message.uuid,
+                extra={"message_id": results[0].message.pk, "message_uuid": str(results[0].message.uuid)},
+            )
+            close_old_connections()
+            return []
+    outcomes: list[DeliveryOutcome] = []
+    for result in results:
+        outcomes.extend(_record([result], claim_token=claim_token, conf=conf))
+    return outcomes
+
+
+def _log_claim(what: str, claim: Claim) -> None:
+    if claim.message_ids:
+        logger.info(
+            "%s claimed %d messages (ids %s..%s) under %s",
+            what,
+            len(claim.message_ids),
+            claim.message_ids[0],
+            claim.message_ids[-1],
+            claim.claim_token,
+        )
+
+
+def hand_out_tick() -> bool:
+    """Take the due tick, if any, claim its messages and enqueue them as chunk tasks
+    for the cluster's workers. The pacer does not send. Return whether a tick was taken."""
+    started = time.monotonic()
+    claim = claim_tick(due_only=True)
+    if claim is None:
+        return False
+    _log_claim("tick", claim)
+    for chunk in claim.chunks(dispatcher_settings().chunk_size):
+        enqueue_chunk(message_ids=chunk, claim_token=claim.claim_token)
+    metrics_record_tick(duration_seconds=time.monotonic() - started)
+    return True
+
+
+def _send_claim_here(claim: Claim, *, provider: BaseProvider, should_stop: Callable[[], bool]) -> list[DeliveryOutcome]:
+    outcomes: list[DeliveryOutcome] = []
+    for chunk in claim.chunks(dispatcher_settings().chunk_size):
+        if should_stop():
+            messages_release_unsent(claim_token=claim.claim_token, message_ids=chunk)
+            continue
+        report = send_chunk(
+            message_ids=chunk, claim_token=claim.claim_token, provider=provider, should_stop=should_stop
+        )
+        outcomes.extend(report.outcomes)
+    return outcomes
+
+
+def run_tick_here(*, force: bool = False, provider: BaseProvider | None = None) -> list[DeliveryOutcome]:
+    """`dispatcher tick`: claim one tick's batch now and send it in this process.
+
+    The schedule is left alone; `force` sends one batch even while the
+    dispatcher is stopped (otherwise DispatcherStoppedError).
+    """
+    started = time.monotonic()
+    recover_expired_leases()
+    claim = claim_tick(due_only=False, even_if_stopped=force)
+    if claim is None:
+        raise DispatcherStoppedError("The dispatcher is stopped; start it first, or force the tick.")
+    _log_claim("manual tick", claim)
+    with provider_session(provider) as session:
+        outcomes = _send_claim_here(claim, provider=session, should_stop=_never)
+    delivery_cache_catch_up()
+    metrics_record_tick(duration_seconds=time.monotonic() - started)
+    return outcomes
+
+
+def drain(
+    *,
+    batch_size: int,
+    provider: BaseProvider | None = None,
+    should_stop: Callable[[], bool] = _never,
+    deadline: float | None = None,
+    on_batch: Callable[[Counter[str]], None] | None = None,
+) -> Counter[str]:
+    """Claim and send batches back to back, ignoring the pace, until nothing is claimable,
+    the dispatcher is stopped, `should_stop()` or the monotonic `deadline` passes.
+
+    Returns how many attempts ended in each outcome (`on_batch` gets the running
+    counts after each batch); outcomes are not kept, so memory stays flat
+    however many messages go through.
+    """
+    totals: Counter[str] = Counter()
+    with provider_session(provider) as session:
+        while not should_stop() and (deadline is None or time.monotonic() < deadline):
+            started = time.monotonic()
+            recover_expired_leases()
+            claim = claim_drain_batch(batch_size=batch_size)
+            if not claim or not claim.message_ids:  # stopped (None) or nothing claimable
+                break
+            _log_claim("drain", claim)
+            totals.update(o.outcome for o in _send_claim_here(claim, provider=session, should_stop=should_stop))
+            metrics_record_tick(duration_seconds=time.monotonic() - started)  # a drain batch counts as a tick
+            if on_batch:
+                on_batch(totals)
+        delivery_cache_catch_up()
+    return totals

@@ -1,0 +1,159 @@
+"""Recording what the provider said: the delivery records in Redis, then each
+message's transition (with its attempt row) under the claim token, then the
+metrics. Every write matches the claim token, so a worker whose lease ran out
+(its message handed to another) changes nothing."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+
+from dispatcher.conf import DispatcherSettings
+from dispatcher.engine.counters import metrics_record_batch
+from dispatcher.engine.delivery_cache import delivery_cache_record_many
+from dispatcher.engine.sending import SendResult, retry_delay
+from messages_app.models import DeliveryAttempt, Message
+from messages_app.transitions import database_now, message_fail, message_schedule_retry, messages_mark_sent
+
+logger = logging.getLogger(__name__)
+
+Outcome = DeliveryAttempt.Outcome
+# What a log line shows of a provider's error; the attempt log keeps it whole.
+LOGGED_ERROR_LENGTH = 300
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    message_id: int
+    message_uuid: str
+    outcome: str  # a DeliveryAttempt.Outcome value; "lost" if the lease had passed on
+    provider_message_id: str = ""
+    error: str = ""
+    cached: bool = False
+    next_attempt_at: datetime | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.outcome == Outcome.SENT
+
+
+LOST = "lost"
+
+
+def record_results(
+    *, results: list[SendResult], claim_token: uuid.UUID, conf: DispatcherSettings
+) -> list[DeliveryOutcome]:
+    """Write the outcomes of `results` (all sent under `claim_token`)."""
+    if not results:
+        return []
+    sent = [r for r in results if r.result is not None]
+    outcomes: dict[int, DeliveryOutcome] = {}
+    # Cache first, then mark sent: a reader that sees `sent` finds the record.
+    # A cache failure never turns a delivery into a failure: the records are
+    # flagged and written by a later tick (or `dispatcher recache`).
+    # One reading of the database's clock is the sending time of the whole group,
+    # in Redis and on the rows alike.
+    sent_at = database_now() if sent else None
+    cached = bool(sent) and delivery_cache_record_many(deliveries=[(r.result.message_id, sent_at) for r in sent])
+    with transaction.atomic():
+        moved = messages_mark_sent(
+            claim_token=claim_token,
+            attempts=[r.attempt() for r in sent],
+            sent_at=sent_at,
+            delivery_cache_pending=not cached,
+        )
+        for r in sent:
+            outcomes[r.message.pk] = _sent_outcome(r, moved=r.message.pk in moved, cached=cached)
+        for r in results:
+            if r.error is not None:
+                outcomes[r.message.pk] = _record_unsuccessful(r, claim_token=claim_token, conf=conf)
+    # After the commit: only outcomes on record count. A few cache calls, never raises.
+    metrics_record_batch(
+        outcomes=[o.outcome for o in outcomes.values()], provider_latencies_ms=[r.duration_ms for r in results]
+    )
+    return [outcomes[r.message.pk] for r in results]
+
+
+def _ids(r: SendResult) -> dict:
+    return {"message_id": r.message.pk, "message_uuid": str(r.message.uuid)}
+
+
+def _sent_outcome(r: SendResult, *, moved: bool, cached: bool) -> DeliveryOutcome:
+    message = r.message
+    if not moved:
+        logger.warning(
+            "sent message id=%s uuid=%s messageId=%s, but it was no longer ours to record "
+            "(its lease passed to another worker, or it was deleted)",
+            message.pk,
+            message.uuid,
+            r.result.message_id,
+            extra=_ids(r),
+        )
+        return DeliveryOutcome(message.pk, str(message.uuid), LOST, provider_message_id=r.result.message_id)
+    logger.info(
+        "sent message id=%s uuid=%s attempt=%d messageId=%s in %d ms",
+        message.pk,
+        message.uuid,
+        message.attempts + 1,
+        r.result.message_id,
+        r.duration_ms,
+        extra=_ids(r),
+    )
+    return DeliveryOutcome(
+        message.pk, str(message.uuid), Outcome.SENT, provider_message_id=r.result.message_id, cached=cached
+    )
+
+
+def _record_unsuccessful(r: SendResult, *, claim_token: uuid.UUID, conf: DispatcherSettings) -> DeliveryOutcome:
+    message, exc = r.message, r.error
+    attempt = r.attempt()
+    error = exc.reason[:LOGGED_ERROR_LENGTH]
+    if exc.permanent or attempt.number >= conf.max_attempts:
+        if not message_fail(claim_token=claim_token, attempt=attempt):
+            return DeliveryOutcome(message.pk, str(message.uuid), LOST, error=error)
+        logger.warning(
+            "failed message id=%s uuid=%s attempt=%d%s: %s",
+            message.pk,
+            message.uuid,
+            attempt.number,
+            "" if exc.permanent else " (no attempts left)",
+            error,
+            extra=_ids(r),
+        )
+        return DeliveryOutcome(message.pk, str(message.uuid), Outcome.FAILED, error=error)
+    delay = retry_delay(attempt=attempt.number, conf=conf, retry_after=exc.retry_after)
+    if not message_schedule_retry(claim_token=claim_token, attempt=attempt, retry_in_seconds=delay):
+        return DeliveryOutcome(message.pk, str(message.uuid), LOST, error=error)
+    logger.warning(
+        "retrying message id=%s uuid=%s attempt=%d in %.1f s: %s",
+        message.pk,
+        message.uuid,
+        attempt.number,
+        delay,
+        error,
+        extra=_ids(r),
+    )
+    return DeliveryOutcome(message.pk, str(message.uuid), Outcome.RETRY, error=error)
+
+
+def delivery_cache_catch_up(*, limit: int = 500) -> int:
+    """Write the delivery records that could not be written when their message was sent."""
+    pending = list(
+        Message.objects.filter(delivery_cache_pending=True).values_list("pk", "provider_message_id", "sent_at")[:limit]
+    )
+    if not pending or not delivery_cache_record_many(deliveries=[(pmid, sent_at) for _, pmid, sent_at in pending]):
+        return 0
+    ids = [pk for pk, _, _ in pending]
+    Message.objects.filter(pk__in=ids).update(delivery_cache_pending=False)
+    logger.info(
+        "wrote %d pending delivery cache records (ids %s..%s)",
+        len(pending),
+        min(ids),
+        max(ids),
+        extra={"message_ids": ids[:100]},
+    )
+    return len(pending)

@@ -1,0 +1,37 @@
+"""`manage.py qcluster`: django-q2's own command, with a sentinel that stops gracefully
+on SIGTERM.
+
+django-q2's sentinel (the process that runs the workers) keeps SIGTERM's default
+action, so a SIGTERM to the cluster's whole process group, which systemd and
+container runtimes send, killed it and its workers mid-task and left the main
+process waiting for a sentinel that was gone. Here the sentinel takes SIGTERM as
+the request to stop that it is: it stops pulling tasks and waits for its workers
+to finish (they stop early themselves: dispatcher.tasks.worker_handles_sigterm).
+This app is listed before django_q, so this command is the one `qcluster` runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from django_q import cluster
+from django_q.management.commands.qcluster import Command as DjangoQCommand
+
+
+class GracefulSentinel(cluster.Sentinel):
+    def start(self) -> None:
+        signal.signal(signal.SIGTERM, self._request_stop)
+        super().start()
+
+    def _request_stop(self, signum, frame) -> None:
+        # Not stop_event.set() here: the handler runs in the thread that may be
+        # inside stop_event.wait(), holding the event's (non-reentrant) lock.
+        # Another thread sets it once that lock is free.
+        threading.Thread(target=self.stop_event.set, daemon=True).start()
+
+
+class Command(DjangoQCommand):
+    def handle(self, *args, **options) -> None:
+        cluster.Sentinel = GracefulSentinel
+        super().handle(*args, **options)

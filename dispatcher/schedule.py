@@ -1,0 +1,52 @@
+"""The dispatcher's django-q2 tasks by name: the minute schedule that opens dispatch
+windows, and enqueueing windows and chunks. Tasks are named by dotted path, so
+nothing here imports the task module."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.utils import timezone
+
+DISPATCH_WINDOW_TASK = "dispatcher.tasks.dispatch_window"
+SEND_CHUNK_TASK = "dispatcher.tasks.send_chunk"
+DISPATCH_SCHEDULE_NAME = "dispatcher: pace dispatch ticks"
+TASK_GROUP = "dispatcher"
+
+
+def dispatcher_schedule_ensure(*, using: str = "default") -> None:
+    """Make sure django-q2 starts a dispatch window every minute (created once, kept as is)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.using(using).get_or_create(
+        name=DISPATCH_SCHEDULE_NAME,
+        defaults={
+            "func": DISPATCH_WINDOW_TASK,
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+            "next_run": timezone.now(),
+        },
+    )
+
+
+def enqueue_dispatch_window() -> None:
+    from django_q.tasks import async_task
+
+    async_task(DISPATCH_WINDOW_TASK, task_name="dispatch window (started)", group=TASK_GROUP)
+
+
+def enqueue_chunk(*, message_ids: list[int], claim_token: uuid.UUID) -> None:
+    """Hand a claimed chunk to whichever worker of whichever qcluster takes it first."""
+    from django_q.tasks import async_task
+
+    async_task(
+        SEND_CHUNK_TASK,
+        message_ids,
+        str(claim_token),
+        task_name=f"send {len(message_ids)} messages ({message_ids[0]}..{message_ids[-1]})",
+        group=TASK_GROUP,
+        # The result is the outcome counts, useful in the admin's task list for a while;
+        # the attempt log is the record that lasts.
+        save=True,
+    )

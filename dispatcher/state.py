@@ -1,0 +1,304 @@
+"""The dispatcher's state, in one place: the one lock on its row, the reads, the
+writes (start, stop, pace, taking a tick, falling behind the pace) and the
+next-tick rule.
+
+The state is one row (pk=1) that every web and worker process obeys, so start
+and stop are cluster-wide and survive restarts. Writes take the row's lock;
+taking a tick holds it while the tick claims its messages, so once stop()
+returns nothing further is claimed. Tick times come from the database's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+from django.db.models.functions import Now
+
+from audit.services import Action, Via, control_action_record
+from dispatcher.conf import BATCH_SIZE, INTERVAL_SECONDS, dispatcher_settings
+from dispatcher.errors import DispatcherConfigError
+from dispatcher.models import DispatcherState
+from dispatcher.schedule import enqueue_dispatch_window
+from messages_app.models import Message
+from messages_app.selectors import message_status_counts
+from messages_app.transitions import database_now
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger(__name__)
+
+
+# --- the next-tick rule ------------------------------------------------------------------
+
+
+def next_tick_after(*, scheduled_at: datetime | None, interval_seconds: int, now: datetime) -> datetime:
+    """When the tick after one due at `scheduled_at` (taken at `now`) is due.
+
+    Keeping the phase (scheduled_at + interval) stops small delays from adding
+    up into fewer ticks; once we are a whole interval behind (the cluster was
+    down or busy) we restart from now instead of replaying missed ticks in a burst.
+    A tick with no schedule (start, a new pace) counts from `scheduled_at` = now.
+    """
+    interval = timedelta(seconds=interval_seconds)
+    if scheduled_at is not None and scheduled_at + interval > now:
+        return scheduled_at + interval
+    return now + interval
+
+
+# --- the lock and the reads ----------------------------------------------------------------
+
+
+def dispatcher_state_ensure(*, using: str = "default") -> DispatcherState:
+    """Return the state row, creating it running with the configured pace (deploy = start)."""
+    conf = dispatcher_settings()
+    state, created = DispatcherState.objects.using(using).get_or_create(
+        pk=DispatcherState.SINGLETON_PK,
+        defaults={
+            "running": True,
+            "batch_size": conf.initial_batch_size,
+            "interval_seconds": conf.initial_interval_seconds,
+            "next_tick_at": Now(),
+        },
+    )
+    if created:
+        state.refresh_from_db()
+        logger.info("dispatcher created: running, %d messages every %d s", state.batch_size, state.interval_seconds)
+    return state
+
+
+def dispatcher_state_lock() -> DispatcherState:
+    """The state row, locked until the transaction ends: ticks, drains, start, stop
+    and pace changes queue on it. Call inside transaction.atomic()."""
+    dispatcher_state_ensure()
+    return DispatcherState.objects.select_for_update().get(pk=DispatcherState.SINGLETON_PK)
+
+
+def dispatcher_state_read() -> DispatcherState:
+    """The state as stored, without writing; before `migrate` has created the row,
+    the state it will be created with."""
+    state = DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).first()
+    if state is None:
+        conf = dispatcher_settings()
+        state = DispatcherState(
+            running=True, batch_size=conf.initial_batch_size, interval_seconds=conf.initial_interval_seconds
+        )
+    return state
+
+
+@dataclass(frozen=True)
+class PaceCheck:
+    """What a dispatch window needs each poll, read in one query."""
+
+    running: bool
+    window_id: object
+    due_in_seconds: float
+
+
+def dispatcher_pace_check() -> PaceCheck | None:
+    row = (
+        DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK)
+        .annotate(db_now=Now())
+        .values("running", "next_tick_at", "window_id", "db_now")
+        .first()
+    )
+    if row is None:
+        return None
+    due_in = (row["next_tick_at"] - row["db_now"]).total_seconds() if row["next_tick_at"] else 0.0
+    return PaceCheck(running=row["running"], window_id=row["window_id"], due_in_seconds=due_in)
+
+
+@dataclass(frozen=True)
+class DispatcherStatus:
+    running: bool
+    batch_size: int
+    interval_seconds: int
+    last_tick_at: datetime | None
+    next_tick_at: datetime | None
+    # Since when the cluster has not kept up with the pace (None: it has).
+    behind_since: datetime | None
+    behind_seconds: float
+    counts: dict[str, int]
+    delivery_cache_pending: int
+
+    @property
+    def pace_held(self) -> bool:
+        return self.behind_since is None
+
+
+def dispatcher_status() -> DispatcherStatus:
+    state = dispatcher_state_read()
+    behind = (database_now() - state.behind_since).total_seconds() if state.behind_since else 0.0
+    return DispatcherStatus(
+        running=state.running,
+        batch_size=state.batch_size,
+        interval_seconds=state.interval_seconds,
+        last_tick_at=state.last_tick_at,
+        next_tick_at=state.next_tick_at if state.running else None,
+        behind_since=state.behind_since if state.running else None,
+        behind_seconds=round(max(behind, 0.0), 3) if state.running else 0.0,
+        counts=message_status_counts(),
+        delivery_cache_pending=Message.objects.filter(delivery_cache_pending=True).count(),
+    )
+
+
+# --- the writes ----------------------------------------------------------------------------
+
+
+def dispatcher_start(*, actor: AbstractBaseUser | None = None, via: str = Via.COMMAND) -> DispatcherState:
+    """Start sending cluster-wide; the first tick is due at once. Idempotent.
+
+    Recorded in the audit log as done by `actor` through `via` (None and
+    "command": someone at the shell), even when it was already running.
+    """
+    with transaction.atomic():
+        state = dispatcher_state_lock()
+        changed = not state.running
+        if changed:
+            state.running = True
+            state.next_tick_at = database_now()
+            state.behind_since = None
+            state.save(update_fields=["running", "next_tick_at", "behind_since", "updated_at"])
+            # A window may not be running (they end when stopped); start one now
+            # rather than waiting up to a minute for the schedule.
+            transaction.on_commit(enqueue_dispatch_window)
+        control_action_record(action=Action.START, actor=actor, via=via, detail={"changed": changed})
+    if changed:
+        logger.info("dispatcher started")
+    return state
+
+
+def dispatcher_stop(*, actor: AbstractBaseUser | None = None, via: str = Via.COMMAND) -> DispatcherState:
+    """Stop claiming cluster-wide. Idempotent; recorded in the audit log like dispatcher_start.
+
+    Taking the row's lock waits for a claim in progress, so once this returns no
+    further message is claimed; messages already claimed are still sent.
+    """
+    with transaction.atomic():
+        state = dispatcher_state_lock()
+        changed = state.running
+        if changed:
+            state.running = False
+            state.next_tick_at = None
+            state.behind_since = None
+            state.save(update_fields=["running", "next_tick_at", "behind_since", "updated_at"])
+        control_action_record(action=Action.STOP, actor=actor, via=via, detail={"changed": changed})
+    if changed:
+        logger.info("dispatcher stopped")
+    return state
+
+
+def _check_in_range(field: str, value: int | None, what: str, spec, unit: str = "") -> None:
+    if value is not None and not spec.minimum <= value <= spec.maximum:
+        raise DispatcherConfigError(field, f"{what} must be between {spec.minimum:g} and {spec.maximum:g}{unit}.")
+
+
+def dispatcher_configure(
+    *,
+    batch_size: int | None = None,
+    interval_seconds: int | None = None,
+    actor: AbstractBaseUser | None = None,
+    via: str = Via.COMMAND,
+) -> DispatcherState:
+    """Change the pace at run time; it persists in the database.
+
+    Recorded in the audit log with the values asked for and the ones they
+    replaced; values out of range raise DispatcherConfigError and record nothing.
+    """
+    _check_in_range("batch_size", batch_size, "Batch size", BATCH_SIZE)
+    _check_in_range("interval_seconds", interval_seconds, "Interval", INTERVAL_SECONDS, " seconds")
+    with transaction.atomic():
+        state = dispatcher_state_lock()
+        previous = {"batch_size": state.batch_size, "interval_seconds": state.interval_seconds}
+        update_fields = ["updated_at"]
+        if batch_size is not None:
+            state.batch_size = batch_size
+            update_fields.append("batch_size")
+        if interval_seconds is not None and interval_seconds != state.interval_seconds:
+            state.interval_seconds = interval_seconds
+            update_fields.append("interval_seconds")
+            if state.running:
+                # The new pace applies from the last tick, not from the next one.
+                state.next_tick_at = next_tick_after(
+                    scheduled_at=state.last_tick_at, interval_seconds=interval_seconds, now=database_now()
+                )
+                update_fields.append("next_tick_at")
+        state.save(update_fields=update_fields)
+        requested = {
+            name: value
+            for name, value in (("batch_size", batch_size), ("interval_seconds", interval_seconds))
+            if value is not None
+        }
+        control_action_record(
+            action=Action.CONFIGURE,
+            actor=actor,
+            via=via,
+            detail={
+                **requested,
+                "previous": {name: previous[name] for name in requested},
+                "changed": any(previous[name] != value for name, value in requested.items()),
+            },
+        )
+    logger.info("dispatcher configured: %d messages every %d s", state.batch_size, state.interval_seconds)
+    return state
+
+
+def dispatcher_window_open(*, window_id: object) -> None:
+    """Make `window_id` the dispatch window that paces ticks; an older one sees it and ends."""
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(window_id=window_id)
+
+
+@dataclass(frozen=True)
+class TakenTick:
+    batch_size: int
+    interval_seconds: int
+    now: datetime
+
+
+def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_flight: int = 0) -> TakenTick | None:
+    """Take the next tick, under the state row's lock (call inside the transaction
+    that then claims the tick's messages). None when there is no tick to take:
+    the dispatcher is stopped, or (with `due_only`) the tick is not due yet or the
+    cluster is still sending a whole batch from before (`in_flight`).
+
+    Falling behind is recorded (`behind_since`, a warning) and the tick stays due,
+    to be taken as soon as the cluster has room; the one after it is then counted
+    from that moment, so no burst makes up for lost time. A manual tick
+    (`due_only=False`) leaves the schedule alone.
+    """
+    state = dispatcher_state_lock()
+    if not (state.running or even_if_stopped):
+        return None
+    now = database_now()
+    update_fields = ["last_tick_at", "updated_at"]
+    if due_only:
+        if state.next_tick_at is not None and state.next_tick_at > now:
+            return None
+        if in_flight >= state.batch_size:
+            if state.behind_since is None:
+                state.behind_since = state.next_tick_at or now
+                state.save(update_fields=["behind_since", "updated_at"])
+                logger.warning(
+                    "dispatcher behind its pace: %d messages of earlier ticks still being sent; "
+                    "holding the tick of %d until the cluster has room",
+                    in_flight,
+                    state.batch_size,
+                )
+            return None
+        scheduled_at = state.next_tick_at
+        if state.behind_since is not None:
+            logger.warning("dispatcher back on pace after %.1f s behind", (now - state.behind_since).total_seconds())
+            state.behind_since = None
+            update_fields.append("behind_since")
+            scheduled_at = None  # count the next tick from now: no burst for the time lost
+        state.next_tick_at = next_tick_after(
+            scheduled_at=scheduled_at, interval_seconds=state.interval_seconds, now=now
+        )
+        update_fields.append("next_tick_at")
+    state.last_tick_at = now
+    state.save(update_fields=update_fields)
+    return TakenTick(batch_size=state.batch_size, interval_seconds=state.interval_seconds, now=now)

@@ -1,0 +1,212 @@
+"""Queueing messages from a CSV file (`manage.py import_messages`): reading the file,
+checking each row as the API checks a message, and storing the valid rows in batches."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from messages_app.errors import MessageImportError
+from messages_app.models import Message
+from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_IMPORT_REQUIRED_COLUMNS = ("recipient_phone_number", "content")
+MESSAGE_IMPORT_OPTIONAL_COLUMNS = ("send_after",)
+
+
+@dataclass(frozen=True)
+class MessageImportRow:
+    line: int  # where the row starts in its file; the header is line 1
+    recipient_phone_number: str
+    content: str
+    send_after: str = ""
+
+
+@dataclass(frozen=True)
+class MessageImportRejection:
+    line: int
+    reason: str
+
+
+@dataclass
+class MessageImportResult:
+    imported: int = 0  # in a dry run: how many would have been
+    rejected: int = 0
+
+
+def _import_lines(stream: BinaryIO) -> Iterator[str]:
+    """The decoded lines of `stream`, line breaks kept for the csv module.
+
+    Decoding line by line (a newline byte is never part of a multi-byte UTF-8
+    character) lets an encoding error name its line; "utf-8-sig" drops the byte
+    order mark that spreadsheet programs write first.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    number = 0
+    for number, raw in enumerate(stream, start=1):
+        try:
+            text = decoder.decode(raw)
+        except UnicodeDecodeError:
+            raise MessageImportError(f"line {number} is not UTF-8 text; save the file as CSV UTF-8.") from None
+        yield text
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:  # the file ends inside a character
+        raise MessageImportError(f"line {number} is not UTF-8 text; save the file as CSV UTF-8.") from None
+
+
+def messages_import_csv_rows(*, stream: BinaryIO) -> Iterator[MessageImportRow]:
+    """The data rows of a CSV file with a header line, with their line numbers.
+
+    Columns are found by name in the header; extra columns are ignored, blank lines
+    (and rows of empty cells) skipped. Raise MessageImportError if the file is not
+    UTF-8, is malformed CSV or lacks a required column.
+    """
+    # strict: a quote left open would otherwise swallow every later line into one
+    # field, so the rows after it could not be told apart.
+    reader = csv.reader(_import_lines(stream), strict=True)
+    last_line = 0
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise MessageImportError(f"the file is empty; expected a header line with {_import_columns_text()}.")
+        names = [name.strip().lower() for name in header]
+        missing = [name for name in MESSAGE_IMPORT_REQUIRED_COLUMNS if name not in names]
+        if missing:
+            raise MessageImportError(
+                f"the header line lacks {', '.join(missing)}; expected {_import_columns_text()} "
+                f"(found: {', '.join(name for name in names if name) or 'nothing'})."
+            )
+        # The first column of a name wins, should a file repeat one.
+        positions = {
+            name: names.index(name)
+            for name in MESSAGE_IMPORT_REQUIRED_COLUMNS + MESSAGE_IMPORT_OPTIONAL_COLUMNS
+            if name in names
+        }
+        last_line = reader.line_num
+        for cells in reader:
+            # A quoted field may span lines: a row starts just after the previous one ended.
+            line, last_line = last_line + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            yield MessageImportRow(
+                line=line, **{name: cells[pos] if pos < len(cells) else "" for name, pos in positions.items()}
+            )
+    except csv.Error as exc:
+        raise MessageImportError(f"the row starting on line {last_line + 1} is not valid CSV: {exc}.") from None
+
+
+def _import_columns_text() -> str:
+    required = ", ".join(MESSAGE_IMPORT_REQUIRED_COLUMNS)
+    return f"{required} (and optionally {', '.join(MESSAGE_IMPORT_OPTIONAL_COLUMNS)})"
+
+
+def _message_from_import_row(row: MessageImportRow) -> Message:
+    """The unsaved message a row asks for, validated as the API validates one;
+    raise ValidationError with every problem of the row."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    checks: list[tuple[str, Callable[[str], Any]]] = [
+        ("recipient_phone_number", normalize_phone_number),
+        ("content", validate_content),
+    ]
+    if row.send_after.strip():
+        checks.append(("send_after", parse_aware_datetime))
+    for field, check in checks:
+        try:
+            values[field] = check(getattr(row, field))
+        except ValidationError as exc:
+            problems.append(f"{field}: {' '.join(exc.messages)}")
+    if problems:
+        raise ValidationError("; ".join(problems))
+    send_after = values.get("send_after")
+    return Message(
+        recipient_phone_number=values["recipient_phone_number"],
+        content=values["content"],
+        send_after=send_after,
+        next_attempt_at=send_after or timezone.now(),
+    )
+
+
+def messages_import_rows(
+    *,
+    rows: Iterable[MessageImportRow],
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    on_rejected: Callable[[MessageImportRejection], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> MessageImportResult:
+    """Queue the valid rows as unsent messages, `batch_size` rows at a time, each
+    batch stored in one transaction; a dry run stores nothing.
+
+    An invalid row never stops the import: it goes to `on_rejected` with its line
+    and reason. `on_progress` gets the number of rows done after each batch.
+    Rows are consumed as they come, so a file of any size takes bounded memory.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    result = MessageImportResult()
+    pending = iter(rows)
+    while batch := list(itertools.islice(pending, batch_size)):
+        messages: list[Message] = []
+        for row in batch:
+            try:
+                messages.append(_message_from_import_row(row))
+            except ValidationError as exc:
+                result.rejected += 1
+                if on_rejected is not None:
+                    on_rejected(MessageImportRejection(line=row.line, reason=exc.messages[0]))
+        if messages and not dry_run:
+            with transaction.atomic():
+                Message.objects.bulk_create(messages)
+        result.imported += len(messages)
+        if on_progress is not None:
+            on_progress(len(batch))
+    logger.info(
+        "%s %d messages from an import; %d rows rejected",
+        "would queue" if dry_run else "queued",
+        result.imported,
+        result.rejected,
+    )
+    return result
+
+
+def messages_import_csv(
+    *,
+    stream: BinaryIO,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    on_checked: Callable[[int], None] | None = None,
+    on_rejected: Callable[[MessageImportRejection], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> MessageImportResult:
+    """Import a CSV file (see messages_import_csv_rows and messages_import_rows) from
+    a seekable binary `stream`.
+
+    The file is read to its end once before any row is stored, so that one which
+    turns out half-way not to be UTF-8 or not CSV raises MessageImportError having
+    stored nothing; that pass also counts the rows, given to `on_checked`. Reading
+    twice costs little next to the inserts, and keeps memory bounded either way.
+    """
+    total = sum(1 for _ in messages_import_csv_rows(stream=stream))
+    if on_checked is not None:
+        on_checked(total)
+    stream.seek(0)
+    return messages_import_rows(
+        rows=messages_import_csv_rows(stream=stream),
+        batch_size=batch_size,
+        dry_run=dry_run,
+        on_rejected=on_rejected,
+        on_progress=on_progress,
+    )

@@ -1,0 +1,298 @@
+"""A message's state machine: every change of status, one function each.
+
+    unsent ──claim──▶ processing ──mark_sent──▶ sent
+                      processing ──schedule_retry──▶ unsent (due later)
+                      processing ──fail──▶ failed
+                      processing ──recover_expired──▶ unsent, or failed (no attempts left)
+                      processing ──release_unsent──▶ unsent
+    failed ──requeue──▶ unsent
+
+Each is one UPDATE with the state it expects in its WHERE clause (status, and
+for a claimed message its claim token), so a concurrent change makes the loser
+change nothing instead of overwriting; each writes the attempt row that belongs
+to it. No other module builds these field sets or attempt rows.
+
+Times that decide who owns a message (claims, leases, when a retry is due) come
+from the database's clock, never the worker's: a worker whose clock runs fast
+must not take over the others' messages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Case, DateTimeField, DurationField, ExpressionWrapper, F, QuerySet, Value, When
+from django.db.models.functions import Now
+
+from messages_app.models import DeliveryAttempt, Message
+
+Status = Message.Status
+Outcome = DeliveryAttempt.Outcome
+MAX_ERROR_LENGTH = 2000
+LEASE_EXPIRED_ERROR = "lease expired: the worker sending it stopped or lost its connection before recording an outcome"
+RELEASED_ERROR = "released unsent: the worker was shutting down"
+
+
+def database_now() -> datetime:
+    """The database's current time: the one clock every worker agrees on.
+
+    The time of the statement, not of the transaction (which CURRENT_TIMESTAMP
+    would give), with sub-second precision on SQLite too: the same clock as
+    Django's Now() in a query.
+    """
+    if connection.vendor == "postgresql":
+        sql = "SELECT STATEMENT_TIMESTAMP()"
+    else:
+        sql = "SELECT STRFTIME('%Y-%m-%d %H:%M:%f', 'NOW')"
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        value = cursor.fetchone()[0]
+    if isinstance(value, str):  # SQLite answers text in UTC
+        value = datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value
+
+
+def database_now_plus(seconds: float) -> ExpressionWrapper:
+    """`now() + seconds` computed by the database, for use in an UPDATE."""
+    return ExpressionWrapper(
+        Now() + Value(timedelta(seconds=seconds), output_field=DurationField()), output_field=DateTimeField()
+    )
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One call to the provider, as the attempt log keeps it."""
+
+    message_id: int
+    number: int  # 1 for the first attempt
+    started_at: datetime
+    duration_ms: int | None = None
+    http_status: int | None = None
+    error: str = ""
+    provider_message_id: str = ""
+
+    def row(self, outcome: str) -> DeliveryAttempt:
+        return DeliveryAttempt(
+            message_id=self.message_id,
+            number=self.number,
+            started_at=self.started_at,
+            duration_ms=self.duration_ms,
+            http_status=self.http_status,
+            outcome=outcome,
+            error=self.error[:MAX_ERROR_LENGTH],
+            provider_message_id=self.provider_message_id,
+        )
+
+
+def _held(message_ids: Iterable[int], claim_token: uuid.UUID) -> QuerySet[Message]:
+    return Message.objects.filter(pk__in=list(message_ids), status=Status.PROCESSING, claim_token=claim_token)
+
+
+def _lock_held(message_ids: Iterable[int], claim_token: uuid.UUID) -> set[int]:
+    """The ids among `message_ids` still held under `claim_token`, locked against
+    deletion until the transaction ends: a message deleted meanwhile is simply
+    not among them, so it can never make the others' outcome writes fail."""
+    return set(
+        _held(message_ids, claim_token).select_for_update(no_key=True).order_by("pk").values_list("pk", flat=True)
+    )
+
+
+# --- unsent -> processing --------------------------------------------------------------
+
+
+def messages_claim(*, message_ids: Sequence[int], claim_token: uuid.UUID, lease_seconds: float) -> int:
+    """Lease unsent messages to `claim_token` for `lease_seconds` (the caller holds their row locks)."""
+    return Message.objects.filter(pk__in=list(message_ids), status=Status.UNSENT).update(
+        status=Status.PROCESSING,
+        claimed_at=Now(),
+        claim_token=claim_token,
+        lease_expires_at=database_now_plus(lease_seconds),
+        sending_started_at=None,
+    )
+
+
+def messages_renew_lease(
+    *, message_ids: Sequence[int], claim_token: uuid.UUID, lease_seconds: float, starting: bool = False
+) -> set[int]:
+    """Extend the lease of the messages still held under `claim_token`; return their ids.
+
+    `starting` marks the moment a worker begins sending them: a message whose
+    lease runs out before that was never tried, and goes back without spending
+    an attempt.
+    """
+    with transaction.atomic():
+        held = _lock_held(message_ids, claim_token)
+        if held:
+            fields = {"lease_expires_at": database_now_plus(lease_seconds)}
+            if starting:
+                fields["sending_started_at"] = Now()
+            Message.objects.filter(pk__in=held).update(**fields)
+    return held
+
+
+# --- processing -> sent / unsent / failed -----------------------------------------------
+
+
+def messages_mark_sent(
+    *, claim_token: uuid.UUID, attempts: Sequence[AttemptRecord], sent_at: datetime, delivery_cache_pending: bool
+) -> set[int]:
+    """processing -> sent at `sent_at` (a database_now() reading) for the messages of
+    `attempts` still held under `claim_token`, in one UPDATE, with their attempt
+    rows; return the ids that moved."""
+    if not attempts:
+        return set()
+    by_id = {a.message_id: a for a in attempts}
+    with transaction.atomic():
+        held = _lock_held(by_id, claim_token)
+        if not held:
+            return held
+        Message.objects.filter(pk__in=held).update(
+            status=Status.SENT,
+            sent_at=sent_at,
+            provider_message_id=Case(*(When(pk=pk, then=Value(by_id[pk].provider_message_id)) for pk in held)),
+            attempts=F("attempts") + 1,
+            last_error="",
+            claim_token=None,
+            lease_expires_at=None,
+            sending_started_at=None,
+            next_attempt_at=None,
+            delivery_cache_pending=delivery_cache_pending,
+        )
+        DeliveryAttempt.objects.bulk_create(by_id[pk].row(Outcome.SENT) for pk in sorted(held))
+    return held
+
+
+def message_schedule_retry(*, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float) -> bool:
+    """processing -> unsent, due again in `retry_in_seconds`; False if no longer held."""
+    with transaction.atomic():
+        if not _lock_held([attempt.message_id], claim_token):
+            return False
+        Message.objects.filter(pk=attempt.message_id).update(
+            status=Status.UNSENT,
+            attempts=F("attempts") + 1,
+            last_error=attempt.error[:MAX_ERROR_LENGTH],
+            next_attempt_at=database_now_plus(retry_in_seconds),
+            claim_token=None,
+            lease_expires_at=None,
+            sending_started_at=None,
+        )
+        attempt.row(Outcome.RETRY).save()
+    return True
+
+
+def message_fail(*, claim_token: uuid.UUID, attempt: AttemptRecord) -> bool:
+    """processing -> failed for good; False if no longer held."""
+    with transaction.atomic():
+        if not _lock_held([attempt.message_id], claim_token):
+            return False
+        Message.objects.filter(pk=attempt.message_id).update(
+            status=Status.FAILED,
+            attempts=F("attempts") + 1,
+            last_error=attempt.error[:MAX_ERROR_LENGTH],
+            # No retry will come: nothing is due any more.
+            next_attempt_at=None,
+            claim_token=None,
+            lease_expires_at=None,
+            sending_started_at=None,
+        )
+        attempt.row(Outcome.FAILED).save()
+    return True
+
+
+def messages_release_unsent(*, claim_token: uuid.UUID, message_ids: Sequence[int]) -> set[int]:
+    """processing -> unsent, due now, for messages a stopping worker will not send;
+    the attempt does not count. Return the ids that moved."""
+    with transaction.atomic():
+        held = _lock_held(message_ids, claim_token)
+        if not held:
+            return held
+        rows = list(Message.objects.filter(pk__in=held).values_list("pk", "attempts", "claimed_at"))
+        Message.objects.filter(pk__in=held).update(
+            status=Status.UNSENT,
+            next_attempt_at=Now(),
+            claim_token=None,
+            lease_expires_at=None,
+            sending_started_at=None,
+        )
+        DeliveryAttempt.objects.bulk_create(
+            AttemptRecord(message_id=pk, number=attempts + 1, started_at=claimed_at, error=RELEASED_ERROR).row(
+                Outcome.RELEASED
+            )
+            for pk, attempts, claimed_at in rows
+        )
+    return held
+
+
+@dataclass(frozen=True)
+class RecoveredLeases:
+    requeued: list[int]  # tried, back to unsent; the lost attempt counts
+    failed: list[int]  # tried, and that was the last attempt
+    never_started: list[int]  # claimed but no worker began sending: back, no attempt spent
+
+    @property
+    def count(self) -> int:
+        return len(self.requeued) + len(self.failed) + len(self.never_started)
+
+
+def messages_recover_expired(*, max_attempts: int, limit: int = 1000) -> RecoveredLeases:
+    """Return messages whose lease ran out (their worker vanished) to the queue.
+
+    A message a worker had begun sending counts the lost attempt, so one that
+    kills its worker every time fails after `max_attempts` instead of looping;
+    one that waited in the task queue and was never started spends nothing.
+    """
+    with transaction.atomic():
+        expired = list(
+            Message.objects.filter(status=Status.PROCESSING, lease_expires_at__lt=Now())
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "attempts", "sending_started_at")[:limit]
+        )
+        if not expired:
+            return RecoveredLeases([], [], [])
+        never = [pk for pk, _, started in expired if started is None]
+        tried = [(pk, attempts, started) for pk, attempts, started in expired if started is not None]
+        to_failed = [pk for pk, attempts, _ in tried if attempts + 1 >= max_attempts]
+        to_unsent = [pk for pk, attempts, _ in tried if attempts + 1 < max_attempts]
+        released = {"claim_token": None, "lease_expires_at": None, "sending_started_at": None}
+        if never:
+            Message.objects.filter(pk__in=never, status=Status.PROCESSING).update(
+                status=Status.UNSENT, next_attempt_at=Now(), **released
+            )
+        if to_unsent:
+            Message.objects.filter(pk__in=to_unsent, status=Status.PROCESSING).update(
+                status=Status.UNSENT,
+                attempts=F("attempts") + 1,
+                next_attempt_at=Now(),
+                last_error=LEASE_EXPIRED_ERROR,
+                **released,
+            )
+        if to_failed:
+            Message.objects.filter(pk__in=to_failed, status=Status.PROCESSING).update(
+                status=Status.FAILED,
+                attempts=F("attempts") + 1,
+                next_attempt_at=None,
+                last_error=LEASE_EXPIRED_ERROR,
+                **released,
+            )
+        DeliveryAttempt.objects.bulk_create(
+            AttemptRecord(message_id=pk, number=attempts + 1, started_at=started, error=LEASE_EXPIRED_ERROR).row(
+                Outcome.LEASE_EXPIRED
+            )
+            for pk, attempts, started in tried
+        )
+    return RecoveredLeases(requeued=to_unsent, failed=to_failed, never_started=never)
+
+
+# --- failed -> unsent -------------------------------------------------------------------
+
+
+def messages_requeue(*, queryset: QuerySet[Message]) -> int:
+    """failed -> unsent for the failed messages among `queryset`: due now, with a fresh
+    budget of attempts. Return how many moved."""
+    return queryset.filter(status=Status.FAILED).update(
+        status=Status.UNSENT, claimed_at=None, next_attempt_at=Now(), attempts=0
+    )
