@@ -169,14 +169,14 @@ def http_json(method: str, url: str, timeout: float = 5) -> object:
 
 def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """`python manage.py <args>` in its own process group, output to `log_path` (overwritten)."""
+    return start_command([sys.executable, "manage.py", *args], env, log_path)
+
+
+def start_command(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Any command, from the repository root, in its own process group, output to `log_path` (overwritten)."""
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "manage.py", *args],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -189,6 +189,20 @@ def stop_process(popen: subprocess.Popen, timeout: float = 40) -> None:
         os.killpg(popen.pid, signal.SIGKILL)
     with suppress(subprocess.TimeoutExpired):
         popen.wait(5)
+
+
+def stop_processes(popens: Sequence[subprocess.Popen], timeout: float = 40) -> None:
+    """stop_process for many at once: SIGTERM to all, then wait for all, so their shutdowns overlap."""
+    for popen in popens:
+        if popen.poll() is None:
+            with suppress(ProcessLookupError):
+                popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for popen in popens:
+        with suppress(subprocess.TimeoutExpired):
+            popen.wait(max(deadline - time.monotonic(), 0.1))
+    for popen in popens:
+        stop_process(popen, timeout=0)
 
 
 @contextmanager

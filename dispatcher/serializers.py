@@ -18,6 +18,12 @@ class DispatcherStatusSerializer(serializers.Serializer):
     interval_seconds = serializers.IntegerField()
     last_tick_at = serializers.DateTimeField(allow_null=True)
     next_tick_at = serializers.DateTimeField(allow_null=True)
+    pace_held = serializers.BooleanField(
+        help_text="False while the cluster has not kept up: a due tick waits because a whole batch "
+        "from before is still being sent."
+    )
+    behind_since = serializers.DateTimeField(allow_null=True, help_text="Since when the pace has not been held.")
+    behind_seconds = serializers.FloatField(help_text="How long the pace has not been held, in seconds (0 if held).")
     counts = MessageCountsSerializer()
     delivery_cache_pending = serializers.IntegerField(
         help_text="Sent messages whose messages:<messageId> record is not in Redis yet (it was unreachable)."

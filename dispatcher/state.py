@@ -130,9 +130,19 @@ class DispatcherStatus:
         return self.behind_since is None
 
 
+def _behind_seconds(state: DispatcherState) -> float:
+    if not (state.running and state.behind_since):
+        return 0.0
+    return round(max((database_now() - state.behind_since).total_seconds(), 0.0), 3)
+
+
+def dispatcher_behind_seconds() -> float:
+    """How long the cluster has not held the pace (0 while it does, or while stopped)."""
+    return _behind_seconds(dispatcher_state_read())
+
+
 def dispatcher_status() -> DispatcherStatus:
     state = dispatcher_state_read()
-    behind = (database_now() - state.behind_since).total_seconds() if state.behind_since else 0.0
     return DispatcherStatus(
         running=state.running,
         batch_size=state.batch_size,
@@ -140,7 +150,7 @@ def dispatcher_status() -> DispatcherStatus:
         last_tick_at=state.last_tick_at,
         next_tick_at=state.next_tick_at if state.running else None,
         behind_since=state.behind_since if state.running else None,
-        behind_seconds=round(max(behind, 0.0), 3) if state.running else 0.0,
+        behind_seconds=_behind_seconds(state),
         counts=message_status_counts(),
         delivery_cache_pending=Message.objects.filter(delivery_cache_pending=True).count(),
     )

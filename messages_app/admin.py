@@ -13,8 +13,10 @@ from audit.models import ControlAction
 from messages_app.csv_export import messages_csv_lines
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.permissions import REQUEUE_MESSAGE
-from messages_app.services import message_create, messages_requeue_failed
+from messages_app.services import message_create, messages_delete, messages_requeue_failed
 from messages_app.validators import normalize_phone_number, validate_content
+
+BEING_SENT = "This message is being sent right now and cannot be deleted; delete it once it is sent or failed."
 
 
 class MessageAdminForm(forms.ModelForm):
@@ -147,6 +149,28 @@ class MessageAdmin(admin.ModelAdmin):
         # A queued message is history: only its status moves, through the
         # dispatcher or the requeue action, never by editing the row.
         return False if obj is not None else super().has_change_permission(request, obj)
+
+    # A message a worker is sending cannot go (its outcome is about to be written):
+    # the delete page says so, and "delete selected" keeps such messages.
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context=None):
+        obj = self.get_object(request, object_id)
+        if obj is not None and obj.status == Message.Status.PROCESSING and self.has_delete_permission(request, obj):
+            self.message_user(request, BEING_SENT, messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:messages_app_message_change", args=[obj.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def delete_model(self, request: HttpRequest, obj: Message) -> None:
+        if not messages_delete(queryset=Message.objects.filter(pk=obj.pk)).deleted:
+            self.message_user(request, BEING_SENT, messages.ERROR)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        result = messages_delete(queryset=queryset)
+        if result.skipped:
+            self.message_user(
+                request,
+                f"Kept {result.skipped} message(s) a worker is sending right now; delete them once they are done.",
+                messages.WARNING,
+            )
 
     def save_model(self, request: HttpRequest, obj: Message, form: forms.ModelForm, change: bool) -> None:
         created = message_create(

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
@@ -123,6 +125,25 @@ def messages_requeue_failed(
         "requeued %d failed messages%s", changed, f" created since {created_since.isoformat()}" if created_since else ""
     )
     return changed
+
+
+@dataclass(frozen=True)
+class MessagesDeleted:
+    deleted: int
+    skipped: int  # being sent (processing): kept
+
+
+def messages_delete(*, queryset: QuerySet[Message]) -> MessagesDeleted:
+    """Delete the messages of `queryset` (with their attempts) except those a worker is
+    sending: their outcome is about to be written. The status is checked in the
+    DELETE itself, so a message claimed meanwhile is kept too."""
+    with transaction.atomic():
+        selected = queryset.count()
+        _, per_model = queryset.exclude(status=Status.PROCESSING).delete()
+    deleted = per_model.get(Message._meta.label, 0)
+    if deleted:
+        logger.info("deleted %d messages", deleted)
+    return MessagesDeleted(deleted=deleted, skipped=selected - deleted)
 
 
 # --- Prune old messages -------------------------------------------------------------

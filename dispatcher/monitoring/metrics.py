@@ -33,6 +33,7 @@ from dispatcher.engine.counters import (
     TICK_DURATION,
     counter_key,
 )
+from dispatcher.state import dispatcher_behind_seconds
 from messages_app.selectors import message_status_counts
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,12 @@ class MessagingCollector:
         for status, count in counts.items():
             queue.add_metric([status], count)
         yield queue
+        yield GaugeMetricFamily(
+            "messaging_dispatch_behind_seconds",
+            "How long the cluster has not held the pace (a due tick waiting for a batch still being sent); "
+            "0 while it holds.",
+            value=dispatcher_behind_seconds(),
+        )
         yield _up("messaging_metrics_database_up", "Whether this scrape could count the queue.", True)
 
     def _shared(self) -> Iterator[Metric]:

@@ -24,6 +24,9 @@ STATUS_FIELDS = {
     "interval_seconds",
     "last_tick_at",
     "next_tick_at",
+    "pace_held",
+    "behind_since",
+    "behind_seconds",
     "counts",
     "delivery_cache_pending",
 }
@@ -427,3 +430,20 @@ def test_start_enqueues_the_window_after_a_real_commit(staff_user, client_for):
     assert response.status_code == 200
     queued = OrmQ.objects.get()
     assert queued.task["func"] == DISPATCH_WINDOW_TASK
+
+
+def test_get_says_when_the_cluster_is_behind_the_pace(api_client):
+    make_state(running=True, batch_size=5)
+    DispatcherState.objects.update(behind_since=timezone.now() - dt.timedelta(seconds=42))
+
+    body = api_client.get(URL).json()
+
+    assert body["pace_held"] is False
+    assert 41 <= body["behind_seconds"] <= 60
+    assert body["behind_since"] is not None
+
+
+def test_get_says_the_pace_is_held(api_client):
+    make_state(running=True)
+    body = api_client.get(URL).json()
+    assert (body["pace_held"], body["behind_since"], body["behind_seconds"]) == (True, None, 0.0)

@@ -220,3 +220,14 @@ def test_openmetrics_is_served_when_asked_for(client):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/openmetrics-text")
     assert response.content.decode().rstrip().endswith("# EOF")
+
+
+def test_metrics_show_how_far_behind_the_pace_the_cluster_is(client):
+    DispatcherState.objects.update(behind_since=timezone.now() - timezone.timedelta(seconds=30))
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}
+    [sample] = families["messaging_dispatch_behind_seconds"].samples
+    assert 29 <= sample.value <= 60
+
+    DispatcherState.objects.update(behind_since=None)
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}
+    assert families["messaging_dispatch_behind_seconds"].samples[0].value == 0

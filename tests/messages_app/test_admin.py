@@ -11,6 +11,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from dispatcher.models import DispatcherState
+from messages_app.admin import BEING_SENT
 from messages_app.models import Message
 from tests.factories import make_message, make_user
 
@@ -425,3 +426,39 @@ def test_saving_an_invalid_pace_shows_a_form_error_and_changes_nothing(admin_cli
     assert response.status_code == 200
     assert field in response.context["adminform"].form.errors
     assert DispatcherState.objects.values().get() == before
+
+
+# --- deleting -----------------------------------------------------------------------
+
+
+def test_a_message_being_sent_cannot_be_deleted_and_the_page_says_why(admin_client_):
+    message = make_message(status=Status.PROCESSING)
+    change_url = reverse("admin:messages_app_message_change", args=[message.pk])
+
+    assert admin_client_.get(reverse("admin:messages_app_message_delete", args=[message.pk])).status_code == 302
+    response = admin_client_.post(reverse("admin:messages_app_message_delete", args=[message.pk]), {"post": "yes"})
+
+    assert response.status_code == 302 and response["Location"] == change_url
+    assert flash_messages(response)[-1] == ("error", BEING_SENT)
+    assert Message.objects.filter(pk=message.pk).exists()
+
+
+def test_delete_selected_keeps_the_messages_being_sent_and_says_so(admin_client_):
+    sent = make_message(status=Status.SENT)
+    processing = make_message(status=Status.PROCESSING)
+
+    response = admin_client_.post(
+        reverse("admin:messages_app_message_changelist"),
+        {"action": "delete_selected", "_selected_action": [sent.pk, processing.pk], "post": "yes"},
+    )
+
+    assert response.status_code == 302
+    assert set(Message.objects.values_list("pk", flat=True)) == {processing.pk}
+    assert any("Kept 1 message(s) a worker is sending" in text for _, text in flash_messages(response))
+
+
+def test_a_sent_message_can_be_deleted(admin_client_):
+    message = make_message(status=Status.SENT)
+    response = admin_client_.post(reverse("admin:messages_app_message_delete", args=[message.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not Message.objects.filter(pk=message.pk).exists()

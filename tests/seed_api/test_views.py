@@ -251,6 +251,9 @@ def test_status_answers_the_dispatcher_status_in_the_envelope(api_client, path):
         "interval_seconds",
         "last_tick_at",
         "next_tick_at",
+        "pace_held",
+        "behind_since",
+        "behind_seconds",
         "counts",
         "delivery_cache_pending",
     }
