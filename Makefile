@@ -35,10 +35,11 @@ run: $(BIN)/.installed .env
 	@echo
 	$(BIN)/honcho -f Procfile.dev start
 
-## test: lint, Django checks, schema validation and the test suite (needs PostgreSQL and Redis on localhost)
+## test: lint, import contracts, Django checks, schema validation and the test suite (needs PostgreSQL and Redis on localhost)
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py check --fail-level WARNING
 	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(BIN)/pytest
@@ -56,6 +57,7 @@ browser-deps:
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
