@@ -25,6 +25,7 @@ class ControlAction(models.Model):
         CONFIGURE = "configure", "Change the pace"
         REQUEUE = "requeue", "Requeue messages"
         REQUEUE_ALL = "requeue_all", "Requeue all failed"
+        CANCEL = "cancel", "Cancel messages"
 
     class Via(models.TextChoices):
         API = "api", "REST API"

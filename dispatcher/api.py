@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
-from rest_framework import permissions, viewsets
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from audit.models import ControlAction
+from dispatcher.engine.receipts import ReceiptRejected, receipt_record, receipt_verify
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.permissions import CanControlDispatcher
 from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer
 from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_status, dispatcher_stop
 
 VIA = ControlAction.Via.API
+RECEIPT_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 class DispatcherViewSet(viewsets.GenericViewSet):
@@ -71,3 +74,42 @@ class DispatcherViewSet(viewsets.GenericViewSet):
     def stop(self, request: Request) -> Response:
         dispatcher_stop(actor=request.user, via=VIA)
         return self._status_response()
+
+
+class DeliveryReceiptView(APIView):
+    """POST /api/receipts/: a provider's delivery receipt, trusted by its signature alone."""
+
+    # The signature is the authentication: no session, token or CSRF applies.
+    authentication_classes: list = []
+    permission_classes = [permissions.AllowAny]
+    throttle_classes: list = []
+    parser_classes = []  # the body is read raw: the signature covers its exact bytes
+
+    @extend_schema(
+        summary="Receive a delivery receipt (Standard Webhooks signature)",
+        description=(
+            'The provider calls back with `{"messageId", "status": "delivered"|"undelivered", '
+            '"errorCode", "timestamp"}`, signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, '
+            "`webhook-signature`: HMAC-SHA256 with RECEIPT_WEBHOOK_SECRET). A bad or stale signature is 401 and "
+            "changes nothing; a replayed receipt id is ignored; a receipt for a messageId not (yet) sent is kept "
+            "and answered 202. The message's dispatch status stays `sent`."
+        ),
+        request={"application/json": {"type": "object"}},
+        responses={
+            200: OpenApiResponse(description="Applied, or a replay ignored."),
+            202: OpenApiResponse(description="Kept: no sent message has that messageId yet."),
+            400: OpenApiResponse(description="Signed, but not a receipt we can read."),
+            401: OpenApiResponse(description="The signature does not check (or receipts are not configured)."),
+        },
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        headers = {name: request.headers.get(name, "") for name in RECEIPT_HEADERS}
+        try:
+            payload = receipt_verify(body=request.body, headers=headers)
+            result = receipt_record(receipt_id=headers["webhook-id"], payload=payload)
+        except ReceiptRejected as exc:
+            code = status.HTTP_401_UNAUTHORIZED if exc.unauthorized else status.HTTP_400_BAD_REQUEST
+            return Response({"detail": exc.reason}, status=code)
+        code = status.HTTP_202_ACCEPTED if result.outcome == "waiting" else status.HTTP_200_OK
+        return Response({"outcome": result.outcome, "message_id": result.message_id}, status=code)

@@ -108,6 +108,15 @@ SPECS: tuple[SettingSpec, ...] = (
         maximum=10_000,
     ),
     SettingSpec(
+        "LOWER_PRIORITY_SHARE",
+        "DISPATCH_LOWER_PRIORITY_SHARE",
+        "float",
+        0.2,
+        "share of each tick a priority leaves to the ones below it while they wait (0-0.9)",
+        minimum=0.0,
+        maximum=0.9,
+    ),
+    SettingSpec(
         "CONCURRENCY",
         "DISPATCH_CONCURRENCY",
         "int",
@@ -117,6 +126,13 @@ SPECS: tuple[SettingSpec, ...] = (
         maximum=1024,
     ),
     SettingSpec("METRICS_TOKEN", "METRICS_TOKEN", "secret", "", "if set, /metrics needs Authorization: Bearer <token>"),
+    SettingSpec(
+        "RECEIPT_SECRET",
+        "RECEIPT_WEBHOOK_SECRET",
+        "secret",
+        "",
+        "Standard Webhooks secret (whsec_...) delivery receipts are signed with; unset, receipts are refused",
+    ),
 )
 SPECS_BY_KEY = {spec.key: spec for spec in SPECS}
 
@@ -136,9 +152,12 @@ class DispatcherSettings:
     retry_max_seconds: float
     lease_seconds: float
     chunk_size: int
+    lower_priority_share: float
     concurrency: int
     # Empty: /metrics is open to anyone who can reach it.
     metrics_token: str = ""
+    # Empty: POST /api/receipts/ refuses every receipt.
+    receipt_secret: str = ""
 
     @property
     def chunk_send_budget_seconds(self) -> float:
@@ -183,6 +202,8 @@ def dispatcher_settings() -> DispatcherSettings:
         retry_max_seconds=float(value("RETRY_MAX_SECONDS")),
         lease_seconds=float(value("LEASE_SECONDS")),
         chunk_size=int(value("CHUNK_SIZE")),
+        lower_priority_share=float(value("LOWER_PRIORITY_SHARE")),
         concurrency=int(value("CONCURRENCY")),
         metrics_token=value("METRICS_TOKEN") or "",
+        receipt_secret=value("RECEIPT_SECRET") or "",
     )

@@ -11,23 +11,30 @@ from django.utils import timezone
 DISPATCH_WINDOW_TASK = "dispatcher.tasks.dispatch_window"
 SEND_CHUNK_TASK = "dispatcher.tasks.send_chunk"
 DISPATCH_SCHEDULE_NAME = "dispatcher: pace dispatch ticks"
+PRUNE_KEYS_TASK = "restapi.idempotency.idempotency_keys_prune"
+PRUNE_KEYS_SCHEDULE_NAME = "prune expired idempotency keys"
 TASK_GROUP = "dispatcher"
 
 
 def dispatcher_schedule_ensure(*, using: str = "default") -> None:
-    """Make sure django-q2 starts a dispatch window every minute (created once, kept as is)."""
+    """Make sure django-q2 starts a dispatch window every minute, and prunes expired
+    idempotency keys every hour (created once, kept as is)."""
     from django_q.models import Schedule
 
-    Schedule.objects.using(using).get_or_create(
-        name=DISPATCH_SCHEDULE_NAME,
-        defaults={
-            "func": DISPATCH_WINDOW_TASK,
-            "schedule_type": Schedule.MINUTES,
-            "minutes": 1,
-            "repeats": -1,
-            "next_run": timezone.now(),
-        },
-    )
+    for name, func, minutes in (
+        (DISPATCH_SCHEDULE_NAME, DISPATCH_WINDOW_TASK, 1),
+        (PRUNE_KEYS_SCHEDULE_NAME, PRUNE_KEYS_TASK, 60),
+    ):
+        Schedule.objects.using(using).get_or_create(
+            name=name,
+            defaults={
+                "func": func,
+                "schedule_type": Schedule.MINUTES,
+                "minutes": minutes,
+                "repeats": -1,
+                "next_run": timezone.now(),
+            },
+        )
 
 
 def enqueue_dispatch_window() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import signal
 import uuid
@@ -39,7 +40,12 @@ def worker_handles_sigterm(**kwargs) -> None:
     finishes its sends in flight and gives back the rest, a dispatch window
     ends, and the cluster then stops the worker in its own time. A second
     SIGTERM ends the worker at once.
+
+    Not in django-q2's sync mode, where tasks run inside some other process
+    (a test, a web worker) whose own SIGTERM handling is not ours to change.
     """
+    if multiprocessing.current_process().name == "MainProcess":
+        return
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 

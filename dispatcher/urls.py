@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dispatcher.api import DispatcherViewSet
+from dispatcher.api import DeliveryReceiptView, DispatcherViewSet
 
 urlpatterns = [
     path(
@@ -10,4 +10,5 @@ urlpatterns = [
     ),
     path("dispatcher/start/", DispatcherViewSet.as_view({"post": "start"}), name="dispatcher-start"),
     path("dispatcher/stop/", DispatcherViewSet.as_view({"post": "stop"}), name="dispatcher-stop"),
+    path("receipts/", DeliveryReceiptView.as_view(), name="receipts"),
 ]

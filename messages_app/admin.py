@@ -12,9 +12,9 @@ from django.utils import timezone
 from audit.models import ControlAction
 from messages_app.csv_export import messages_csv_lines
 from messages_app.models import DeliveryAttempt, Message
-from messages_app.permissions import REQUEUE_MESSAGE
-from messages_app.services import message_create, messages_delete, messages_requeue_failed
-from messages_app.validators import normalize_phone_number, validate_content
+from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
+from messages_app.services import message_create, messages_cancel_queued, messages_delete, messages_requeue_failed
+from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
 
 BEING_SENT = "This message is being sent right now and cannot be deleted; delete it once it is sent or failed."
 
@@ -28,17 +28,34 @@ class MessageAdminForm(forms.ModelForm):
     )
     # Kept exactly as typed, as the API does (Django's form field would strip it).
     content = forms.CharField(widget=forms.Textarea, strip=False)
+    priority = forms.ChoiceField(
+        choices=Message.Priority.choices,
+        initial=Message.Priority.NORMAL,
+        required=False,
+        help_text="Higher goes first; lower keeps a share of every tick.",
+    )
 
     class Meta:
         model = Message
-        fields = ["recipient_phone_number", "content", "send_after"]
-        help_texts = {"send_after": "Optional: not sent before this time."}
+        fields = ["recipient_phone_number", "content", "send_after", "expires_at", "priority"]
+        help_texts = {
+            "send_after": "Optional: not sent before this time.",
+            "expires_at": "Optional: never sent after this time (it becomes expired).",
+        }
 
     def clean_recipient_phone_number(self) -> str:
         return normalize_phone_number(self.cleaned_data["recipient_phone_number"])
 
     def clean_content(self) -> str:
         return validate_content(self.cleaned_data["content"])
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        try:
+            validate_expiry(expires_at=cleaned.get("expires_at"), send_after=cleaned.get("send_after"))
+        except forms.ValidationError as exc:
+            self.add_error("expires_at", exc)
+        return cleaned
 
 
 class AttemptsFilter(admin.SimpleListFilter):
@@ -83,7 +100,7 @@ class MessageAdmin(admin.ModelAdmin):
     form = MessageAdminForm
     inlines = [DeliveryAttemptInline]
     list_display = ["id", "recipient_phone_number", "short_content", "status", "attempts", "created_at", "sent_at"]
-    list_filter = ["status", "created_at", "sent_at", AttemptsFilter]
+    list_filter = ["status", "delivery_status", "priority", "created_at", "sent_at", AttemptsFilter]
     search_fields = ["recipient_phone_number", "content", "=uuid", "=provider_message_id"]
     date_hierarchy = "created_at"
     ordering = ["-id"]
@@ -94,6 +111,9 @@ class MessageAdmin(admin.ModelAdmin):
         "status",
         "created_at",
         "send_after",
+        "expires_at",
+        "priority",
+        "segments",
         "next_attempt_at",
         "claimed_at",
         "lease_expires_at",
@@ -102,8 +122,11 @@ class MessageAdmin(admin.ModelAdmin):
         "delivery_cache_pending",
         "attempts",
         "last_error",
+        "delivery_status",
+        "delivery_error_code",
+        "delivery_status_at",
     ]
-    actions = ["requeue_failed"]
+    actions = ["requeue_failed", "cancel_queued"]
 
     def get_urls(self):
         own = [
@@ -132,7 +155,7 @@ class MessageAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
         if obj is None:
-            return ["recipient_phone_number", "content", "send_after"]
+            return ["recipient_phone_number", "content", "send_after", "expires_at", "priority"]
         return ["recipient_phone_number", "content", *self.readonly_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
@@ -177,6 +200,8 @@ class MessageAdmin(admin.ModelAdmin):
             recipient_phone_number=form.cleaned_data["recipient_phone_number"],
             content=form.cleaned_data["content"],
             send_after=form.cleaned_data.get("send_after"),
+            expires_at=form.cleaned_data.get("expires_at"),
+            priority=form.cleaned_data.get("priority") or Message.Priority.NORMAL,
         )
         obj.pk = created.pk
 
@@ -193,4 +218,19 @@ class MessageAdmin(admin.ModelAdmin):
         if len(selected) > changed:
             self.message_user(
                 request, f"Skipped {len(selected) - changed} message(s) that were not failed.", messages.WARNING
+            )
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(CANCEL_MESSAGE)
+
+    @admin.action(description="Cancel selected unsent messages", permissions=["cancel"])
+    def cancel_queued(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        selected = list(queryset.values_list("pk", flat=True))
+        changed = messages_cancel_queued(message_ids=selected, actor=request.user, via=ControlAction.Via.ADMIN)
+        self.message_user(request, f"Cancelled {changed} unsent message(s).", messages.SUCCESS)
+        if len(selected) > changed:
+            self.message_user(
+                request,
+                f"Skipped {len(selected) - changed} message(s) that were not unsent (being sent, or done).",
+                messages.WARNING,
             )

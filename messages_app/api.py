@@ -14,7 +14,7 @@ from audit.models import ControlAction
 from messages_app import selectors, services
 from messages_app.errors import MessageStateError
 from messages_app.filters import MessageFilter
-from messages_app.permissions import CanRequeueMessages, ModelPermissionsWithView
+from messages_app.permissions import CanCancelMessages, CanRequeueMessages, ModelPermissionsWithView
 from messages_app.serializers import (
     DeliveryAttemptSerializer,
     MessageBulkCreateSerializer,
@@ -22,6 +22,7 @@ from messages_app.serializers import (
     MessageCreateSerializer,
     MessageSerializer,
 )
+from restapi.idempotency import idempotent
 from restapi.pagination import SentMessageCursorPagination
 
 
@@ -61,10 +62,13 @@ class MessageViewSet(
         return MessageSerializer
 
     def create(self, request: Request, *args, **kwargs) -> Response:
-        serializer = MessageCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        message = services.message_create(**serializer.validated_data)
-        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+        def queue() -> Response:
+            serializer = MessageCreateSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            message = services.message_create(**serializer.validated_data)
+            return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, queue)
 
     @extend_schema(
         summary="Queue up to MESSAGE_BULK_MAX_ITEMS messages, all or nothing",
@@ -73,11 +77,14 @@ class MessageViewSet(
     )
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
-        serializer = MessageBulkCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        with transaction.atomic():
-            messages = services.messages_bulk_create(items=serializer.validated_data["messages"])
-        return Response({"messages": MessageSerializer(messages, many=True).data}, status=status.HTTP_201_CREATED)
+        def queue() -> Response:
+            serializer = MessageBulkCreateSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            with transaction.atomic():
+                messages = services.messages_bulk_create(items=serializer.validated_data["messages"])
+            return Response({"messages": MessageSerializer(messages, many=True).data}, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, queue)
 
     @extend_schema(
         summary="Sent messages, most recently sent first",
@@ -111,6 +118,24 @@ class MessageViewSet(
         message = self.get_object()
         try:
             message = services.message_requeue(message_id=message.pk, actor=request.user, via=ControlAction.Via.API)
+        except MessageStateError as exc:
+            raise Conflict(str(exc)) from None
+        return Response(MessageSerializer(message).data)
+
+    @extend_schema(
+        summary="Cancel an unsent or scheduled message (the cancel permission)",
+        description="Moves an unsent message (also one scheduled with send_after) to `cancelled`: it is never "
+        "sent. A message being sent, sent, failed, expired or already cancelled answers 409.",
+        request=None,
+        responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not unsent.")},
+    )
+    @action(detail=True, methods=["post"], permission_classes=[CanCancelMessages])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        message = self.get_object()
+        try:
+            message = services.message_cancel_queued(
+                message_id=message.pk, actor=request.user, via=ControlAction.Via.API
+            )
         except MessageStateError as exc:
             raise Conflict(str(exc)) from None
         return Response(MessageSerializer(message).data)

@@ -13,16 +13,16 @@ from typing import Any, BinaryIO
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils import timezone
 
 from messages_app.errors import MessageImportError
 from messages_app.models import Message
+from messages_app.services import message_new
 from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content
 
 logger = logging.getLogger(__name__)
 
 MESSAGE_IMPORT_REQUIRED_COLUMNS = ("recipient_phone_number", "content")
-MESSAGE_IMPORT_OPTIONAL_COLUMNS = ("send_after",)
+MESSAGE_IMPORT_OPTIONAL_COLUMNS = ("send_after", "expires_at", "priority")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class MessageImportRow:
     recipient_phone_number: str
     content: str
     send_after: str = ""
+    expires_at: str = ""
+    priority: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,11 @@ def _message_from_import_row(row: MessageImportRow) -> Message:
         ("recipient_phone_number", normalize_phone_number),
         ("content", validate_content),
     ]
-    if row.send_after.strip():
-        checks.append(("send_after", parse_aware_datetime))
+    for optional, check in (("send_after", parse_aware_datetime), ("expires_at", parse_aware_datetime)):
+        if getattr(row, optional).strip():
+            checks.append((optional, check))
+    if row.priority.strip():
+        checks.append(("priority", _priority))
     for field, check in checks:
         try:
             values[field] = check(getattr(row, field))
@@ -130,13 +135,17 @@ def _message_from_import_row(row: MessageImportRow) -> Message:
             problems.append(f"{field}: {' '.join(exc.messages)}")
     if problems:
         raise ValidationError("; ".join(problems))
-    send_after = values.get("send_after")
-    return Message(
-        recipient_phone_number=values["recipient_phone_number"],
-        content=values["content"],
-        send_after=send_after,
-        next_attempt_at=send_after or timezone.now(),
-    )
+    try:
+        return message_new(**values)
+    except ValidationError as exc:  # what only the fields together can say, e.g. the expiry
+        raise ValidationError(f"expires_at: {' '.join(exc.messages)}") from None
+
+
+def _priority(value: str) -> str:
+    value = value.strip().lower()
+    if value not in Message.Priority.values:
+        raise ValidationError(f"must be one of {', '.join(Message.Priority.values)}.")
+    return value
 
 
 def messages_import_rows(

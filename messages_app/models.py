@@ -13,6 +13,20 @@ class Message(models.Model):
         PROCESSING = "processing", "Processing"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+
+    class Priority(models.TextChoices):
+        HIGH = "high", "High"
+        NORMAL = "normal", "Normal"
+        LOW = "low", "Low"
+
+    class Delivery(models.TextChoices):
+        """What the provider's receipt said happened after it accepted the message."""
+
+        UNKNOWN = "", "No receipt yet"
+        DELIVERED = "delivered", "Delivered"
+        UNDELIVERED = "undelivered", "Undelivered"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     # Stored in E.164 (at most 15 digits plus the leading "+").
@@ -26,6 +40,11 @@ class Message(models.Model):
     # backoff. Set whenever a message is unsent, so the claim's index can skip
     # what is not due yet; cleared once nothing more is due (sent or failed).
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    # Never sent after this moment (optional): a one-time code an hour late is worse than none.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    # SMS segments the content takes (GSM-7 or UCS-2), computed when it is queued.
+    segments = models.PositiveSmallIntegerField(default=1)
     claimed_at = models.DateTimeField(null=True, blank=True)
     # Who holds the message while it is `processing`, and until when. Writes of
     # the outcome must match the token, so a worker whose lease ran out (and
@@ -41,6 +60,10 @@ class Message(models.Model):
     delivery_cache_pending = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    # From the provider's delivery receipt; the dispatch status stays `sent`.
+    delivery_status = models.CharField(max_length=16, choices=Delivery.choices, blank=True, default="")
+    delivery_error_code = models.CharField(max_length=64, blank=True, default="")
+    delivery_status_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -48,11 +71,20 @@ class Message(models.Model):
             # The claim reads the unsent rows that are due, earliest first; a partial
             # index on the due time keeps that lookup proportional to what is due,
             # not to the history or to messages scheduled for later.
+            # One range per priority (the claim reads each level on its own).
             models.Index(
-                fields=["next_attempt_at", "id"],
+                fields=["priority", "next_attempt_at", "id"],
                 name="message_due_queue",
                 condition=Q(status="unsent"),
             ),
+            # Expiring unsent messages finds the few that carry an expiry.
+            models.Index(
+                fields=["expires_at"],
+                name="message_unsent_expiry",
+                condition=Q(status="unsent", expires_at__isnull=False),
+            ),
+            # Receipts find their message by the provider's id.
+            models.Index(fields=["provider_message_id"], name="message_provider_id"),
             # The sent list pages backwards through sending time.
             models.Index(
                 fields=["-sent_at", "-id"],
@@ -75,13 +107,16 @@ class Message(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=Q(status__in=["unsent", "processing", "sent", "failed"]),
+                condition=Q(status__in=["unsent", "processing", "sent", "failed", "cancelled", "expired"]),
                 name="message_status_valid",
             ),
         ]
         # Requeueing is an operator's decision, not part of editing a message: it
         # gets its own permission (checked by the API, the admin and the dashboard).
-        permissions = [("requeue_message", "Can requeue failed messages")]
+        permissions = [
+            ("requeue_message", "Can requeue failed messages"),
+            ("cancel_message", "Can cancel queued messages"),
+        ]
 
     def __str__(self) -> str:
         return f"Message {self.pk} to {self.recipient_phone_number} ({self.status})"
@@ -96,6 +131,7 @@ class DeliveryAttempt(models.Model):
         FAILED = "failed", "Failed"
         LEASE_EXPIRED = "lease_expired", "Lease expired (worker lost)"
         RELEASED = "released", "Released unsent (worker stopping)"
+        EXPIRED = "expired", "Expired (not sent after its expiry)"
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="delivery_attempts")
     number = models.PositiveIntegerField(help_text="1 for the first attempt.")
@@ -117,3 +153,30 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"Attempt {self.number} of message {self.message_id}: {self.outcome}"
+
+
+class DeliveryReceipt(models.Model):
+    """A provider's delivery receipt, kept once per receipt id (a replay is ignored).
+
+    A receipt that arrives before its message is recorded as sent (a fast
+    provider) waits here unmatched and is applied when the send is recorded.
+    """
+
+    receipt_id = models.CharField(max_length=255, unique=True)
+    provider_message_id = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=Message.Delivery.choices)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    occurred_at = models.DateTimeField(help_text="When the provider says it happened.")
+    received_at = models.DateTimeField(auto_now_add=True)
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="delivery_receipts"
+    )
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["provider_message_id"], name="receipt_unmatched", condition=Q(message__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"Receipt {self.receipt_id}: {self.provider_message_id} {self.status}"

@@ -50,3 +50,10 @@ class StaffOrPermission(BasePermission):
 
 class CanRequeueMessages(StaffOrPermission):
     permission = REQUEUE_MESSAGE
+
+
+CANCEL_MESSAGE = "messages_app.cancel_message"
+
+
+class CanCancelMessages(StaffOrPermission):
+    permission = CANCEL_MESSAGE

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, F, QuerySet
+from django.db.models import Count, F, QuerySet, Sum
 from django.db.models.functions import TruncMinute
 
 from messages_app.models import DeliveryAttempt, Message
@@ -56,3 +57,50 @@ def delivery_outcomes_per_minute(*, since: datetime) -> dict[datetime, dict[str,
     for row in rows:
         per_minute.setdefault(row["minute"], {outcome.value: 0 for outcome in outcomes})[row["outcome"]] = row["n"]
     return per_minute
+
+
+@dataclass(frozen=True)
+class DeliveryFunnel:
+    queued: int  # unsent or being sent
+    sent: int
+    delivered: int
+    undelivered: int
+    failed: int
+    expired: int
+    cancelled: int
+    segments_sent: int  # by the messages sent since `since`
+    # Median and 95th percentile of sent -> receipt outcome, over receipts since `since`.
+    latency_p50_seconds: float | None
+    latency_p95_seconds: float | None
+
+
+def delivery_funnel(*, since: datetime) -> DeliveryFunnel:
+    counts = message_status_counts()
+    sent = Message.objects.filter(status=Message.Status.SENT)
+    deliveries = dict(
+        sent.exclude(delivery_status="").order_by().values_list("delivery_status").annotate(n=Count("id"))
+    )
+    segments = sent.filter(sent_at__gte=since).aggregate(total=Sum("segments"))["total"] or 0
+    latencies = sorted(
+        (status_at - sent_at).total_seconds()
+        for sent_at, status_at in sent.filter(delivery_status_at__gte=since)
+        .values_list("sent_at", "delivery_status_at")
+        .order_by("-delivery_status_at")[:10_000]
+        if sent_at is not None
+    )
+
+    def percentile(p: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 1) if latencies else None
+
+    return DeliveryFunnel(
+        queued=counts["unsent"] + counts["processing"],
+        sent=counts["sent"],
+        delivered=deliveries.get(Message.Delivery.DELIVERED, 0),
+        undelivered=deliveries.get(Message.Delivery.UNDELIVERED, 0),
+        failed=counts["failed"],
+        expired=counts["expired"],
+        cancelled=counts["cancelled"],
+        segments_sent=segments,
+        latency_p50_seconds=percentile(0.5),
+        latency_p95_seconds=percentile(0.95),
+    )

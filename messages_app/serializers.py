@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from messages_app.models import DeliveryAttempt, Message
-from messages_app.validators import normalize_phone_number, validate_content
+from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
 
 
 def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
@@ -66,6 +66,12 @@ class MessageSerializer(serializers.ModelSerializer):
             "last_error",
             "send_after",
             "next_attempt_at",
+            "expires_at",
+            "priority",
+            "segments",
+            "delivery_status",
+            "delivery_error_code",
+            "delivery_status_at",
         ]
         read_only_fields = fields
 
@@ -88,6 +94,23 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     send_after = serializers.DateTimeField(
         required=False, allow_null=True, help_text="Optional: do not send before this time (ISO 8601)."
     )
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Optional: never send after this time (ISO 8601); then the message becomes `expired`.",
+    )
+    priority = serializers.ChoiceField(
+        choices=Message.Priority.choices,
+        default=Message.Priority.NORMAL,
+        help_text="high, normal (default) or low: higher goes first, lower keeps a share of every tick.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        try:
+            validate_expiry(expires_at=attrs.get("expires_at"), send_after=attrs.get("send_after"))
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"expires_at": exc.messages}) from None
+        return attrs
 
     def validate_recipient_phone_number(self, value: str) -> str:
         try:

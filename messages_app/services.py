@@ -17,8 +17,9 @@ from django.utils import timezone
 from audit.services import Action, Via, control_action_record
 from messages_app.errors import MessageStateError
 from messages_app.models import Message
-from messages_app.transitions import messages_requeue
-from messages_app.validators import normalize_phone_number, validate_content
+from messages_app.segments import sms_segments
+from messages_app.transitions import message_cancel, messages_cancel, messages_requeue
+from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -28,31 +29,44 @@ logger = logging.getLogger(__name__)
 Status = Message.Status
 
 
-def message_create(*, recipient_phone_number: str, content: str, send_after: datetime | None = None) -> Message:
-    message = Message.objects.create(
+def message_new(
+    *,
+    recipient_phone_number: str,
+    content: str,
+    send_after: datetime | None = None,
+    expires_at: datetime | None = None,
+    priority: str = Message.Priority.NORMAL,
+) -> Message:
+    """An unsaved message, validated and normalised as every way of queueing one needs
+    it (API, bulk, seed route, admin, CSV import); raise ValidationError otherwise."""
+    content = validate_content(content)
+    return Message(
         recipient_phone_number=normalize_phone_number(recipient_phone_number),
-        content=validate_content(content),
+        content=content,
         send_after=send_after,
         next_attempt_at=send_after or timezone.now(),
+        expires_at=validate_expiry(expires_at=expires_at, send_after=send_after),
+        priority=priority,
+        segments=sms_segments(content),
     )
+
+
+def message_create(**fields: Any) -> Message:
+    """Queue one message (fields as message_new takes them)."""
+    message = message_new(**fields)
+    message.save()
     logger.info(
-        "queued message id=%s uuid=%s%s", message.pk, message.uuid, f" to send after {send_after}" if send_after else ""
+        "queued message id=%s uuid=%s%s",
+        message.pk,
+        message.uuid,
+        f" to send after {message.send_after}" if message.send_after else "",
     )
     return message
 
 
 def messages_bulk_create(*, items: Sequence[dict[str, Any]]) -> list[Message]:
     """Create all messages or none. Callers validate first to report per-item errors."""
-    now = timezone.now()
-    messages = [
-        Message(
-            recipient_phone_number=normalize_phone_number(item["recipient_phone_number"]),
-            content=validate_content(item["content"]),
-            send_after=item.get("send_after"),
-            next_attempt_at=item.get("send_after") or now,
-        )
-        for item in items
-    ]
+    messages = [message_new(**item) for item in items]
     with transaction.atomic():
         created = Message.objects.bulk_create(messages)
     logger.info(
@@ -86,6 +100,39 @@ def message_requeue(*, message_id: int, actor: AbstractBaseUser | None = None, v
         raise MessageStateError(f"Only failed messages can be requeued; this one is {message.status}.")
     logger.info("requeued message id=%s uuid=%s", message.pk, message.uuid)
     return message
+
+
+def message_cancel_queued(*, message_id: int, actor: AbstractBaseUser | None = None, via: str = Via.COMMAND) -> Message:
+    """Cancel an unsent (or scheduled) message; raise MessageStateError once it is being
+    sent or done. Recorded in the audit log like a requeue."""
+    with transaction.atomic():
+        changed = message_cancel(message_id=message_id)
+        if changed:
+            control_action_record(
+                action=Action.CANCEL, actor=actor, via=via, detail={"message_ids": [message_id], "count": 1}
+            )
+    message = Message.objects.get(pk=message_id)
+    if not changed:
+        raise MessageStateError(f"Only unsent or scheduled messages can be cancelled; this one is {message.status}.")
+    logger.info("cancelled message id=%s uuid=%s", message.pk, message.uuid)
+    return message
+
+
+def messages_cancel_queued(
+    *, message_ids: Iterable[int], actor: AbstractBaseUser | None = None, via: str = Via.COMMAND
+) -> int:
+    """Cancel the unsent messages among `message_ids`; return how many. Audited."""
+    message_ids = list(message_ids)
+    with transaction.atomic():
+        changed = messages_cancel(queryset=Message.objects.filter(pk__in=message_ids))
+        control_action_record(
+            action=Action.CANCEL,
+            actor=actor,
+            via=via,
+            detail={"message_ids": message_ids[:REQUEUE_RECORDED_IDS], "selected": len(message_ids), "count": changed},
+        )
+    logger.info("cancelled %d unsent messages", changed)
+    return changed
 
 
 def messages_requeue_failed(

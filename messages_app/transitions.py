@@ -6,6 +6,10 @@
                       processing ──recover_expired──▶ unsent, or failed (no attempts left)
                       processing ──release_unsent──▶ unsent
     failed ──requeue──▶ unsent
+    unsent ──cancel──▶ cancelled
+    unsent ──expire──▶ expired (its expires_at passed; also instead of a retry or a
+                                 lease recovery that would fall after it)
+    sent: a delivery receipt records delivered/undelivered beside the status
 
 Each is one UPDATE with the state it expects in its WHERE clause (status, and
 for a claimed message its claim token), so a concurrent change makes the loser
@@ -25,10 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Case, DateTimeField, DurationField, ExpressionWrapper, F, QuerySet, Value, When
+from django.db.models import Case, DateTimeField, DurationField, ExpressionWrapper, F, Q, QuerySet, Value, When
 from django.db.models.functions import Now
 
-from messages_app.models import DeliveryAttempt, Message
+from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
 
 Status = Message.Status
 Outcome = DeliveryAttempt.Outcome
@@ -163,25 +167,57 @@ def messages_mark_sent(
             delivery_cache_pending=delivery_cache_pending,
         )
         DeliveryAttempt.objects.bulk_create(by_id[pk].row(Outcome.SENT) for pk in sorted(held))
+        _apply_waiting_receipts({by_id[pk].provider_message_id: pk for pk in held})
     return held
 
 
-def message_schedule_retry(*, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float) -> bool:
-    """processing -> unsent, due again in `retry_in_seconds`; False if no longer held."""
+def _apply_waiting_receipts(message_by_provider_id: dict[str, int]) -> None:
+    """Receipts that came before their send was recorded (a fast provider) apply now."""
+    waiting = list(
+        DeliveryReceipt.objects.filter(provider_message_id__in=message_by_provider_id, message__isnull=True).order_by(
+            "occurred_at", "id"
+        )
+    )
+    for receipt in waiting:  # oldest first: the latest outcome is the one that stays
+        message_id = message_by_provider_id[receipt.provider_message_id]
+        Message.objects.filter(pk=message_id).update(
+            delivery_status=receipt.status,
+            delivery_error_code=receipt.error_code,
+            delivery_status_at=receipt.occurred_at,
+        )
+        DeliveryReceipt.objects.filter(pk=receipt.pk).update(message_id=message_id)
+
+
+def message_schedule_retry(*, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float) -> str | None:
+    """processing -> unsent, due again in `retry_in_seconds`; or -> expired if that
+    would fall after the message's expiry. Return the new status, None if no
+    longer held."""
     with transaction.atomic():
         if not _lock_held([attempt.message_id], claim_token):
-            return False
+            return None
+        retry_at = database_now_plus(retry_in_seconds)
+        if Message.objects.filter(pk=attempt.message_id, expires_at__lte=retry_at).update(
+            status=Status.EXPIRED,
+            attempts=F("attempts") + 1,
+            last_error=attempt.error[:MAX_ERROR_LENGTH],
+            next_attempt_at=None,
+            claim_token=None,
+            lease_expires_at=None,
+            sending_started_at=None,
+        ):
+            attempt.row(Outcome.RETRY).save()
+            return Status.EXPIRED
         Message.objects.filter(pk=attempt.message_id).update(
             status=Status.UNSENT,
             attempts=F("attempts") + 1,
             last_error=attempt.error[:MAX_ERROR_LENGTH],
-            next_attempt_at=database_now_plus(retry_in_seconds),
+            next_attempt_at=retry_at,
             claim_token=None,
             lease_expires_at=None,
             sending_started_at=None,
         )
         attempt.row(Outcome.RETRY).save()
-    return True
+    return Status.UNSENT
 
 
 def message_fail(*, claim_token: uuid.UUID, attempt: AttemptRecord) -> bool:
@@ -232,10 +268,11 @@ class RecoveredLeases:
     requeued: list[int]  # tried, back to unsent; the lost attempt counts
     failed: list[int]  # tried, and that was the last attempt
     never_started: list[int]  # claimed but no worker began sending: back, no attempt spent
+    expired: list[int]  # past their expiry: never sent now
 
     @property
     def count(self) -> int:
-        return len(self.requeued) + len(self.failed) + len(self.never_started)
+        return len(self.requeued) + len(self.failed) + len(self.never_started) + len(self.expired)
 
 
 def messages_recover_expired(*, max_attempts: int, limit: int = 1000) -> RecoveredLeases:
@@ -252,12 +289,22 @@ def messages_recover_expired(*, max_attempts: int, limit: int = 1000) -> Recover
             .values_list("pk", "attempts", "sending_started_at")[:limit]
         )
         if not expired:
-            return RecoveredLeases([], [], [])
+            return RecoveredLeases([], [], [], [])
         never = [pk for pk, _, started in expired if started is None]
         tried = [(pk, attempts, started) for pk, attempts, started in expired if started is not None]
+        # Whatever is back in the queue but past its expiry is never sent: expired.
+        past_expiry = set(
+            Message.objects.filter(pk__in=[pk for pk, _, _ in expired], expires_at__lte=Now()).values_list(
+                "pk", flat=True
+            )
+        )
         to_failed = [pk for pk, attempts, _ in tried if attempts + 1 >= max_attempts]
         to_unsent = [pk for pk, attempts, _ in tried if attempts + 1 < max_attempts]
         released = {"claim_token": None, "lease_expires_at": None, "sending_started_at": None}
+        if past_expiry:
+            Message.objects.filter(pk__in=past_expiry, status=Status.PROCESSING).update(
+                status=Status.EXPIRED, next_attempt_at=None, **released
+            )
         if never:
             Message.objects.filter(pk__in=never, status=Status.PROCESSING).update(
                 status=Status.UNSENT, next_attempt_at=Now(), **released
@@ -284,7 +331,12 @@ def messages_recover_expired(*, max_attempts: int, limit: int = 1000) -> Recover
             )
             for pk, attempts, started in tried
         )
-    return RecoveredLeases(requeued=to_unsent, failed=to_failed, never_started=never)
+    return RecoveredLeases(
+        requeued=[pk for pk in to_unsent if pk not in past_expiry],
+        failed=[pk for pk in to_failed if pk not in past_expiry],
+        never_started=[pk for pk in never if pk not in past_expiry],
+        expired=sorted(past_expiry),
+    )
 
 
 # --- failed -> unsent -------------------------------------------------------------------
@@ -296,3 +348,79 @@ def messages_requeue(*, queryset: QuerySet[Message]) -> int:
     return queryset.filter(status=Status.FAILED).update(
         status=Status.UNSENT, claimed_at=None, next_attempt_at=Now(), attempts=0
     )
+
+
+# --- unsent -> cancelled / expired --------------------------------------------------------
+
+
+def message_cancel(*, message_id: int) -> bool:
+    """unsent (scheduled or not) -> cancelled; False if it is not unsent (being sent, or done)."""
+    return bool(
+        Message.objects.filter(pk=message_id, status=Status.UNSENT).update(
+            status=Status.CANCELLED, next_attempt_at=None
+        )
+    )
+
+
+def messages_cancel(*, queryset: QuerySet[Message]) -> int:
+    """unsent -> cancelled for the unsent messages among `queryset`; return how many moved."""
+    return queryset.filter(status=Status.UNSENT).update(status=Status.CANCELLED, next_attempt_at=None)
+
+
+def messages_expire(*, limit: int = 10_000) -> list[int]:
+    """unsent -> expired for messages whose expiry has passed; return their ids."""
+    with transaction.atomic():
+        ids = list(
+            Message.objects.filter(status=Status.UNSENT, expires_at__lte=Now())
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:limit]
+        )
+        if ids:
+            Message.objects.filter(pk__in=ids, status=Status.UNSENT).update(status=Status.EXPIRED, next_attempt_at=None)
+    return ids
+
+
+def messages_expire_claimed(*, claim_token: uuid.UUID, message_ids: Sequence[int]) -> set[int]:
+    """processing -> expired for held messages a worker found past their expiry before
+    sending them: never sent. Return the ids that moved."""
+    with transaction.atomic():
+        held = _lock_held(message_ids, claim_token)
+        if held:
+            rows = list(Message.objects.filter(pk__in=held).values_list("pk", "attempts"))
+            Message.objects.filter(pk__in=held).update(
+                status=Status.EXPIRED,
+                next_attempt_at=None,
+                claim_token=None,
+                lease_expires_at=None,
+                sending_started_at=None,
+            )
+            now = database_now()
+            DeliveryAttempt.objects.bulk_create(
+                AttemptRecord(
+                    message_id=pk, number=attempts + 1, started_at=now, error="not sent: past its expiry"
+                ).row(Outcome.EXPIRED)
+                for pk, attempts in rows
+            )
+    return held
+
+
+# --- sent: the delivery receipt -----------------------------------------------------------
+
+
+def message_record_delivery(
+    *, provider_message_id: str, status: str, error_code: str, occurred_at: datetime
+) -> int | None:
+    """Record a receipt's outcome on the sent message with `provider_message_id`; return
+    its id, or None if no sent message has that id (yet). The dispatch status stays
+    `sent`; a receipt older than the one recorded does not overwrite it."""
+    message_id = (
+        Message.objects.filter(provider_message_id=provider_message_id, status=Status.SENT)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if message_id is None:
+        return None
+    Message.objects.filter(pk=message_id).filter(
+        Q(delivery_status_at__isnull=True) | Q(delivery_status_at__lte=occurred_at)
+    ).update(delivery_status=status, delivery_error_code=error_code, delivery_status_at=occurred_at)
+    return message_id

@@ -59,3 +59,15 @@ def parse_aware_datetime(value: str) -> datetime:
             code="invalid",
         )
     return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
+
+
+def validate_expiry(*, expires_at: datetime | None, send_after: datetime | None = None) -> datetime | None:
+    """An expiry must lie ahead, and after `send_after` if there is one: a message that
+    could never be sent is refused, not queued to expire."""
+    if expires_at is None:
+        return None
+    if expires_at <= timezone.now():
+        raise ValidationError("expires_at must be in the future.", code="expired")
+    if send_after is not None and expires_at <= send_after:
+        raise ValidationError("expires_at must be after send_after.", code="expires_before_send_after")
+    return expires_at

@@ -246,6 +246,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
     minimum=1024,
 )
 
+# How long an Idempotency-Key is remembered (restapi.idempotency).
+IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
+
 # --- Dispatcher (read through dispatcher.conf.dispatcher_settings()) -----------
 # Phone numbers, message text and WEBHOOK_AUTH_KEY go to the provider, so in
 # production they travel over https unless WEBHOOK_ALLOW_HTTP says plain http is

@@ -22,9 +22,39 @@ from messages_app.models import Message
 from messages_app.permissions import ModelPermissionsWithView
 from messages_app.serializers import MessageCreateSerializer, MessageSerializer
 from restapi.defaults import request_body_too_large
+from restapi.idempotency import idempotent
 
 # The Go service returned every sent message at once; we cap the answer.
 SEED_SENT_LIST_LIMIT = 1000
+
+
+class SeedMessageSerializer(MessageSerializer):
+    """A message as the Go service's clients know it: the fields it had, no more."""
+
+    class Meta(MessageSerializer.Meta):
+        fields = [
+            "id",
+            "uuid",
+            "recipient_phone_number",
+            "content",
+            "status",
+            "created_at",
+            "sent_at",
+            "provider_message_id",
+            "attempts",
+            "last_error",
+            "send_after",
+            "next_attempt_at",
+        ]
+        read_only_fields = fields
+
+
+class SeedMessageCreateSerializer(MessageCreateSerializer):
+    """What the Go service took on create (expiry and priority are this API's own)."""
+
+    expires_at = None
+    priority = None
+
 
 FailSerializer = inline_serializer(
     "SeedFail",
@@ -94,18 +124,18 @@ class SeedMessagesView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Sent messages, most recently sent first",
-        responses={200: _success_envelope("SeedSentMessages", MessageSerializer(many=True))},
+        responses={200: _success_envelope("SeedSentMessages", SeedMessageSerializer(many=True))},
     )
     def get(self, request: Request) -> Response:
         messages = selectors.messages_sent().order_by("-sent_at", "-id")[:SEED_SENT_LIST_LIMIT]
-        return success(MessageSerializer(messages, many=True).data)
+        return success(SeedMessageSerializer(messages, many=True).data)
 
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Queue a message",
-        request=MessageCreateSerializer,
+        request=SeedMessageCreateSerializer,
         responses={
-            200: _success_envelope("SeedCreatedMessage", MessageSerializer()),
+            200: _success_envelope("SeedCreatedMessage", SeedMessageSerializer()),
             400: FailSerializer,
             422: FailSerializer,
         },
@@ -113,10 +143,18 @@ class SeedMessagesView(SeedAPIView):
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
             return fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid request body", "expected a JSON object")
-        serializer = MessageCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        message = services.message_create(**serializer.validated_data)
-        return success(MessageSerializer(message).data)
+
+        def queue() -> Response:
+            serializer = SeedMessageCreateSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            message = services.message_create(**serializer.validated_data)
+            return success(SeedMessageSerializer(message).data)
+
+        return idempotent(
+            request,
+            queue,
+            mismatch=lambda reason: fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "idempotency key reused", reason),
+        )
 
 
 class SeedWorkerView(SeedAPIView):

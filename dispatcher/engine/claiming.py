@@ -10,16 +10,18 @@ chunk tasks (dispatcher.engine.pipeline).
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models import Q
 from django.db.models.functions import Now
 
 from dispatcher.conf import dispatcher_settings
 from dispatcher.state import dispatcher_state_lock, dispatcher_tick_take
 from messages_app.models import Message
-from messages_app.transitions import messages_claim, messages_recover_expired
+from messages_app.transitions import messages_claim, messages_expire, messages_recover_expired
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ Status = Message.Status
 
 @dataclass(frozen=True)
 class Claim:
-    """Messages leased to one claim token, oldest due first."""
+    """Messages leased to one claim token, higher priority first, then earliest due."""
 
     claim_token: uuid.UUID
     message_ids: list[int]
@@ -38,27 +40,63 @@ class Claim:
 
 
 def claimable():
-    """Unsent messages that are due (their send_after or retry backoff has passed), by the database's clock."""
-    return Message.objects.filter(status=Status.UNSENT, next_attempt_at__lte=Now())
+    """Unsent messages that are due (their send_after or retry backoff has passed) and not
+    past their expiry, by the database's clock."""
+    return Message.objects.filter(status=Status.UNSENT, next_attempt_at__lte=Now()).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
+    )
+
+
+PRIORITIES = (Message.Priority.HIGH, Message.Priority.NORMAL, Message.Priority.LOW)
+
+
+def _claim_level(priority: str, limit: int, claim_token: uuid.UUID, lease_seconds: float) -> list[int]:
+    if limit <= 0:
+        return []
+    ids = list(
+        claimable()
+        .filter(priority=priority)
+        .order_by("next_attempt_at", "id")
+        .select_for_update(skip_locked=True)
+        .values_list("id", flat=True)[:limit]
+    )
+    if ids:
+        messages_claim(message_ids=ids, claim_token=claim_token, lease_seconds=lease_seconds)
+    return ids
 
 
 def claim_batch(*, batch_size: int) -> Claim:
-    """Lease up to `batch_size` of the earliest-due claimable messages.
+    """Lease up to `batch_size` due messages, higher priority first, earliest due first
+    within a priority.
+
+    Higher priorities never take the whole batch while lower ones wait: each level
+    leaves DISPATCH_LOWER_PRIORITY_SHARE of what remains to the levels below it, and
+    what they do not use goes back to the higher ones. Each level is read on its
+    own from the (priority, next_attempt_at, id) index, so messages scheduled for
+    later are never scanned.
 
     Rows another transaction has locked are skipped, not waited for, so any
     number of dispatchers can claim at once and never take the same message.
     The lease is short (DISPATCH_LEASE_SECONDS); the worker that sends the
     messages renews it while it works.
     """
-    ids = list(
-        claimable()
-        .order_by("next_attempt_at", "id")
-        .select_for_update(skip_locked=True)
-        .values_list("id", flat=True)[:batch_size]
-    )
+    conf = dispatcher_settings()
     token = uuid.uuid4()
-    if ids:
-        messages_claim(message_ids=ids, claim_token=token, lease_seconds=dispatcher_settings().lease_seconds)
+    ids: list[int] = []
+    remaining = batch_size
+    for index, priority in enumerate(PRIORITIES):
+        below = index < len(PRIORITIES) - 1
+        cap = remaining - (math.ceil(remaining * conf.lower_priority_share) if below else 0)
+        taken = _claim_level(priority, cap, token, conf.lease_seconds)
+        ids.extend(taken)
+        remaining -= len(taken)
+    # What the lower levels left of their share, the higher ones may have.
+    for priority in PRIORITIES:
+        if remaining <= 0:
+            break
+        taken = _claim_level(priority, remaining, token, conf.lease_seconds)
+        ids.extend(taken)
+        remaining -= len(taken)
     return Claim(claim_token=token, message_ids=ids)
 
 
@@ -93,16 +131,31 @@ def recover_expired_leases(*, limit: int = 1000) -> int:
     """Return messages whose worker vanished (lease expired) to the queue; count them."""
     recovered = messages_recover_expired(max_attempts=dispatcher_settings().max_attempts, limit=limit)
     if recovered.count:
-        ids = recovered.requeued + recovered.failed + recovered.never_started
+        ids = recovered.requeued + recovered.failed + recovered.never_started + recovered.expired
         logger.warning(
             "recovered %d messages with expired leases (ids %s..%s): %d tried and requeued, "
-            "%d failed for good, %d never started",
+            "%d failed for good, %d never started, %d past their expiry",
             recovered.count,
             min(ids),
             max(ids),
             len(recovered.requeued),
             len(recovered.failed),
             len(recovered.never_started),
+            len(recovered.expired),
             extra={"message_ids": ids[:100]},
         )
     return recovered.count
+
+
+def expire_overdue() -> int:
+    """Move unsent messages past their expiry to `expired`; count them."""
+    ids = messages_expire()
+    if ids:
+        logger.warning(
+            "expired %d unsent messages past their expiry (ids %s..%s)",
+            len(ids),
+            min(ids),
+            max(ids),
+            extra={"message_ids": ids[:100]},
+        )
+    return len(ids)

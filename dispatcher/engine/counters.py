@@ -97,11 +97,31 @@ TICK_DURATION = CacheHistogram(
 )
 
 
+SENT_TO_DELIVERY = CacheHistogram(
+    "messaging_delivery_latency_seconds",
+    "Time from a message's sending to the outcome its delivery receipt reports.",
+    (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0),
+)
+# Receipts by what became of them: the delivery outcome applied, or why none was.
+RECEIPT_OUTCOMES = ("delivered", "undelivered", "unmatched", "replayed")
+RECEIPTS = "messaging_receipts"
+
+
 def counter_key(name: str) -> str:
     return f"{KEY_PREFIX}{name}"
 
 
-ALL_KEYS = [*(counter_key(name) for name, _ in OUTCOME_COUNTERS.values()), *PROVIDER_LATENCY.keys, *TICK_DURATION.keys]
+def receipt_key(outcome: str) -> str:
+    return counter_key(f"{RECEIPTS}:{outcome}")
+
+
+ALL_KEYS = [
+    *(counter_key(name) for name, _ in OUTCOME_COUNTERS.values()),
+    *PROVIDER_LATENCY.keys,
+    *TICK_DURATION.keys,
+    *SENT_TO_DELIVERY.keys,
+    *(receipt_key(outcome) for outcome in RECEIPT_OUTCOMES),
+]
 
 
 # --- recording (workers) -----------------------------------------------------------------
@@ -155,3 +175,10 @@ def metrics_record_batch(*, outcomes: Iterable[str], provider_latencies_ms: Iter
 
 def metrics_record_tick(*, duration_seconds: float) -> None:
     _add(TICK_DURATION.increments([round(duration_seconds * 1000)]))
+
+
+def metrics_record_receipt(*, outcome: str, sent_to_outcome_seconds: float | None = None) -> None:
+    deltas: Counter[str] = Counter({receipt_key(outcome): 1})
+    if sent_to_outcome_seconds is not None:
+        deltas.update(SENT_TO_DELIVERY.increments([max(0, round(sent_to_outcome_seconds * 1000))]))
+    _add(deltas)

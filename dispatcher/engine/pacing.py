@@ -25,8 +25,9 @@ from collections.abc import Callable
 
 from django.db import close_old_connections
 
-from dispatcher.engine.claiming import recover_expired_leases
+from dispatcher.engine.claiming import expire_overdue, recover_expired_leases
 from dispatcher.engine.pipeline import hand_out_tick
+from dispatcher.engine.receipts import receipts_apply_waiting
 from dispatcher.engine.recording import delivery_cache_catch_up
 from dispatcher.state import dispatcher_pace_check, dispatcher_window_open
 
@@ -38,8 +39,8 @@ POLL_SECONDS = 1.0
 # After an unexpected error (database gone, say), wait before the next try.
 ERROR_BACKOFF_SECONDS = 2.0
 # How often a window returns expired leases to the queue (so a dead worker's
-# messages come back within about a lease, whatever the interval) and writes
-# delivery records Redis missed.
+# messages come back within about a lease, whatever the interval), expires
+# unsent messages past their expiry and writes delivery records Redis missed.
 UPKEEP_SECONDS = 5.0
 
 
@@ -122,6 +123,8 @@ def run_dispatch_window(
             if time.monotonic() >= upkeep_at:
                 upkeep_at = time.monotonic() + UPKEEP_SECONDS
                 recover_expired_leases()
+                expire_overdue()
+                receipts_apply_waiting()
                 delivery_cache_catch_up()
             if pace.due_in_seconds <= 0:
                 if hand_out_tick():

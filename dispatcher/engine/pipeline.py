@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import close_old_connections
+from django.utils import timezone
 
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, recover_expired_leases
@@ -35,7 +36,12 @@ from dispatcher.engine.sending import SendResult, Unsent, send_concurrently
 from dispatcher.errors import DispatcherStoppedError
 from dispatcher.schedule import enqueue_chunk
 from messages_app.models import Message
-from messages_app.transitions import messages_release_unsent, messages_renew_lease
+from messages_app.transitions import (
+    database_now,
+    messages_expire_claimed,
+    messages_release_unsent,
+    messages_renew_lease,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +58,15 @@ def _never() -> bool:
 class ChunkReport:
     outcomes: list[DeliveryOutcome] = field(default_factory=list)
     released: int = 0
+    expired: int = 0
     lease_lost: bool = False
 
     def counts(self) -> Counter[str]:
         counts = Counter(o.outcome for o in self.outcomes)
         if self.released:
             counts["released"] += self.released
+        if self.expired:
+            counts["expired"] += self.expired
         return counts
 
 
@@ -83,8 +92,15 @@ def send_chunk(
     if not held:
         logger.info("chunk %s: none of its %d messages is still ours; nothing to send", claim_token, len(message_ids))
         return report
-    messages = list(Message.objects.filter(pk__in=held).order_by("next_attempt_at", "id"))
+    position = {pk: index for index, pk in enumerate(message_ids)}  # the claim's order: priority, then due
+    messages = sorted(Message.objects.filter(pk__in=held), key=lambda m: position[m.pk])
     deadline = time.monotonic() + conf.chunk_send_budget_seconds
+    # Expiry is judged by the database's clock, read once and carried by our own.
+    clock_offset = database_now() - timezone.now()
+
+    def past_expiry(message: Message) -> bool:
+        return message.expires_at is not None and message.expires_at <= timezone.now() + clock_offset
+
     unsent = Unsent(messages=[])
     waiting: list[SendResult] = []
     flushed_at = time.monotonic()
@@ -103,12 +119,29 @@ def send_chunk(
 
         try:
             for results in send_concurrently(
-                messages, provider=provider, concurrency=conf.concurrency, should_stop=stop_sending, unsent=unsent
+                messages,
+                provider=provider,
+                concurrency=conf.concurrency,
+                should_stop=stop_sending,
+                skip=past_expiry,
+                unsent=unsent,
             ):
                 waiting.extend(results)
                 if len(waiting) >= FLUSH_RESULTS or time.monotonic() - flushed_at >= FLUSH_SECONDS:
                     flush()
             flush()
+            if unsent.skipped and not keeper.lost:
+                expired = messages_expire_claimed(claim_token=claim_token, message_ids=[m.pk for m in unsent.skipped])
+                report.expired = len(expired)
+                keeper.done(m.pk for m in unsent.skipped)
+                if expired:
+                    logger.warning(
+                        "chunk %s: %d messages past their expiry not sent (ids %s..%s)",
+                        claim_token,
+                        len(expired),
+                        min(expired),
+                        max(expired),
+                    )
             if unsent.messages and not keeper.lost:
                 report.released = len(
                     messages_release_unsent(claim_token=claim_token, message_ids=[m.pk for m in unsent.messages])

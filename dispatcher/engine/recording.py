@@ -126,8 +126,19 @@ def _record_unsuccessful(r: SendResult, *, claim_token: uuid.UUID, conf: Dispatc
         )
         return DeliveryOutcome(message.pk, str(message.uuid), Outcome.FAILED, error=error)
     delay = retry_delay(attempt=attempt.number, conf=conf, retry_after=exc.retry_after)
-    if not message_schedule_retry(claim_token=claim_token, attempt=attempt, retry_in_seconds=delay):
+    moved_to = message_schedule_retry(claim_token=claim_token, attempt=attempt, retry_in_seconds=delay)
+    if moved_to is None:
         return DeliveryOutcome(message.pk, str(message.uuid), LOST, error=error)
+    if moved_to == Message.Status.EXPIRED:
+        logger.warning(
+            "expired message id=%s uuid=%s attempt=%d: its next try would come after its expiry: %s",
+            message.pk,
+            message.uuid,
+            attempt.number,
+            error,
+            extra=_ids(r),
+        )
+        return DeliveryOutcome(message.pk, str(message.uuid), Outcome.EXPIRED, error=error)
     logger.warning(
         "retrying message id=%s uuid=%s attempt=%d in %.1f s: %s",
         message.pk,

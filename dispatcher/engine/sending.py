@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.utils import timezone
@@ -85,9 +85,11 @@ def send_one(*, message: Message, provider: BaseProvider) -> SendResult:
 
 @dataclass
 class Unsent:
-    """The messages `send_concurrently` never started (it was told to stop)."""
+    """The messages `send_concurrently` never started: told to stop before them
+    (`messages`), or skipped because `skip` said so when their turn came (`skipped`)."""
 
     messages: list[Message]
+    skipped: list[Message] = field(default_factory=list)
 
 
 def send_concurrently(
@@ -97,6 +99,7 @@ def send_concurrently(
     concurrency: int,
     should_stop: Callable[[], bool],
     unsent: Unsent,
+    skip: Callable[[Message], bool] = lambda message: False,
 ) -> Iterator[list[SendResult]]:
     """Send `messages`, `concurrency` at a time, yielding the results completed since the
     last yield (possibly none, at least every COLLECT_SECONDS). Once `should_stop()` turns true no
@@ -106,6 +109,9 @@ def send_concurrently(
             if should_stop():
                 unsent.messages = messages[index:]
                 return
+            if skip(message):
+                unsent.skipped.append(message)
+                continue
             yield [send_one(message=message, provider=provider)]
         return
 
@@ -119,7 +125,11 @@ def send_concurrently(
         # Keep `concurrency` sends in flight: submitting as others finish (rather
         # than all at once) means a stop leaves nothing queued in the pool.
         while not stopping and pending_messages and len(in_flight) < concurrency:
-            in_flight.add(pool.submit(send_one, message=pending_messages.pop(), provider=provider))
+            message = pending_messages.pop()
+            if skip(message):
+                unsent.skipped.append(message)
+                continue
+            in_flight.add(pool.submit(send_one, message=message, provider=provider))
         if not in_flight:
             break
         done, in_flight = wait(in_flight, timeout=COLLECT_SECONDS, return_when=FIRST_COMPLETED)

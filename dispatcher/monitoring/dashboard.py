@@ -25,7 +25,12 @@ from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.state import dispatcher_configure, dispatcher_status
 from messages_app.models import Message
-from messages_app.selectors import delivery_outcomes_per_minute, message_count, messages_recent_failures
+from messages_app.selectors import (
+    delivery_funnel,
+    delivery_outcomes_per_minute,
+    message_count,
+    messages_recent_failures,
+)
 from messages_app.services import messages_requeue_failed
 
 if TYPE_CHECKING:
@@ -221,6 +226,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResp
             }
             for choice in Message.Status
         ],
+        "funnel": delivery_funnel(since=now - timedelta(days=1)),
         "chart": outcome_chart(per_minute=delivery_outcomes_per_minute(since=first_minute), last_minute=last_minute),
         "failures": messages_recent_failures(limit=RECENT_FAILURES),
         "failed_changelist_url": f"{changelist_url}?status__exact={Message.Status.FAILED.value}",

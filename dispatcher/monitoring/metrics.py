@@ -30,8 +30,12 @@ from dispatcher.engine.counters import (
     CACHE_ALIAS,
     OUTCOME_COUNTERS,
     PROVIDER_LATENCY,
+    RECEIPT_OUTCOMES,
+    RECEIPTS,
+    SENT_TO_DELIVERY,
     TICK_DURATION,
     counter_key,
+    receipt_key,
 )
 from dispatcher.state import dispatcher_behind_seconds
 from messages_app.selectors import message_status_counts
@@ -87,6 +91,16 @@ class MessagingCollector:
             yield CounterMetricFamily(name, documentation, value=values.get(counter_key(name), 0))
         yield PROVIDER_LATENCY.metric(values)
         yield TICK_DURATION.metric(values)
+        yield SENT_TO_DELIVERY.metric(values)
+        receipts = CounterMetricFamily(
+            RECEIPTS,
+            "Delivery receipts received, by outcome (delivered, undelivered; unmatched: no sent message with that "
+            "messageId yet; replayed: a receipt id already seen).",
+            labels=["outcome"],
+        )
+        for outcome in RECEIPT_OUTCOMES:
+            receipts.add_metric([outcome], values.get(receipt_key(outcome), 0))
+        yield receipts
         yield _up("messaging_metrics_cache_up", help_text, True)
 
 

@@ -132,7 +132,13 @@ def test_changelist_needs_a_staff_login(client):
 def test_add_page_loads(admin_client_):
     response = admin_client_.get(ADD)
     assert response.status_code == 200
-    assert set(response.context["adminform"].form.fields) == {"recipient_phone_number", "content", "send_after"}
+    assert set(response.context["adminform"].form.fields) == {
+        "recipient_phone_number",
+        "content",
+        "send_after",
+        "expires_at",
+        "priority",
+    }
 
 
 def test_add_creates_a_normalised_unsent_message(admin_client_):

@@ -29,6 +29,12 @@ MESSAGE_FIELDS = {
     "last_error",
     "send_after",
     "next_attempt_at",
+    "expires_at",
+    "priority",
+    "segments",
+    "delivery_status",
+    "delivery_error_code",
+    "delivery_status_at",
 }
 
 

@@ -139,7 +139,7 @@ ROWS = {
     "create-string-body": create("hi", error_at=("non_field_errors",)),
     "create-number-body": create(42, error_at=("non_field_errors",)),
     "create-null-body": create(None, raw=b"null", error_at=("non_field_errors",)),
-    "create-unknown-field": create(message(priority="high"), error_at=("priority",)),
+    "create-unknown-field": create(message(urgency="high"), error_at=("urgency",)),
     "create-read-only-field": create(message(status="sent"), error_at=("status",)),
     "create-unknown-and-bad-field": create(message(content="", colour="red"), error_at=("colour",)),
     "create-malformed-json": create(None, raw=b'{"recipient_phone_number": "+905551112233",', error_at=("detail",)),

@@ -319,7 +319,7 @@ def test_recover_expired_tells_never_started_from_tried():
 
     recovered = messages_recover_expired(max_attempts=3)
 
-    assert recovered == RecoveredLeases(requeued=[tried.pk], failed=[last_try.pk], never_started=[never.pk])
+    assert recovered == RecoveredLeases(requeued=[tried.pk], failed=[last_try.pk], never_started=[never.pk], expired=[])
     assert recovered.count == 3
     stored = {m.pk: m for m in Message.objects.all()}
     # Waited in the task queue, never tried: back at once, no attempt spent, nothing logged.
@@ -352,7 +352,7 @@ def test_recover_expired_with_nothing_expired_changes_nothing():
 
     recovered = messages_recover_expired(max_attempts=3)
 
-    assert recovered == RecoveredLeases([], [], []) and recovered.count == 0
+    assert recovered == RecoveredLeases([], [], [], []) and recovered.count == 0
     assert snapshot(message, unsent) == before
 
 

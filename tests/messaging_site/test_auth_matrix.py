@@ -28,7 +28,7 @@ from audit.models import ControlAction
 from dispatcher.models import DispatcherState
 from dispatcher.permissions import CONTROL_DISPATCHER
 from messages_app.models import Message
-from messages_app.permissions import REQUEUE_MESSAGE
+from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
 from tests.factories import make_message, make_user, token_for
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +37,7 @@ VIEW = "messages_app.view_message"
 ADD = "messages_app.add_message"
 
 # What each rule lets through, by the kind of caller (see PRINCIPALS).
-OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE = "open", "login", "read", "write", "control", "requeue"
+OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE, CANCEL = "open", "login", "read", "write", "control", "requeue", "cancel"
 
 # name -> keyword arguments of make_user; None: no credentials at all.
 PRINCIPALS: dict[str, dict | None] = {
@@ -48,6 +48,7 @@ PRINCIPALS: dict[str, dict | None] = {
     "staff": {"staff": True},
     "controller": {"perms": [CONTROL_DISPATCHER]},
     "requeuer": {"perms": [REQUEUE_MESSAGE]},
+    "canceller": {"perms": [CANCEL_MESSAGE]},
     "superuser": {"superuser": True},
 }
 
@@ -58,6 +59,7 @@ ALLOWED: dict[str, set[str]] = {
     WRITE: {"writer", "superuser"},
     CONTROL: {"staff", "controller", "superuser"},
     REQUEUE: {"staff", "requeuer", "superuser"},
+    CANCEL: {"staff", "canceller", "superuser"},
 }
 
 NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
@@ -84,6 +86,8 @@ ENDPOINTS = [
     Endpoint("retrieve", "message-detail", "get", "/api/messages/{pk}/", READ),
     Endpoint("attempts", "message-attempts", "get", "/api/messages/{pk}/attempts/", READ),
     Endpoint("requeue", "message-requeue", "post", "/api/messages/{pk}/requeue/", REQUEUE),
+    # The message is failed, so a caller who may cancel gets past the permission to the 409.
+    Endpoint("cancel", "message-cancel", "post", "/api/messages/{pk}/cancel/", CANCEL, 409),
     Endpoint("dispatcher", "dispatcher", "get", "/api/dispatcher/", LOGIN),
     Endpoint("dispatcher-patch", "dispatcher", "patch", "/api/dispatcher/", CONTROL, body={"batch_size": 9}),
     Endpoint("dispatcher-start", "dispatcher-start", "post", "/api/dispatcher/start/", CONTROL),
@@ -106,6 +110,7 @@ PUBLIC_BY_DESIGN = {
     "healthz": "a probe (tests/dispatcher/test_health.py)",
     "readyz": "a probe (tests/dispatcher/test_health.py)",
     "metrics": "Prometheus; optionally behind METRICS_TOKEN (tests/dispatcher/test_metrics.py)",
+    "receipts": "providers' delivery receipts: the signature is the authentication (tests/dispatcher/test_receipts.py)",
 }
 
 

@@ -83,8 +83,23 @@ def test_schema_documents_the_message_fields_and_statuses(anon_client):
         "last_error",
         "send_after",
         "next_attempt_at",
+        "expires_at",
+        "priority",
+        "segments",
+        "delivery_status",
+        "delivery_error_code",
+        "delivery_status_at",
     }
-    assert set(components["MessageStatusEnum"]["enum"]) == {"unsent", "processing", "sent", "failed"}
+    assert set(components["MessageStatusEnum"]["enum"]) == {
+        "unsent",
+        "processing",
+        "sent",
+        "failed",
+        "cancelled",
+        "expired",
+    }
+    # The seed routes keep the Go service's shape.
+    assert "priority" not in components["SeedMessage"]["properties"]
     requeue = schema["paths"]["/api/messages/{id}/requeue/"]["post"]
     assert {"200", "409"} <= set(requeue["responses"])
 

@@ -1,0 +1,150 @@
+"""Delivery receipts: the provider's word, after it accepted a message, on whether the
+phone got it.
+
+A receipt is trusted only when its Standard Webhooks signature checks (HMAC-SHA256
+over id, timestamp and body with RECEIPT_WEBHOOK_SECRET, within five minutes; the
+`standardwebhooks` package checks it). Each receipt id is kept once, so a replay
+changes nothing. The outcome is recorded beside the message's dispatch status,
+which stays `sent`. A receipt that arrives before its send is recorded (a fast
+provider), or for a messageId we do not know, is kept unmatched and answered 2xx
+so the provider stops retrying; the pacing window applies waiting receipts as
+their sends are recorded.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from dispatcher.conf import dispatcher_settings
+from dispatcher.engine.counters import metrics_record_receipt
+from messages_app.models import DeliveryReceipt, Message
+from messages_app.transitions import message_record_delivery
+
+logger = logging.getLogger(__name__)
+
+Delivery = Message.Delivery
+MAX_ERROR_CODE_LENGTH = 64
+# How long a receipt waits for its send to be recorded before it counts as unknown.
+WAITING_RECEIPT_HOURS = 1
+
+
+class ReceiptRejected(Exception):
+    """The receipt cannot be trusted (`unauthorized`) or read; nothing was recorded."""
+
+    def __init__(self, reason: str, *, unauthorized: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unauthorized = unauthorized
+
+
+@dataclass(frozen=True)
+class ReceiptResult:
+    outcome: str  # "applied", "waiting" (no sent message with that id yet) or "replayed"
+    message_id: int | None = None
+
+
+def receipt_verify(*, body: bytes, headers: dict[str, str]) -> dict:
+    """The receipt's JSON if its signature checks; ReceiptRejected otherwise."""
+    secret = dispatcher_settings().receipt_secret
+    if not secret:
+        raise ReceiptRejected("receipts are not configured (RECEIPT_WEBHOOK_SECRET is unset)", unauthorized=True)
+    try:
+        payload = Webhook(secret).verify(body, headers)
+    except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ReceiptRejected(f"signature check failed: {exc}", unauthorized=True) from None
+    if not isinstance(payload, dict):
+        raise ReceiptRejected("the body must be a JSON object", unauthorized=False)
+    return payload
+
+
+def _parse(payload: dict) -> tuple[str, str, str, datetime]:
+    provider_message_id, status = payload.get("messageId"), payload.get("status")
+    error_code, timestamp = payload.get("errorCode") or "", payload.get("timestamp")
+    if not isinstance(provider_message_id, str) or not provider_message_id or len(provider_message_id) > 255:
+        raise ReceiptRejected("messageId must be a non-empty string", unauthorized=False)
+    if status not in (Delivery.DELIVERED, Delivery.UNDELIVERED):
+        raise ReceiptRejected('status must be "delivered" or "undelivered"', unauthorized=False)
+    if not isinstance(error_code, str | int):
+        raise ReceiptRejected("errorCode must be a string, a number or null", unauthorized=False)
+    occurred_at = parse_datetime(timestamp) if isinstance(timestamp, str) else None
+    if occurred_at is None or occurred_at.tzinfo is None:
+        raise ReceiptRejected("timestamp must be an ISO 8601 date-time with an offset", unauthorized=False)
+    return provider_message_id, status, str(error_code)[:MAX_ERROR_CODE_LENGTH], occurred_at
+
+
+def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
+    """Keep a verified receipt once and apply it to its message if that is sent."""
+    provider_message_id, status, error_code, occurred_at = _parse(payload)
+    try:
+        with transaction.atomic():
+            receipt = DeliveryReceipt.objects.create(
+                receipt_id=receipt_id[:255],
+                provider_message_id=provider_message_id,
+                status=status,
+                error_code=error_code,
+                occurred_at=occurred_at,
+            )
+            message_id = message_record_delivery(
+                provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
+            )
+            if message_id is not None:
+                receipt.message_id = message_id
+                receipt.save(update_fields=["message"])
+    except IntegrityError:  # the unique receipt id: a replay, or the same receipt twice at once
+        metrics_record_receipt(outcome="replayed")
+        logger.info("receipt %s for messageId=%s replayed; ignored", receipt_id, provider_message_id)
+        return ReceiptResult(outcome="replayed")
+    if message_id is None:
+        metrics_record_receipt(outcome="unmatched")
+        logger.warning(
+            "receipt %s for unknown messageId=%s (%s) kept: applied if that send is recorded later",
+            receipt_id,
+            provider_message_id,
+            status,
+        )
+        return ReceiptResult(outcome="waiting")
+    sent_at = Message.objects.filter(pk=message_id).values_list("sent_at", flat=True).first()
+    metrics_record_receipt(
+        outcome=status, sent_to_outcome_seconds=(occurred_at - sent_at).total_seconds() if sent_at else None
+    )
+    logger.info(
+        "receipt %s: message id=%s messageId=%s %s%s",
+        receipt_id,
+        message_id,
+        provider_message_id,
+        status,
+        f" (error {error_code})" if error_code else "",
+        extra={"message_id": message_id},
+    )
+    return ReceiptResult(outcome="applied", message_id=message_id)
+
+
+def receipts_apply_waiting(*, limit: int = 1000) -> int:
+    """Apply kept receipts whose send has been recorded since they came; count them.
+    (A receipt and its send recorded at the same moment can each miss the other.)"""
+    # Only recent ones: a receipt for a messageId we never sent stays unmatched for good.
+    since = timezone.now() - timedelta(hours=WAITING_RECEIPT_HOURS)
+    waiting = list(
+        DeliveryReceipt.objects.filter(message__isnull=True, received_at__gte=since)
+        .order_by("received_at")
+        .values_list("pk", "provider_message_id", "status", "error_code", "occurred_at")[:limit]
+    )
+    applied = 0
+    for pk, provider_message_id, status, error_code, occurred_at in waiting:
+        message_id = message_record_delivery(
+            provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
+        )
+        if message_id is not None:
+            DeliveryReceipt.objects.filter(pk=pk).update(message_id=message_id)
+            applied += 1
+    if applied:
+        logger.info("applied %d delivery receipts that came before their send was recorded", applied)
+    return applied
