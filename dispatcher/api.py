@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
@@ -9,16 +10,21 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from twilio.request_validator import RequestValidator
 
 from audit.models import ControlAction
+from dispatcher.engine.providers import provider_specs
+from dispatcher.engine.providers.status import provider_statuses
 from dispatcher.engine.receipts import ReceiptRejected, receipt_record, receipt_verify
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.permissions import CanControlDispatcher
-from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer
+from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer, ProviderStatusSerializer
 from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_status, dispatcher_stop
+from messages_app.models import Message
 
 VIA = ControlAction.Via.API
 RECEIPT_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+Delivery = Message.Delivery
 
 
 class DispatcherViewSet(viewsets.GenericViewSet):
@@ -111,5 +117,66 @@ class DeliveryReceiptView(APIView):
         except ReceiptRejected as exc:
             code = status.HTTP_401_UNAUTHORIZED if exc.unauthorized else status.HTTP_400_BAD_REQUEST
             return Response({"detail": exc.reason}, status=code)
+        code = status.HTTP_202_ACCEPTED if result.outcome == "waiting" else status.HTTP_200_OK
+        return Response({"outcome": result.outcome, "message_id": result.message_id}, status=code)
+
+
+class ProviderListView(APIView):
+    """GET /api/providers/: each configured provider, its circuit and its last hour."""
+
+    @extend_schema(
+        summary="Providers: routing order, circuit state and the last hour",
+        responses=ProviderStatusSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        return Response(ProviderStatusSerializer(provider_statuses(), many=True).data)
+
+
+TWILIO_STATUS = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDELIVERED, "failed": Delivery.UNDELIVERED}
+
+
+class TwilioReceiptView(APIView):
+    """POST /api/receipts/twilio/<provider>/: Twilio's status callback, trusted only when
+    its X-Twilio-Signature checks (Twilio's request validator, the provider's auth token)."""
+
+    authentication_classes: list = []
+    permission_classes = [permissions.AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(
+        summary="Receive a Twilio status callback (X-Twilio-Signature)",
+        request={"application/x-www-form-urlencoded": {"type": "object"}},
+        responses={
+            200: OpenApiResponse(description="Applied, replayed, or a status that is not an outcome."),
+            202: OpenApiResponse(description="Kept: no sent message has that MessageSid yet."),
+            401: OpenApiResponse(description="The signature does not check."),
+            404: OpenApiResponse(description="No Twilio provider of that name."),
+        },
+        auth=[],
+    )
+    def post(self, request: Request, provider: str) -> Response:
+        spec = next((s for s in provider_specs() if s.name == provider and "auth_token" in s.options), None)
+        if spec is None:
+            return Response({"detail": "No Twilio provider of that name."}, status=status.HTTP_404_NOT_FOUND)
+        params = {key: request.POST.get(key) for key in request.POST}
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not RequestValidator(spec.options["auth_token"]).validate(request.build_absolute_uri(), params, signature):
+            return Response({"detail": "signature check failed"}, status=status.HTTP_401_UNAUTHORIZED)
+        sid, twilio_status = params.get("MessageSid") or "", params.get("MessageStatus") or ""
+        outcome = TWILIO_STATUS.get(twilio_status)
+        if not sid or outcome is None:
+            return Response({"outcome": "ignored", "status": twilio_status})
+        try:
+            result = receipt_record(
+                receipt_id=f"twilio:{sid}:{twilio_status}",
+                payload={
+                    "messageId": sid,
+                    "status": outcome,
+                    "errorCode": params.get("ErrorCode") or None,
+                    "timestamp": timezone.now().isoformat(),
+                },
+            )
+        except ReceiptRejected as exc:
+            return Response({"detail": exc.reason}, status=status.HTTP_400_BAD_REQUEST)
         code = status.HTTP_202_ACCEPTED if result.outcome == "waiting" else status.HTTP_200_OK
         return Response({"outcome": result.outcome, "message_id": result.message_id}, status=code)

@@ -12,12 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# Short names accepted for DISPATCH_PROVIDER_BACKEND, like Django's email backends.
-PROVIDER_ALIASES = {
-    "webhook": "dispatcher.engine.providers.webhook.WebhookProvider",
-    "console": "dispatcher.engine.providers.console.ConsoleProvider",
-    "locmem": "dispatcher.engine.providers.locmem.LocmemProvider",
-}
+from dispatcher.providers_conf import BACKEND_ALIASES as PROVIDER_ALIASES
 
 
 @dataclass(frozen=True)
@@ -125,6 +120,42 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=1,
         maximum=1024,
     ),
+    SettingSpec(
+        "PROVIDER_CIRCUIT_FAILURES",
+        "PROVIDER_CIRCUIT_FAILURES",
+        "int",
+        5,
+        "provider-wide failures in a row that open a provider's circuit",
+        minimum=1,
+        maximum=1000,
+    ),
+    SettingSpec(
+        "PROVIDER_CIRCUIT_COOLOFF_SECONDS",
+        "PROVIDER_CIRCUIT_COOLOFF_SECONDS",
+        "float",
+        30.0,
+        "how long an open circuit sends nothing before it lets probes through",
+        minimum=0.5,
+        maximum=3600,
+    ),
+    SettingSpec(
+        "PROVIDER_CIRCUIT_PROBES",
+        "PROVIDER_CIRCUIT_PROBES",
+        "int",
+        2,
+        "requests a half-open circuit lets through per cool-off",
+        minimum=1,
+        maximum=100,
+    ),
+    SettingSpec(
+        "PROVIDER_OUTAGE_GRACE_SECONDS",
+        "PROVIDER_OUTAGE_GRACE_SECONDS",
+        "float",
+        1800.0,
+        "how long a provider's outage (open circuit) costs messages no attempts; after it they count",
+        minimum=0.0,
+        maximum=7 * 86400,
+    ),
     SettingSpec("METRICS_TOKEN", "METRICS_TOKEN", "secret", "", "if set, /metrics needs Authorization: Bearer <token>"),
     SettingSpec(
         "RECEIPT_SECRET",
@@ -154,6 +185,10 @@ class DispatcherSettings:
     chunk_size: int
     lower_priority_share: float
     concurrency: int
+    provider_circuit_failures: int = 5
+    provider_circuit_cooloff_seconds: float = 30.0
+    provider_circuit_probes: int = 2
+    provider_outage_grace_seconds: float = 1800.0
     # Empty: /metrics is open to anyone who can reach it.
     metrics_token: str = ""
     # Empty: POST /api/receipts/ refuses every receipt.
@@ -204,6 +239,10 @@ def dispatcher_settings() -> DispatcherSettings:
         chunk_size=int(value("CHUNK_SIZE")),
         lower_priority_share=float(value("LOWER_PRIORITY_SHARE")),
         concurrency=int(value("CONCURRENCY")),
+        provider_circuit_failures=int(value("PROVIDER_CIRCUIT_FAILURES")),
+        provider_circuit_cooloff_seconds=float(value("PROVIDER_CIRCUIT_COOLOFF_SECONDS")),
+        provider_circuit_probes=int(value("PROVIDER_CIRCUIT_PROBES")),
+        provider_outage_grace_seconds=float(value("PROVIDER_OUTAGE_GRACE_SECONDS")),
         metrics_token=value("METRICS_TOKEN") or "",
         receipt_secret=value("RECEIPT_SECRET") or "",
     )

@@ -41,3 +41,17 @@ class DispatcherConfigSerializer(serializers.Serializer):
         if not attrs:
             raise serializers.ValidationError("Give batch_size, interval_seconds or both.")
         return attrs
+
+
+class ProviderStatusSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    backend = serializers.CharField(help_text="webhook, twilio, console, locmem or a dotted path")
+    url = serializers.CharField(help_text="The endpoint (never the credentials).")
+    rate_per_second = serializers.FloatField(help_text="The cluster-wide rate limit; 0: none.")
+    circuit = serializers.ChoiceField(choices=["closed", "open", "half_open"])
+    consecutive_failures = serializers.IntegerField()
+    open_until = serializers.DateTimeField(allow_null=True)
+    outage_seconds = serializers.FloatField(help_text="How long the current outage (open circuit) has lasted.")
+    sent_last_hour = serializers.IntegerField()
+    failed_last_hour = serializers.IntegerField()
+    latency_ms_last_hour = serializers.FloatField(allow_null=True)

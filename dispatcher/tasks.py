@@ -11,13 +11,13 @@ import uuid
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.pacing import ShutdownWatch, run_dispatch_window
 from dispatcher.engine.pipeline import send_chunk as pipeline_send_chunk
-from dispatcher.engine.providers import BaseProvider, get_provider
+from dispatcher.engine.providers import ProviderSet, provider_routes, provider_specs
 
-# One provider per worker process, kept from chunk to chunk so its pooled
+# The providers of a worker process, kept from chunk to chunk so their pooled
 # connections stay open; closed when django-q2 recycles the worker. Remade if the
-# configured backend changes (tests switch it).
-_worker_provider: BaseProvider | None = None
-_worker_provider_backend = ""
+# configuration changes (tests switch it).
+_worker_providers: ProviderSet | None = None
+_worker_providers_config: object = None
 
 # Whether SIGTERM has reached this worker (see worker_handles_sigterm).
 _terminated = False
@@ -49,16 +49,16 @@ def worker_handles_sigterm(**kwargs) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _worker_session() -> BaseProvider:
-    global _worker_provider, _worker_provider_backend
-    backend = dispatcher_settings().provider_backend
-    if _worker_provider is None or backend != _worker_provider_backend:
-        if _worker_provider is not None:
-            _worker_provider.close()
+def _worker_session() -> ProviderSet:
+    global _worker_providers, _worker_providers_config
+    config = (provider_specs(), provider_routes())
+    if _worker_providers is None or config != _worker_providers_config:
+        if _worker_providers is not None:
+            _worker_providers.close()
         else:
-            atexit.register(lambda: _worker_provider and _worker_provider.close())
-        _worker_provider, _worker_provider_backend = get_provider(backend), backend
-    return _worker_provider
+            atexit.register(lambda: _worker_providers and _worker_providers.close())
+        _worker_providers, _worker_providers_config = ProviderSet.configured(), config
+    return _worker_providers
 
 
 def _stopping_check():

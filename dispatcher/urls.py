@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dispatcher.api import DeliveryReceiptView, DispatcherViewSet
+from dispatcher.api import DeliveryReceiptView, DispatcherViewSet, ProviderListView, TwilioReceiptView
 
 urlpatterns = [
     path(
@@ -11,4 +11,6 @@ urlpatterns = [
     path("dispatcher/start/", DispatcherViewSet.as_view({"post": "start"}), name="dispatcher-start"),
     path("dispatcher/stop/", DispatcherViewSet.as_view({"post": "stop"}), name="dispatcher-stop"),
     path("receipts/", DeliveryReceiptView.as_view(), name="receipts"),
+    path("receipts/twilio/<slug:provider>/", TwilioReceiptView.as_view(), name="receipts-twilio"),
+    path("providers/", ProviderListView.as_view(), name="providers"),
 ]

@@ -55,6 +55,9 @@ class Message(models.Model):
     # out before this was never tried, and costs the message no attempt.
     sending_started_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # The provider that took the message, or that may have (an answer was lost):
+    # from then on only it is asked, with the same Idempotency-Key, never another.
+    provider = models.CharField(max_length=32, blank=True, default="")
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
     # Sent, but its messages:<messageId> record is not in Redis yet (Redis was down).
     delivery_cache_pending = models.BooleanField(default=False)
@@ -132,8 +135,10 @@ class DeliveryAttempt(models.Model):
         LEASE_EXPIRED = "lease_expired", "Lease expired (worker lost)"
         RELEASED = "released", "Released unsent (worker stopping)"
         EXPIRED = "expired", "Expired (not sent after its expiry)"
+        DEFERRED = "deferred", "Deferred (provider unavailable; not counted)"
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="delivery_attempts")
+    provider = models.CharField(max_length=32, blank=True, default="")
     number = models.PositiveIntegerField(help_text="1 for the first attempt.")
     started_at = models.DateTimeField()
     duration_ms = models.PositiveIntegerField(null=True, blank=True)

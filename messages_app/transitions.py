@@ -78,10 +78,12 @@ class AttemptRecord:
     http_status: int | None = None
     error: str = ""
     provider_message_id: str = ""
+    provider: str = ""
 
     def row(self, outcome: str) -> DeliveryAttempt:
         return DeliveryAttempt(
             message_id=self.message_id,
+            provider=self.provider,
             number=self.number,
             started_at=self.started_at,
             duration_ms=self.duration_ms,
@@ -158,6 +160,7 @@ def messages_mark_sent(
             status=Status.SENT,
             sent_at=sent_at,
             provider_message_id=Case(*(When(pk=pk, then=Value(by_id[pk].provider_message_id)) for pk in held)),
+            provider=Case(*(When(pk=pk, then=Value(by_id[pk].provider)) for pk in held)),
             attempts=F("attempts") + 1,
             last_error="",
             claim_token=None,
@@ -188,10 +191,13 @@ def _apply_waiting_receipts(message_by_provider_id: dict[str, int]) -> None:
         DeliveryReceipt.objects.filter(pk=receipt.pk).update(message_id=message_id)
 
 
-def message_schedule_retry(*, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float) -> str | None:
+def message_schedule_retry(
+    *, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float, sticky: bool = True
+) -> str | None:
     """processing -> unsent, due again in `retry_in_seconds`; or -> expired if that
     would fall after the message's expiry. Return the new status, None if no
-    longer held."""
+    longer held. `sticky`: the provider may have taken it (the outcome is
+    unknown), so only that provider may be asked again."""
     with transaction.atomic():
         if not _lock_held([attempt.message_id], claim_token):
             return None
@@ -215,8 +221,31 @@ def message_schedule_retry(*, claim_token: uuid.UUID, attempt: AttemptRecord, re
             claim_token=None,
             lease_expires_at=None,
             sending_started_at=None,
+            **({"provider": attempt.provider} if sticky and attempt.provider else {}),
         )
         attempt.row(Outcome.RETRY).save()
+    return Status.UNSENT
+
+
+def message_defer(*, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float) -> str | None:
+    """processing -> unsent, due in `retry_in_seconds`, the attempt NOT counted: no
+    provider could take the message (their circuits are open, they throttle), which
+    is no fault of the message's. Expired instead if that would fall after its
+    expiry. Return the new status, None if no longer held."""
+    with transaction.atomic():
+        if not _lock_held([attempt.message_id], claim_token):
+            return None
+        retry_at = database_now_plus(retry_in_seconds)
+        released = {"claim_token": None, "lease_expires_at": None, "sending_started_at": None}
+        if Message.objects.filter(pk=attempt.message_id, expires_at__lte=retry_at).update(
+            status=Status.EXPIRED, next_attempt_at=None, last_error=attempt.error[:MAX_ERROR_LENGTH], **released
+        ):
+            attempt.row(Outcome.DEFERRED).save()
+            return Status.EXPIRED
+        Message.objects.filter(pk=attempt.message_id).update(
+            status=Status.UNSENT, next_attempt_at=retry_at, last_error=attempt.error[:MAX_ERROR_LENGTH], **released
+        )
+        attempt.row(Outcome.DEFERRED).save()
     return Status.UNSENT
 
 

@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from dispatcher.conf import SPECS as DISPATCHER_SETTING_SPECS
 from dispatcher.conf import task_timeouts
+from dispatcher.providers_conf import provider_specs_from_env
 from messaging_site.env import (
     env_bool,
     env_choice,
@@ -274,6 +275,14 @@ _DISPATCHER_READERS = {
 # Every dispatcher setting's variable, default and range is in dispatcher.conf.SPECS.
 DISPATCHER = {spec.key: _DISPATCHER_READERS[spec.kind](spec) for spec in DISPATCHER_SETTING_SPECS}
 DISPATCHER["WEBHOOK_URL"] = _WEBHOOK_URL
+# Several providers, routing and failover (dispatcher/providers_conf.py); unset
+# PROVIDERS keeps the one provider of the variables above.
+DISPATCH_PROVIDERS, DISPATCH_PROVIDER_ROUTES = provider_specs_from_env(
+    read=env_str,
+    secret=env_secret,
+    legacy=None,
+    allow_http=DEBUG or _WEBHOOK_ALLOW_HTTP,
+)
 
 # --- django-q2 -----------------------------------------------------------------
 # The dispatch schedule fires once a minute and each run paces ticks for

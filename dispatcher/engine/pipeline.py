@@ -30,7 +30,7 @@ from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, recover_expired_leases
 from dispatcher.engine.counters import metrics_record_tick
 from dispatcher.engine.leases import LeaseKeeper
-from dispatcher.engine.providers import BaseProvider, provider_session
+from dispatcher.engine.providers import BaseProvider, ProviderSet, provider_session
 from dispatcher.engine.recording import DeliveryOutcome, delivery_cache_catch_up, record_results
 from dispatcher.engine.sending import SendResult, Unsent, send_concurrently
 from dispatcher.errors import DispatcherStoppedError
@@ -74,7 +74,7 @@ def send_chunk(
     *,
     message_ids: list[int],
     claim_token: uuid.UUID,
-    provider: BaseProvider,
+    provider: BaseProvider | ProviderSet,
     should_stop: Callable[[], bool] = _never,
 ) -> ChunkReport:
     """Send the claimed messages `message_ids` held under `claim_token` and record each outcome.
@@ -216,7 +216,7 @@ def hand_out_tick() -> bool:
     return True
 
 
-def _send_claim_here(claim: Claim, *, provider: BaseProvider, should_stop: Callable[[], bool]) -> list[DeliveryOutcome]:
+def _send_claim_here(claim: Claim, *, provider: ProviderSet, should_stop: Callable[[], bool]) -> list[DeliveryOutcome]:
     outcomes: list[DeliveryOutcome] = []
     for chunk in claim.chunks(dispatcher_settings().chunk_size):
         if should_stop():
@@ -229,7 +229,7 @@ def _send_claim_here(claim: Claim, *, provider: BaseProvider, should_stop: Calla
     return outcomes
 
 
-def run_tick_here(*, force: bool = False, provider: BaseProvider | None = None) -> list[DeliveryOutcome]:
+def run_tick_here(*, force: bool = False, provider: BaseProvider | ProviderSet | None = None) -> list[DeliveryOutcome]:
     """`dispatcher tick`: claim one tick's batch now and send it in this process.
 
     The schedule is left alone; `force` sends one batch even while the
@@ -251,7 +251,7 @@ def run_tick_here(*, force: bool = False, provider: BaseProvider | None = None) 
 def drain(
     *,
     batch_size: int,
-    provider: BaseProvider | None = None,
+    provider: BaseProvider | ProviderSet | None = None,
     should_stop: Callable[[], bool] = _never,
     deadline: float | None = None,
     on_batch: Callable[[Counter[str]], None] | None = None,

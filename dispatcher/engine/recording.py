@@ -17,7 +17,13 @@ from dispatcher.engine.counters import metrics_record_batch
 from dispatcher.engine.delivery_cache import delivery_cache_record_many
 from dispatcher.engine.sending import SendResult, retry_delay
 from messages_app.models import DeliveryAttempt, Message
-from messages_app.transitions import database_now, message_fail, message_schedule_retry, messages_mark_sent
+from messages_app.transitions import (
+    database_now,
+    message_defer,
+    message_fail,
+    message_schedule_retry,
+    messages_mark_sent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +118,21 @@ def _record_unsuccessful(r: SendResult, *, claim_token: uuid.UUID, conf: Dispatc
     message, exc = r.message, r.error
     attempt = r.attempt()
     error = exc.reason[:LOGGED_ERROR_LENGTH]
+    if r.defer:
+        moved_to = message_defer(claim_token=claim_token, attempt=attempt, retry_in_seconds=r.defer_seconds)
+        if moved_to is None:
+            return DeliveryOutcome(message.pk, str(message.uuid), LOST, error=error)
+        logger.warning(
+            "deferred message id=%s uuid=%s for %.0f s, attempt not counted (provider %s unavailable): %s",
+            message.pk,
+            message.uuid,
+            r.defer_seconds,
+            r.provider or "-",
+            error,
+            extra=_ids(r),
+        )
+        outcome = Outcome.DEFERRED if moved_to == Message.Status.UNSENT else Outcome.EXPIRED
+        return DeliveryOutcome(message.pk, str(message.uuid), outcome, error=error)
     if exc.permanent or attempt.number >= conf.max_attempts:
         if not message_fail(claim_token=claim_token, attempt=attempt):
             return DeliveryOutcome(message.pk, str(message.uuid), LOST, error=error)
@@ -126,7 +147,10 @@ def _record_unsuccessful(r: SendResult, *, claim_token: uuid.UUID, conf: Dispatc
         )
         return DeliveryOutcome(message.pk, str(message.uuid), Outcome.FAILED, error=error)
     delay = retry_delay(attempt=attempt.number, conf=conf, retry_after=exc.retry_after)
-    moved_to = message_schedule_retry(claim_token=claim_token, attempt=attempt, retry_in_seconds=delay)
+    # A provider that provably did not take it leaves it free for any provider next time.
+    moved_to = message_schedule_retry(
+        claim_token=claim_token, attempt=attempt, retry_in_seconds=delay, sticky=not exc.not_sent
+    )
     if moved_to is None:
         return DeliveryOutcome(message.pk, str(message.uuid), LOST, error=error)
     if moved_to == Message.Status.EXPIRED:

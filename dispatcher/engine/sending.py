@@ -13,8 +13,8 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from dispatcher.conf import DispatcherSettings
-from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult
+from dispatcher.conf import DispatcherSettings, dispatcher_settings
+from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet
 from messages_app.models import Message
 from messages_app.transitions import AttemptRecord
 
@@ -28,13 +28,19 @@ COLLECT_SECONDS = 0.2
 
 @dataclass(frozen=True)
 class SendResult:
-    """What one call to the provider produced, before anything is written."""
+    """What one message's try produced (through one provider, or several when the
+    first ones provably did not take it), before anything is written."""
 
     message: Message
     started_at: datetime
     duration_ms: int
+    provider: str = ""
     result: ProviderResult | None = None
     error: ProviderError | None = None
+    # No provider could take it (circuits open, throttled, an outage): the message
+    # waits without spending an attempt, for `defer_seconds`.
+    defer: bool = False
+    defer_seconds: float = 0.0
 
     def attempt(self) -> AttemptRecord:
         return AttemptRecord(
@@ -45,6 +51,7 @@ class SendResult:
             http_status=self.result.http_status if self.result else self.error.http_status,
             error=self.error.reason if self.error else "",
             provider_message_id=self.result.message_id if self.result else "",
+            provider=self.provider,
         )
 
 
@@ -57,15 +64,11 @@ def retry_delay(*, attempt: int, conf: DispatcherSettings, retry_after: float | 
     return random.uniform(ceiling / 2, ceiling)
 
 
-def send_one(*, message: Message, provider: BaseProvider) -> SendResult:
-    """Call the provider for one message; never raises (a crash is a transient error)."""
-    started_at = timezone.now()
-    started = time.monotonic()
-    result = error = None
+def _call(provider: BaseProvider, message: Message) -> tuple[ProviderResult | None, ProviderError | None]:
     try:
-        result = provider.send(message)
+        return provider.send(message), None
     except ProviderError as exc:
-        error = exc
+        return None, exc
     except Exception as exc:  # a bug in a backend must not leave the message in processing
         logger.exception(
             "provider backend crashed on message id=%s uuid=%s",
@@ -73,14 +76,88 @@ def send_one(*, message: Message, provider: BaseProvider) -> SendResult:
             message.uuid,
             extra={"message_id": message.pk, "message_uuid": str(message.uuid)},
         )
-        error = ProviderError(f"unexpected error in provider backend: {type(exc).__name__}: {exc}")
+        return None, ProviderError(f"unexpected error in provider backend: {type(exc).__name__}: {exc}")
+
+
+def send_one(
+    *, message: Message, provider: BaseProvider | ProviderSet, should_stop: Callable[[], bool] = lambda: False
+) -> SendResult:
+    """Try `message` through its route of providers; never raises.
+
+    A provider whose circuit is open is skipped; one that provably did not take
+    the message (refused, throttled) hands it to the next. A failure that leaves
+    the outcome unknown (a timeout, a 5xx) ends the try: only that provider may
+    be asked again, later, with the same Idempotency-Key (the message becomes
+    sticky to it). When no provider could take it, the message is deferred
+    without spending an attempt while the outage lasts less than
+    PROVIDER_OUTAGE_GRACE_SECONDS.
+    """
+    providers = ProviderSet.of(provider)
+    conf = dispatcher_settings()
+    started_at = timezone.now()
+    started = time.monotonic()
+    error: ProviderError | None = None
+    used = ""
+    defer_seconds: list[float] = []
+    for name in providers.route(message):
+        gate = providers.gates[name]
+        if not gate.circuit.allows():
+            state = gate.circuit.state()
+            defer_seconds.append(max(1.0, (state.open_until or time.time()) - time.time()))
+            error = error or ProviderError(f"provider {name}: circuit open, not asked", not_sent=True)
+            used = used or name
+            continue
+        if not gate.rate.acquire(should_stop=should_stop):
+            defer_seconds.append(max(1.0, gate.rate.paused_for()))
+            error = ProviderError(f"provider {name}: over its rate, not asked", not_sent=True)
+            used = used or name
+            continue
+        result, error = _call(providers.providers[name], message)
+        used = name
+        if result is not None:
+            gate.circuit.success()
+            return SendResult(message, started_at, _ms(started), provider=name, result=result)
+        if error.http_status == 429:
+            pause = error.retry_after if error.retry_after is not None else 1.0
+            gate.rate.pause(pause)
+            defer_seconds.append(pause)
+        elif error.provider_wide:
+            gate.circuit.failure()
+            if gate.circuit.state().state != "closed":
+                defer_seconds.append(conf.provider_circuit_cooloff_seconds)
+        else:
+            gate.circuit.success()  # it answered: the provider is up, this message is the problem
+        if not (error.not_sent and not message.provider):
+            break  # the outcome is unknown, or the message's own fault: no failover
+    defer = _defer(error, providers, used, conf) and bool(defer_seconds)
     return SendResult(
-        message=message,
-        started_at=started_at,
-        duration_ms=int((time.monotonic() - started) * 1000),
-        result=result,
+        message,
+        started_at,
+        _ms(started),
+        provider=used,
         error=error,
+        defer=defer,
+        defer_seconds=max(defer_seconds) if defer_seconds else 0.0,
     )
+
+
+def _defer(error: ProviderError | None, providers: ProviderSet, name: str, conf: DispatcherSettings) -> bool:
+    """Whether this failure is the provider's (an outage or throttling within the grace
+    period) rather than the message's: then it costs the message no attempt."""
+    if error is None or error.permanent:
+        return False
+    if error.not_sent:
+        return providers.gates[name].circuit.outage_seconds() < conf.provider_outage_grace_seconds or (
+            error.http_status == 429
+        )
+    if error.provider_wide:
+        circuit = providers.gates[name].circuit
+        return circuit.state().state != "closed" and circuit.outage_seconds() < conf.provider_outage_grace_seconds
+    return False
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
 
 
 @dataclass
@@ -95,7 +172,7 @@ class Unsent:
 def send_concurrently(
     messages: list[Message],
     *,
-    provider: BaseProvider,
+    provider: BaseProvider | ProviderSet,
     concurrency: int,
     should_stop: Callable[[], bool],
     unsent: Unsent,
@@ -112,10 +189,10 @@ def send_concurrently(
             if skip(message):
                 unsent.skipped.append(message)
                 continue
-            yield [send_one(message=message, provider=provider)]
+            yield [send_one(message=message, provider=provider, should_stop=should_stop)]
         return
 
-    pool = provider.executor(concurrency)
+    pool = ProviderSet.of(provider).executor(concurrency)
     pending_messages = list(reversed(messages))
     in_flight: set[Future] = set()
     stopping = False
@@ -129,7 +206,7 @@ def send_concurrently(
             if skip(message):
                 unsent.skipped.append(message)
                 continue
-            in_flight.add(pool.submit(send_one, message=message, provider=provider))
+            in_flight.add(pool.submit(send_one, message=message, provider=provider, should_stop=should_stop))
         if not in_flight:
             break
         done, in_flight = wait(in_flight, timeout=COLLECT_SECONDS, return_when=FIRST_COMPLETED)

@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import ControlAction
+from dispatcher.engine.providers.status import provider_statuses
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.state import dispatcher_configure, dispatcher_status
 from messages_app.models import Message
@@ -227,6 +228,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResp
             for choice in Message.Status
         ],
         "funnel": delivery_funnel(since=now - timedelta(days=1)),
+        "providers": provider_statuses(),
         "chart": outcome_chart(per_minute=delivery_outcomes_per_minute(since=first_minute), last_minute=last_minute),
         "failures": messages_recent_failures(limit=RECENT_FAILURES),
         "failed_changelist_url": f"{changelist_url}?status__exact={Message.Status.FAILED.value}",

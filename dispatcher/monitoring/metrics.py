@@ -37,6 +37,7 @@ from dispatcher.engine.counters import (
     counter_key,
     receipt_key,
 )
+from dispatcher.engine.providers.status import provider_statuses
 from dispatcher.state import dispatcher_behind_seconds
 from messages_app.selectors import message_status_counts
 
@@ -70,6 +71,14 @@ class MessagingCollector:
         for status, count in counts.items():
             queue.add_metric([status], count)
         yield queue
+        circuits = GaugeMetricFamily(
+            "messaging_provider_circuit_open",
+            "1 while a provider's circuit is open or half open (no requests, or only probes), 0 while closed.",
+            labels=["provider"],
+        )
+        for provider in provider_statuses():
+            circuits.add_metric([provider.name], 0 if provider.circuit == "closed" else 1)
+        yield circuits
         yield GaugeMetricFamily(
             "messaging_dispatch_behind_seconds",
             "How long the cluster has not held the pace (a due tick waiting for a batch still being sent); "

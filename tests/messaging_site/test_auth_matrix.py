@@ -89,6 +89,7 @@ ENDPOINTS = [
     # The message is failed, so a caller who may cancel gets past the permission to the 409.
     Endpoint("cancel", "message-cancel", "post", "/api/messages/{pk}/cancel/", CANCEL, 409),
     Endpoint("dispatcher", "dispatcher", "get", "/api/dispatcher/", LOGIN),
+    Endpoint("providers", "providers", "get", "/api/providers/", LOGIN),
     Endpoint("dispatcher-patch", "dispatcher", "patch", "/api/dispatcher/", CONTROL, body={"batch_size": 9}),
     Endpoint("dispatcher-start", "dispatcher-start", "post", "/api/dispatcher/start/", CONTROL),
     Endpoint("dispatcher-stop", "dispatcher-stop", "post", "/api/dispatcher/stop/", CONTROL),
@@ -111,6 +112,7 @@ PUBLIC_BY_DESIGN = {
     "readyz": "a probe (tests/dispatcher/test_health.py)",
     "metrics": "Prometheus; optionally behind METRICS_TOKEN (tests/dispatcher/test_metrics.py)",
     "receipts": "providers' delivery receipts: the signature is the authentication (tests/dispatcher/test_receipts.py)",
+    "receipts-twilio": "Twilio's status callbacks: X-Twilio-Signature is the authentication (test_twilio.py)",
 }
 
 

@@ -4,8 +4,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dispatcher.providers_conf import ProviderSpec, legacy_provider_spec
+
 if TYPE_CHECKING:
     from messages_app.models import Message
+
+
+def default_provider_spec() -> ProviderSpec:
+    """The one provider of the single-provider settings, as they are now (tests change them)."""
+    from dispatcher.conf import dispatcher_settings
+
+    conf = dispatcher_settings()
+    return legacy_provider_spec(
+        backend=conf.provider_backend,
+        url=conf.webhook_url,
+        auth_key=conf.webhook_auth_key,
+        timeout_seconds=conf.webhook_timeout_seconds,
+    )
 
 
 @dataclass(frozen=True)
@@ -18,7 +33,14 @@ class ProviderError(Exception):
     """The provider did not accept the message.
 
     `permanent` says a retry cannot help; `retry_after` (seconds) is the
-    provider's own word on when to try again (HTTP Retry-After).
+    provider's own word on when to try again (HTTP Retry-After). `not_sent`
+    says the provider provably did not take the message (the connection was
+    refused, DNS or TLS failed before the request went out, a 429), so another
+    provider may send it without risking a duplicate; otherwise (a read timeout,
+    a connection reset after the body went out, a 5xx) the outcome is unknown
+    and only the same provider, with the same Idempotency-Key, may try again.
+    `provider_wide` marks a failure of the provider rather than of the message
+    (it counts towards the provider's circuit breaker).
     """
 
     def __init__(
@@ -28,12 +50,16 @@ class ProviderError(Exception):
         permanent: bool = False,
         http_status: int | None = None,
         retry_after: float | None = None,
+        not_sent: bool = False,
+        provider_wide: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.http_status = http_status
         self.retry_after = retry_after
+        self.not_sent = not_sent
+        self.provider_wide = provider_wide
 
 
 class BaseProvider:
@@ -42,10 +68,19 @@ class BaseProvider:
     A backend must send `message.uuid` as its idempotency key where the
     provider supports one, the same on every attempt, so a retry of a request
     whose answer was lost is dropped by the provider instead of delivered twice.
+    It is made from its ProviderSpec (name, URL, credentials, timeout).
     """
 
     _executor: ThreadPoolExecutor | None = None
     _executor_size = 0
+    _as_set = None  # the ProviderSet of this one provider, once made
+    # Set from the spec by __init__; a test double that skips it is the one "default" provider.
+    name = "default"
+    spec: ProviderSpec | None = None
+
+    def __init__(self, spec: ProviderSpec | None = None) -> None:
+        self.spec = spec or default_provider_spec()
+        self.name = self.spec.name
 
     def send(self, message: Message) -> ProviderResult:
         raise NotImplementedError

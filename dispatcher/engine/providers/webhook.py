@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import requests
 from requests.adapters import HTTPAdapter
 
-from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.providers.base import BaseProvider, ProviderError, ProviderResult
 
 if TYPE_CHECKING:
@@ -40,17 +39,29 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """Whether the connection failed before any byte of the request went out (refused,
+    DNS, unreachable): then the provider cannot have taken it. A reset or a closed
+    connection after sending leaves the outcome unknown."""
+    text = repr(exc.args[0] if exc.args else exc)
+    return any(
+        marker in text
+        for marker in ("NewConnectionError", "NameResolutionError", "Connection refused", "No route to host")
+    )
+
+
 class WebhookProvider(BaseProvider):
     """POSTs `{"to", "content"}` as JSON to WEBHOOK_URL and expects a `messageId` back.
 
     Each request carries `Idempotency-Key: <message uuid>`, the same on every attempt.
     """
 
-    def __init__(self) -> None:
-        conf = dispatcher_settings()
-        self.url = conf.webhook_url
-        self.timeout = (min(CONNECT_TIMEOUT_SECONDS, conf.webhook_timeout_seconds), conf.webhook_timeout_seconds)
-        self._auth_key = conf.webhook_auth_key
+    def __init__(self, spec=None) -> None:
+        super().__init__(spec)
+        self.url = self.spec.url
+        timeout = self.spec.timeout_seconds
+        self.timeout = (min(CONNECT_TIMEOUT_SECONDS, timeout), timeout)
+        self._auth_key = self.spec.options.get("auth_key", "")
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
@@ -78,10 +89,26 @@ class WebhookProvider(BaseProvider):
             response = self._session().post(
                 self.url, json=payload, timeout=self.timeout, headers={"Idempotency-Key": str(message.uuid)}
             )
+        except requests.ConnectTimeout:
+            # The connection never opened: the request was not sent.
+            raise ProviderError(
+                f"could not connect to the provider within {self.timeout[0]:g}s", not_sent=True, provider_wide=True
+            ) from None
         except requests.Timeout:
-            raise ProviderError(f"timed out after {self.timeout[1]:g}s waiting for the provider") from None
+            # Sent, no answer: it may have been taken. Only this provider may be asked again.
+            raise ProviderError(
+                f"timed out after {self.timeout[1]:g}s waiting for the provider", provider_wide=True
+            ) from None
+        except requests.exceptions.SSLError as exc:
+            raise ProviderError(
+                f"TLS failed before the request went out: {exc}", not_sent=True, provider_wide=True
+            ) from None
         except requests.ConnectionError as exc:
-            raise ProviderError(f"could not connect to the provider: {type(exc).__name__}") from None
+            raise ProviderError(
+                f"could not connect to the provider: {type(exc).__name__}",
+                not_sent=_never_connected(exc),
+                provider_wide=True,
+            ) from None
         except requests.RequestException as exc:
             raise ProviderError(f"request failed: {exc}") from None
 
@@ -94,6 +121,9 @@ class WebhookProvider(BaseProvider):
                 permanent=not (status >= 500 or status in (408, 429)),
                 http_status=status,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                # A 429 is the provider refusing the request: it took nothing.
+                not_sent=status == 429,
+                provider_wide=status >= 500 or status == 429,
             )
         try:
             data = response.json()

@@ -1,0 +1,295 @@
+"""What stands between a worker and a provider, shared by every worker of every qcluster
+through Redis: the provider's circuit breaker and its rate limit.
+
+Circuit: after PROVIDER_CIRCUIT_FAILURES provider-wide failures in a row
+(connection refused, timeouts, 5xx) the circuit opens for
+PROVIDER_CIRCUIT_COOLOFF_SECONDS: no request goes to the provider, messages fail
+over or wait without spending their attempts. After the cool-off it is half open:
+PROVIDER_CIRCUIT_PROBES requests per cool-off go through; a success closes it,
+a failure opens it again.
+
+Rate: at most RATE_PER_SECOND requests a second to the provider, counted in
+Redis over a moving window (the `limits` package), so the limit holds however
+many workers send. A 429 (with Retry-After, or a second) pauses the whole
+provider, not just one message.
+
+Fallback when Redis is unreachable (documented in the README): each worker
+process keeps its own circuit and limits itself to its share of the rate
+(RATE_PER_SECOND / QCLUSTER_WORKERS), so sending goes on; several qclusters may
+then exceed the rate together. Failures are logged once until Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import caches
+from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from dispatcher.conf import dispatcher_settings
+
+logger = logging.getLogger(__name__)
+
+CACHE_ALIAS = "default"
+KEY_PREFIX = "provider:"
+# Waiting for the rate never holds a send longer than this before giving up on it.
+MAX_RATE_WAIT_SECONDS = 30.0
+
+
+class _SharedStateDown:
+    """Logs a Redis outage once, and its end."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            if not self.down:
+                logger.warning(
+                    "provider gates: Redis unreachable (%r); circuits and rate limits are per process until it is back",
+                    exc,
+                )
+            self.down = True
+
+    def ok(self) -> None:
+        with self._lock:
+            if self.down:
+                logger.info("provider gates: Redis reachable again; circuits and rate limits are cluster-wide")
+            self.down = False
+
+
+_shared = _SharedStateDown()
+
+
+@dataclass(frozen=True)
+class CircuitState:
+    state: str  # closed, open or half_open
+    failures: int
+    open_until: float | None
+    outage_since: float | None
+
+
+# A worker reads a circuit's shared state at most this often (plus after each change
+# it makes itself): a breaker opened by another worker is seen within this long,
+# and a healthy provider costs no Redis round trip per message.
+STATE_TTL_SECONDS = 0.5
+
+
+class Circuit:
+    """One provider's breaker; its state in the default cache (Redis), a local copy as fallback."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._local: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._cached: CircuitState | None = None
+        self._cached_at = 0.0
+
+    def _key(self, part: str) -> str:
+        return f"{KEY_PREFIX}{self.name}:{part}"
+
+    def _conf(self):
+        return dispatcher_settings()
+
+    def _get_many(self) -> dict[str, float]:
+        keys = [self._key(p) for p in ("failures", "open_until", "outage_since")]
+        try:
+            values = caches[CACHE_ALIAS].get_many(keys)
+            _shared.ok()
+            return {k.rsplit(":", 1)[1]: v for k, v in values.items()}
+        except Exception as exc:
+            _shared.failed(exc)
+            with self._lock:
+                return dict(self._local)
+
+    def state(self) -> CircuitState:
+        cached = self._cached
+        if cached is not None and time.monotonic() - self._cached_at < STATE_TTL_SECONDS:
+            return self._as_of_now(cached)
+        state = self._read()
+        self._cached, self._cached_at = state, time.monotonic()
+        return state
+
+    @staticmethod
+    def _as_of_now(state: CircuitState) -> CircuitState:
+        if state.state == "open" and state.open_until is not None and time.time() >= state.open_until:
+            return CircuitState("half_open", state.failures, state.open_until, state.outage_since)
+        return state
+
+    def _read(self) -> CircuitState:
+        values = self._get_many()
+        open_until = values.get("open_until")
+        if open_until is None:
+            state = "closed"
+        elif time.time() < open_until:
+            state = "open"
+        else:
+            state = "half_open"
+        return CircuitState(state, int(values.get("failures") or 0), open_until, values.get("outage_since"))
+
+    def allows(self) -> bool:
+        """Whether a request may go now (closed, or one of the half-open circuit's probes)."""
+        current = self.state()
+        if current.state == "closed":
+            return True
+        if current.state == "open":
+            return False
+        conf = self._conf()
+        key, ttl = self._key("probes"), max(1, math.ceil(conf.provider_circuit_cooloff_seconds))
+        try:
+            cache = caches[CACHE_ALIAS]
+            cache.add(key, 0, timeout=ttl)
+            probes = cache.incr(key)
+        except Exception as exc:
+            _shared.failed(exc)
+            with self._lock:
+                probes = self._local["probes"] = self._local.get("probes", 0) + 1
+        return probes <= conf.provider_circuit_probes
+
+    def success(self) -> None:
+        current = self.state()
+        if current.failures == 0 and current.open_until is None:
+            return
+        self._set({"failures": None, "open_until": None, "outage_since": None, "probes": None})
+        if current.open_until is not None:
+            logger.warning("provider %s: circuit closed, the provider answers again", self.name)
+
+    def failure(self) -> None:
+        """A provider-wide failure (not one message's fault)."""
+        conf = self._conf()
+        current = self._read()
+        failures = current.failures + 1
+        updates: dict[str, float | None] = {"failures": failures}
+        if current.state == "half_open" or failures >= conf.provider_circuit_failures:
+            now = time.time()
+            updates["open_until"] = now + conf.provider_circuit_cooloff_seconds
+            updates["probes"] = None
+            if current.outage_since is None:
+                updates["outage_since"] = now
+            if current.state != "open":
+                logger.warning(
+                    "provider %s: circuit opened after %d failures in a row; no requests for %g s",
+                    self.name,
+                    failures,
+                    conf.provider_circuit_cooloff_seconds,
+                )
+        self._set(updates)
+
+    def outage_seconds(self) -> float:
+        since = self.state().outage_since
+        return 0.0 if since is None else max(0.0, time.time() - since)
+
+    def _set(self, values: dict[str, float | None]) -> None:
+        # An outage is remembered for a day at most; state older than that is stale.
+        self._cached = None
+        with self._lock:
+            for part, value in values.items():
+                if value is None:
+                    self._local.pop(part, None)
+                else:
+                    self._local[part] = value
+        try:
+            cache = caches[CACHE_ALIAS]
+            cache.set_many({self._key(p): v for p, v in values.items() if v is not None}, timeout=86_400)
+            gone = [self._key(p) for p, v in values.items() if v is None]
+            if gone:
+                cache.delete_many(gone)
+            _shared.ok()
+        except Exception as exc:
+            _shared.failed(exc)
+
+
+class RateGate:
+    """The provider's cluster-wide rate (moving window in Redis) and its 429 pause."""
+
+    def __init__(self, name: str, rate_per_second: float) -> None:
+        self.name = name
+        self.rate = rate_per_second
+        if rate_per_second >= 1:
+            self.item = RateLimitItemPerSecond(int(rate_per_second))
+        elif rate_per_second > 0:
+            self.item = RateLimitItemPerMinute(max(1, int(rate_per_second * 60)))
+        else:
+            self.item = None
+        self._shared_limiter: MovingWindowRateLimiter | None = None
+        local_rate = max(1, int(rate_per_second / max(1, settings.Q_CLUSTER.get("workers", 1))))
+        self._local_item = RateLimitItemPerSecond(local_rate) if rate_per_second >= 1 else self.item
+        self._local_limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._paused_until = 0.0
+        self._pause_checked_at = 0.0
+        self._pause_seen = False
+
+    def _limiter(self) -> MovingWindowRateLimiter | None:
+        redis_url = getattr(settings, "REDIS_URL", None)
+        if not redis_url:
+            return None
+        if self._shared_limiter is None:
+            storage = storage_from_string(redis_url, socket_connect_timeout=2, socket_timeout=2)
+            self._shared_limiter = MovingWindowRateLimiter(storage)
+        return self._shared_limiter
+
+    def pause(self, seconds: float) -> None:
+        """A 429: the whole provider waits `seconds` (every worker, through Redis)."""
+        until = time.time() + seconds
+        self._paused_until = max(self._paused_until, until)
+        try:
+            caches[CACHE_ALIAS].set(f"{KEY_PREFIX}{self.name}:paused_until", until, timeout=max(1, math.ceil(seconds)))
+        except Exception as exc:
+            _shared.failed(exc)
+        logger.warning("provider %s: throttled; every worker waits %.1f s", self.name, seconds)
+
+    def paused_for(self) -> float:
+        until = self._paused_until
+        try:
+            until = max(until, caches[CACHE_ALIAS].get(f"{KEY_PREFIX}{self.name}:paused_until") or 0.0)
+        except Exception as exc:
+            _shared.failed(exc)
+        return max(0.0, until - time.time())
+
+    def acquire(self, *, should_stop: Callable[[], bool], max_wait: float = MAX_RATE_WAIT_SECONDS) -> bool:
+        """Wait for the provider's pause and rate; False if told to stop or it took too long."""
+        if self.item is None and self._paused_until <= time.time() and not self._pause_shared():
+            return True  # no limit and no pause: no waiting, nothing to ask
+        deadline = time.monotonic() + max_wait
+        while True:
+            pause = self.paused_for()
+            if pause <= 0 and (self.item is None or self._hit()):
+                return True
+            if should_stop() or time.monotonic() > deadline:
+                return False
+            time.sleep(min(pause, 0.25) if pause > 0 else (0.005 if self.rate >= 50 else 0.02))
+
+    def _pause_shared(self) -> bool:
+        """Whether another worker paused the provider (read at most every STATE_TTL_SECONDS)."""
+        now = time.monotonic()
+        if now - self._pause_checked_at >= STATE_TTL_SECONDS:
+            self._pause_checked_at = now
+            self._pause_seen = self.paused_for() > 0
+        return self._pause_seen
+
+    def _hit(self) -> bool:
+        limiter = None
+        try:
+            limiter = self._limiter()
+            if limiter is not None:
+                allowed = limiter.hit(self.item, "provider", self.name)
+                _shared.ok()
+                return allowed
+        except Exception as exc:
+            _shared.failed(exc)
+        return self._local_limiter.hit(self._local_item, "provider", self.name)
+
+
+class ProviderGate:
+    def __init__(self, name: str, rate_per_second: float) -> None:
+        self.circuit = Circuit(name)
+        self.rate = RateGate(name, rate_per_second)
