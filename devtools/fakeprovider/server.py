@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import asdict
+from json.encoder import encode_basestring_ascii
 
 from aiohttp import web
 
@@ -53,6 +54,15 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 def _json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+
+
+def _answer_response(status: int, body: dict[str, str], headers: dict[str, str] | None) -> web.Response:
+    # The same bytes as json.dumps(body), in a third of the time: json.dumps sets up an
+    # encoder on every call, which for a two-string answer is most of the work, and the
+    # fake provider answers thousands a second.
+    quote = encode_basestring_ascii
+    members = ", ".join([f"{quote(name)}: {quote(value)}" for name, value in body.items()])
+    return web.Response(status=status, body=f"{{{members}}}".encode(), content_type="application/json", headers=headers)
 
 
 def _foreign_origin(request: web.BaseRequest) -> bool:
@@ -131,7 +141,7 @@ class Endpoints:
             )
         if turn.faults.receipts_url and answer.message_id and not answer.duplicate:
             self.receipts.schedule(answer.message_id, turn.faults)
-        return _json_response(answer.status, answer.body, answer.headers)
+        return _answer_response(answer.status, answer.body, answer.headers)
 
     async def page(self, request: web.BaseRequest) -> web.Response:
         return web.Response(

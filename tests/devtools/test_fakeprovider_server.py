@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 import requests
 
 from devtools.fakeprovider.faults import Faults
+from devtools.fakeprovider.server import _answer_response
 from tests.processes import fake_provider_in_thread, http_json
 
 MESSAGE = {"to": "+905551112233", "content": "hi"}
@@ -128,3 +130,11 @@ def test_stats_count_what_it_answered(fake):
     }
     assert requests.delete(fake.url + "_fake/requests", timeout=5).status_code == 200
     assert http_json("GET", fake.url + "_fake/stats")["accepted"] == 0
+
+
+def test_answers_are_written_as_json_dumps_writes_them(fake):
+    body = {"message": 'a "quoted" ünïcode\n\\ text', "messageId": "0373fccf-8705-4460-8acf-0d19fb7b0571"}
+    assert _answer_response(202, body, None).body == json.dumps(body).encode()
+    answered = requests.post(fake.url, json=MESSAGE, timeout=5)
+    assert answered.content == json.dumps(answered.json()).encode()
+    assert answered.headers["Content-Type"] == "application/json"

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -101,9 +100,6 @@ class Command(BaseCommand):
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise CommandError(f"cannot listen on {provider.host}:{provider.port}: {reason}") from None
-        # Django and the apps it loaded are some hundred thousand objects that live as long as
-        # the process; without this, each full garbage collection walks them all again.
-        gc.freeze()
         stop = asyncio.Event()
         # SIGTERM (docker, the tests) stops it like Ctrl-C. Signals reach only the main thread.
         if threading.current_thread() is threading.main_thread():
