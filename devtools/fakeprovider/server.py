@@ -5,8 +5,8 @@ benchmark, and so that latency faults and scripted timeouts wait with
 `asyncio.sleep` instead of holding a thread each. For the same reason it is
 served by aiohttp's low-level `web.Server` with the small route table below,
 not by a `web.Application`: the application's per-request machinery (router,
-match info, middlewares) cost more than everything the fake provider does
-with a message.
+match info, middlewares) takes about a seventh of a minimal server's time per
+request, time the fake provider spends on its own work instead.
 
 Routes:
 - `POST` to any path not under `/_fake` answers like the provider (answers.py);
