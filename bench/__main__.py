@@ -8,6 +8,8 @@
   claim       time dispatcher.engine.claiming.claim_batch on tables of several sizes.
   sentlist    time GET /api/messages/sent/ and /api/messages/, first and deep pages.
   bulk        time POST /api/messages/bulk/.
+  fakeprovider  requests/s of the fake provider next to a minimal aiohttp stub
+              (wrk; no database).
 
 Each run needs PostgreSQL (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/messaging_bench, created if missing and
@@ -23,7 +25,7 @@ import argparse
 import json
 import sys
 
-from bench import inprocess, pacing, throughput
+from bench import fakeprovider, inprocess, pacing, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -40,6 +42,11 @@ COMMANDS = {
         "GET /api/messages/sent/ and /api/messages/, first and deep pages",
     ),
     "bulk": (inprocess.bulk, inprocess.add_bulk_arguments, "POST /api/messages/bulk/ messages/s"),
+    "fakeprovider": (
+        fakeprovider.fakeprovider,
+        fakeprovider.add_arguments,
+        "requests/s of the fake provider next to a minimal aiohttp stub (wrk)",
+    ),
 }
 
 

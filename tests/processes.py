@@ -161,37 +161,40 @@ def qcluster_running(tmp_path: Path, *, timeout: float = 30, log_name: str = "qc
 
 
 class InProcessFakeProvider:
-    """The fake provider served from a thread of the test process."""
+    """The fake provider served by an event loop in a thread of the test process."""
 
     def __init__(self, server) -> None:
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/"
+        self.server = server  # devtools.fakeprovider.server.FakeProvider
+        self.url = f"http://127.0.0.1:{server.port}/"
 
     @property
     def state(self):
         return self.server.state
 
     def requests(self) -> list:
-        with self.server.state.lock:
-            return list(self.server.state.requests)
+        return self.server.state.received()
 
 
 @contextmanager
 def fake_provider_in_thread(**kwargs):
     """`devtools.fakeprovider.server.make_fake_provider` on a free port, served by a thread until the block ends."""
+    import asyncio
     import threading
 
     from devtools.fakeprovider.server import make_fake_provider
 
-    server = make_fake_provider(port=free_port(), **kwargs)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    server = make_fake_provider(port=0, **kwargs)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-provider", daemon=True)
     thread.start()
     try:
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
         yield InProcessFakeProvider(server)
     finally:
-        server.shutdown()
-        server.server_close()
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
 
 
 # A claimer in its own OS process: it connects, says it is ready (a file), waits

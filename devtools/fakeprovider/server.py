@@ -1,360 +1,270 @@
-"""A local stand-in for the SMS provider's webhook, with faults on request.
+"""The fake provider's HTTP side: its routes on aiohttp, and starting and stopping it.
 
-It answers like the real provider (202 `{"message": "Accepted", "messageId":
-<uuid>}`), logs each request, and can be told to be slow, to fail a share of
-requests, to answer another status, or to leave out the messageId: at start-up
-(command-line options) or while running (`POST /_fake/faults` with JSON).
-A `script` of answers (`[500, "timeout", 429, 202]`) is played one per request
-before the other faults apply.
+It runs on asyncio so that it is never the bottleneck of a throughput
+benchmark, and so that latency faults and scripted timeouts wait with
+`asyncio.sleep` instead of holding a thread each. For the same reason it is
+served by aiohttp's low-level `web.Server` with the small route table below,
+not by a `web.Application`: the application's per-request machinery (router,
+match info, middlewares) takes about a seventh of a minimal server's time per
+request, time the fake provider spends on its own work instead.
 
-It honours `Idempotency-Key` as a careful provider would: a key it has already
-accepted gets the first answer's messageId again and is counted as a duplicate
-it dropped, not delivered twice.
+Routes:
+- `POST` to any path not under `/_fake` answers like the provider (answers.py);
+- `GET /_fake/requests`, `/_fake/stats`, `/_fake/faults` read it as JSON;
+- `POST /_fake/faults` changes faults, `DELETE /_fake/requests` forgets everything;
+- `GET /` (or `/_fake/`) is the page for people (page.py).
 
-`GET /_fake/requests` lists what it received and `GET /_fake/stats` counts it;
-`DELETE /_fake/requests` forgets everything. `GET /` (or `/_fake/`) is the same
-list as a page for people, newest first, that reloads itself every 2 s.
+The two control routes refuse what a browser would send from another site's
+page: a request whose `Origin` is not the fake provider's own is 403, and faults
+must come as `application/json` (415 otherwise), which a cross-site form or a
+"simple" fetch cannot send. It answers no CORS preflight, so a foreign page
+cannot read what it received either. It is a development tool all the same: it
+shows every phone number and text it received to whoever can reach its port.
 """
 
 from __future__ import annotations
 
-import html
+import asyncio
 import json
 import logging
-import random
-import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import UTC, datetime
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import asdict
+from json.encoder import encode_basestring_ascii
 
-logger = logging.getLogger("devtools.fakeprovider.server")
+from aiohttp import web
 
-MAX_BODY_BYTES = 1_000_000
-KEPT_REQUESTS = 10_000
-# The page re-renders every 2 s; the newest requests are what anyone watches,
-# and the full list is at /_fake/requests.
-PAGE_REQUESTS = 500
-PAGE_REFRESH_SECONDS = 2
+from devtools.fakeprovider.answers import ProviderRequest, auth_key_matches, decide_answer, draw_turn
+from devtools.fakeprovider.faults import Faults
+from devtools.fakeprovider.page import render_requests_page
+from devtools.fakeprovider.receipts import ReceiptSender, ReceiptSigner
+from devtools.fakeprovider.requestlog import RequestLog
+from devtools.fakeprovider.state import AUTH_KEY_HEADER, FakeProviderState, ReceivedRequest, redacted_headers
 
+logger = logging.getLogger(__name__)
 
-@dataclass
-class Faults:
-    latency_ms: float = 0.0
-    error_rate: float = 0.0  # share of requests answered with error_status
-    error_status: int = 500
-    status_code: int = 202  # status of answers that are not errors
-    missing_message_id: bool = False
-    retry_after: float = 0.0  # if > 0, sent as Retry-After on 429 and 503 answers
-    timeout_ms: float = 15_000.0  # how long a "timeout" script step keeps the client waiting
-    script: list = field(default_factory=list)  # answers to play first: statuses or "timeout"
+# Dispatchers open dozens of connections at once; a short backlog refuses some.
+LISTEN_BACKLOG = 1024
+# A scripted timeout holds its answer for 15 s; stopping should not wait for it.
+SHUTDOWN_SECONDS = 1.0
 
-    def update(self, changes: dict) -> None:
-        """Apply all of `changes` or, if any is invalid, none of them (ValueError)."""
-        known = {f.name: f.type for f in fields(self)}
-        candidate = replace(self)
-        for name, value in changes.items():
-            if name not in known:
-                raise ValueError(f"unknown fault {name!r}; known: {', '.join(known)}")
-            current = getattr(candidate, name)
-            if name == "script":
-                if not isinstance(value, list) or not all(
-                    step == "timeout" or (isinstance(step, int) and not isinstance(step, bool) and 100 <= step <= 599)
-                    for step in value
-                ):
-                    raise ValueError('script must be a list of HTTP statuses (100-599) or "timeout"')
-                candidate.script = list(value)
-                continue
-            if isinstance(current, bool):
-                if not isinstance(value, bool):
-                    raise ValueError(f"{name} must be true or false")
-            elif not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"{name} must be a number")
-            setattr(candidate, name, type(current)(value))
-        if not 0.0 <= candidate.error_rate <= 1.0:
-            raise ValueError("error_rate must be between 0 and 1")
-        for name in ("latency_ms", "retry_after", "timeout_ms"):
-            if getattr(candidate, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        for name in ("error_status", "status_code"):
-            if not 100 <= getattr(candidate, name) <= 599:
-                raise ValueError(f"{name} must be an HTTP status (100-599)")
-        for name in known:
-            setattr(self, name, getattr(candidate, name))
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class ReceivedRequest:
-    received_at: float
-    to: str | None
-    content: str | None
-    auth_key: str | None
-    status: int
-    message_id: str | None
-    idempotency_key: str | None = None
-    duplicate: bool = False  # a repeat of an accepted Idempotency-Key, answered without delivering
+def _json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
 
 
-class FakeProviderState:
-    def __init__(self, faults: Faults, auth_key: str | None) -> None:
-        self.faults = faults
-        self.auth_key = auth_key
-        self.requests: list[ReceivedRequest] = []
-        self.accepted: dict[str, str] = {}  # Idempotency-Key -> messageId it was accepted with
-        self.duplicates_dropped = 0
-        self.lock = threading.Lock()
-        self.random = random.Random()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.requests.clear()
-            self.accepted.clear()
-            self.duplicates_dropped = 0
-
-    def stats(self) -> dict:
-        with self.lock:
-            by_status: dict[str, int] = {}
-            for entry in self.requests:
-                by_status[str(entry.status)] = by_status.get(str(entry.status), 0) + 1
-            return {
-                "requests": len(self.requests),
-                "accepted": len(self.accepted),
-                "duplicates_dropped": self.duplicates_dropped,
-                "by_status": by_status,
-            }
-
-    def record(self, entry: ReceivedRequest) -> None:
-        with self.lock:
-            self.requests.append(entry)
-            if len(self.requests) > KEPT_REQUESTS:
-                del self.requests[: len(self.requests) - KEPT_REQUESTS]
+def _answer_response(status: int, body: dict[str, str], headers: dict[str, str] | None) -> web.Response:
+    # The same bytes as json.dumps(body), in a third of the time: json.dumps sets up an
+    # encoder on every call, which for a two-string answer is most of the work, and the
+    # fake provider answers thousands a second.
+    quote = encode_basestring_ascii
+    members = ", ".join([f"{quote(name)}: {quote(value)}" for name, value in body.items()])
+    return web.Response(status=status, body=f"{{{members}}}".encode(), content_type="application/json", headers=headers)
 
 
-def _cell(value: object) -> str:
-    return "&mdash;" if value is None else html.escape(str(value), quote=True)
+def _foreign_origin(request: web.BaseRequest) -> bool:
+    """Sent by a browser from another site's page (Origin is absent from curl, scripts and the service)."""
+    origin = request.headers.get("Origin")
+    return origin is not None and origin.lower() != f"{request.scheme}://{request.host}".lower()
 
 
-def render_requests_page(state: FakeProviderState) -> str:
-    """The received requests as an HTML page, newest first, every value escaped."""
-    stats = state.stats()
-    with state.lock:
-        newest = state.requests[-PAGE_REQUESTS:][::-1]
-        faults = asdict(state.faults)
-    rows = []
-    for entry in newest:
-        received = datetime.fromtimestamp(entry.received_at, UTC)
-        rows.append(
-            f'<tr class="received-request{" duplicate" if entry.duplicate else ""}"'
-            f' data-status="{entry.status}" data-message-id="{_cell(entry.message_id)}">'
-            f'<td class="time"><time datetime="{received.isoformat()}">{received:%Y-%m-%d %H:%M:%S.%f}</time></td>'
-            f'<td class="to">{_cell(entry.to)}</td>'
-            f'<td class="content">{_cell(entry.content)}</td>'
-            f'<td class="status">{entry.status}</td>'
-            f'<td class="message-id">{_cell(entry.message_id)}</td>'
-            f'<td class="duplicate-flag">{"duplicate, dropped" if entry.duplicate else ""}</td>'
-            "</tr>"
-        )
-    if not rows:
-        rows.append('<tr id="no-requests"><td colspan="6">Nothing received yet.</td></tr>')
-    shown = f"the newest {len(newest)} of {stats['requests']}" if stats["requests"] > len(newest) else "all of them"
-    by_status = ", ".join(f"{_cell(k)}: {v}" for k, v in sorted(stats["by_status"].items())) or "none"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="refresh" content="{PAGE_REFRESH_SECONDS}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Fake provider: {stats["requests"]} received</title>
-<style>
-  body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #222; }}
-  table {{ border-collapse: collapse; width: 100%; }}
-  th, td {{ border-bottom: 1px solid #ddd; padding: 0.3rem 0.5rem; text-align: left; vertical-align: top; }}
-  th {{ background: #f3f3f3; }}
-  td.content {{ white-space: pre-wrap; overflow-wrap: anywhere; }}
-  td.time, td.message-id {{ font-family: ui-monospace, monospace; font-size: 12px; }}
-  tr.duplicate {{ background: #fff6d6; }}
-  .stats span {{ margin-right: 1.2rem; }}
-  .quiet {{ color: #666; }}
-</style>
-</head>
-<body>
-<h1>Fake provider</h1>
-<p class="stats" id="stats">
-  <span>received: <strong id="stat-requests">{stats["requests"]}</strong></span>
-  <span>accepted: <strong id="stat-accepted">{stats["accepted"]}</strong></span>
-  <span>duplicates dropped: <strong id="stat-duplicates">{stats["duplicates_dropped"]}</strong></span>
-  <span>by status: {by_status}</span>
-</p>
-<p class="quiet">Faults: <code id="faults">{_cell(json.dumps(faults))}</code></p>
-<p class="quiet">Newest first, {shown}; this page reloads every {PAGE_REFRESH_SECONDS} s.
-  As JSON: <a href="/_fake/requests">/_fake/requests</a>, <a href="/_fake/stats">/_fake/stats</a>.</p>
-<table id="received">
-<thead>
-<tr><th>Time (UTC)</th><th>To</th><th>Content</th><th>Status</th><th>messageId</th><th>Duplicate</th></tr>
-</thead>
-<tbody>
-{"".join(rows)}
-</tbody>
-</table>
-</body>
-</html>
-"""
+def _under_fake(path: str) -> bool:
+    return path == "/_fake" or path.startswith("/_fake/")
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:  # a valid but unnamed status, such as 520
-        return "Error"
+class Endpoints:
+    """The route handlers, sharing the state, the receipt sender and the request log."""
 
-
-class FakeProviderHandler(BaseHTTPRequestHandler):
-    server: FakeProviderServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; without TCP_NODELAY the body waits for the client's
-    # delayed ACK, adding ~40 ms to every request on a kept-alive connection.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args) -> None:
-        pass  # we log one line per request ourselves, with the message details
-
-    def _send_json(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def _send_html(self, status: int, page: str) -> None:
-        payload = page.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def _read_json(self) -> object:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise ValueError("body too large")
-        raw = self.rfile.read(length) if length else b""
-        return json.loads(raw or b"null")
-
-    def do_GET(self) -> None:
-        state = self.server.state
-        if urlsplit(self.path).path.rstrip("/") in ("", "/_fake"):
-            self._send_html(200, render_requests_page(state))
-        elif self.path.rstrip("/") == "/_fake/requests":
-            with state.lock:
-                self._send_json(200, [asdict(r) for r in state.requests])
-        elif self.path.rstrip("/") == "/_fake/faults":
-            self._send_json(200, asdict(state.faults))
-        elif self.path.rstrip("/") == "/_fake/stats":
-            self._send_json(200, state.stats())
-        else:
-            self._send_json(404, {"message": "Not found"})
-
-    def do_DELETE(self) -> None:
-        if self.path.rstrip("/") == "/_fake/requests":
-            self.server.state.reset()
-            self._send_json(200, {"message": "cleared"})
-        else:
-            self._send_json(404, {"message": "Not found"})
-
-    def do_POST(self) -> None:
-        state = self.server.state
-        try:
-            body = self._read_json()
-        except ValueError:
-            body = None  # not JSON: answered 400 below, like the real provider would
-        if self.path.rstrip("/") == "/_fake/faults":
-            try:
-                if not isinstance(body, dict):
-                    raise ValueError("send a JSON object of faults")
-                with state.lock:
-                    state.faults.update(body)
-            except ValueError as exc:
-                self._send_json(400, {"message": str(exc)})
-                return
-            logger.info("faults now %s", asdict(state.faults))
-            self._send_json(200, asdict(state.faults))
-            return
-        self._provider_answer(state, body)
-
-    def _provider_answer(self, state: FakeProviderState, body: object) -> None:
-        with state.lock:
-            faults = replace(state.faults, script=[])
-            step = state.faults.script.pop(0) if state.faults.script else None
-            fail = step is None and state.random.random() < faults.error_rate
-        if faults.latency_ms:
-            time.sleep(faults.latency_ms / 1000)
-        to = body.get("to") if isinstance(body, dict) else None
-        content = body.get("content") if isinstance(body, dict) else None
-        auth_key = self.headers.get("x-ins-auth-key")
-        key = self.headers.get("Idempotency-Key")
-        message_id = None
-        duplicate = False
-        headers: dict[str, str] = {}
-        if state.auth_key and auth_key != state.auth_key:
-            status, answer = 401, {"message": "Unauthorized"}
-        elif not isinstance(to, str) or not isinstance(content, str):
-            status, answer = 400, {"message": 'Bad request: expected JSON {"to": str, "content": str}'}
-        elif step == "timeout":
-            # Keep the client waiting past its timeout; what we answer then is never read.
-            time.sleep(faults.timeout_ms / 1000)
-            status, answer = 504, {"message": "Gateway Timeout"}
-        elif fail or (isinstance(step, int) and not 200 <= step < 300):
-            status = step if isinstance(step, int) else faults.error_status
-            answer = {"message": _phrase(status)}
-            if status in (429, 503) and faults.retry_after:
-                headers["Retry-After"] = f"{faults.retry_after:g}"
-        else:
-            status, answer = (step if isinstance(step, int) else faults.status_code), {"message": "Accepted"}
-            if not faults.missing_message_id:
-                with state.lock:
-                    if key and key in state.accepted:
-                        message_id, duplicate = state.accepted[key], True
-                        state.duplicates_dropped += 1
-                    else:
-                        message_id = str(uuid.uuid4())
-                        if key:
-                            state.accepted[key] = message_id
-                answer["messageId"] = message_id
-        state.record(ReceivedRequest(time.time(), to, content, auth_key, status, message_id, key, duplicate))
-        logger.info(
-            "POST %s to=%s key=%s -> %d messageId=%s%s",
-            self.path,
-            to,
-            key or "-",
-            status,
-            message_id or "-",
-            " (duplicate dropped)" if duplicate else "",
-        )
-        try:
-            self._send_json(status, answer, headers)
-        except (BrokenPipeError, ConnectionResetError):
-            logger.info("client went away before the answer for key=%s", key or "-")
-
-
-class FakeProviderServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # Dispatchers open dozens of connections at once; the default backlog of 5 refuses them.
-    request_queue_size = 1024
-
-    def __init__(self, address: tuple[str, int], state: FakeProviderState) -> None:
-        super().__init__(address, FakeProviderHandler)
+    def __init__(self, state: FakeProviderState, receipts: ReceiptSender, request_log: RequestLog | None) -> None:
         self.state = state
+        self.receipts = receipts
+        self.request_log = request_log
+        # (method, path without its trailing slash) -> handler; `/` is "" then.
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("GET", ""): self.page,
+            ("GET", "/_fake"): self.page,
+            ("GET", "/_fake/requests"): self.requests,
+            ("DELETE", "/_fake/requests"): self.forget,
+            ("GET", "/_fake/stats"): self.stats,
+            ("GET", "/_fake/faults"): self.faults,
+            ("POST", "/_fake/faults"): self.change_faults,
+        }
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if request.method == "POST" and not _under_fake(path):
+            return await self.provider_answer(request)
+        handler = self.routes.get((request.method, path.rstrip("/")))
+        return await handler(request) if handler else _json_response(404, {"message": "Not found"})
+
+    async def provider_answer(self, request: web.BaseRequest) -> web.Response:
+        state = self.state
+        turn = draw_turn(state)
+        raw = await request.read()
+        try:
+            body = json.loads(raw.decode()) if raw else None
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+            body = None  # not UTF-8 JSON: answered 400, as the real provider would
+        headers = request.headers
+        asked = ProviderRequest.parse(
+            body,
+            auth_ok=auth_key_matches(headers.get(AUTH_KEY_HEADER), state.auth_key),
+            idempotency_key=headers.get("Idempotency-Key"),
+        )
+        if turn.faults.latency_ms:
+            await asyncio.sleep(turn.faults.latency_ms / 1000)
+        answer = decide_answer(asked, turn, state)
+        if answer.hold_seconds:
+            await asyncio.sleep(answer.hold_seconds)
+        now = time.time()
+        state.record(
+            ReceivedRequest(
+                received_at=now,
+                to=asked.to,
+                content=asked.content,
+                status=answer.status,
+                message_id=answer.message_id,
+                auth_ok=asked.auth_ok,
+                idempotency_key=asked.idempotency_key,
+                duplicate=answer.duplicate,
+                headers=redacted_headers(headers),
+            )
+        )
+        if self.request_log is not None:
+            self.request_log.request(
+                now,
+                f"POST {request.path} to={asked.to} key={asked.idempotency_key or '-'} -> {answer.status}"
+                f" messageId={answer.message_id or '-'}{' (duplicate dropped)' if answer.duplicate else ''}",
+            )
+        if turn.faults.receipts_url and answer.message_id and not answer.duplicate:
+            self.receipts.schedule(answer.message_id, turn.faults)
+        return _answer_response(answer.status, answer.body, answer.headers)
+
+    async def page(self, request: web.BaseRequest) -> web.Response:
+        return web.Response(
+            text=render_requests_page(self.state),
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def requests(self, request: web.BaseRequest) -> web.Response:
+        return _json_response(200, [entry.as_json() for entry in self.state.received()])
+
+    async def stats(self, request: web.BaseRequest) -> web.Response:
+        return _json_response(200, self.state.stats())
+
+    async def faults(self, request: web.BaseRequest) -> web.Response:
+        return _json_response(200, asdict(self.state.faults))
+
+    async def change_faults(self, request: web.BaseRequest) -> web.Response:
+        if _foreign_origin(request):
+            return _json_response(403, {"message": "faults cannot be changed from another site's page"})
+        if request.content_type != "application/json":
+            return _json_response(415, {"message": "send the faults as Content-Type: application/json"})
+        try:
+            changes = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            changes = None
+        if not isinstance(changes, dict):
+            return _json_response(400, {"message": "send a JSON object of faults"})
+        if changes.get("receipts_url") and not self.receipts.signing:
+            return _json_response(
+                400, {"message": "receipts need a secret: start with --receipt-secret or FAKE_PROVIDER_RECEIPT_SECRET"}
+            )
+        try:
+            with self.state.lock:
+                self.state.faults.update(changes)
+        except ValueError as exc:
+            return _json_response(400, {"message": str(exc)})
+        logger.info("faults now %s", asdict(self.state.faults))
+        return _json_response(200, asdict(self.state.faults))
+
+    async def forget(self, request: web.BaseRequest) -> web.Response:
+        if _foreign_origin(request):
+            return _json_response(403, {"message": "the history cannot be cleared from another site's page"})
+        self.state.reset()
+        return _json_response(200, {"message": "cleared"})
+
+
+class FakeProvider:
+    """The fake provider bound to `host`:`port`; started and stopped from a running event loop."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        state: FakeProviderState,
+        receipts: ReceiptSender,
+        request_log: RequestLog | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.state = state
+        self.receipts = receipts
+        self.request_log = request_log
+        self.endpoints = Endpoints(state, receipts, request_log)
+        self._runner: web.ServerRunner | None = None
+        self._flushing: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    async def start(self) -> None:
+        """Listen (OSError if the port is taken); with port 0, `port` becomes the one chosen."""
+        runner = web.ServerRunner(
+            web.Server(self.endpoints, access_log=None), handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=LISTEN_BACKLOG, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        await self.receipts.open()
+        if self.request_log is not None:
+            self._flushing = asyncio.get_running_loop().create_task(self.request_log.keep_flushing())
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        await self._runner.cleanup()
+        self._runner = None
+        await self.receipts.close()
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._flushing
+            self._flushing = None
+        if self.request_log is not None:
+            self.request_log.flush()
 
 
 def make_fake_provider(
-    *, host: str = "127.0.0.1", port: int = 8081, faults: Faults | None = None, auth_key: str | None = None
-) -> FakeProviderServer:
-    return FakeProviderServer((host, port), FakeProviderState(faults or Faults(), auth_key))
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8081,
+    faults: Faults | None = None,
+    auth_key: str | None = None,
+    receipt_secret: str | None = None,
+    request_log: RequestLog | None = None,
+) -> FakeProvider:
+    """A fake provider, not yet listening; it logs a line per request to `request_log` if given.
+
+    ValueError for a malformed receipt secret, or for receipts without one.
+    """
+    faults = faults or Faults()
+    signer = ReceiptSigner(receipt_secret) if receipt_secret else None
+    if faults.receipts_url and signer is None:
+        raise ValueError("receipts need a secret: --receipt-secret or FAKE_PROVIDER_RECEIPT_SECRET")
+    state = FakeProviderState(faults, auth_key)
+    receipts = ReceiptSender(state, signer)
+    return FakeProvider(host=host, port=port, state=state, receipts=receipts, request_log=request_log)

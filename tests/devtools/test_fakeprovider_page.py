@@ -7,7 +7,8 @@ import re
 import pytest
 import requests
 
-from devtools.fakeprovider.server import PAGE_REQUESTS, ReceivedRequest
+from devtools.fakeprovider.page import PAGE_REQUESTS
+from devtools.fakeprovider.state import ReceivedRequest
 from tests.processes import fake_provider_in_thread, http_json
 
 
@@ -99,7 +100,8 @@ def test_the_page_flags_duplicates_and_shows_failures(fake):
 def test_the_page_shows_the_newest_requests_only(fake):
     # Sending hundreds over HTTP is slow; the older ones are recorded directly.
     for i in range(PAGE_REQUESTS):
-        fake.state.record(ReceivedRequest(float(i), "+905551110001", f"old {i}", None, 202, f"id-{i}"))
+        old = ReceivedRequest(received_at=i, to="+905551110001", content=f"old {i}", status=202, message_id=f"id-{i}")
+        fake.state.record(old)
     for i in range(5):
         send(fake, "+905551110001", f"new {i}")
 

@@ -226,9 +226,16 @@ def test_fakeprovider_on_a_busy_port_is_an_error():
         (["--latency-ms", "-5"], "latency_ms must not be negative"),
         (["--error-status", "700"], "HTTP status"),
         (["--status-code", "42"], "HTTP status"),
+        (["--undelivered-rate", "2"], "undelivered_rate must be between 0 and 1"),
+        (["--receipt-delay-ms", "-1"], "receipt_delay_ms must not be negative"),
+        (["--receipts-url", "ftp://example.com/"], "receipts_url must be an http:// or https:// URL"),
+        (["--receipts-url", "http://127.0.0.1:9/"], "receipts need a secret"),
+        (["--receipt-secret", "not-a-secret"], "whsec_"),
+        (["--receipt-secret", "whsec_***"], "whsec_"),
     ],
 )
-def test_fakeprovider_rejects_bad_options(args, message):
+def test_fakeprovider_rejects_bad_options(args, message, monkeypatch):
+    monkeypatch.delenv("FAKE_PROVIDER_RECEIPT_SECRET", raising=False)
     # The port is free: a bad option must stop it before it starts serving.
     assert message in str(fakeprovider_error("--port", str(free_port()), *args))
 

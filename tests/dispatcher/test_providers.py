@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from devtools.fakeprovider.server import FakeProviderHandler
 from dispatcher.engine.providers import ProviderError, ProviderResult, get_provider
 from dispatcher.engine.providers.console import ConsoleProvider
 from dispatcher.engine.providers.locmem import LocmemProvider
@@ -65,30 +64,23 @@ def set_faults(fake, **faults) -> None:
 # --- the webhook provider ------------------------------------------------------------
 
 
-def test_webhook_posts_json_with_the_auth_key_and_returns_the_message_id(fake, webhook_at):
-    seen_headers = []
+def test_webhook_posts_json_with_the_auth_key_and_returns_the_message_id(webhook_at):
+    with fake_provider_in_thread(auth_key=AUTH_KEY) as fake:
+        provider = webhook_at(fake.url)
 
-    class Recording(FakeProviderHandler):
-        def _provider_answer(self, state, body):
-            seen_headers.append(dict(self.headers))
-            super()._provider_answer(state, body)
+        result = provider.send(a_message(recipient_phone_number="+905551112233", content="Merhaba dünya"))
 
-    fake.server.RequestHandlerClass = Recording
-    provider = webhook_at(fake.url)
-
-    result = provider.send(a_message(recipient_phone_number="+905551112233", content="Merhaba dünya"))
-
+        [received] = fake.requests()
     assert isinstance(result, ProviderResult)
     assert result.http_status == 202
     uuid.UUID(result.message_id)  # the fake answers a fresh UUID
-    [received] = fake.requests()
     assert (received.to, received.content) == ("+905551112233", "Merhaba dünya")
-    assert received.auth_key == AUTH_KEY
+    assert received.auth_ok is True
     assert received.status == 202
     assert received.message_id == result.message_id
-    [headers] = seen_headers
-    assert headers["Content-Type"] == "application/json"
-    assert headers["x-ins-auth-key"] == AUTH_KEY
+    assert received.headers["Content-Type"] == "application/json"
+    # The fake provider keeps that the key was sent and matched, never the key.
+    assert received.headers["x-ins-auth-key"] == "[redacted]"
 
 
 def test_webhook_reuses_its_connection_and_works_from_several_threads(fake, webhook_at):
@@ -116,7 +108,9 @@ def test_webhook_reuses_its_connection_and_works_from_several_threads(fake, webh
 def test_webhook_without_an_auth_key_sends_no_auth_header(fake, webhook_at):
     provider = webhook_at(fake.url, WEBHOOK_AUTH_KEY="")
     provider.send(a_message())
-    assert fake.requests()[0].auth_key is None
+    [received] = fake.requests()
+    assert "x-ins-auth-key" not in received.headers
+    assert received.auth_ok is None  # this fake requires no key
 
 
 @pytest.mark.parametrize(("status", "permanent"), [(500, False), (503, False), (408, False), (429, False)])
@@ -144,7 +138,7 @@ def test_webhook_wrong_auth_key_is_a_permanent_401(webhook_at):
             webhook_at(fake.url, WEBHOOK_AUTH_KEY="the-wrong-key").send(a_message())
         assert raised.value.http_status == 401
         assert raised.value.permanent is True
-        assert [r.status for r in fake.requests()] == [401]
+        assert [(r.status, r.auth_ok) for r in fake.requests()] == [(401, False)]
         assert webhook_at(fake.url, WEBHOOK_AUTH_KEY="the-right-key").send(a_message()).http_status == 202
 
 
@@ -291,7 +285,7 @@ def test_fake_provider_checks_the_auth_key_when_given_one():
         assert requests.post(fake.url, json=message, timeout=5).status_code == 401
         assert requests.post(fake.url, json=message, headers={"x-ins-auth-key": "nope"}, timeout=5).status_code == 401
         assert requests.post(fake.url, json=message, headers={"x-ins-auth-key": "secret"}, timeout=5).status_code == 202
-        assert [r.status for r in fake.requests()] == [401, 401, 202]
+        assert [(r.status, r.auth_ok) for r in fake.requests()] == [(401, False), (401, False), (202, True)]
 
 
 def test_fake_provider_faults_can_be_read_and_changed(fake):
@@ -360,12 +354,17 @@ def test_fake_provider_command_serves_and_stops_cleanly(tmp_path, webhook_at):
         assert result.http_status == 201
         [received] = http_json("GET", process.url + "_fake/requests")
         assert received["content"] == "over a real process"
-        assert received["auth_key"] == AUTH_KEY
+        assert received["auth_ok"] is True
+        page = requests.get(process.url, timeout=5).text
         assert process.stop() == 0, process.log()
     log = process.log()
     assert "Fake provider listening on" in log
     assert f"messageId={result.message_id}" in log
     assert "Fake provider stopped." in log
+    # The auth key is in none of what it shows.
+    assert AUTH_KEY not in json.dumps(received)
+    assert AUTH_KEY not in page
+    assert AUTH_KEY not in log
 
 
 # --- choosing a backend ---------------------------------------------------------------

@@ -1,20 +1,28 @@
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devtools.fakeprovider.server import Faults, make_fake_provider
+from devtools.fakeprovider.faults import Faults
+from devtools.fakeprovider.requestlog import RequestLog
+from devtools.fakeprovider.server import FakeProvider, make_fake_provider
+
+RECEIPT_SECRET_ENV = "FAKE_PROVIDER_RECEIPT_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 
 class Command(BaseCommand):
     help = (
         "Run a local HTTP server that answers like the SMS provider (202 with a new messageId), "
-        "logs each request, and injects faults on request. Change faults while it runs with "
-        "`curl -X POST localhost:8081/_fake/faults -d '{\"error_rate\": 0.5}'`; "
-        "see what it received at /_fake/requests."
+        "logs each request, injects faults on request and can send signed delivery receipts. "
+        "Change faults while it runs with `curl localhost:8081/_fake/faults "
+        "-H 'Content-Type: application/json' -d '{\"error_rate\": 0.5}'`; "
+        "see what it received at /_fake/requests. A development tool: never expose it."
     )
     requires_system_checks: list = []
     requires_migrations_checks = False
@@ -31,8 +39,24 @@ class Command(BaseCommand):
             "--retry-after", type=float, default=0.0, help="Send this Retry-After (seconds) on 429 and 503 answers."
         )
         parser.add_argument("--auth-key", default=None, help="Require this x-ins-auth-key (default: accept any).")
+        parser.add_argument(
+            "--receipts-url", default=None, help="POST a signed delivery receipt here for each accepted message."
+        )
+        parser.add_argument(
+            "--receipt-delay-ms", type=float, default=500.0, help="From accepting a message to its receipt."
+        )
+        parser.add_argument(
+            "--undelivered-rate", type=float, default=0.0, help='Share of receipts (0..1) that say "undelivered".'
+        )
+        parser.add_argument(
+            "--receipt-secret",
+            default=None,
+            help=f"Standard Webhooks secret (whsec_<base64>) that signs receipts (default: ${RECEIPT_SECRET_ENV}).",
+        )
+        parser.add_argument("--bad-signature", action="store_true", help="Sign receipts with a wrong key.")
 
     def handle(self, *args, **options) -> None:
+        request_log = RequestLog(sys.stdout)
         faults = Faults()
         try:
             faults.update(
@@ -43,35 +67,53 @@ class Command(BaseCommand):
                     "status_code": options["status_code"],
                     "missing_message_id": options["missing_message_id"],
                     "retry_after": options["retry_after"],
+                    "receipts_url": options["receipts_url"],
+                    "receipt_delay_ms": options["receipt_delay_ms"],
+                    "undelivered_rate": options["undelivered_rate"],
+                    "bad_signature": options["bad_signature"],
                 }
+            )
+            provider = make_fake_provider(
+                host=options["host"],
+                port=options["port"],
+                faults=faults,
+                auth_key=options["auth_key"],
+                receipt_secret=options["receipt_secret"] or os.environ.get(RECEIPT_SECRET_ENV) or None,
+                request_log=request_log,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        for name in ("error_status", "status_code"):
-            if not 100 <= getattr(faults, name) <= 599:
-                raise CommandError(f"--{name.replace('_', '-')} must be an HTTP status (100-599)")
 
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s fakeprovider %(message)s"))
-        log = logging.getLogger("devtools.fakeprovider.server")
-        log.addHandler(handler)
+        # Its other events (faults changed, receipts) go through the request log too, to stay in order.
+        log = logging.getLogger("devtools.fakeprovider")
+        log.addHandler(request_log)
         log.setLevel(logging.INFO)
         log.propagate = False
-
         try:
-            server = make_fake_provider(
-                host=options["host"], port=options["port"], faults=faults, auth_key=options["auth_key"]
-            )
+            asyncio.run(self._serve(provider))
+        finally:
+            log.removeHandler(request_log)
+
+    async def _serve(self, provider: FakeProvider) -> None:
+        try:
+            await provider.start()
         except OSError as exc:
-            raise CommandError(f"cannot listen on {options['host']}:{options['port']}: {exc.strerror}") from None
-        # serve_forever() returns on shutdown(); make SIGTERM behave like Ctrl-C.
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-        self.stdout.write(f"Fake provider listening on http://{options['host']}:{options['port']}/ faults={faults}")
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise CommandError(f"cannot listen on {provider.host}:{provider.port}: {reason}") from None
+        stop = asyncio.Event()
+        # SIGTERM (docker, the tests) stops it like Ctrl-C. Signals reach only the main thread.
+        if threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        receipts = "signed" if provider.receipts.signing else "no secret"
+        self.stdout.write(
+            f"Fake provider listening on {provider.url} faults={provider.state.faults} "
+            f"auth_key={'required' if provider.state.auth_key else 'any'} receipts={receipts}"
+        )
         self.stdout.flush()
         try:
-            server.serve_forever(poll_interval=0.2)
-        except KeyboardInterrupt:
-            pass
+            await stop.wait()
         finally:
-            server.server_close()
+            await provider.stop()
             self.stdout.write("Fake provider stopped.")
