@@ -18,7 +18,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from dispatcher.conf import dispatcher_settings
+from dispatcher.conf import BATCH_SIZE, dispatcher_settings
+from dispatcher.engine.providers import provider_specs
 from dispatcher.state import dispatcher_state_lock, dispatcher_tick_take
 from messages_app.models import Message
 from messages_app.transitions import messages_claim, messages_expire, messages_recover_expired
@@ -26,6 +27,7 @@ from messages_app.transitions import messages_claim, messages_expire, messages_r
 logger = logging.getLogger(__name__)
 
 Status = Message.Status
+BATCH_SIZE_LIMIT = int(BATCH_SIZE.maximum)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,17 @@ def claim_tick(*, due_only: bool, even_if_stopped: bool = False) -> Claim | None
         tick = dispatcher_tick_take(due_only=due_only, even_if_stopped=even_if_stopped, in_flight=in_flight)
         if tick is None:
             return None
-        return claim_batch(batch_size=tick.batch_size)
+        return claim_batch(batch_size=min(tick.batch_size, providers_capacity(tick.interval_seconds)))
+
+
+def providers_capacity(interval_seconds: int) -> int:
+    """How many messages the providers' rate limits let through in one interval: a tick
+    claims no more, so no message waits, leased, for a rate that cannot reach it.
+    Unlimited when any provider has no limit."""
+    specs = provider_specs()
+    if not specs or any(spec.rate_per_second <= 0 for spec in specs):
+        return BATCH_SIZE_LIMIT
+    return max(1, int(sum(spec.rate_per_second for spec in specs) * interval_seconds))
 
 
 def claim_drain_batch(*, batch_size: int) -> Claim | None:
