@@ -110,13 +110,19 @@ def _lock_held(message_ids: Iterable[int], claim_token: uuid.UUID) -> set[int]:
 # --- unsent -> processing --------------------------------------------------------------
 
 
-def messages_claim(*, message_ids: Sequence[int], claim_token: uuid.UUID, lease_seconds: float) -> int:
-    """Lease unsent messages to `claim_token` for `lease_seconds` (the caller holds their row locks)."""
+def messages_claim(
+    *, message_ids: Sequence[int], claim_token: uuid.UUID, lease_seconds: float, claimed_at: datetime | None = None
+) -> int:
+    """Lease unsent messages to `claim_token` for `lease_seconds` (the caller holds their
+    row locks). `claimed_at`, a database_now() reading, stamps a claim made in several
+    statements with one time; by default the statement's own."""
     return Message.objects.filter(pk__in=list(message_ids), status=Status.UNSENT).update(
         status=Status.PROCESSING,
-        claimed_at=Now(),
+        claimed_at=claimed_at or Now(),
         claim_token=claim_token,
-        lease_expires_at=database_now_plus(lease_seconds),
+        lease_expires_at=(claimed_at + timedelta(seconds=lease_seconds))
+        if claimed_at
+        else database_now_plus(lease_seconds),
         sending_started_at=None,
     )
 

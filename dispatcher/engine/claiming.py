@@ -13,6 +13,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import transaction
 from django.db.models import Q
@@ -22,7 +23,7 @@ from dispatcher.conf import BATCH_SIZE, dispatcher_settings
 from dispatcher.engine.providers import provider_specs
 from dispatcher.state import dispatcher_state_lock, dispatcher_tick_take
 from messages_app.models import Message
-from messages_app.transitions import messages_claim, messages_expire, messages_recover_expired
+from messages_app.transitions import database_now, messages_claim, messages_expire, messages_recover_expired
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def claimable():
 PRIORITIES = (Message.Priority.HIGH, Message.Priority.NORMAL, Message.Priority.LOW)
 
 
-def _claim_level(priority: str, limit: int, claim_token: uuid.UUID, lease_seconds: float) -> list[int]:
+def _claim_level(
+    priority: str, limit: int, claim_token: uuid.UUID, lease_seconds: float, claimed_at: datetime
+) -> list[int]:
     if limit <= 0:
         return []
     ids = list(
@@ -63,7 +66,7 @@ def _claim_level(priority: str, limit: int, claim_token: uuid.UUID, lease_second
         .values_list("id", flat=True)[:limit]
     )
     if ids:
-        messages_claim(message_ids=ids, claim_token=claim_token, lease_seconds=lease_seconds)
+        messages_claim(message_ids=ids, claim_token=claim_token, lease_seconds=lease_seconds, claimed_at=claimed_at)
     return ids
 
 
@@ -84,19 +87,20 @@ def claim_batch(*, batch_size: int) -> Claim:
     """
     conf = dispatcher_settings()
     token = uuid.uuid4()
+    claimed_at = database_now()  # one time for the whole claim, however many statements it takes
     ids: list[int] = []
     remaining = batch_size
     for index, priority in enumerate(PRIORITIES):
         below = index < len(PRIORITIES) - 1
         cap = remaining - (math.ceil(remaining * conf.lower_priority_share) if below else 0)
-        taken = _claim_level(priority, cap, token, conf.lease_seconds)
+        taken = _claim_level(priority, cap, token, conf.lease_seconds, claimed_at)
         ids.extend(taken)
         remaining -= len(taken)
     # What the lower levels left of their share, the higher ones may have.
     for priority in PRIORITIES:
         if remaining <= 0:
             break
-        taken = _claim_level(priority, remaining, token, conf.lease_seconds)
+        taken = _claim_level(priority, remaining, token, conf.lease_seconds, claimed_at)
         ids.extend(taken)
         remaining -= len(taken)
     return Claim(claim_token=token, message_ids=ids)
