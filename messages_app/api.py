@@ -108,7 +108,7 @@ class MessageViewSet(
         return Response(DeliveryAttemptSerializer(selectors.message_attempts(message_id=message.pk), many=True).data)
 
     @extend_schema(
-        summary="Put a failed message back in the queue (staff or the requeue permission)",
+        summary="Put a failed message back in the queue (the requeue permission)",
         request=None,
         responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not failed.")},
     )
