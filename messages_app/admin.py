@@ -47,7 +47,9 @@ class MessageAdminForm(forms.ModelForm):
         return normalize_phone_number(self.cleaned_data["recipient_phone_number"])
 
     def clean_content(self) -> str:
-        return validate_content(self.cleaned_data["content"])
+        # Browsers send a textarea's line breaks as CRLF (the HTML form encoding);
+        # the line break typed is the "\n" the API takes (a lone "\r" stays refused).
+        return validate_content(self.cleaned_data["content"].replace("\r\n", "\n"))
 
     def clean(self) -> dict:
         cleaned = super().clean()
