@@ -150,7 +150,9 @@ class MessageAdmin(admin.ModelAdmin):
         except IncorrectLookupParameters:
             # What the changelist itself does with a filter it cannot apply.
             return HttpResponseRedirect(reverse("admin:messages_app_message_changelist") + "?e=1")
-        response = StreamingHttpResponse(messages_csv_lines(queryset=changelist.queryset), content_type="text/csv")
+        response = StreamingHttpResponse(
+            messages_csv_lines(queryset=changelist.queryset), content_type="text/csv; charset=utf-8"
+        )
         filename = f"messages-{timezone.now():%Y%m%d-%H%M%S}.csv"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
