@@ -167,6 +167,17 @@ try:
     }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+# A pool of connections per process instead of one persistent connection per
+# thread: the web's gevent workers (gunicorn.conf.py sets this) run each request in
+# a greenlet of its own, which could never reuse a connection. 0: no pool.
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0, maximum=1000)
+if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both at once
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DATABASE_POOL_MAX_SIZE),
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": 10,  # waiting longer for a free connection is an error (500), not a hang
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
