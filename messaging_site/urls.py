@@ -29,8 +29,8 @@ urlpatterns = [
     path("api/", include(api_urlpatterns)),
     path("api-auth/", include("rest_framework.urls")),
     *seed_urlpatterns,
-    # Monitoring, anonymous (/metrics optionally behind METRICS_TOKEN); no trailing
-    # slash, as probes and Prometheus expect.
+    # Monitoring: /healthz and /readyz's status anonymous, /metrics and /readyz's checks
+    # for METRICS_TOKEN or staff; no trailing slash, as probes and Prometheus expect.
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),

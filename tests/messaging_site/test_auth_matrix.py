@@ -110,8 +110,8 @@ PUBLIC_BY_DESIGN = {
     "login": "the browsable API's login form (api-auth/)",
     "logout": "the browsable API's logout (api-auth/)",
     "healthz": "a probe (tests/dispatcher/test_health.py)",
-    "readyz": "a probe (tests/dispatcher/test_health.py)",
-    "metrics": "Prometheus; optionally behind METRICS_TOKEN (tests/dispatcher/test_metrics.py)",
+    "readyz": "a probe: its status only; the checks for METRICS_TOKEN or staff (tests/dispatcher/test_health.py)",
+    "metrics": "Prometheus, with METRICS_TOKEN; or staff (tests/dispatcher/test_metrics.py)",
     "receipts": "providers' delivery receipts: the signature is the authentication (tests/dispatcher/test_receipts.py)",
     "receipts-twilio": "Twilio's status callbacks: X-Twilio-Signature is the authentication (test_twilio.py)",
 }
