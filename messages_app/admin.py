@@ -157,6 +157,12 @@ class MessageAdmin(admin.ModelAdmin):
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Message | None:
+        # ASCII digits only: int() would read .../message/<ARABIC-INDIC DIGIT ONE>/change/ as message 1.
+        if not str(object_id).isascii():
+            return None
+        return super().get_object(request, object_id, from_field)
+
     def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
         if obj is None:
             return ["recipient_phone_number", "content", "send_after", "expires_at", "priority"]

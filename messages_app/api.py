@@ -46,6 +46,8 @@ class MessageViewSet(
 ):
     serializer_class = MessageSerializer
     filterset_class = MessageFilter
+    # ASCII digits only: int() would read /api/messages/<ARABIC-INDIC DIGIT ONE>/ as message 1.
+    lookup_value_regex = "[0-9]+"
     # Reads need view_message, create and bulk add_message; requeue has its own (below).
     permission_classes = [ModelPermissionsWithView]
 

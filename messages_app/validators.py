@@ -84,7 +84,8 @@ def validate_content(value: str) -> str:
 def parse_aware_datetime(value: str) -> datetime:
     """Parse an ISO 8601 date-time, or a date (meaning its midnight), as the API reads
     `send_after`; a time without an offset is in the default time zone (TIME_ZONE)."""
-    text = value.strip() if isinstance(value, str) else ""
+    # ASCII only: Django's parser (and int()) would read any Unicode digits.
+    text = value.strip() if isinstance(value, str) and value.isascii() else ""
     try:
         parsed = parse_datetime(text)
         if parsed is None and (day := parse_date(text)) is not None:

@@ -202,6 +202,16 @@ ROWS = {
     "patch-interval-absurd": patch({"interval_seconds": 10**12}, ("interval_seconds",)),
     "patch-interval-text": patch({"interval_seconds": "abc"}, ("interval_seconds",)),
     "patch-interval-sql": patch({"interval_seconds": SQL}, ("interval_seconds",)),
+    # numbers in ASCII digits only: int() reads Arabic-Indic, Devanagari and fullwidth digits too
+    "patch-interval-arabic-indic-digit": patch({"interval_seconds": "\u0665"}, ("interval_seconds",)),
+    "patch-batch-size-fullwidth-digits": patch({"batch_size": "\uff11\uff10"}, ("batch_size",)),
+    "patch-batch-size-devanagari-digit": patch({"batch_size": "\u096b"}, ("batch_size",)),
+    "expires-at-arabic-indic-digits": create(
+        message(expires_at="\u0662\u0660\u0663\u0660-\u0660\u0661-\u0660\u0661T00:00:00Z"), error_at=("expires_at",)
+    ),
+    "send-after-arabic-indic-digits": create(
+        message(send_after="\u0662\u0660\u0663\u0660-\u0660\u0661-\u0660\u0661T00:00:00Z"), error_at=("send_after",)
+    ),
     "patch-one-good-one-bad": patch({"batch_size": 5, "interval_seconds": 0}, ("interval_seconds",)),
     "patch-array-not-object": patch([{"batch_size": 5}], ("non_field_errors",)),
     "patch-unknown-field": patch({"batch_size": 5, "running": False}, ("running",)),
