@@ -24,6 +24,7 @@ from messages_app.serializers import (
 )
 from restapi.idempotency import idempotent
 from restapi.pagination import SentMessageCursorPagination
+from restapi.parsers import JSONParser
 
 
 class Conflict(APIException):
@@ -77,7 +78,8 @@ class MessageViewSet(
         request=MessageBulkCreateSerializer,
         responses={201: MessageBulkResultSerializer},
     )
-    @action(detail=False, methods=["post"])
+    # JSON only: a list of objects has no form encoding, and the schema says so.
+    @action(detail=False, methods=["post"], parser_classes=[JSONParser])
     def bulk(self, request: Request) -> Response:
         def queue() -> Response:
             serializer = MessageBulkCreateSerializer(data=request.data)

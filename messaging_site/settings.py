@@ -321,12 +321,16 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 
+# Django's database sessions, but a cookie that cannot be a session key (a NUL in
+# it) is no session rather than a database error.
+SESSION_ENGINE = "restapi.sessions"
+
 # --- REST framework ------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first so an unauthenticated request is answered 401 with a
         # WWW-Authenticate header rather than 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "restapi.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -36,5 +36,8 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
 ]
 
-# Unknown addresses under /api/ (e.g. /api/messages/1.5/attempts/) answer JSON like the rest of the API.
+# Errors Django answers itself are JSON on the API's addresses, like the rest of the API:
+# unknown addresses under /api/ (e.g. /api/messages/1.5/attempts/), a refused Host, a crash.
+handler400 = "restapi.defaults.bad_request"
 handler404 = "restapi.defaults.not_found"
+handler500 = "restapi.defaults.server_error"
