@@ -378,6 +378,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",  # drf-spectacular's default
         "restapi.schema.document_error_responses",
+        "restapi.schema.require_a_field_in_patch_bodies",
     ],
 }
 
