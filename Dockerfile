@@ -19,4 +19,5 @@ RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
 
 USER app
 EXPOSE 8000
-CMD ["gunicorn", "messaging_site.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# gevent workers, so that slow clients cannot hold them (gunicorn.conf.py says why).
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "messaging_site.wsgi:application"]

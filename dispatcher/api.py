@@ -28,8 +28,8 @@ Delivery = Message.Delivery
 
 
 class DispatcherViewSet(viewsets.GenericViewSet):
-    """The cluster-wide dispatcher: read by any user, controlled by staff or
-    holders of dispatcher.control_dispatcher (every control is audited)."""
+    """The cluster-wide dispatcher: read by any user, controlled by holders of
+    dispatcher.control_dispatcher (every control is audited)."""
 
     serializer_class = DispatcherStatusSerializer
     pagination_class = None
@@ -48,7 +48,7 @@ class DispatcherViewSet(viewsets.GenericViewSet):
         return self._status_response()
 
     @extend_schema(
-        summary="Change batch size and/or interval (staff or control permission)",
+        summary="Change batch size and/or interval (control permission)",
         request=DispatcherConfigSerializer,
         responses=DispatcherStatusSerializer,
     )
@@ -62,7 +62,7 @@ class DispatcherViewSet(viewsets.GenericViewSet):
         return self._status_response()
 
     @extend_schema(
-        summary="Start sending, cluster-wide (staff or control permission)",
+        summary="Start sending, cluster-wide (control permission)",
         request=None,
         responses=DispatcherStatusSerializer,
     )
@@ -72,7 +72,7 @@ class DispatcherViewSet(viewsets.GenericViewSet):
         return self._status_response()
 
     @extend_schema(
-        summary="Stop sending, cluster-wide (staff or control permission)",
+        summary="Stop sending, cluster-wide (control permission)",
         request=None,
         responses=DispatcherStatusSerializer,
     )

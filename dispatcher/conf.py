@@ -156,7 +156,13 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=0.0,
         maximum=7 * 86400,
     ),
-    SettingSpec("METRICS_TOKEN", "METRICS_TOKEN", "secret", "", "if set, /metrics needs Authorization: Bearer <token>"),
+    SettingSpec(
+        "METRICS_TOKEN",
+        "METRICS_TOKEN",
+        "secret",
+        "",
+        "/metrics and /readyz's checks answer Authorization: Bearer <token> (and staff sessions)",
+    ),
     SettingSpec(
         "RECEIPT_SECRET",
         "RECEIPT_WEBHOOK_SECRET",

@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
+from restapi.fields import AsciiIntegerField
 
 
 class MessageCountsSerializer(serializers.Serializer):
@@ -31,8 +32,8 @@ class DispatcherStatusSerializer(serializers.Serializer):
 
 
 class DispatcherConfigSerializer(serializers.Serializer):
-    batch_size = serializers.IntegerField(min_value=1, max_value=MAX_BATCH_SIZE, required=False)
-    interval_seconds = serializers.IntegerField(min_value=1, max_value=MAX_INTERVAL_SECONDS, required=False)
+    batch_size = AsciiIntegerField(min_value=1, max_value=MAX_BATCH_SIZE, required=False)
+    interval_seconds = AsciiIntegerField(min_value=1, max_value=MAX_INTERVAL_SECONDS, required=False)
 
     def validate(self, attrs: dict) -> dict:
         unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()

@@ -47,7 +47,9 @@ class MessageAdminForm(forms.ModelForm):
         return normalize_phone_number(self.cleaned_data["recipient_phone_number"])
 
     def clean_content(self) -> str:
-        return validate_content(self.cleaned_data["content"])
+        # Browsers send a textarea's line breaks as CRLF (the HTML form encoding);
+        # the line break typed is the "\n" the API takes (a lone "\r" stays refused).
+        return validate_content(self.cleaned_data["content"].replace("\r\n", "\n"))
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -148,10 +150,18 @@ class MessageAdmin(admin.ModelAdmin):
         except IncorrectLookupParameters:
             # What the changelist itself does with a filter it cannot apply.
             return HttpResponseRedirect(reverse("admin:messages_app_message_changelist") + "?e=1")
-        response = StreamingHttpResponse(messages_csv_lines(queryset=changelist.queryset), content_type="text/csv")
+        response = StreamingHttpResponse(
+            messages_csv_lines(queryset=changelist.queryset), content_type="text/csv; charset=utf-8"
+        )
         filename = f"messages-{timezone.now():%Y%m%d-%H%M%S}.csv"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Message | None:
+        # ASCII digits only: int() would read .../message/<ARABIC-INDIC DIGIT ONE>/change/ as message 1.
+        if not str(object_id).isascii():
+            return None
+        return super().get_object(request, object_id, from_field)
 
     def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
         if obj is None:

@@ -24,6 +24,7 @@ from messages_app.serializers import (
 )
 from restapi.idempotency import idempotent
 from restapi.pagination import SentMessageCursorPagination
+from restapi.parsers import JSONParser
 
 
 class Conflict(APIException):
@@ -46,6 +47,8 @@ class MessageViewSet(
 ):
     serializer_class = MessageSerializer
     filterset_class = MessageFilter
+    # ASCII digits only: int() would read /api/messages/<ARABIC-INDIC DIGIT ONE>/ as message 1.
+    lookup_value_regex = "[0-9]+"
     # Reads need view_message, create and bulk add_message; requeue has its own (below).
     permission_classes = [ModelPermissionsWithView]
 
@@ -75,7 +78,8 @@ class MessageViewSet(
         request=MessageBulkCreateSerializer,
         responses={201: MessageBulkResultSerializer},
     )
-    @action(detail=False, methods=["post"])
+    # JSON only: a list of objects has no form encoding, and the schema says so.
+    @action(detail=False, methods=["post"], parser_classes=[JSONParser])
     def bulk(self, request: Request) -> Response:
         def queue() -> Response:
             serializer = MessageBulkCreateSerializer(data=request.data)
@@ -108,7 +112,7 @@ class MessageViewSet(
         return Response(DeliveryAttemptSerializer(selectors.message_attempts(message_id=message.pk), many=True).data)
 
     @extend_schema(
-        summary="Put a failed message back in the queue (staff or the requeue permission)",
+        summary="Put a failed message back in the queue (the requeue permission)",
         request=None,
         responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not failed.")},
     )

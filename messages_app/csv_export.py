@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -24,13 +25,26 @@ MESSAGE_CSV_COLUMNS = [
 ]
 
 # A spreadsheet runs a cell that starts with one of these as a formula
-# (=HYPERLINK(...), +cmd|..., -2+3, @SUM(...); tab and CR also start one in
-# some programs). Message content and provider errors come from outside.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# (=HYPERLINK(...), +cmd|..., -2+3, @SUM(...)). Message content and provider
+# errors come from outside, so wherever a cell could begin, a formula is
+# neutralised with a leading "'", which spreadsheets take as "this is text":
+# - at the start of the cell, also behind leading whitespace or quotes (" =1+1",
+#   "\n=1+1", which some programs trim), and before a leading tab or CR, which
+#   some programs read as the start of a formula too;
+# - after every separator a spreadsheet might split the cell at: "," and ";"
+#   (the list separator in locales with a decimal comma, where "x;=HYPERLINK(...)"
+#   would be two cells), tab, and line breaks.
+_FORMULA_STARTS = "=+-@"
+_CELL_START = re.compile(rf'^(?=[\s"]*[{re.escape(_FORMULA_STARTS)}]|[\t\r])')
+_AFTER_SEPARATOR = re.compile(rf'(?<=[,;\t\r\n])(?=[\s"]*[{re.escape(_FORMULA_STARTS)}])')
 
 # Stored in E.164 (validated to "+" and digits), so its "+" cannot start a
-# formula; quoting it would only corrupt the number for whoever imports it.
+# formula; a "'" would only corrupt the number for whoever imports it.
 _NOT_FORMULA_COLUMNS = {"recipient_phone_number"}
+
+# Spreadsheet programs read a CSV file as UTF-8 only when it starts with a byte
+# order mark; without it they guess a legacy code page and garble non-ASCII text.
+BYTE_ORDER_MARK = "\ufeff"
 
 CHUNK_SIZE = 2000
 
@@ -43,18 +57,18 @@ class _Echo:
 
 
 def csv_safe(value: object) -> str:
-    """The text of a cell, with a leading quote if a spreadsheet would take it for a formula."""
+    """The text of a cell, with a "'" wherever a spreadsheet could take what follows for a formula."""
     if value is None:
         return ""
     text = value.isoformat() if isinstance(value, datetime) else str(value)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+    return _CELL_START.sub("'", _AFTER_SEPARATOR.sub("'", text), count=1)
 
 
 def messages_csv_lines(*, queryset: QuerySet[Message]) -> Iterator[str]:
-    """The header, then one CSV line per message of `queryset`, read in chunks
-    so an export of millions of rows never holds them all in memory."""
+    """A byte order mark and the header, then one CSV line per message of `queryset`,
+    read in chunks so an export of millions of rows never holds them all in memory."""
     writer = csv.writer(_Echo())
-    yield writer.writerow(MESSAGE_CSV_COLUMNS)
+    yield BYTE_ORDER_MARK + writer.writerow(MESSAGE_CSV_COLUMNS)
     for row in queryset.values_list(*MESSAGE_CSV_COLUMNS).iterator(chunk_size=CHUNK_SIZE):
         yield writer.writerow(
             [

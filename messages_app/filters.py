@@ -1,10 +1,21 @@
 from __future__ import annotations
 
 import django_filters
+from django import forms
 from django.core.exceptions import ValidationError
 
 from messages_app.models import Message
 from messages_app.validators import normalize_phone_number
+
+
+class MessageFilterForm(forms.Form):
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        # django-filter reads `?status=` as "no filter", while the schema lists the
+        # statuses a value must be one of: an empty one is refused, not ignored.
+        if "status" in self.data and self.data["status"] == "":
+            self.add_error("status", "Give one of the statuses, or leave the parameter out.")
+        return cleaned
 
 
 class MessageFilter(django_filters.FilterSet):
@@ -16,6 +27,7 @@ class MessageFilter(django_filters.FilterSet):
     class Meta:
         model = Message
         fields = ["status", "recipient_phone_number"]
+        form = MessageFilterForm
 
     def filter_recipient(self, queryset, name, value):
         try:

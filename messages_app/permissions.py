@@ -2,9 +2,10 @@
 
 - Reading messages needs `messages_app.view_message`; queueing them
   `messages_app.add_message` (Django's model permissions; superusers have all).
-- Requeueing needs staff status or `messages_app.requeue_message`, so
-  operators need not be staff. (The dispatcher's own rules are in
-  dispatcher.permissions.)
+- Requeueing needs `messages_app.requeue_message`, cancelling
+  `messages_app.cancel_message`. Staff status grants nothing here, as in
+  the admin, where every user is staff: one rule for every channel. (The
+  dispatcher's own rules are in dispatcher.permissions.)
 
 Every class refuses anonymous requests, which DRF answers 401 (TokenAuthentication
 comes first, so with a WWW-Authenticate header); an authenticated user without
@@ -38,22 +39,26 @@ class ModelPermissionsWithView(DjangoModelPermissions):
         return super().has_permission(request, view)
 
 
-class StaffOrPermission(BasePermission):
-    """Staff users, or users holding `permission` (a subclass sets it)."""
+class HasPermission(BasePermission):
+    """Users holding `permission` (a subclass sets it); superusers hold every one.
+
+    Staff status is not enough: it is what lets a user into the admin, and the
+    admin asks for the same permission, so the API must not grant more.
+    """
 
     permission: str = ""
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
-        return bool(user and user.is_authenticated and (user.is_staff or user.has_perm(self.permission)))
+        return bool(user and user.is_authenticated and user.has_perm(self.permission))
 
 
-class CanRequeueMessages(StaffOrPermission):
+class CanRequeueMessages(HasPermission):
     permission = REQUEUE_MESSAGE
 
 
 CANCEL_MESSAGE = "messages_app.cancel_message"
 
 
-class CanCancelMessages(StaffOrPermission):
+class CanCancelMessages(HasPermission):
     permission = CANCEL_MESSAGE

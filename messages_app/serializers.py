@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
+from restapi.fields import AsciiDateTimeField
 
 
 def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
@@ -91,10 +92,10 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         trim_whitespace=False,
         help_text="1 to MESSAGE_MAX_LENGTH characters (default 1000), counted as characters.",
     )
-    send_after = serializers.DateTimeField(
+    send_after = AsciiDateTimeField(
         required=False, allow_null=True, help_text="Optional: do not send before this time (ISO 8601)."
     )
-    expires_at = serializers.DateTimeField(
+    expires_at = AsciiDateTimeField(
         required=False,
         allow_null=True,
         help_text="Optional: never send after this time (ISO 8601); then the message becomes `expired`.",

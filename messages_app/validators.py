@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, time
 
 import phonenumbers
@@ -31,12 +32,49 @@ def normalize_phone_number(value: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+# Control characters a message may hold: line breaks and tabs. Everything else of
+# category Cc (C0 and C1 controls, DEL) is refused, e.g. the ESC that starts an
+# ANSI escape sequence, which would repaint the terminal of whoever reads a log.
+ALLOWED_CONTROL_CHARACTERS = frozenset("\n\t")
+
+# What a person can see: a letter, digit, punctuation or symbol (Unicode categories
+# L*, N*, P*, S*). Not separators and spaces, controls, formatting characters
+# (zero-width spaces and joiners, the byte order mark, bidi marks), private-use or
+# unassigned code points, nor marks that only modify the character before them
+# (combining accents, variation selectors); and not the letters and symbols drawn
+# blank: the Hangul fillers and the blank braille pattern.
+_VISIBLE_CATEGORY_CLASSES = frozenset("LNPS")
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_visible_character(char: str) -> bool:
+    return unicodedata.category(char)[0] in _VISIBLE_CATEGORY_CLASSES and char not in _BLANK_GLYPHS
+
+
+def is_forbidden_control_character(char: str) -> bool:
+    return unicodedata.category(char) == "Cc" and char not in ALLOWED_CONTROL_CHARACTERS
+
+
 def validate_content(value: str) -> str:
-    """Check content length in characters (code points), never bytes; return it unchanged."""
+    """Check that content is text a person can read and within the length limit
+    (in characters, i.e. code points, never bytes); return it unchanged."""
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("Content must not be blank.", code="blank")
     if "\x00" in value:
         raise ValidationError("Content must not contain NUL characters.", code="null_characters_not_allowed")
+    control = next((i for i, char in enumerate(value) if is_forbidden_control_character(char)), None)
+    if control is not None:
+        raise ValidationError(
+            f"Content must not contain control characters (U+{ord(value[control]):04X} at position {control + 1}); "
+            "only line breaks (\\n) and tabs are allowed.",
+            code="control_characters",
+        )
+    if not any(is_visible_character(char) for char in value):
+        raise ValidationError(
+            "Content must have at least one visible character (it holds only invisible ones, such as "
+            "zero-width spaces or a byte order mark).",
+            code="invisible",
+        )
     limit = settings.MESSAGE_MAX_LENGTH
     if len(value) > limit:
         raise ValidationError(f"Content is {len(value)} characters long; the limit is {limit}.", code="max_length")
@@ -46,7 +84,8 @@ def validate_content(value: str) -> str:
 def parse_aware_datetime(value: str) -> datetime:
     """Parse an ISO 8601 date-time, or a date (meaning its midnight), as the API reads
     `send_after`; a time without an offset is in the default time zone (TIME_ZONE)."""
-    text = value.strip() if isinstance(value, str) else ""
+    # ASCII only: Django's parser (and int()) would read any Unicode digits.
+    text = value.strip() if isinstance(value, str) and value.isascii() else ""
     try:
         parsed = parse_datetime(text)
         if parsed is None and (day := parse_date(text)) is not None:

@@ -1,7 +1,8 @@
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from dispatcher.monitoring.health import healthz, readyz
 from dispatcher.monitoring.metrics import metrics_view
@@ -9,14 +10,21 @@ from dispatcher.urls import urlpatterns as dispatcher_api_urlpatterns
 from messages_app.urls import api_urlpatterns as messages_api_urlpatterns
 from seed_api.urls import urlpatterns as seed_urlpatterns
 
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
 api_urlpatterns = [
     *messages_api_urlpatterns,
     *dispatcher_api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # Swagger UI's start-up script served as a file (docs/?script), not inline: the CSP allows no inline script.
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
     path(
         "redoc/",
-        SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html"),
+        # Redoc's bundle always draws the Redocly logo from its CDN: that one image,
+        # on this page only, is the CSP's one exception to "everything from this site".
+        csp_update({"img-src": [REDOC_LOGO]})(
+            SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html")
+        ),
         name="redoc",
     ),
 ]
@@ -29,12 +37,15 @@ urlpatterns = [
     path("api/", include(api_urlpatterns)),
     path("api-auth/", include("rest_framework.urls")),
     *seed_urlpatterns,
-    # Monitoring, anonymous (/metrics optionally behind METRICS_TOKEN); no trailing
-    # slash, as probes and Prometheus expect.
+    # Monitoring: /healthz and /readyz's status anonymous, /metrics and /readyz's checks
+    # for METRICS_TOKEN or staff; no trailing slash, as probes and Prometheus expect.
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
 ]
 
-# Unknown addresses under /api/ (e.g. /api/messages/1.5/attempts/) answer JSON like the rest of the API.
+# Errors Django answers itself are JSON on the API's addresses, like the rest of the API:
+# unknown addresses under /api/ (e.g. /api/messages/1.5/attempts/), a refused Host, a crash.
+handler400 = "restapi.defaults.bad_request"
 handler404 = "restapi.defaults.not_found"
+handler500 = "restapi.defaults.server_error"

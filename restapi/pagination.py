@@ -42,6 +42,8 @@ class MessageCursorPagination(CursorPagination):
         # DRF checks a cursor's offset but not its position, which goes into the
         # WHERE clause as is: a hand-made cursor like "p=abc" would be a 500.
         cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None and not cursor.position.isascii():
+            raise NotFound(self.invalid_cursor_message)  # int() would read Unicode digits
         if cursor is not None and cursor.position is not None:
             field = self._model._meta.get_field(self.ordering[0].lstrip("-"))
             try:

@@ -80,3 +80,20 @@ def document_error_responses(result: dict, generator, request, public) -> dict:
                 responses.setdefault(code, _response(code, seed=seed))
             operation["responses"] = dict(sorted(responses.items()))
     return result
+
+
+def require_a_field_in_patch_bodies(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook: a PATCH body must change something.
+
+    Every field of a PATCH body is optional, so the generated schema allows `{}`,
+    which the API refuses (400: there is nothing to change). Saying so here
+    (`minProperties: 1`) keeps schema and server in agreement.
+    """
+    schemas = result.get("components", {}).get("schemas", {})
+    for path_item in result.get("paths", {}).values():
+        body = path_item.get("patch", {}).get("requestBody", {})
+        for media in body.get("content", {}).values():
+            name = media.get("schema", {}).get("$ref", "").rpartition("/")[2]
+            if name in schemas:
+                schemas[name]["minProperties"] = 1
+    return result

@@ -6,7 +6,6 @@ Same paths and envelope: `{"status": <code>, "success": <data>}` or
 
 from __future__ import annotations
 
-from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
@@ -21,7 +20,7 @@ from messages_app import selectors, services
 from messages_app.models import Message
 from messages_app.permissions import ModelPermissionsWithView
 from messages_app.serializers import MessageCreateSerializer, MessageSerializer
-from restapi.defaults import request_body_too_large
+from restapi.defaults import api_exception_for
 from restapi.idempotency import idempotent
 
 # The Go service returned every sent message at once; we cap the answer.
@@ -76,7 +75,7 @@ def success(data, code: int = status.HTTP_200_OK) -> Response:
 
 
 def fail(code: int, msg: str, reason: str = "") -> Response:
-    return Response({"status": code, "fail": {"msg": msg, "reason": reason}}, status=code)
+    return Response(SeedAPIView.error_body(code, msg, reason), status=code)
 
 
 def _flatten_errors(detail) -> str:
@@ -90,9 +89,13 @@ def _flatten_errors(detail) -> str:
 class SeedAPIView(APIView):
     """Answers every error in the Go service's envelope."""
 
+    @staticmethod
+    def error_body(code: int, msg: str, reason: str = "") -> dict:
+        """The envelope of an error Django answers itself (restapi.defaults: a refused Host, a crash)."""
+        return {"status": code, "fail": {"msg": msg, "reason": reason}}
+
     def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, RequestDataTooBig):
-            exc = request_body_too_large()
+        exc = api_exception_for(exc)
         if isinstance(exc, exceptions.ParseError):
             return fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid request body", str(exc.detail))
         if isinstance(exc, exceptions.ValidationError):

@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 
 from dispatcher.engine.providers import locmem
 from dispatcher.permissions import CONTROL_DISPATCHER
-from messages_app.permissions import REQUEUE_MESSAGE
+from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
 from tests.factories import MESSAGE_CLIENT_PERMS, make_user, token_for
 
 
@@ -40,7 +40,15 @@ def operator_user(db):
 
 @pytest.fixture
 def staff_user(db):
-    return make_user(username="sam", staff=True)
+    """A staff operator as the upgrade left them (dispatcher migration 0005): staff status
+    grants nothing by itself, so they hold the control, requeue and cancel permissions."""
+    return make_user(username="sam", staff=True, perms=[CONTROL_DISPATCHER, REQUEUE_MESSAGE, CANCEL_MESSAGE])
+
+
+@pytest.fixture
+def bare_staff_user(db):
+    """Staff, without any permission: may log in to the admin, and control nothing."""
+    return make_user(username="stan", staff=True)
 
 
 @pytest.fixture

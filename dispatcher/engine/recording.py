@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q, QuerySet
 
 from dispatcher.conf import DispatcherSettings
 from dispatcher.engine.counters import metrics_record_batch
@@ -192,3 +194,57 @@ def delivery_cache_catch_up(*, limit: int = 500) -> int:
         extra={"message_ids": ids[:100]},
     )
     return len(pending)
+
+
+def messages_sent_in(*, since: datetime | None, until: datetime | None) -> QuerySet[Message]:
+    """The sent messages (with a provider messageId) sent at or after `since` and before `until`."""
+    sent = Message.objects.filter(status=Message.Status.SENT).exclude(provider_message_id="")
+    if since is not None:
+        sent = sent.filter(sent_at__gte=since)
+    if until is not None:
+        sent = sent.filter(sent_at__lt=until)
+    return sent
+
+
+class DeliveryCacheUnavailable(Exception):
+    """The delivery cache refused a write (Redis down): nothing more is written."""
+
+
+def delivery_cache_rebuild(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    batch_size: int = 1000,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write again, from the database, the `messages:<messageId>` record of every
+    message sent at or after `since` and before `until` (either may be open); return
+    how many were written.
+
+    For a Redis that lost its data (restarted without persistence, flushed, failed
+    over to an empty replica): those records are otherwise gone for good, since
+    only the ones that failed to be written are flagged pending. Each record gets
+    the message's sending time and the cache's TTL from now. Messages are read
+    `batch_size` at a time in sending order (the sent list's index), each batch
+    written in one round trip; `on_progress` gets the count after each batch.
+    Raise DeliveryCacheUnavailable if the cache refuses a batch: the batches
+    before it are written, a rerun writes them again harmlessly.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    sent = messages_sent_in(since=since, until=until)
+    written = 0
+    after: tuple[datetime, int] | None = None
+    while True:
+        page = sent if after is None else sent.filter(Q(sent_at__gt=after[0]) | Q(sent_at=after[0], pk__gt=after[1]))
+        batch = list(page.order_by("sent_at", "pk").values_list("pk", "provider_message_id", "sent_at")[:batch_size])
+        if not batch:
+            return written
+        if not delivery_cache_record_many(deliveries=[(pmid, sent_at) for _, pmid, sent_at in batch]):
+            raise DeliveryCacheUnavailable(f"the delivery cache refused a write after {written} record(s)")
+        ids = [pk for pk, _, _ in batch]
+        Message.objects.filter(pk__in=ids, delivery_cache_pending=True).update(delivery_cache_pending=False)
+        written += len(batch)
+        after = (batch[-1][2], batch[-1][0])
+        if on_progress is not None:
+            on_progress(len(batch))

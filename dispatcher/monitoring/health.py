@@ -5,9 +5,11 @@ else, so a database outage never gets a healthy process restarted. /readyz
 checks what sending depends on: the database, the cache and, while the
 dispatcher runs, that ticks still happen somewhere in the cluster.
 
-Every check is caught: a failing check is a 503 naming it, never a 500. The
-reason given is the exception's class only (details go to the log), since
-anyone can call these.
+Every check is caught: a failing check is a 503, never a 500. Anyone may call
+these, so an anonymous probe gets the status only; the checks (each one's
+result, naming the exception's class of a failure; the details go to the log)
+are for `Authorization: Bearer <METRICS_TOKEN>` or a staff session
+(dispatcher.monitoring.access).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from dispatcher.models import DispatcherState
+from dispatcher.monitoring.access import MonitoringAccess, monitoring_access
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +113,15 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """200 when the database, the cache and (while running) the dispatcher's ticks are fine; else 503."""
+    """200 when the database, the cache and (while running) the dispatcher's ticks are fine; else 503.
+    The checks themselves only for the token or staff."""
     try:
         checks = readiness_checks()
     except Exception as exc:  # a bug here must still answer "not ready", not a 500
         logger.exception("readiness checks crashed")
         checks = {"readiness": f"unavailable ({type(exc).__name__})"}
     ready = all(result == OK for result in checks.values())
-    return JsonResponse({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
+    body: dict = {"status": "ready" if ready else "not ready"}
+    if monitoring_access(request) is MonitoringAccess.GRANTED:
+        body["checks"] = checks
+    return JsonResponse(body, status=200 if ready else 503)

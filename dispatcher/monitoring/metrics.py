@@ -13,7 +13,6 @@ and increase() treat as a counter reset.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Iterator
 
 from django.core.cache import caches
@@ -24,7 +23,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.counters import (
     ALL_KEYS,
     CACHE_ALIAS,
@@ -38,6 +36,7 @@ from dispatcher.engine.counters import (
     receipt_key,
 )
 from dispatcher.engine.providers.status import provider_statuses
+from dispatcher.monitoring.access import MonitoringAccess, monitoring_access
 from dispatcher.state import dispatcher_behind_seconds
 from messages_app.selectors import message_status_counts
 
@@ -126,15 +125,17 @@ REGISTRY.register(MessagingCollector())
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """GET /metrics: Prometheus exposition; behind `Authorization: Bearer <METRICS_TOKEN>` if set."""
-    token = dispatcher_settings().metrics_token
-    if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            response = HttpResponse("Bearer token required.\n", status=401, content_type="text/plain")
-            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-            return response
-        if not secrets.compare_digest(given.strip().encode(), token.encode()):
-            return HttpResponse("Invalid token.\n", status=403, content_type="text/plain")
+    """GET /metrics: Prometheus exposition, for `Authorization: Bearer <METRICS_TOKEN>` or a staff session."""
+    access = monitoring_access(request)
+    if access is MonitoringAccess.NO_CREDENTIALS:
+        response = HttpResponse(
+            "Send Authorization: Bearer <METRICS_TOKEN>, or log in to the admin as staff.\n",
+            status=401,
+            content_type="text/plain",
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    if access is MonitoringAccess.WRONG_TOKEN:
+        return HttpResponse("Invalid token.\n", status=403, content_type="text/plain")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(REGISTRY), content_type=content_type)

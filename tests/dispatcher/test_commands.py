@@ -279,6 +279,98 @@ def test_recache_writes_pending_records(running_dispatcher):
     assert not Message.objects.get(pk=message.pk).delivery_cache_pending
 
 
+def sent_at(text: str) -> timezone.datetime:
+    return timezone.datetime.fromisoformat(text)
+
+
+@pytest.mark.django_db
+def test_recache_rebuilds_the_records_of_a_time_range_after_redis_lost_them(settings):
+    from django.core.cache import caches
+
+    from dispatcher.engine.delivery_cache import delivery_cache_get
+
+    before = make_message(status=Status.SENT, provider_message_id="p-before", sent_at=sent_at("2026-01-31T23:59:59Z"))
+    inside = [
+        make_message(status=Status.SENT, provider_message_id=f"p-{i}", sent_at=sent_at(f"2026-02-0{1 + i}T10:00:00Z"))
+        for i in range(5)
+    ]
+    at_until = make_message(status=Status.SENT, provider_message_id="p-until", sent_at=sent_at("2026-02-10T00:00:00Z"))
+    make_message(status=Status.FAILED)  # never sent: no record to make
+    caches[settings.DELIVERY_CACHE_ALIAS].clear()  # Redis lost its data
+
+    out, err = StringIO(), StringIO()
+    call_command(
+        "dispatcher",
+        "recache",
+        "--since",
+        "2026-02-01",
+        "--until",
+        "2026-02-10",
+        "--batch-size",
+        "2",
+        stdout=out,
+        stderr=err,
+    )
+
+    assert "Rebuilt 5 delivery cache record(s) of messages sent since 2026-02-01T00:00:00+00:00" in out.getvalue()
+    assert "5/5" in err.getvalue()  # the progress bar, three batches of at most two
+    for message in inside:
+        assert delivery_cache_get(message.provider_message_id) == {
+            "messageId": message.provider_message_id,
+            "timestamp": int(message.sent_at.timestamp()),  # when it was sent, not now
+        }
+    assert delivery_cache_get(before.provider_message_id) is None
+    assert delivery_cache_get(at_until.provider_message_id) is None  # --until is exclusive
+
+
+@pytest.mark.django_db
+def test_recache_with_only_since_rebuilds_everything_sent_after_it_and_clears_pending_flags():
+    from dispatcher.engine.delivery_cache import delivery_cache_get
+
+    old = make_message(status=Status.SENT, provider_message_id="p-old", sent_at=sent_at("2025-06-01T00:00:00Z"))
+    pending = make_message(
+        status=Status.SENT, provider_message_id="p-new", sent_at=timezone.now(), delivery_cache_pending=True
+    )
+
+    out = run("dispatcher", "recache", "--since", "2026-01-01T00:00:00+03:00")
+
+    assert "Rebuilt 1 delivery cache record(s)" in out
+    assert delivery_cache_get("p-new")["messageId"] == "p-new"
+    assert delivery_cache_get(old.provider_message_id) is None
+    assert not Message.objects.get(pk=pending.pk).delivery_cache_pending
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--since", "yesterday"], "--since/--until"),
+        (["--since", "2026-02-02", "--until", "2026-02-01"], "--since must be before --until"),
+        (["--until", "2026-02-01", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_recache_refuses_bad_ranges(args, error):
+    with pytest.raises(CommandError, match=error):
+        run("dispatcher", "recache", *args)
+
+
+@pytest.mark.django_db
+def test_recache_of_a_range_fails_clearly_while_redis_is_down(settings):
+    make_message(status=Status.SENT, provider_message_id="p-1", sent_at=sent_at("2026-02-01T10:00:00Z"))
+    settings.CACHES = {
+        **settings.CACHES,
+        settings.DELIVERY_CACHE_ALIAS: {
+            **settings.CACHES[settings.DELIVERY_CACHE_ALIAS],
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        },
+    }
+    from django.core.cache import caches
+
+    caches[settings.DELIVERY_CACHE_ALIAS].close()
+    with pytest.raises(CommandError, match="is Redis up"):
+        run("dispatcher", "recache", "--since", "2026-02-01")
+
+
 @pytest.mark.django_db
 def test_cluster_check_fails_without_a_running_qcluster_on_this_host():
     with pytest.raises(CommandError, match="no running qcluster"):

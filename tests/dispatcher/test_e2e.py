@@ -18,6 +18,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from dispatcher.models import DispatcherState
+from dispatcher.permissions import CONTROL_DISPATCHER
 from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_stop
 from messages_app.models import Message
 from tests.factories import MESSAGE_CLIENT_PERMS, make_user, phone_number
@@ -142,7 +143,8 @@ def test_the_cluster_keeps_the_pace(cluster):
 
 
 def test_the_go_service_flow_over_the_seed_routes(cluster, client_for):
-    staff = make_user(username="ops", staff=True, perms=MESSAGE_CLIENT_PERMS)  # staff may control; reading needs perms
+    # Controlling, reading and queueing each need their permission; staff status grants none.
+    staff = make_user(username="ops", staff=True, perms=[*MESSAGE_CLIENT_PERMS, CONTROL_DISPATCHER])
     client = client_for(staff)  # Authorization: Token <key>, as the Go service's clients send
 
     response = client.post("/messages/worker/stop")

@@ -13,13 +13,23 @@ from dispatcher.engine.pipeline import run_tick_here
 from dispatcher.models import DispatcherState
 from dispatcher.monitoring.health import STALE_TICK_FLOOR_SECONDS, tick_overdue_after
 from dispatcher.state import dispatcher_state_ensure
+from tests.factories import make_user
 from tests.processes import free_port
+
+TOKEN = "monitoring-token"
 
 
 @pytest.fixture
-def client() -> Client:
+def probe() -> Client:
     # Django's plain client: no token, no session, nothing a probe would not send.
     return Client()
+
+
+@pytest.fixture
+def client(settings) -> Client:
+    """What sees the checks: Prometheus' token (or an operator's staff session)."""
+    settings.DISPATCHER = {**settings.DISPATCHER, "METRICS_TOKEN": TOKEN}
+    return Client(headers={"Authorization": f"Bearer {TOKEN}"})
 
 
 def set_state(**fields) -> None:
@@ -40,17 +50,17 @@ def redis_down(settings):
 # --- /healthz ----------------------------------------------------------------------------
 
 
-def test_healthz_is_ok_without_touching_the_database(client):
+def test_healthz_is_ok_without_touching_the_database(probe):
     # No django_db mark: any query would raise here instead of answering.
-    response = client.get("/healthz")
+    response = probe.get("/healthz")
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
     assert "no-cache" in response["Cache-Control"]
 
 
-def test_healthz_is_ok_even_when_the_cache_is_down(client, redis_down):
-    assert client.get("/healthz").status_code == 200
+def test_healthz_is_ok_even_when_the_cache_is_down(probe, redis_down):
+    assert probe.get("/healthz").status_code == 200
 
 
 # --- /readyz -----------------------------------------------------------------------------
@@ -166,3 +176,47 @@ def test_readyz_names_the_database_when_it_fails_and_does_not_crash(client, monk
 def test_probes_answer_get_only(client):
     assert client.post("/healthz").status_code == 405
     assert client.post("/readyz").status_code == 405
+
+
+# --- who sees the checks ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_anonymous_probe_gets_the_status_and_nothing_else(probe, redis_down, settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "METRICS_TOKEN": TOKEN}
+    set_state(running=True, last_tick_at=timezone.now(), updated_at=timezone.now())
+
+    response = probe.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "not ready"}  # no exception class names, no check names
+
+
+@pytest.mark.django_db
+def test_a_ready_service_tells_an_anonymous_probe_only_that(probe):
+    response = probe.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("authorization", ["Bearer wrong", "Token monitoring-token", "Bearer "])
+def test_a_wrong_token_sees_no_checks(probe, settings, authorization):
+    settings.DISPATCHER = {**settings.DISPATCHER, "METRICS_TOKEN": TOKEN}
+    assert probe.get("/readyz", headers={"Authorization": authorization}).json() == {"status": "ready"}
+
+
+@pytest.mark.django_db
+def test_no_token_is_accepted_when_none_is_set(probe):
+    assert probe.get("/readyz", headers={"Authorization": "Bearer "}).json() == {"status": "ready"}
+    assert probe.get("/readyz", headers={"Authorization": "Bearer anything"}).json() == {"status": "ready"}
+
+
+@pytest.mark.django_db
+def test_staff_see_the_checks_and_other_users_do_not():
+    staff, user = Client(), Client()
+    staff.force_login(make_user(username="ops", staff=True))
+    user.force_login(make_user(username="client-app"))
+
+    assert staff.get("/readyz").json()["checks"] == {"database": "ok", "cache": "ok", "dispatcher": "ok"}
+    assert user.get("/readyz").json() == {"status": "ready"}

@@ -16,7 +16,7 @@ from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.models import DispatcherState
 from dispatcher.state import dispatcher_state_ensure
 from messages_app.models import DeliveryAttempt, Message
-from tests.factories import make_message
+from tests.factories import make_message, make_user
 from tests.processes import free_port
 
 Status = Message.Status
@@ -27,7 +27,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def client() -> Client:
-    return Client()
+    """An operator's browser: the session of a staff user (Prometheus sends the token instead)."""
+    client = Client()
+    client.force_login(make_user(username="ops", staff=True))
+    return client
 
 
 @pytest.fixture(autouse=True)
@@ -198,20 +201,40 @@ def test_works_on_a_cache_without_redis(client, settings):
     assert value(samples, "messaging_tick_duration_seconds_count") == 2
 
 
-def test_metrics_are_open_without_a_token(client):
-    assert client.get("/metrics").status_code == 200
+@pytest.mark.parametrize("token", ["", "s3cret-token"], ids=["no-token-set", "token-set"])
+def test_metrics_are_not_anonymous(settings, token):
+    settings.DISPATCHER = {**settings.DISPATCHER, "METRICS_TOKEN": token}
+    anonymous = Client()
 
-
-def test_metrics_token_is_required_when_set(client, settings):
-    settings.DISPATCHER = {**settings.DISPATCHER, "METRICS_TOKEN": "s3cret-token"}
-
-    missing = client.get("/metrics")
+    missing = anonymous.get("/metrics")
     assert missing.status_code == 401
     assert missing["WWW-Authenticate"].startswith("Bearer")
-    assert client.get("/metrics", headers={"Authorization": "Token s3cret-token"}).status_code == 401
-    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
-    samples = scrape(client, Authorization="Bearer s3cret-token")
+    assert b"messaging_" not in missing.content
+    assert anonymous.get("/metrics", headers={"Authorization": "Token s3cret-token"}).status_code == 401
+    assert anonymous.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
+
+
+def test_metrics_token_is_accepted_when_set(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "METRICS_TOKEN": "s3cret-token"}
+    samples = scrape(Client(), Authorization="Bearer s3cret-token")
     assert value(samples, "messaging_metrics_cache_up") == 1
+
+
+def test_metrics_need_a_staff_session_not_just_any_login():
+    user = Client()
+    user.force_login(make_user(username="client-app"))
+    assert user.get("/metrics").status_code == 401
+
+    inactive = make_user(username="gone", staff=True)
+    former = Client()
+    former.force_login(inactive)
+    inactive.is_active = False
+    inactive.save()
+    assert former.get("/metrics").status_code == 401
+
+
+def test_staff_session_reads_the_metrics(client):
+    assert value(scrape(client), "messaging_metrics_database_up") == 1
 
 
 def test_openmetrics_is_served_when_asked_for(client):

@@ -175,6 +175,9 @@ def test_add_keeps_content_as_given_like_the_api(admin_client_):
         ({"recipient_phone_number": "+905551112233", "content": ""}, "content"),
         ({"recipient_phone_number": "+905551112233", "content": "   "}, "content"),
         ({"recipient_phone_number": "+905551112233", "content": "a\x00b"}, "content"),
+        ({"recipient_phone_number": "+905551112233", "content": "\u200b\ufeff"}, "content"),
+        ({"recipient_phone_number": "+905551112233", "content": "\x1b[2Jcleared"}, "content"),
+        ({"recipient_phone_number": "+905551112233", "content": "a\rb"}, "content"),
     ],
 )
 def test_add_with_invalid_input_shows_a_form_error_and_writes_nothing(admin_client_, data, field):
@@ -183,6 +186,11 @@ def test_add_with_invalid_input_shows_a_form_error_and_writes_nothing(admin_clie
     assert response.status_code == 200
     assert field in response.context["adminform"].form.errors
     assert not Message.objects.exists()
+
+
+def test_the_browsers_crlf_line_breaks_are_stored_as_newlines(admin_client_):
+    admin_client_.post(ADD, {"recipient_phone_number": "+905551112233", "content": "line one\r\nline two"})
+    assert Message.objects.get().content == "line one\nline two"
 
 
 def test_add_with_over_long_content_shows_a_form_error(admin_client_, settings):

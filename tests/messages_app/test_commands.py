@@ -174,6 +174,20 @@ def test_import_of_a_missing_file_fails(tmp_path):
         run("import_messages", str(tmp_path / "nowhere.csv"))
 
 
+def test_import_refuses_invisible_content_and_control_characters_as_the_api_does(tmp_path):
+    path = csv_file(
+        tmp_path,
+        HEADER + "+905551112233,\u200b\u200b,\n+905551112234,\x1b[31mred,\n+905551112235,\u200bfine\u200b,\n",
+    )
+
+    out, err = run("import_messages", path)
+
+    assert out == "Imported 1 messages; 2 rows rejected.\n"
+    assert "line 2: content: Content must have at least one visible character" in err
+    assert "line 3: content: Content must not contain control characters (U+001B at position 1)" in err
+    assert list(Message.objects.values_list("content", flat=True)) == ["\u200bfine\u200b"]
+
+
 def test_import_rejects_a_batch_size_below_one(tmp_path):
     path = csv_file(tmp_path, "recipient_phone_number,content\n+905551112233,hi\n")
     with pytest.raises(CommandError, match="--batch-size"):

@@ -12,6 +12,7 @@ one before left.
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import phonenumbers
 import pytest
@@ -180,12 +181,16 @@ def test_any_text_as_a_phone_number_is_stored_in_e164_or_rejected_storing_nothin
 
 
 def acceptable_content(text: str) -> bool:
-    """What the service promises to take: 1 to MESSAGE_MAX_LENGTH code points, not
-    all whitespace, no NUL, and text UTF-8 can store (no lone surrogate)."""
+    """What the service promises to take: 1 to MESSAGE_MAX_LENGTH code points, no
+    control character but line breaks and tabs, something visible (a letter, digit,
+    punctuation or symbol that is not drawn blank), and text UTF-8 can store (no
+    lone surrogate)."""
     return (
-        bool(text.strip())
-        and "\x00" not in text
-        and len(text) <= MAX_LENGTH
+        len(text) <= MAX_LENGTH
+        and not any(unicodedata.category(char) == "Cc" and char not in "\n\t" for char in text)
+        and any(
+            unicodedata.category(char)[0] in "LNPS" and char not in "\u115f\u1160\u3164\uffa0\u2800" for char in text
+        )
         and not any(0xD800 <= ord(char) <= 0xDFFF for char in text)
     )
 

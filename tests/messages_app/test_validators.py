@@ -107,3 +107,61 @@ def test_nul_characters_are_rejected(text):
     with pytest.raises(ValidationError) as excinfo:
         validate_content(text)
     assert excinfo.value.code == "null_characters_not_allowed"
+
+
+# --- what a person can read: something visible, no control characters but \n and \t ------
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        pytest.param("\u200b\u200b", "invisible", id="zero-width-spaces"),
+        pytest.param("\ufeff", "invisible", id="byte-order-mark"),
+        pytest.param("\u200d\u2060\u200e", "invisible", id="joiners-and-bidi-marks"),
+        pytest.param("\u0301", "invisible", id="combining-accent-without-a-letter"),
+        pytest.param("\ufe0f\ufe0f", "invisible", id="variation-selectors"),
+        pytest.param("\u3164\u115f", "invisible", id="hangul-fillers"),
+        pytest.param("\u2800", "invisible", id="blank-braille-pattern"),
+        pytest.param("\ue000", "invisible", id="private-use"),
+        pytest.param("\u200b \u200b\n", "invisible", id="invisible-and-whitespace"),
+        pytest.param("\x1b[31mred\x1b[0m", "control_characters", id="ansi-escape"),
+        pytest.param("\x07", "control_characters", id="bell-alone"),
+        pytest.param("a\x08b", "control_characters", id="backspace"),
+        pytest.param("one\rtwo", "control_characters", id="carriage-return"),
+        pytest.param("one\r\ntwo", "control_characters", id="crlf"),
+        pytest.param("a\x0bb\x0cc", "control_characters", id="vertical-tab-form-feed"),
+        pytest.param("a\x7f", "control_characters", id="delete"),
+        pytest.param("a\x85b", "control_characters", id="c1-next-line"),
+        pytest.param("a\x9b2J", "control_characters", id="c1-csi"),
+    ],
+)
+def test_content_without_anything_visible_or_with_control_characters_is_rejected(text, code):
+    with pytest.raises(ValidationError) as excinfo:
+        validate_content(text)
+    assert excinfo.value.code == code
+    assert excinfo.value.messages
+
+
+def test_the_control_character_is_named_with_its_position():
+    with pytest.raises(ValidationError) as excinfo:
+        validate_content("ok\x1b[0m")
+    assert "U+001B at position 3" in excinfo.value.messages[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("line one\nline two\tand a tab", id="newline-and-tab"),
+        pytest.param("\u200bhi\u200b", id="zero-width-space-around-text"),
+        pytest.param("\U0001f468\u200d\U0001f469\u200d\U0001f467", id="emoji-joined-by-zwj"),
+        pytest.param("\u2764\ufe0f", id="emoji-with-variation-selector"),
+        pytest.param("e\u0301", id="letter-with-combining-accent"),
+        pytest.param("\u0645\u0631\u062d\u0628\u0627 \u200f", id="arabic-with-bidi-mark"),
+        pytest.param("\u0967", id="devanagari-digit"),
+        pytest.param("-", id="punctuation"),
+        pytest.param("\u20ac", id="currency-symbol"),
+        pytest.param("\t.\n", id="a-dot-between-whitespace"),
+    ],
+)
+def test_readable_content_is_accepted_unchanged(text):
+    assert validate_content(text) == text

@@ -3,8 +3,9 @@
 Rules (messages_app/permissions.py):
 - reading messages needs view_message, queueing them add_message (staff status
   alone does not help; superusers have every permission);
-- starting, stopping and pacing the dispatcher need staff status or
-  control_dispatcher; requeueing needs staff status or requeue_message;
+- starting, stopping and pacing the dispatcher need control_dispatcher;
+  requeueing needs requeue_message, cancelling cancel_message; staff status grants none, on any channel
+  (token or session, the REST API or the seed routes), as in the admin;
 - the dispatcher's state, /status and the API root need only a login;
 - the API schema and its documentation pages are public, as they were before:
   they describe the API, and every call they describe still needs a token.
@@ -57,9 +58,9 @@ ALLOWED: dict[str, set[str]] = {
     LOGIN: set(PRINCIPALS) - {"anonymous"},
     READ: {"reader", "superuser"},
     WRITE: {"writer", "superuser"},
-    CONTROL: {"staff", "controller", "superuser"},
-    REQUEUE: {"staff", "requeuer", "superuser"},
-    CANCEL: {"staff", "canceller", "superuser"},
+    CONTROL: {"controller", "superuser"},
+    REQUEUE: {"requeuer", "superuser"},
+    CANCEL: {"canceller", "superuser"},
 }
 
 NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
@@ -109,8 +110,8 @@ PUBLIC_BY_DESIGN = {
     "login": "the browsable API's login form (api-auth/)",
     "logout": "the browsable API's logout (api-auth/)",
     "healthz": "a probe (tests/dispatcher/test_health.py)",
-    "readyz": "a probe (tests/dispatcher/test_health.py)",
-    "metrics": "Prometheus; optionally behind METRICS_TOKEN (tests/dispatcher/test_metrics.py)",
+    "readyz": "a probe: its status only; the checks for METRICS_TOKEN or staff (tests/dispatcher/test_health.py)",
+    "metrics": "Prometheus, with METRICS_TOKEN; or staff (tests/dispatcher/test_metrics.py)",
     "receipts": "providers' delivery receipts: the signature is the authentication (tests/dispatcher/test_receipts.py)",
     "receipts-twilio": "Twilio's status callbacks: X-Twilio-Signature is the authentication (test_twilio.py)",
 }
@@ -199,6 +200,43 @@ def test_a_regenerated_token_retires_the_old_key(endpoint: Endpoint, django_capt
     assert_refused(call(old, endpoint, message), 401, before, endpoint)
     with django_capture_on_commit_callbacks(execute=True):
         assert call(new, endpoint, message).status_code == endpoint.success
+
+
+CONTROLS = [e for e in ENDPOINTS if e.rule in (CONTROL, REQUEUE, CANCEL)]
+OPERATOR_PERMISSION = {CONTROL: CONTROL_DISPATCHER, REQUEUE: REQUEUE_MESSAGE, CANCEL: CANCEL_MESSAGE}
+
+
+def session_client(user) -> APIClient:
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/api-auth/login/")  # a page with a form sets the CSRF cookie, as a browser session has it
+    client.credentials(HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value)
+    return client
+
+
+CHANNELS = {"token": client_with_token, "session": session_client}
+
+
+@pytest.mark.parametrize("channel", list(CHANNELS))
+@pytest.mark.parametrize("endpoint", CONTROLS, ids=lambda e: e.id)
+def test_staff_status_alone_controls_nothing_on_any_channel(endpoint: Endpoint, channel: str):
+    message = set_up()
+    staff = make_user(username="staff-only", staff=True, perms=[VIEW, ADD])
+    before = snapshot()
+
+    assert_refused(call(CHANNELS[channel](staff), endpoint, message), 403, before, endpoint)
+
+
+@pytest.mark.parametrize("channel", list(CHANNELS))
+@pytest.mark.parametrize("endpoint", CONTROLS, ids=lambda e: e.id)
+def test_the_permission_controls_on_every_channel(endpoint: Endpoint, channel: str, django_capture_on_commit_callbacks):
+    message = set_up()
+    operator = make_user(username="operator", perms=[OPERATOR_PERMISSION[endpoint.rule]])  # not staff
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = call(CHANNELS[channel](operator), endpoint, message)
+
+    assert response.status_code == endpoint.success, (endpoint.id, channel, response.content)
 
 
 def test_an_inactive_operator_is_refused_even_with_the_control_permission():

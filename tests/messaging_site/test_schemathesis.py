@@ -21,6 +21,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
+    negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -39,6 +40,9 @@ CHECKS = [
     response_schema_conformance,
     # Resends a successful call without credentials, and with made-up ones.
     ignored_auth,
+    # Input the schema forbids (an empty `?status=`, a form body where only JSON is
+    # documented) must be refused, not quietly taken.
+    negative_data_rejection,
 ]
 
 # About 15 s for all fifteen operations on this 2-core machine.

@@ -4,12 +4,19 @@ import signal
 import time
 from collections import Counter
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from dispatcher.conf import BATCH_SIZE
 from dispatcher.engine.pacing import qcluster_running_on_this_host
 from dispatcher.engine.pipeline import drain, run_tick_here
-from dispatcher.engine.recording import DeliveryOutcome, delivery_cache_catch_up
+from dispatcher.engine.recording import (
+    DeliveryCacheUnavailable,
+    DeliveryOutcome,
+    delivery_cache_catch_up,
+    delivery_cache_rebuild,
+    messages_sent_in,
+)
 from dispatcher.errors import DispatcherConfigError, DispatcherStoppedError
 from dispatcher.state import (
     dispatcher_configure,
@@ -18,7 +25,9 @@ from dispatcher.state import (
     dispatcher_status,
     dispatcher_stop,
 )
+from messages_app.management.progress import progress_bar
 from messages_app.models import Message
+from messages_app.validators import parse_aware_datetime
 
 
 class Command(BaseCommand):
@@ -46,7 +55,17 @@ class Command(BaseCommand):
         )
         drain.add_argument("--batch-size", type=int, default=100)
         drain.add_argument("--max-seconds", type=float, default=None, help="Stop after this long.")
-        sub.add_parser("recache", help="Write delivery cache records that could not be written (Redis was down).")
+        recache = sub.add_parser(
+            "recache",
+            help="Write delivery cache records that could not be written (Redis was down); with --since and/or "
+            "--until, rebuild every record of the messages sent in that time range from the database (Redis "
+            "lost its data).",
+        )
+        recache.add_argument(
+            "--since", help="Rebuild the records of messages sent at or after this time (ISO 8601 date or date-time)."
+        )
+        recache.add_argument("--until", help="Rebuild the records of messages sent before this time (ISO 8601).")
+        recache.add_argument("--batch-size", type=int, default=1000, help="Records written per round trip.")
         sub.add_parser(
             "cluster-check",
             help="Exit non-zero unless a qcluster on this host reports itself running (a container health check).",
@@ -71,7 +90,10 @@ class Command(BaseCommand):
             self._drain(batch_size=options["batch_size"], max_seconds=options["max_seconds"])
             return
         elif operation == "recache":
-            self._recache()
+            if options["since"] is None and options["until"] is None:
+                self._recache()
+            else:
+                self._rebuild(since=options["since"], until=options["until"], batch_size=options["batch_size"])
             return
         elif operation == "cluster-check":
             if not qcluster_running_on_this_host():
@@ -149,6 +171,26 @@ class Command(BaseCommand):
     @staticmethod
     def _tally(totals: Counter[str]) -> str:
         return f"{totals['sent']} sent, {totals['retry']} to retry, {totals['failed']} failed"
+
+    def _rebuild(self, *, since: str | None, until: str | None, batch_size: int) -> None:
+        try:
+            start, end = (None if text is None else parse_aware_datetime(text) for text in (since, until))
+        except ValidationError as exc:
+            raise CommandError(f"--since/--until: {exc.messages[0]}") from None
+        if start is not None and end is not None and start >= end:
+            raise CommandError("--since must be before --until")
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        total = messages_sent_in(since=start, until=end).count()
+        with progress_bar(self.stderr, desc="recache", unit="record", total=total) as bar:
+            try:
+                written = delivery_cache_rebuild(since=start, until=end, batch_size=batch_size, on_progress=bar.update)
+            except DeliveryCacheUnavailable as exc:
+                raise CommandError(f"{exc}; is Redis up? Run the same command again once it is.") from None
+        span = " and ".join(
+            [*([f"since {start.isoformat()}"] if start else []), *([f"before {end.isoformat()}"] if end else [])]
+        )
+        self.stdout.write(f"Rebuilt {written} delivery cache record(s) of messages sent {span}.")
 
     def _recache(self) -> None:
         total = 0
