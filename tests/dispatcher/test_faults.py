@@ -657,14 +657,6 @@ class Slow(locmem.LocmemProvider):
         return super().send(message)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: LeaseKeeper reads 'no longer held' for messages whose outcome was just committed but not yet "
-        "marked done (pipeline.send_chunk flush: record_results commits, then metrics, then keeper.done), "
-        "declares the lease lost and the chunk stops writing outcomes"
-    ),
-    strict=True,
-)
 def test_a_renewal_during_an_outcome_write_is_not_a_lost_lease(stopped_dispatcher, settings, monkeypatch, figures):
     settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 1, "CONCURRENCY": 2}  # renewed every 0.33 s
     monkeypatch.setattr(recording, "metrics_record_batch", SlowMetrics(recording.metrics_record_batch, 0.5))
@@ -840,14 +832,6 @@ def test_a_chunk_longer_than_the_task_timeout_stops_in_time_and_gives_back_the_r
     )
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: LeaseKeeper._run (dispatcher/engine/leases.py) counts a deleted message as 'no longer held' and "
-        "declares the whole chunk's lease lost: the chunk stops starting sends and writes no further outcome, and "
-        "its other messages come back through the lease with an attempt spent (re-sent if they were in flight)"
-    ),
-    strict=True,
-)
 def test_a_message_deleted_while_its_chunk_is_in_flight_keeps_no_one_else_from_being_recorded(
     tmp_path, stopped_dispatcher, figures
 ):
@@ -901,15 +885,6 @@ def test_a_message_deleted_while_its_chunk_is_in_flight_keeps_no_one_else_from_b
     assert repeats(received) == 0, logs
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: django-q2's ORM broker locks a task with the worker's clock (OrmQ.lock = timezone.now() + retry), "
-        "so a cluster whose clock runs ahead dequeues tasks another cluster is running; send_chunk accepts the "
-        "second run under the same claim token (messages_renew_lease(starting=True) only checks the token) and "
-        "sends the chunk's messages a second time"
-    ),
-    strict=True,
-)
 def test_a_worker_with_a_fast_clock_takes_over_nothing(tmp_path, stopped_dispatcher, figures):
     total = 60
     make_messages(total, "clock")
