@@ -138,6 +138,13 @@ def messages_renew_lease(
     """
     with transaction.atomic():
         held = _lock_held(message_ids, claim_token)
+        if held and starting:
+            # Once started, a chunk is never started again under the same claim: a task
+            # that django-q2 hands out twice (its broker trusts each worker's clock)
+            # finds nothing to send the second time.
+            held = set(
+                Message.objects.filter(pk__in=held, sending_started_at__isnull=True).values_list("pk", flat=True)
+            )
         if held:
             fields = {"lease_expires_at": database_now_plus(lease_seconds)}
             if starting:

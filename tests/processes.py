@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from django.db import connection
@@ -62,6 +62,12 @@ class RunningProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def signal_group(self, sig: int) -> None:
+        """Send `sig` to the process's whole group (it and every child it started), as systemd or
+        `docker stop` do."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
@@ -73,12 +79,32 @@ class RunningProcess:
         return self.popen.returncode
 
 
+# Runs `manage.py <args>` with django.utils.timezone.now() moved by {offset} seconds, patched before
+# Django starts, so every module that asks Django for the time (django-q2 included) gets the wrong one:
+# a host whose clock is off. Forked children (qcluster's workers) inherit it.
+SKEWED_CLOCK_SCRIPT = """
+import datetime
+import django.utils.timezone as tz
+real_now = tz.now
+tz.now = lambda: real_now() + datetime.timedelta(seconds={offset})
+import runpy, sys
+sys.argv = ["manage.py", *sys.argv[1:]]
+runpy.run_path("manage.py", run_name="__main__")
+"""
+
+
 @contextmanager
-def running(args: list[str], *, env: dict[str, str], log_path: Path):
-    """Run `python manage.py <args>` in its own process group; stop it (and its children) after."""
+def running(args: list[str], *, env: dict[str, str], log_path: Path, clock_offset_seconds: float = 0):
+    """Run `python manage.py <args>` in its own process group; stop it (and its children) after.
+
+    With `clock_offset_seconds`, the process sees Django's clock (timezone.now) that far off.
+    """
+    command = [sys.executable, "manage.py", *args]
+    if clock_offset_seconds:
+        command = [sys.executable, "-c", SKEWED_CLOCK_SCRIPT.format(offset=clock_offset_seconds), *args]
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
+            command,
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
@@ -125,9 +151,14 @@ def fake_provider(tmp_path: Path, *extra_args: str):
 
 
 @contextmanager
-def qcluster(tmp_path: Path, *, log_name: str = "qcluster.log", **env_overrides: str):
+def qcluster(tmp_path: Path, *, log_name: str = "qcluster.log", clock_offset_seconds: float = 0, **env_overrides: str):
     """A real `manage.py qcluster` against the test database (log in `tmp_path / log_name`)."""
-    with running(["qcluster"], env=child_env(**env_overrides), log_path=tmp_path / log_name) as process:
+    with running(
+        ["qcluster"],
+        env=child_env(**env_overrides),
+        log_path=tmp_path / log_name,
+        clock_offset_seconds=clock_offset_seconds,
+    ) as process:
         yield process
 
 
@@ -152,12 +183,44 @@ def logs_of(*processes: RunningProcess) -> str:
 
 
 @contextmanager
-def qcluster_running(tmp_path: Path, *, timeout: float = 30, log_name: str = "qcluster.log", **env_overrides: str):
+def qcluster_running(
+    tmp_path: Path,
+    *,
+    timeout: float = 30,
+    log_name: str = "qcluster.log",
+    clock_offset_seconds: float = 0,
+    **env_overrides: str,
+):
     """`qcluster` that has reported it is running (its workers are up and polling the queue)."""
     env_overrides.setdefault("LOG_LEVEL", "INFO")  # the readiness line, and what tests look for, are INFO
-    with qcluster(tmp_path, log_name=log_name, **env_overrides) as process:
+    with qcluster(tmp_path, log_name=log_name, clock_offset_seconds=clock_offset_seconds, **env_overrides) as process:
         wait_for_log(process, "running.", timeout=timeout)
         yield process
+
+
+@contextmanager
+def qclusters_running(
+    tmp_path: Path, names: list[str], *, timeout: float = 60, **env_overrides: str
+) -> Iterator[list[RunningProcess]]:
+    """Several `qcluster`s at once (logs `<name>.log`), started together and all reported running.
+
+    After the block each still alive gets SIGTERM to its whole process group, all at once, so
+    they stop in parallel (then the usual clean-up kills whatever is left).
+    """
+    env_overrides.setdefault("LOG_LEVEL", "INFO")
+    with ExitStack() as stack:
+        processes = [stack.enter_context(qcluster(tmp_path, log_name=f"{name}.log", **env_overrides)) for name in names]
+        for process in processes:
+            wait_for_log(process, "running.", timeout=timeout)
+        try:
+            yield processes
+        finally:
+            alive = [p for p in processes if p.popen.poll() is None]
+            for process in alive:
+                process.signal_group(signal.SIGTERM)
+            for process in alive:
+                with suppress(subprocess.TimeoutExpired):
+                    process.popen.wait(30)
 
 
 class InProcessFakeProvider:
@@ -388,3 +451,102 @@ def terminate_database_backends() -> int:
             " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
         )
         return sum(1 for (ended,) in cursor.fetchall() if ended)
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the tests' own (never the shared one): `initdb` into a fresh
+    directory, listening on 127.0.0.1 on a free port, which a test may restart at will.
+
+    PostgreSQL refuses to run as root, so when the tests run as root its commands run as the
+    `postgres` OS user, in a directory that user owns. Durability is off (fsync): it is thrown away.
+    """
+
+    BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+    def __init__(self, port: int | None = None) -> None:
+        import tempfile
+
+        self.directory = Path(tempfile.mkdtemp(prefix="tests-postgres-"))
+        self.data = self.directory / "data"
+        self.log_path = self.directory / "postgres.log"
+        self.port = port or free_port()
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+        os.chmod(self.directory, 0o700)
+
+    def _run(self, program: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        command = [str(self.BIN / program), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, f"{program} {' '.join(args)} failed:\n{done.stdout}\n{self.log()}"
+        return done
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-o", options, "-w", "-t", "30", "start")
+
+    def restart(self, *, down_seconds: float = 0) -> None:
+        """`pg_ctl restart -m fast`: every connection is cut, open transactions roll back; back when it
+        returns. With `down_seconds`, it stays down that long in between (stop -m fast, then start)."""
+        if not down_seconds:
+            self._run(
+                "pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-m", "fast", "-w", "-t", "30", "restart"
+            )
+            return
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+        time.sleep(down_seconds)
+        self.start()
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def connect(self, database: str = "postgres"):
+        import psycopg
+
+        return psycopg.connect(self.url(database), autocommit=True, connect_timeout=5)
+
+    def create_database(self, name: str) -> str:
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started PrivatePostgres, stopped and deleted after the block."""
+    import shutil
+
+    server = PrivatePostgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        with suppress(Exception):
+            server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from django.db import connection
 
+from messages_app.models import Message
 from messages_app.transitions import messages_renew_lease
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,9 @@ class LeaseKeeper:
         self.claim_token = claim_token
         self.lease_seconds = lease_seconds
         self._outstanding = set(message_ids)
-        self._lock = threading.Lock()
+        # Held while outcomes are written (recording()) and while a renewal runs, so a
+        # renewal never mistakes a message whose outcome was just written for a lost one.
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{claim_token}", daemon=True)
         self.lost = False
@@ -45,22 +49,31 @@ class LeaseKeeper:
         with self._lock:
             self._outstanding.difference_update(message_ids)
 
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Write outcomes (and call done()) inside this: no renewal runs meanwhile."""
+        with self._lock:
+            yield
+
     def _run(self) -> None:
         try:
             while not self._stop.wait(self.lease_seconds / 3):
                 with self._lock:
                     outstanding = set(self._outstanding)
-                if not outstanding:
-                    continue
-                try:
-                    held = messages_renew_lease(
-                        message_ids=outstanding, claim_token=self.claim_token, lease_seconds=self.lease_seconds
-                    )
-                except Exception as exc:
-                    self._lose(f"the renewal failed: {exc!r}")
-                    return
-                with self._lock:
-                    missing = (outstanding - held) & self._outstanding
+                    if not outstanding:
+                        continue
+                    try:
+                        held = messages_renew_lease(
+                            message_ids=outstanding, claim_token=self.claim_token, lease_seconds=self.lease_seconds
+                        )
+                        missing = outstanding - held
+                        # A message deleted meanwhile is simply gone: not a lost lease.
+                        deleted = missing - set(Message.objects.filter(pk__in=missing).values_list("pk", flat=True))
+                    except Exception as exc:
+                        self._lose(f"the renewal failed: {exc!r}")
+                        return
+                    self._outstanding -= deleted
+                    missing -= deleted
                 if missing:
                     self._lose(f"{len(missing)} messages are no longer held (first id {min(missing)})")
                     return

@@ -113,8 +113,9 @@ def send_chunk(
         def flush() -> None:
             nonlocal waiting, flushed_at
             if waiting and not keeper.lost:
-                report.outcomes.extend(_record(waiting, claim_token=claim_token, conf=conf))
-                keeper.done(r.message.pk for r in waiting)
+                with keeper.recording():
+                    report.outcomes.extend(_record(waiting, claim_token=claim_token, conf=conf))
+                    keeper.done(r.message.pk for r in waiting)
             waiting, flushed_at = [], time.monotonic()
 
         try:
@@ -125,6 +126,7 @@ def send_chunk(
                 should_stop=stop_sending,
                 skip=past_expiry,
                 unsent=unsent,
+                clock_offset=clock_offset,
             ):
                 waiting.extend(results)
                 if len(waiting) >= FLUSH_RESULTS or time.monotonic() - flushed_at >= FLUSH_SECONDS:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 
@@ -80,7 +80,11 @@ def _call(provider: BaseProvider, message: Message) -> tuple[ProviderResult | No
 
 
 def send_one(
-    *, message: Message, provider: BaseProvider | ProviderSet, should_stop: Callable[[], bool] = lambda: False
+    *,
+    message: Message,
+    provider: BaseProvider | ProviderSet,
+    should_stop: Callable[[], bool] = lambda: False,
+    clock_offset: timedelta = timedelta(0),
 ) -> SendResult:
     """Try `message` through its route of providers; never raises.
 
@@ -90,11 +94,12 @@ def send_one(
     be asked again, later, with the same Idempotency-Key (the message becomes
     sticky to it). When no provider could take it, the message is deferred
     without spending an attempt while the outage lasts less than
-    PROVIDER_OUTAGE_GRACE_SECONDS.
+    PROVIDER_OUTAGE_GRACE_SECONDS. `clock_offset` (the database's clock minus
+    ours) stamps the attempt by the database's clock.
     """
     providers = ProviderSet.of(provider)
     conf = dispatcher_settings()
-    started_at = timezone.now()
+    started_at = timezone.now() + clock_offset
     started = time.monotonic()
     error: ProviderError | None = None
     used = ""
@@ -177,6 +182,7 @@ def send_concurrently(
     should_stop: Callable[[], bool],
     unsent: Unsent,
     skip: Callable[[Message], bool] = lambda message: False,
+    clock_offset: timedelta = timedelta(0),
 ) -> Iterator[list[SendResult]]:
     """Send `messages`, `concurrency` at a time, yielding the results completed since the
     last yield (possibly none, at least every COLLECT_SECONDS). Once `should_stop()` turns true no
@@ -189,7 +195,7 @@ def send_concurrently(
             if skip(message):
                 unsent.skipped.append(message)
                 continue
-            yield [send_one(message=message, provider=provider, should_stop=should_stop)]
+            yield [send_one(message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset)]
         return
 
     pool = ProviderSet.of(provider).executor(concurrency)
@@ -206,7 +212,11 @@ def send_concurrently(
             if skip(message):
                 unsent.skipped.append(message)
                 continue
-            in_flight.add(pool.submit(send_one, message=message, provider=provider, should_stop=should_stop))
+            in_flight.add(
+                pool.submit(
+                    send_one, message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset
+                )
+            )
         if not in_flight:
             break
         done, in_flight = wait(in_flight, timeout=COLLECT_SECONDS, return_when=FIRST_COMPLETED)
