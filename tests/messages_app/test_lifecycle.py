@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import itertools
+import re
 import time
 from collections import Counter
 
@@ -584,3 +585,46 @@ def test_the_import_takes_expires_at_and_priority(tmp_path):
     assert (stored["three"].expires_at, stored["three"].priority) == (None, "normal")
     assert stored["four"].expires_at == dt.datetime(2099, 2, 1, 12, 0, tzinfo=dt.UTC)  # TIME_ZONE is UTC here
     assert all(m.segments == 1 for m in stored.values())
+
+
+# --- seeing it: the dashboard's funnel ---------------------------------------------------------------
+
+
+def text_of(html: str, element_id: str) -> str:
+    match = re.search(rf'id="{re.escape(element_id)}"[^>]*>([^<]*)<', html)
+    assert match, f"no element with id={element_id!r}"
+    return " ".join(match.group(1).split())
+
+
+def test_the_dashboard_shows_the_funnel_and_the_delivery_latency(admin_client_):
+    now = timezone.now()
+    for _ in range(2):
+        make_message()
+    claimed_message()
+    for latency, outcome in ((4, "delivered"), (10, "delivered"), (30, "undelivered"), (None, "")):
+        make_message(
+            status=Status.SENT,
+            sent_at=now - dt.timedelta(minutes=5),
+            delivery_status=outcome,
+            delivery_status_at=now - dt.timedelta(minutes=5) + dt.timedelta(seconds=latency) if latency else None,
+        )
+    make_message(status=Status.FAILED)
+    make_message(status=Status.EXPIRED)
+    for _ in range(2):
+        make_message(status=Status.CANCELLED)
+
+    html = admin_client_.get("/admin/dispatcher/dispatcherstate/dashboard/").content.decode()
+
+    funnel = ("queued", "sent", "delivered", "undelivered", "failed", "expired", "cancelled")
+    assert {step: text_of(html, f"funnel-{step}") for step in funnel} == {
+        "queued": "3",  # unsent and being sent
+        "sent": "4",  # accepted by the provider, whatever the receipt said
+        "delivered": "2",
+        "undelivered": "1",
+        "failed": "1",
+        "expired": "1",
+        "cancelled": "2",
+    }
+    assert text_of(html, "funnel-latency").startswith(
+        "Sent to delivery receipt, last 24 h: median 10.0 s, 95th percentile 30.0 s."
+    )
