@@ -8,6 +8,8 @@
   claim       time dispatcher.engine.claiming.claim_batch on tables of several sizes.
   sentlist    time GET /api/messages/sent/ and /api/messages/, first and deep pages.
   bulk        time POST /api/messages/bulk/.
+  receipts    post N signed delivery receipts through gunicorn and compare the
+              receipts/s with the messages/s of sending N in the same run.
 
 Each run needs PostgreSQL (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/messaging_bench, created if missing and
@@ -23,7 +25,7 @@ import argparse
 import json
 import sys
 
-from bench import inprocess, pacing, throughput
+from bench import inprocess, pacing, receipts, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -40,6 +42,11 @@ COMMANDS = {
         "GET /api/messages/sent/ and /api/messages/, first and deep pages",
     ),
     "bulk": (inprocess.bulk, inprocess.add_bulk_arguments, "POST /api/messages/bulk/ messages/s"),
+    "receipts": (
+        receipts.receipts,
+        receipts.add_arguments,
+        "POST /api/receipts/ receipts/s through gunicorn, against the sending rate of the same run",
+    ),
 }
 
 
