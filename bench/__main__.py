@@ -10,6 +10,8 @@
   bulk        time POST /api/messages/bulk/.
   fakeprovider  requests/s of the fake provider next to a minimal aiohttp stub
               (wrk; no database).
+  receipts    post N signed delivery receipts through gunicorn and compare the
+              receipts/s with the messages/s of sending N in the same run.
 
 Each run needs PostgreSQL (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/messaging_bench, created if missing and
@@ -25,7 +27,7 @@ import argparse
 import json
 import sys
 
-from bench import fakeprovider, inprocess, pacing, throughput
+from bench import fakeprovider, inprocess, pacing, receipts, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -46,6 +48,11 @@ COMMANDS = {
         fakeprovider.fakeprovider,
         fakeprovider.add_arguments,
         "requests/s of the fake provider next to a minimal aiohttp stub (wrk)",
+    ),
+    "receipts": (
+        receipts.receipts,
+        receipts.add_arguments,
+        "POST /api/receipts/ receipts/s through gunicorn, against the sending rate of the same run",
     ),
 }
 

@@ -1,0 +1,357 @@
+"""`python -m bench receipts`: how fast delivery receipts are taken in through the real web
+server, next to how fast the same number of messages is sent, in one run.
+
+1. Receipts. Truncates, `COPY`s N sent messages (bench/loading.py `copy_history`), starts
+   gunicorn (`messaging_site.wsgi`, --workers W, sync) with a fresh RECEIPT_WEBHOOK_SECRET,
+   signs one Standard Webhooks receipt per message (before the clock starts: signing is the
+   provider's work), then C client threads POST them to /api/receipts/ on keep-alive
+   connections. receipts/s = N / (last answer - first request). Checks that every answer
+   was 200 `applied` and that N messages carry a delivery outcome.
+2. Sending. Truncates, `COPY`s N unsent messages (`copy_unsent`), starts the fake provider
+   (--latency-ms L) and P `dispatcher drain` processes: messages/s = N / (last sent_at -
+   drain start), as `bench throughput` measures it.
+
+The ratio receipts/s / messages/s says whether intake keeps up with sending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import secrets
+import sys
+import threading
+import time
+import urllib.error
+from base64 import b64encode
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import (
+    BenchError,
+    connect,
+    flush_redis,
+    free_port,
+    http_json,
+    manage,
+    percentile,
+    prepare_database,
+    process,
+    refuse_if_in_use,
+    service_env,
+    start_command,
+    start_process,
+    stop_process,
+    stop_processes,
+)
+from bench.loading import copy_history, copy_unsent
+
+POLL_SECONDS = 0.2
+# Every table that points at a message, and django-q2's queue: emptied together.
+TABLES = (
+    "messages_app_deliveryreceipt",
+    "messages_app_deliveryattempt",
+    "messages_app_message",
+    "django_q_ormq",
+    "django_q_task",
+)
+# Message columns that are NOT NULL with a default only Django knows (no database default),
+# which bench/loading.py's COPY does not write: the values Django would give them.
+COPY_DEFAULTS = {"priority": "'normal'", "segments": "1", "delivery_status": "''", "delivery_error_code": "''"}
+
+
+def _empty(conn) -> None:
+    refuse_if_in_use(conn)
+    conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+
+
+@contextmanager
+def _copy_defaults(conn):
+    """Give the columns loading.py's COPY leaves out their default for the length of one
+    transaction (rolled back with it, committed only with the rows): the schema ends as it began."""
+    with conn.transaction():
+        for column, default in COPY_DEFAULTS.items():
+            conn.execute(f"ALTER TABLE messages_app_message ALTER COLUMN {column} SET DEFAULT {default}")
+        yield
+        for column in COPY_DEFAULTS:
+            conn.execute(f"ALTER TABLE messages_app_message ALTER COLUMN {column} DROP DEFAULT")
+
+
+def receipts(options: argparse.Namespace) -> dict:
+    if min(options.receipts, options.clients, options.workers, options.drains) < 1:
+        raise BenchError("--receipts, --clients, --workers and --drains must be at least 1")
+    secret = "whsec_" + b64encode(secrets.token_bytes(32)).decode()
+    env = service_env(LOG_LEVEL=options.log_level, RECEIPT_WEBHOOK_SECRET=secret, ALLOWED_HOSTS="127.0.0.1")
+    prepare_database(env)
+    logs = Path(options.log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+
+    intake = _intake(options, env, secret, logs)
+    print(f"  receipts: {intake['receipts_per_s']} receipts/s", file=sys.stderr, flush=True)
+    sending = _sending(options, env, logs) if not options.skip_sending else None
+    if sending:
+        print(f"  sending: {sending['messages_per_s']} messages/s", file=sys.stderr, flush=True)
+
+    ratio = (
+        round(intake["receipts_per_s"] / sending["messages_per_s"], 2)
+        if sending and intake["receipts_per_s"] and sending["messages_per_s"]
+        else None
+    )
+    ok = intake["ok"] and (sending is None or sending["ok"])
+    summary = (
+        f"receipts: {options.receipts} signed receipts through gunicorn ({options.workers} sync workers) from "
+        f"{options.clients} client threads: {intake['receipts_per_s']} receipts/s (p50 {intake['latency_p50_ms']} ms, "
+        f"p99 {intake['latency_p99_ms']} ms)"
+    )
+    if sending:
+        summary += (
+            f"; sending the same number with {options.drains} drain process(es) to a "
+            f"{options.latency_ms:g} ms fake provider: {sending['messages_per_s']} messages/s; "
+            f"receipts/s to messages/s: {ratio}"
+        )
+    return {
+        "summary": summary + ("" if ok else "; RUN FAILED"),
+        "ok": ok,
+        "receipts": options.receipts,
+        "gunicorn_workers": options.workers,
+        "client_threads": options.clients,
+        "log_level": options.log_level,
+        "intake": intake,
+        "sending": sending,
+        "receipts_to_sending_ratio": ratio,
+    }
+
+
+# --- 1. receipts through gunicorn -------------------------------------------------------------
+
+
+def _intake(options: argparse.Namespace, env: dict[str, str], secret: str, logs: Path) -> dict:
+    from standardwebhooks.webhooks import Webhook
+
+    n = options.receipts
+    with connect() as conn:
+        _empty(conn)
+        with _copy_defaults(conn):
+            load = copy_history(conn, sent=n)
+        conn.execute("ANALYZE messages_app_message")
+        provider_ids = [row[0] for row in conn.execute("SELECT provider_message_id FROM messages_app_message")]
+    flush_redis()
+    print(f"  loaded {n} sent messages at {load['rows_per_s']} rows/s", file=sys.stderr, flush=True)
+
+    webhook = Webhook(secret)
+    signed_at = datetime.now(UTC)
+    timestamp = str(int(signed_at.timestamp()))
+    requests_ = []
+    for i, provider_message_id in enumerate(provider_ids):
+        body = json.dumps(
+            {
+                "type": "message.status",
+                "messageId": provider_message_id,
+                "status": "undelivered" if i % 10 == 0 else "delivered",
+                "errorCode": "30003" if i % 10 == 0 else None,
+                "timestamp": signed_at.isoformat(),
+            }
+        )
+        receipt_id = f"bench-receipt-{i}"
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": receipt_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": webhook.sign(receipt_id, signed_at, body),
+        }
+        requests_.append((body.encode(), headers))
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "messaging_site.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(options.workers),
+    ]
+    gunicorn = start_command(argv, env, logs / "receipts-gunicorn.log")
+    try:
+        _wait_for(url + "/healthz", gunicorn, "gunicorn")
+        started, finished, answers = _post_all(url + "/api/receipts/", requests_, clients=options.clients)
+    finally:
+        stop_process(gunicorn)
+
+    outcomes: dict[str, int] = {}
+    for code, outcome, _ in answers:
+        outcomes[f"{code} {outcome}"] = outcomes.get(f"{code} {outcome}", 0) + 1
+    latencies_ms = [seconds * 1000 for _, _, seconds in answers]
+    wall = finished - started
+    with connect() as conn:
+        recorded = conn.execute(
+            "SELECT delivery_status, count(*) FROM messages_app_message WHERE status = 'sent' GROUP BY 1"
+        ).fetchall()
+        kept = conn.execute("SELECT count(*), count(message_id) FROM messages_app_deliveryreceipt").fetchone()
+    recorded = {status or "none": count for status, count in recorded}
+    ok = (
+        outcomes == {"200 applied": n}
+        and recorded.get("delivered", 0) + recorded.get("undelivered", 0) == n
+        and kept == (n, n)
+    )
+    return {
+        "ok": ok,
+        "receipts_per_s": round(n / wall, 1) if wall > 0 else None,
+        "wall_s": round(wall, 3),
+        "latency_p50_ms": _r(percentile(latencies_ms, 50)),
+        "latency_p99_ms": _r(percentile(latencies_ms, 99)),
+        "latency_max_ms": _r(max(latencies_ms, default=None)),
+        "answers": outcomes,
+        "checks": {"messages_by_delivery_status": recorded, "receipts_kept": kept[0], "receipts_matched": kept[1]},
+        "load": load,
+    }
+
+
+def _post_all(url: str, requests_: list, *, clients: int) -> tuple[float, float, list]:
+    """POST every (body, headers) from `clients` threads, each on its own keep-alive connection;
+    return (first request's start, last answer's end, [(status, outcome, seconds)])."""
+    import requests
+
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    for item in requests_:
+        work.put(item)
+    answers: list = []
+    errors: list[BaseException] = []
+    ready = threading.Barrier(clients + 1)
+    lock = threading.Lock()
+
+    def client() -> None:
+        own: list = []
+        with requests.Session() as session:
+            session.trust_env = False  # no ~/.netrc or proxy lookups per request
+            try:
+                session.get(url.rsplit("/api/", 1)[0] + "/healthz", timeout=10)  # connect before the clock
+                ready.wait(30)
+                while True:
+                    try:
+                        body, headers = work.get_nowait()
+                    except queue.Empty:
+                        break
+                    began = time.perf_counter()
+                    response = session.post(url, data=body, headers=headers, timeout=30)
+                    elapsed = time.perf_counter() - began
+                    try:
+                        outcome = response.json().get("outcome", response.text[:80])
+                    except ValueError:
+                        outcome = response.text[:80]
+                    own.append((response.status_code, outcome, elapsed))
+            except BaseException as exc:
+                errors.append(exc)
+        with lock:
+            answers.extend(own)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait(30)
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    finished = time.perf_counter()
+    if errors:
+        raise BenchError(f"a client thread failed: {errors[0]!r}")
+    return started, finished, answers
+
+
+# --- 2. sending the same number ---------------------------------------------------------------
+
+
+def _sending(options: argparse.Namespace, env: dict[str, str], logs: Path) -> dict:
+    n = options.receipts
+    with connect() as conn:
+        _empty(conn)
+        with _copy_defaults(conn):
+            load = copy_unsent(conn, n)
+        conn.execute("ANALYZE messages_app_message")
+    flush_redis()
+    print(f"  loaded {n} unsent messages at {load['rows_per_s']} rows/s", file=sys.stderr, flush=True)
+
+    port = free_port()
+    provider_url = f"http://127.0.0.1:{port}/"
+    env = dict(env, DISPATCH_PROVIDER_BACKEND="webhook", WEBHOOK_URL=provider_url)
+    with ExitStack() as stack:
+        provider = stack.enter_context(
+            process(
+                ["fakeprovider", "--port", str(port), "--latency-ms", f"{options.latency_ms:g}"],
+                env,
+                logs / "receipts-fakeprovider.log",
+            )
+        )
+        _wait_for(provider_url + "_fake/stats", provider, "the fake provider")
+        manage(env, "dispatcher", "start")
+        drain_started = time.time()
+        drains = [
+            start_process(
+                ["dispatcher", "drain", "--batch-size", str(options.batch_size)],
+                env,
+                logs / f"receipts-drain-{i}.log",
+            )
+            for i in range(options.drains)
+        ]
+        stack.callback(stop_processes, drains)
+        deadline = time.monotonic() + options.timeout
+        with connect() as conn:
+            while any(p.poll() is None for p in drains) and time.monotonic() < deadline:
+                left = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM messages_app_message WHERE status IN ('unsent', 'processing'))"
+                ).fetchone()[0]
+                if not left:
+                    break
+                time.sleep(POLL_SECONDS)
+        timed_out = time.monotonic() >= deadline
+    with connect() as conn:
+        sent, last = conn.execute(
+            "SELECT count(*), extract(epoch FROM max(sent_at)) FROM messages_app_message WHERE status = 'sent'"
+        ).fetchone()
+    wall = float(last) - drain_started if last is not None else None
+    return {
+        "ok": not timed_out and sent == n,
+        "messages_per_s": round(n / wall, 1) if wall and sent == n else None,
+        "wall_s": _r(wall),
+        "sent": sent,
+        "drains": options.drains,
+        "batch_size": options.batch_size,
+        "provider_latency_ms": options.latency_ms,
+        "timed_out": timed_out,
+        "load": load,
+    }
+
+
+def _wait_for(url: str, popen, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise BenchError(f"{what} exited ({popen.returncode}); see its log")
+        try:
+            http_json("GET", url, timeout=1)
+            return
+        except (OSError, urllib.error.URLError, ValueError):
+            time.sleep(0.1)
+    raise BenchError(f"{what} did not answer {url} within {timeout} s")
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--receipts", type=int, default=5000, help="sent messages, one receipt each (N)")
+    parser.add_argument("--clients", type=int, default=4, help="client threads posting receipts (C)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (W)")
+    parser.add_argument("--drains", type=int, default=1, help="drain processes for the sending phase (P)")
+    parser.add_argument("--batch-size", type=int, default=100, help="drain --batch-size in the sending phase")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="the fake provider's delay per request")
+    parser.add_argument("--skip-sending", action="store_true", help="measure the receipts only")
+    parser.add_argument("--timeout", type=float, default=600, help="give up on the sending phase after this long")
+    parser.add_argument(
+        "--log-level", default="INFO", help="LOG_LEVEL of gunicorn and the drains (INFO, the default, logs each one)"
+    )
