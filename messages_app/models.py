@@ -42,9 +42,12 @@ class Message(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     # Never sent after this moment (optional): a one-time code an hour late is worse than none.
     expires_at = models.DateTimeField(null=True, blank=True)
-    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    # db_default too: rows written around the ORM (COPY, raw SQL) get them as well.
+    priority = models.CharField(
+        max_length=8, choices=Priority.choices, default=Priority.NORMAL, db_default=Priority.NORMAL
+    )
     # SMS segments the content takes (GSM-7 or UCS-2), computed when it is queued.
-    segments = models.PositiveSmallIntegerField(default=1)
+    segments = models.PositiveSmallIntegerField(default=1, db_default=1)
     claimed_at = models.DateTimeField(null=True, blank=True)
     # Who holds the message while it is `processing`, and until when. Writes of
     # the outcome must match the token, so a worker whose lease ran out (and
@@ -57,15 +60,17 @@ class Message(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     # The provider that took the message, or that may have (an answer was lost):
     # from then on only it is asked, with the same Idempotency-Key, never another.
-    provider = models.CharField(max_length=32, blank=True, default="")
+    provider = models.CharField(max_length=32, blank=True, default="", db_default="")
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
     # Sent, but its messages:<messageId> record is not in Redis yet (Redis was down).
     delivery_cache_pending = models.BooleanField(default=False)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     # From the provider's delivery receipt; the dispatch status stays `sent`.
-    delivery_status = models.CharField(max_length=16, choices=Delivery.choices, blank=True, default="")
-    delivery_error_code = models.CharField(max_length=64, blank=True, default="")
+    delivery_status = models.CharField(
+        max_length=16, choices=Delivery.choices, blank=True, default="", db_default=""
+    )
+    delivery_error_code = models.CharField(max_length=64, blank=True, default="", db_default="")
     delivery_status_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -138,7 +143,7 @@ class DeliveryAttempt(models.Model):
         DEFERRED = "deferred", "Deferred (provider unavailable; not counted)"
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="delivery_attempts")
-    provider = models.CharField(max_length=32, blank=True, default="")
+    provider = models.CharField(max_length=32, blank=True, default="", db_default="")
     number = models.PositiveIntegerField(help_text="1 for the first attempt.")
     started_at = models.DateTimeField()
     duration_ms = models.PositiveIntegerField(null=True, blank=True)

@@ -32,7 +32,7 @@ from django.db import connection, transaction
 from django.db.models import Case, DateTimeField, DurationField, ExpressionWrapper, F, Q, QuerySet, Value, When
 from django.db.models.functions import Now
 
-from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
+from messages_app.models import DeliveryAttempt, Message
 
 Status = Message.Status
 Outcome = DeliveryAttempt.Outcome
@@ -183,25 +183,7 @@ def messages_mark_sent(
             delivery_cache_pending=delivery_cache_pending,
         )
         DeliveryAttempt.objects.bulk_create(by_id[pk].row(Outcome.SENT) for pk in sorted(held))
-        _apply_waiting_receipts({by_id[pk].provider_message_id: pk for pk in held})
     return held
-
-
-def _apply_waiting_receipts(message_by_provider_id: dict[str, int]) -> None:
-    """Receipts that came before their send was recorded (a fast provider) apply now."""
-    waiting = list(
-        DeliveryReceipt.objects.filter(provider_message_id__in=message_by_provider_id, message__isnull=True).order_by(
-            "occurred_at", "id"
-        )
-    )
-    for receipt in waiting:  # oldest first: the latest outcome is the one that stays
-        message_id = message_by_provider_id[receipt.provider_message_id]
-        Message.objects.filter(pk=message_id).update(
-            delivery_status=receipt.status,
-            delivery_error_code=receipt.error_code,
-            delivery_status_at=receipt.occurred_at,
-        )
-        DeliveryReceipt.objects.filter(pk=receipt.pk).update(message_id=message_id)
 
 
 def message_schedule_retry(

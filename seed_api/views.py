@@ -144,10 +144,10 @@ class SeedMessagesView(SeedAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        if not isinstance(request.data, dict):
-            return fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid request body", "expected a JSON object")
-
         def queue() -> Response:
+            # Read the body only here: idempotent() reads it raw first, for its fingerprint.
+            if not isinstance(request.data, dict):
+                return fail(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid request body", "expected a JSON object")
             serializer = SeedMessageCreateSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             message = services.message_create(**serializer.validated_data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,13 +71,22 @@ def _claim_level(
     return ids
 
 
+def _reserve(share_of_remaining: float) -> int:
+    """Slots a level leaves to the ones below: the whole part of its share, and the
+    fraction as a chance, so that a small batch (one slot at 20%) gives the lower
+    levels one tick in five instead of rounding them to never or always."""
+    whole = math.floor(share_of_remaining)
+    return whole + (1 if random.random() < share_of_remaining - whole else 0)
+
+
 def claim_batch(*, batch_size: int) -> Claim:
     """Lease up to `batch_size` due messages, higher priority first, earliest due first
     within a priority.
 
     Higher priorities never take the whole batch while lower ones wait: each level
-    leaves DISPATCH_LOWER_PRIORITY_SHARE of what remains to the levels below it, and
-    what they do not use goes back to the higher ones. Each level is read on its
+    leaves DISPATCH_LOWER_PRIORITY_SHARE of what remains to the levels below it (on
+    average, for batches too small to split), and what they do not use goes back to
+    the higher ones. Each level is read on its
     own from the (priority, next_attempt_at, id) index, so messages scheduled for
     later are never scanned.
 
@@ -92,7 +102,7 @@ def claim_batch(*, batch_size: int) -> Claim:
     remaining = batch_size
     for index, priority in enumerate(PRIORITIES):
         below = index < len(PRIORITIES) - 1
-        cap = remaining - (math.ceil(remaining * conf.lower_priority_share) if below else 0)
+        cap = remaining - (_reserve(remaining * conf.lower_priority_share) if below else 0)
         taken = _claim_level(priority, cap, token, conf.lease_seconds, claimed_at)
         ids.extend(taken)
         remaining -= len(taken)

@@ -17,6 +17,7 @@ from django.db.models import Q, QuerySet
 from dispatcher.conf import DispatcherSettings
 from dispatcher.engine.counters import metrics_record_batch
 from dispatcher.engine.delivery_cache import delivery_cache_record_many
+from dispatcher.engine.receipts import receipts_apply_for_sent
 from dispatcher.engine.sending import SendResult, retry_delay
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import (
@@ -74,6 +75,8 @@ def record_results(
             sent_at=sent_at,
             delivery_cache_pending=not cached,
         )
+        # Receipts that came before these sends were recorded apply now, in the same transaction.
+        receipts_apply_for_sent(provider_message_ids=[r.result.message_id for r in sent if r.message.pk in moved])
         for r in sent:
             outcomes[r.message.pk] = _sent_outcome(r, moved=r.message.pk in moved, cached=cached)
         for r in results:

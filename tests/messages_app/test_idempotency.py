@@ -10,7 +10,6 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from django.db import connection
-from django.http.request import RawPostDataException
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.utils import timezone
 from django_q.models import Schedule
@@ -124,15 +123,6 @@ def test_the_seed_route_answers_a_reused_key_in_its_envelope(api_client):
     assert Message.objects.count() == 1
 
 
-SEED_FORM_BODY_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=RawPostDataException,
-    reason="BUG: seed_api.views.SeedMessagesView.post reads request.data before restapi.idempotency.idempotent "
-    "fingerprints request.body; for a multipart body DRF has consumed the stream, so request.body raises "
-    "RawPostDataException (a 500 in production)",
-)
-
-
 URLENCODED = ("application/x-www-form-urlencoded", urlencode(ONE))
 MULTIPART = (MULTIPART_CONTENT, encode_multipart(BOUNDARY, ONE))
 
@@ -143,7 +133,7 @@ MULTIPART = (MULTIPART_CONTENT, encode_multipart(BOUNDARY, ONE))
         (CREATE_URL, *URLENCODED),
         (CREATE_URL, *MULTIPART),
         (SEED_URL, *URLENCODED),
-        pytest.param(SEED_URL, *MULTIPART, marks=SEED_FORM_BODY_BUG),
+        pytest.param(SEED_URL, *MULTIPART),
     ],
     ids=["create-urlencoded", "create-multipart", "seed-urlencoded", "seed-multipart"],
 )
