@@ -67,9 +67,7 @@ class Message(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     # From the provider's delivery receipt; the dispatch status stays `sent`.
-    delivery_status = models.CharField(
-        max_length=16, choices=Delivery.choices, blank=True, default="", db_default=""
-    )
+    delivery_status = models.CharField(max_length=16, choices=Delivery.choices, blank=True, default="", db_default="")
     delivery_error_code = models.CharField(max_length=64, blank=True, default="", db_default="")
     delivery_status_at = models.DateTimeField(null=True, blank=True)
 

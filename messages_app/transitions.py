@@ -433,18 +433,19 @@ def messages_expire_claimed(*, claim_token: uuid.UUID, message_ids: Sequence[int
 
 def message_record_delivery(
     *, provider_message_id: str, status: str, error_code: str, occurred_at: datetime
-) -> int | None:
+) -> tuple[int, datetime] | None:
     """Record a receipt's outcome on the sent message with `provider_message_id`; return
-    its id, or None if no sent message has that id (yet). The dispatch status stays
-    `sent`; a receipt older than the one recorded does not overwrite it."""
-    message_id = (
+    its id and sending time, or None if no sent message has that id (yet). The
+    dispatch status stays `sent`; a receipt older than the one recorded does not
+    overwrite it."""
+    found = (
         Message.objects.filter(provider_message_id=provider_message_id, status=Status.SENT)
-        .values_list("pk", flat=True)
+        .values_list("pk", "sent_at")
         .first()
     )
-    if message_id is None:
+    if found is None:
         return None
-    Message.objects.filter(pk=message_id).filter(
+    Message.objects.filter(pk=found[0]).filter(
         Q(delivery_status_at__isnull=True) | Q(delivery_status_at__lte=occurred_at)
     ).update(delivery_status=status, delivery_error_code=error_code, delivery_status_at=occurred_at)
-    return message_id
+    return found[0], found[1]

@@ -90,24 +90,23 @@ def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
     provider_message_id, status, error_code, occurred_at = _parse(payload)
     try:
         with transaction.atomic():
-            receipt = DeliveryReceipt.objects.create(
+            # Applied first, so the receipt row is written once, already linked.
+            found = message_record_delivery(
+                provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
+            )
+            DeliveryReceipt.objects.create(
                 receipt_id=receipt_id[:255],
                 provider_message_id=provider_message_id,
                 status=status,
                 error_code=error_code,
                 occurred_at=occurred_at,
+                message_id=found[0] if found else None,
             )
-            message_id = message_record_delivery(
-                provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
-            )
-            if message_id is not None:
-                receipt.message_id = message_id
-                receipt.save(update_fields=["message"])
-    except IntegrityError:  # the unique receipt id: a replay, or the same receipt twice at once
+    except IntegrityError:  # the unique receipt id: a replay (its apply rolled back with it)
         metrics_record_receipt(outcome="replayed")
         logger.info("receipt %s for messageId=%s replayed; ignored", receipt_id, provider_message_id)
         return ReceiptResult(outcome="replayed")
-    if message_id is None:
+    if found is None:
         metrics_record_receipt(outcome="unmatched")
         logger.warning(
             "receipt %s for unknown messageId=%s (%s) kept: applied if that send is recorded later",
@@ -116,7 +115,7 @@ def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
             status,
         )
         return ReceiptResult(outcome="waiting")
-    sent_at = Message.objects.filter(pk=message_id).values_list("sent_at", flat=True).first()
+    message_id, sent_at = found
     metrics_record_receipt(
         outcome=status, sent_to_outcome_seconds=(occurred_at - sent_at).total_seconds() if sent_at else None
     )
@@ -146,13 +145,13 @@ def receipts_apply_for_sent(*, provider_message_ids: list[str]) -> int:
 def _apply(waiting: list[tuple]) -> int:
     applied = 0
     for pk, provider_message_id, status, error_code, occurred_at in waiting:
-        message_id = message_record_delivery(
+        found = message_record_delivery(
             provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
         )
-        if message_id is None:
+        if found is None:
             continue
+        message_id, sent_at = found
         DeliveryReceipt.objects.filter(pk=pk).update(message_id=message_id)
-        sent_at = Message.objects.filter(pk=message_id).values_list("sent_at", flat=True).first()
         metrics_record_receipt(
             outcome=status, sent_to_outcome_seconds=(occurred_at - sent_at).total_seconds() if sent_at else None
         )
