@@ -49,6 +49,8 @@ def child_env(**overrides: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="tests.settings",
         DATABASE_URL=test_database_url(),
         PYTHONUNBUFFERED="1",
+        # manage.py would fill in what is unset here from a developer's local .env.
+        ENV_FILE="",
     )
     env.update(overrides)
     return env
