@@ -19,15 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import REPO_ROOT, free_port
+from tests.processes import REPO_ROOT, newcomer_env
 
 pytestmark = pytest.mark.process
 
 LOCAL_PYTHON = ".venv/bin/python"
 LONG_RUNNING = {"qcluster", "fakeprovider"}
-# What `make run`'s .env does not set comes from the defaults, not from this test run.
-NOT_INHERITED = ("DATABASE_", "REDIS_", "DISPATCH_", "WEBHOOK_", "THROTTLE_", "SECURE_", "SESSION_", "CSRF_")
-NOT_INHERITED_NAMES = {"DJANGO_SETTINGS_MODULE", "SECRET_KEY", "DEBUG", "ENV_FILE", "DJANGO_SUPERUSER_PASSWORD"}
 
 
 def shell_lines(markdown: str) -> list[str]:
@@ -50,22 +47,6 @@ def shell_lines(markdown: str) -> list[str]:
 
 def readme_manage_lines() -> list[str]:
     return [line for line in shell_lines((REPO_ROOT / "README.md").read_text()) if "manage.py" in line]
-
-
-def newcomer_env(tmp_path: Path) -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(NOT_INHERITED) and name not in NOT_INHERITED_NAMES
-    }
-    env.update(
-        PYTHONPATH=str(REPO_ROOT),
-        LOCAL_STATE_DIR=str(tmp_path / "state"),
-        # Nothing listens there: no line may reach a provider someone else runs on 8081.
-        WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def run(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
