@@ -32,6 +32,7 @@ from messaging_site.env import (
     env_str,
     env_url,
 )
+from messaging_site.formats.en import formats as site_formats
 from messaging_site.logging_config import LOG_FORMATS, build_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -228,6 +229,12 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One way to write a time everywhere in the admin: "2025-01-31 09:00:05 UTC". The
+# format module wins wherever localisation is on; the settings cover where it is off.
+FORMAT_MODULE_PATH = ["messaging_site.formats"]
+DATETIME_FORMAT = site_formats.DATETIME_FORMAT
+DATE_FORMAT = site_formats.DATE_FORMAT
+TIME_FORMAT = site_formats.TIME_FORMAT
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))

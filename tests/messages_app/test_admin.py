@@ -1,6 +1,7 @@
 """The Django admin: messages (list, add, requeue action) and the dispatcher page."""
 
 import datetime as dt
+import re
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -202,6 +203,29 @@ def test_an_existing_message_is_read_only(admin_client_):
     assert (stored.content, stored.recipient_phone_number) == ("original", message.recipient_phone_number)
 
 
+# --- times -------------------------------------------------------------------------------------
+
+
+def shown(when: dt.datetime) -> str:
+    """The admin's one format for a time: to the second, with the time zone."""
+    return f"{timezone.localtime(when):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def test_the_changelist_and_a_message_page_write_times_to_the_second_with_the_time_zone(admin_client_):
+    created = timezone.now().replace(microsecond=0) - dt.timedelta(hours=2, seconds=7)
+    sent = created + dt.timedelta(seconds=13)
+    message = make_message(status=Status.SENT, sent_at=sent)
+    Message.objects.filter(pk=message.pk).update(created_at=created)
+
+    listing = admin_client_.get(CHANGELIST).content.decode()
+    page = admin_client_.get(f"/admin/messages_app/message/{message.pk}/change/").content.decode()
+
+    for html in (listing, page):
+        assert shown(created) in html
+        assert shown(sent) in html
+    assert "a.m." not in listing + page and "p.m." not in listing + page  # Django's English default
+
+
 # --- requeue_failed action ----------------------------------------------------------------------
 
 
@@ -308,6 +332,16 @@ def test_dispatcher_page_shows_the_state_counts_and_the_stop_button(admin_client
     form = response.context["adminform"].form
     assert set(form.fields) == {"batch_size", "interval_seconds"}
     assert (form.initial["batch_size"], form.initial["interval_seconds"]) == (4, 90)
+
+
+def test_dispatcher_page_writes_its_ticks_in_the_one_format_with_how_long_ago(admin_client_):
+    last = timezone.now().replace(microsecond=0) - dt.timedelta(seconds=20)
+    set_state(running=True, interval_seconds=60, last_tick_at=last, next_tick_at=last + dt.timedelta(seconds=60))
+
+    html = admin_client_.get(dispatcher_change_url()).content.decode()
+
+    assert re.search(rf"{shown(last)} \(2[0-9] s ago\)", html), html
+    assert re.search(rf"{shown(last + dt.timedelta(seconds=60))} \(in (3[0-9]|40) s\)", html), html
 
 
 def test_dispatcher_page_of_a_stopped_dispatcher_shows_the_start_button(admin_client_):
