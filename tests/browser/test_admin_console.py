@@ -73,7 +73,7 @@ def test_staff_logs_in_through_the_admin_login_form(page: Page, live_server):
     staff_login(page, live_server)
 
     expect(page).to_have_url(f"{live_server.url}/admin/")
-    expect(page.locator("#content h1")).to_have_text("Site administration")
+    expect(page.locator("#content h1")).to_have_text("Operator console")
     expect(page.locator("#dashboard-link")).to_be_visible()
     expect(page.locator("#content-main")).to_contain_text("Messages")
     expect(page.locator("#content-main")).to_contain_text("Dispatcher")
