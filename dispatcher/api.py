@@ -13,7 +13,13 @@ from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.permissions import CanControlDispatcher
 from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer
-from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_status, dispatcher_stop
+from dispatcher.state import (
+    dispatcher_configure,
+    dispatcher_start,
+    dispatcher_state_read,
+    dispatcher_status,
+    dispatcher_stop,
+)
 
 VIA = ControlAction.Via.API
 
@@ -31,6 +37,12 @@ class DispatcherViewSet(viewsets.GenericViewSet):
             return [permissions.IsAuthenticated()]
         return [CanControlDispatcher()]
 
+    def get_serializer_class(self):
+        # The browsable API fills its PATCH form from this: the fields PATCH sets, not the whole state.
+        if self.action == "partial_update":
+            return DispatcherConfigSerializer
+        return DispatcherStatusSerializer
+
     def _status_response(self) -> Response:
         return Response(DispatcherStatusSerializer(dispatcher_status()).data)
 
@@ -44,7 +56,7 @@ class DispatcherViewSet(viewsets.GenericViewSet):
         responses=DispatcherStatusSerializer,
     )
     def partial_update(self, request: Request) -> Response:
-        serializer = DispatcherConfigSerializer(data=request.data)
+        serializer = DispatcherConfigSerializer(data=request.data, context={"running": dispatcher_state_read().running})
         serializer.is_valid(raise_exception=True)
         try:
             dispatcher_configure(**serializer.validated_data, actor=request.user, via=VIA)
