@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import permissions, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from audit.models import ControlAction
 from dispatcher.errors import DispatcherConfigError
+from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
 from dispatcher.permissions import CanControlDispatcher
 from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer
 from dispatcher.state import (
@@ -46,14 +47,33 @@ class DispatcherViewSet(viewsets.GenericViewSet):
     def _status_response(self) -> Response:
         return Response(DispatcherStatusSerializer(dispatcher_status()).data)
 
-    @extend_schema(summary="Dispatcher state and message counts", responses=DispatcherStatusSerializer)
+    @extend_schema(
+        summary="Dispatcher state and message counts",
+        description="Whether the dispatcher runs, its pace (`batch_size` messages every `interval_seconds`), "
+        "the last and next tick, whether the cluster keeps up with the pace, and how many messages are in "
+        "each status. Any logged-in user.",
+        responses=DispatcherStatusSerializer,
+    )
     def retrieve(self, request: Request) -> Response:
         return self._status_response()
 
     @extend_schema(
         summary="Change batch size and/or interval (staff or control permission)",
+        description=f"The new pace is kept in the database and obeyed by every worker: `batch_size` from 1 to "
+        f"{MAX_BATCH_SIZE} messages per tick, `interval_seconds` from 1 to {MAX_INTERVAL_SECONDS} between ticks "
+        "(counted from the last tick). The body of `GET /api/dispatcher/` may be sent back with them changed: "
+        "`running` must be the current state (start and stop are calls of their own) and the readings are "
+        "ignored. Recorded in the audit log.",
         request=DispatcherConfigSerializer,
         responses=DispatcherStatusSerializer,
+        examples=[
+            OpenApiExample(
+                "Ten messages every 30 seconds",
+                value={"batch_size": 10, "interval_seconds": 30},
+                request_only=True,
+            ),
+            OpenApiExample("Only the batch size", value={"batch_size": 5}, request_only=True),
+        ],
     )
     def partial_update(self, request: Request) -> Response:
         serializer = DispatcherConfigSerializer(data=request.data, context={"running": dispatcher_state_read().running})
@@ -66,6 +86,9 @@ class DispatcherViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="Start sending, cluster-wide (staff or control permission)",
+        description="Every worker of every qcluster starts claiming again: the first tick is due at once and a "
+        "dispatch window opens without waiting for the schedule. Starting a running dispatcher changes "
+        "nothing. Answers the state, as `GET`. Recorded in the audit log, with whether it changed anything.",
         request=None,
         responses=DispatcherStatusSerializer,
     )
@@ -76,6 +99,10 @@ class DispatcherViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="Stop sending, cluster-wide (staff or control permission)",
+        description="No message is claimed any more once this answers, on any worker: it waits for a claim in "
+        "progress. Messages already claimed are still sent (a stopping worker gives back those it has not "
+        "started). The pace is kept for the next start. Stopping a stopped dispatcher changes nothing. "
+        "Answers the state, as `GET`. Recorded in the audit log.",
         request=None,
         responses=DispatcherStatusSerializer,
     )

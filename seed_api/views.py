@@ -18,6 +18,7 @@ from dispatcher.permissions import CanControlDispatcher
 from dispatcher.serializers import DispatcherStatusSerializer
 from dispatcher.state import dispatcher_start, dispatcher_status, dispatcher_stop
 from messages_app import selectors, services
+from messages_app.api import CREATE_EXAMPLES
 from messages_app.models import Message
 from messages_app.permissions import ModelPermissionsWithView
 from messages_app.serializers import MessageCreateSerializer, MessageSerializer
@@ -94,6 +95,7 @@ class SeedMessagesView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Sent messages, most recently sent first",
+        description=f"The {SEED_SENT_LIST_LIMIT} most recently sent messages, in the Go service's envelope.",
         responses={200: _success_envelope("SeedSentMessages", MessageSerializer(many=True))},
     )
     def get(self, request: Request) -> Response:
@@ -103,7 +105,9 @@ class SeedMessagesView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Queue a message",
+        description="As `POST /api/messages/`, answered 200 in the Go service's envelope.",
         request=MessageCreateSerializer,
+        examples=CREATE_EXAMPLES,
         responses={
             200: _success_envelope("SeedCreatedMessage", MessageSerializer()),
             400: FailSerializer,
@@ -125,6 +129,7 @@ class SeedWorkerView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Start or stop sending",
+        description="`start` or `stop`, as `POST /api/dispatcher/start/` and `stop/`; answers `OK`.",
         request=None,
         parameters=[OpenApiParameter("action", str, OpenApiParameter.PATH, enum=["start", "stop"])],
         responses={200: _success_envelope("SeedWorkerOK", serializers.CharField()), 400: FailSerializer},
@@ -144,6 +149,7 @@ class SeedStatusView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Service and dispatcher status",
+        description="What `GET /api/dispatcher/` answers, in the Go service's envelope.",
         responses={200: _success_envelope("SeedStatus", DispatcherStatusSerializer())},
     )
     def get(self, request: Request) -> Response:

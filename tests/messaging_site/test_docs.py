@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -97,6 +98,77 @@ def test_schema_validates_without_warnings(tmp_path):
     schema = yaml.safe_load(target.read_text())
     assert schema["openapi"].startswith("3.")
     assert set(EXPECTED_PATHS) <= set(schema["paths"])
+
+
+# --- what the schema says -------------------------------------------------------------------------
+
+SETTING_NAMES = re.compile(r"\b(MESSAGE_[A-Z_]+|THROTTLE_[A-Z_]+|MAX_REQUEST_BODY_BYTES|DISPATCH_[A-Z_]+)\b")
+
+
+def schema_json(client) -> dict:
+    return client.get("/api/schema/", {"format": "json"}).json()
+
+
+def operations(schema: dict):
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, operation
+
+
+def test_descriptions_give_the_configured_numbers_not_setting_names(anon_client, settings):
+    settings.MESSAGE_BULK_MAX_ITEMS = 250
+    settings.MESSAGE_MAX_LENGTH = 160
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 5_000_000
+
+    schema = schema_json(anon_client)
+
+    assert SETTING_NAMES.findall(json.dumps(schema)) == []
+    bulk = schema["paths"]["/api/messages/bulk/"]["post"]
+    assert bulk["summary"] == "Queue up to 250 messages, all or nothing"
+    assert "Up to 250 messages" in bulk["description"]
+    assert bulk["responses"]["413"]["description"] == "The request body is over the size limit of 5000000 bytes."
+    assert "more than 1000000/min per user" in bulk["responses"]["429"]["description"]  # tests.settings' rate
+    content = schema["components"]["schemas"]["MessageCreateRequest"]["properties"]["content"]
+    assert content["description"].startswith("1 to 160 characters")
+
+
+def test_start_and_stop_each_describe_what_they_do(anon_client):
+    schema = schema_json(anon_client)
+    described = {
+        (path, method): operation["description"]
+        for path, method, operation in operations(schema)
+        if path.startswith("/api/dispatcher")
+    }
+
+    assert len(set(described.values())) == len(described) == 4  # one each, not the viewset's docstring
+    assert "first tick is due at once" in described["/api/dispatcher/start/", "post"]
+    assert "No message is claimed any more once this answers" in described["/api/dispatcher/stop/", "post"]
+
+
+EXAMPLE_CALLERS = {
+    ("/api/messages/", "post"): 201,
+    ("/api/messages/bulk/", "post"): 201,
+    ("/api/dispatcher/", "patch"): 200,
+    ("/messages/", "post"): 200,
+}
+
+
+def test_every_request_body_has_examples_that_succeed_as_they_stand(anon_client, staff_user, operator_client):
+    from dispatcher.state import dispatcher_state_ensure
+
+    dispatcher_state_ensure()
+    schema = schema_json(anon_client)
+    with_body = {(path, method) for path, method, operation in operations(schema) if "requestBody" in operation}
+    assert with_body == set(EXAMPLE_CALLERS)
+
+    for (path, method), status in EXAMPLE_CALLERS.items():
+        examples = schema["paths"][path][method]["requestBody"]["content"]["application/json"]["examples"]
+        assert examples, path
+        for name, example in examples.items():
+            # What Swagger UI's "Try it out" sends: the example's JSON, to the documented path.
+            response = getattr(operator_client, method)(path, example["value"], format="json")
+            assert response.status_code == status, (path, name, response.content)
 
 
 # --- the documentation pages --------------------------------------------------------------------
