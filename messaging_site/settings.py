@@ -340,13 +340,17 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Message sending service API",
     "DESCRIPTION": (
         "Queue SMS messages and let the dispatcher send them through the provider's "
-        "webhook at a controlled rate. Authenticate with `Authorization: Token <key>`."
+        "webhook at a controlled rate: a batch of messages every interval, cluster-wide, "
+        "never the same message twice from two workers, every attempt on record. "
+        "Authenticate with `Authorization: Token <key>` (or the admin's session)."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "/favicon.ico",
     "REDOC_DIST": "SIDECAR",
+    # Redoc shows it at the top of its sidebar; served by this site (WHITENOISE_ROOT).
+    "EXTENSIONS_INFO": {"x-logo": {"url": "/favicon.svg", "altText": "Message sending service"}},
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"MessageStatusEnum": "messages_app.models.Message.Status"},
     "POSTPROCESSING_HOOKS": [
@@ -361,6 +365,8 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_choice("LOG_FORMAT", "plain", choices=LOG_FORMATS)
 LOGGING = build_logging(log_format=LOG_FORMAT, level=LOG_LEVEL)
 
+# Files served at the site's root, as browsers look for them: /favicon.ico, /favicon.svg.
+WHITENOISE_ROOT = BASE_DIR / "messaging_site" / "site_root"
 # Serve static files from the apps' folders in development, no collectstatic needed.
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG

@@ -7,9 +7,25 @@ from dispatcher.monitoring.health import healthz, readyz
 from dispatcher.monitoring.metrics import metrics_view
 from dispatcher.urls import urlpatterns as dispatcher_api_urlpatterns
 from messages_app.urls import api_urlpatterns as messages_api_urlpatterns
+from restapi.root import ApiRootView
 from seed_api.urls import urlpatterns as seed_urlpatterns
 
 api_urlpatterns = [
+    path(
+        "",
+        ApiRootView.as_view(
+            endpoints={
+                "messages": "message-list",
+                "sent_messages": "message-sent",
+                "bulk": "message-bulk",
+                "dispatcher": "dispatcher",
+                "docs": "swagger-ui",
+                "redoc": "redoc",
+                "schema": "schema",
+            }
+        ),
+        name="api-root",
+    ),
     *messages_api_urlpatterns,
     *dispatcher_api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -222,3 +222,80 @@ def test_root_redirects_to_the_docs(anon_client):
     response = anon_client.get("/")
     assert response.status_code == 302
     assert response["Location"] == "/api/docs/"
+
+
+# --- the icon, Redoc's logo -------------------------------------------------------------------------
+
+
+def body_of(response) -> bytes:
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    response.close()
+    return body
+
+
+def test_the_site_serves_its_icon_at_the_root(anon_client):
+    ico = anon_client.get("/favicon.ico")
+    assert ico.status_code == 200
+    assert ico["Content-Type"] in ("image/x-icon", "image/vnd.microsoft.icon")
+    assert body_of(ico).startswith(b"\x00\x00\x01\x00")  # an ICO file
+
+    svg = anon_client.get("/favicon.svg")
+    assert svg.status_code == 200
+    assert svg["Content-Type"].startswith("image/svg+xml")
+    assert b"<svg" in body_of(svg)
+
+
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/redoc/"])
+def test_the_docs_pages_use_the_site_s_icon(anon_client, path):
+    html = anon_client.get(path).content.decode()
+    assert re.search(r'<link rel="icon"[^>]*href="/favicon\.(ico|svg)"', html), html
+
+
+def test_redoc_shows_the_service_s_logo_and_may_load_images_from_this_site_only(anon_client):
+    html = anon_client.get("/api/redoc/").content.decode()
+    schema = schema_json(anon_client)
+
+    # Redoc's own logo comes from cdn.redoc.ly: the policy keeps the browser from asking.
+    assert """<meta http-equiv="Content-Security-Policy" content="img-src 'self' data:">""" in html
+    assert schema["info"]["x-logo"]["url"] == "/favicon.svg"
+    assert anon_client.get("/favicon.svg").status_code == 200
+
+
+# --- the API's root -----------------------------------------------------------------------------------
+
+
+def test_the_api_root_describes_the_service_and_links_its_parts(api_client):
+    response = api_client.get("/api/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["description"].startswith("Queue SMS messages and let the dispatcher send them")
+    assert {name: url.removeprefix("http://testserver") for name, url in body.items() if name != "description"} == {
+        "messages": "/api/messages/",
+        "sent_messages": "/api/messages/sent/",
+        "bulk": "/api/messages/bulk/",
+        "dispatcher": "/api/dispatcher/",
+        "docs": "/api/docs/",
+        "redoc": "/api/redoc/",
+        "schema": "/api/schema/",
+    }
+    for name in ("messages", "sent_messages", "dispatcher", "docs", "redoc", "schema"):
+        assert api_client.get(body[name]).status_code == 200, name
+
+
+def test_the_api_root_in_a_browser_is_a_page_about_the_service(user):
+    from rest_framework.test import APIClient
+
+    browser = APIClient()
+    browser.force_login(user)
+
+    html = browser.get("/api/", HTTP_ACCEPT="text/html").content.decode()
+
+    assert "<h1>Message sending service API</h1>" in html
+    assert "at a controlled rate" in html
+    assert "/api/dispatcher/" in html
+
+
+def test_the_api_root_needs_a_login_and_is_not_an_operation(anon_client):
+    assert anon_client.get("/api/").status_code == 401
+    assert "/api/" not in schema_json(anon_client)["paths"]
