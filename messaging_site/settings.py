@@ -27,6 +27,7 @@ from messaging_site.env import (
     env_float,
     env_int,
     env_list,
+    env_networks,
     env_rate,
     env_secret,
     env_str,
@@ -358,6 +359,20 @@ SPECTACULAR_SETTINGS = {
         "restapi.schema.document_error_responses",
     ],
 }
+
+# --- Seed-compatible routes (seed_api) ----------------------------------------------
+# Off unless set: requests from these networks to the Go service's routes (/messages,
+# /messages/worker/..., /status) without credentials act as SEED_API_SERVICE_USER,
+# with that user's permissions, as the Go service's clients send none. Only for the
+# hosts of those clients: anyone who can send from these addresses acts as that user.
+# Browsers are never let in this way (a request with Origin or Sec-Fetch-Site must
+# bring a token), so a page cannot make an operator's browser post here.
+SEED_API_TRUSTED_NETWORKS = env_networks("SEED_API_TRUSTED_NETWORKS")
+SEED_API_SERVICE_USER = env_str("SEED_API_SERVICE_USER")
+if SEED_API_TRUSTED_NETWORKS and not SEED_API_SERVICE_USER:
+    raise ImproperlyConfigured(
+        "SEED_API_TRUSTED_NETWORKS is set: SEED_API_SERVICE_USER must name the user its requests act as"
+    )
 
 # --- Logging -------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

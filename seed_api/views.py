@@ -11,6 +11,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from audit.models import ControlAction
@@ -23,9 +24,15 @@ from messages_app.models import Message
 from messages_app.permissions import ModelPermissionsWithView
 from messages_app.serializers import MessageCreateSerializer, MessageSerializer
 from restapi.defaults import request_body_too_large
+from seed_api.authentication import TrustedNetworkAuthentication
 
 # The Go service returned every sent message at once; we cap the answer.
 SEED_SENT_LIST_LIMIT = 1000
+# Appended to each seed operation's description.
+AUTH_NOTE = (
+    " Needs a token like the rest of the API, unless the deployment trusts the network of the "
+    "Go service's clients (README, *Seed-compatible routes*)."
+)
 
 FailSerializer = inline_serializer(
     "SeedFail",
@@ -61,6 +68,10 @@ def _flatten_errors(detail) -> str:
 class SeedAPIView(APIView):
     """Answers every error in the Go service's envelope."""
 
+    # A token (or the admin's session) first, as everywhere; then, if configured,
+    # the trusted networks of the Go service's clients, which send no credentials.
+    authentication_classes = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, TrustedNetworkAuthentication]
+
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, RequestDataTooBig):
             exc = request_body_too_large()
@@ -95,7 +106,8 @@ class SeedMessagesView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Sent messages, most recently sent first",
-        description=f"The {SEED_SENT_LIST_LIMIT} most recently sent messages, in the Go service's envelope.",
+        description=f"The {SEED_SENT_LIST_LIMIT} most recently sent messages, in the Go service's envelope."
+        + AUTH_NOTE,
         responses={200: _success_envelope("SeedSentMessages", MessageSerializer(many=True))},
     )
     def get(self, request: Request) -> Response:
@@ -105,7 +117,7 @@ class SeedMessagesView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Queue a message",
-        description="As `POST /api/messages/`, answered 200 in the Go service's envelope.",
+        description="As `POST /api/messages/`, answered 200 in the Go service's envelope." + AUTH_NOTE,
         request=MessageCreateSerializer,
         examples=CREATE_EXAMPLES,
         responses={
@@ -129,7 +141,7 @@ class SeedWorkerView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Start or stop sending",
-        description="`start` or `stop`, as `POST /api/dispatcher/start/` and `stop/`; answers `OK`.",
+        description="`start` or `stop`, as `POST /api/dispatcher/start/` and `stop/`; answers `OK`." + AUTH_NOTE,
         request=None,
         parameters=[OpenApiParameter("action", str, OpenApiParameter.PATH, enum=["start", "stop"])],
         responses={200: _success_envelope("SeedWorkerOK", serializers.CharField()), 400: FailSerializer},
@@ -149,7 +161,7 @@ class SeedStatusView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Service and dispatcher status",
-        description="What `GET /api/dispatcher/` answers, in the Go service's envelope.",
+        description="What `GET /api/dispatcher/` answers, in the Go service's envelope." + AUTH_NOTE,
         responses={200: _success_envelope("SeedStatus", DispatcherStatusSerializer())},
     )
     def get(self, request: Request) -> Response:
