@@ -81,8 +81,11 @@ def terminal_foreground() -> Iterator[None]:
     if previous is None or previous != os.getpgrp():
         yield
         return
-    # A background group that touches the terminal's settings gets SIGTTOU, which would stop it.
+    # A background group that touches the terminal's settings gets SIGTTOU, which would
+    # stop it. Ctrl-Z would stop the runner alone, and the shell, which knows only
+    # make's group, could not give the terminal back: it does nothing instead.
     ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    tstp = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
     try:
         if os.getpgrp() != os.getpid():
             os.setpgid(0, 0)
@@ -91,6 +94,7 @@ def terminal_foreground() -> Iterator[None]:
     finally:
         with suppress(OSError):
             os.tcsetpgrp(fd, previous)
+        signal.signal(signal.SIGTSTP, tstp)
         signal.signal(signal.SIGTTOU, ttou)
 
 
@@ -155,7 +159,8 @@ class Runner:
                 os.killpg(self.processes[name].pid, signum)
 
     def run(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: the terminal went away. Each process gets SIGTERM, as from a service manager.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda received, frame: self.signals.put(received))
         for entry in self.entries:
             self._start(entry)
@@ -180,7 +185,7 @@ class Runner:
                 self.say("system", f"{signal.Signals(signum).name} received")
                 if stopping_since is None:
                     asked_to_stop, stopping_since = True, time.monotonic()
-                    self._signal_all(signum)
+                    self._signal_all(signal.SIGTERM if signum == signal.SIGHUP else signum)
                 else:  # asked again: no more waiting for them to finish their work
                     self._signal_all(signal.SIGTERM)
             if stopping_since is not None and not killed and time.monotonic() - stopping_since > self.stop_timeout:

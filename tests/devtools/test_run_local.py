@@ -159,7 +159,9 @@ def write_procfile(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def run_runner(procfile: Path, *args: str, signal_after: float | None = None) -> tuple[int, str]:
+def run_runner(
+    procfile: Path, *args: str, signal_after: float | None = None, signum: int = signal.SIGTERM
+) -> tuple[int, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "devtools.run_local", str(procfile), *args],
         cwd=REPO_ROOT,
@@ -171,7 +173,7 @@ def run_runner(procfile: Path, *args: str, signal_after: float | None = None) ->
     try:
         if signal_after is not None:
             time.sleep(signal_after)
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
         output, _ = process.communicate(timeout=30)
     finally:
         with suppress(ProcessLookupError):
@@ -210,6 +212,12 @@ def test_sigterm_to_the_runner_stops_every_process_and_exits_0(tmp_path):
     returncode, output = run_runner(write_procfile(tmp_path, f"polite: {handles_it}\n"), signal_after=2)
     assert returncode == 0, output
     assert "polite exited (rc=0)" in output
+    # The terminal closing (SIGHUP) stops them the same way.
+    returncode, output = run_runner(
+        write_procfile(tmp_path, f"polite: {handles_it}\n"), signal_after=2, signum=signal.SIGHUP
+    )
+    assert returncode == 0, output
+    assert "SIGHUP received" in output and "sending SIGTERM to polite" in output
 
 
 def test_a_process_that_ignores_the_stop_signal_is_killed_after_the_timeout(tmp_path):
