@@ -1,9 +1,49 @@
 #!/usr/bin/env python
+from __future__ import annotations
+
 import os
 import sys
+from pathlib import Path
+
+# `make run` writes the local settings (DEBUG, SECRET_KEY, ...) here, so that
+# `.venv/bin/python manage.py <command>` works without anything exported first.
+DEFAULT_ENV_FILE = Path(__file__).resolve().parent / ".env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as `make run` and .env.example write them: blank lines and
+    `#` comments skipped, an optional `export `, values optionally in quotes."""
+    values = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"{path}, line {number}: expected NAME=value, got {raw!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
+
+
+def load_env_file() -> None:
+    """Load ENV_FILE (default: the .env beside this file) if it exists; ENV_FILE set
+    but empty loads none. The real environment wins over the file."""
+    configured = os.environ.get("ENV_FILE")
+    if configured == "":
+        return
+    path = Path(configured) if configured else DEFAULT_ENV_FILE
+    if path.is_file():
+        for name, value in read_env_file(path).items():
+            os.environ.setdefault(name, value)
+    elif configured:
+        raise SystemExit(f"ENV_FILE names {configured!r}, which is not a file")
 
 
 def main() -> None:
+    load_env_file()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messaging_site.settings")
     from django.core.management import execute_from_command_line
 

@@ -64,6 +64,7 @@ def service_env(**overrides: str) -> dict[str, str]:
         WEBHOOK_ALLOW_HTTP="true",
         SECURE_SSL_REDIRECT="false",
         PYTHONUNBUFFERED="1",
+        ENV_FILE="",  # manage.py: not a developer's local .env
     )
     env.update(overrides)
     return env

@@ -14,6 +14,7 @@ from dispatcher.monitoring import dashboard
 from dispatcher.permissions import CONTROL_DISPATCHER
 from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_state_ensure, dispatcher_stop
 from messages_app.selectors import message_status_counts
+from messages_app.timestamps import timestamp_text
 
 VIA = ControlAction.Via.ADMIN
 
@@ -35,8 +36,8 @@ class DispatcherStateAdmin(admin.ModelAdmin):
     """
 
     change_form_template = "admin/dispatcher/dispatcherstate/change_form.html"
-    fields = ["running", "batch_size", "interval_seconds", "last_tick_at", "next_tick_at", "message_counts"]
-    readonly_fields = ["running", "last_tick_at", "next_tick_at", "message_counts"]
+    fields = ["running", "batch_size", "interval_seconds", "last_tick", "next_tick", "message_counts"]
+    readonly_fields = ["running", "last_tick", "next_tick", "message_counts"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -75,6 +76,16 @@ class DispatcherStateAdmin(admin.ModelAdmin):
             ),
         ]
         return own + super().get_urls()
+
+    @admin.display(description="last tick")
+    def last_tick(self, obj: DispatcherState) -> str:
+        return timestamp_text(obj.last_tick_at, empty="never")
+
+    @admin.display(description="next tick")
+    def next_tick(self, obj: DispatcherState) -> str:
+        if obj.next_tick_at is None:
+            return "due now" if obj.running else "none while stopped"
+        return timestamp_text(obj.next_tick_at)
 
     @admin.display(description="messages")
     def message_counts(self, obj: DispatcherState) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -17,9 +17,16 @@ from dispatcher.engine.providers import provider_specs
 from dispatcher.engine.providers.status import provider_statuses
 from dispatcher.engine.receipts import ReceiptRejected, receipt_record, receipt_verify
 from dispatcher.errors import DispatcherConfigError
+from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
 from dispatcher.permissions import CanControlDispatcher
 from dispatcher.serializers import DispatcherConfigSerializer, DispatcherStatusSerializer, ProviderStatusSerializer
-from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_status, dispatcher_stop
+from dispatcher.state import (
+    dispatcher_configure,
+    dispatcher_start,
+    dispatcher_state_read,
+    dispatcher_status,
+    dispatcher_stop,
+)
 from messages_app.models import Message
 
 VIA = ControlAction.Via.API
@@ -40,20 +47,45 @@ class DispatcherViewSet(viewsets.GenericViewSet):
             return [permissions.IsAuthenticated()]
         return [CanControlDispatcher()]
 
+    def get_serializer_class(self):
+        # The browsable API fills its PATCH form from this: the fields PATCH sets, not the whole state.
+        if self.action == "partial_update":
+            return DispatcherConfigSerializer
+        return DispatcherStatusSerializer
+
     def _status_response(self) -> Response:
         return Response(DispatcherStatusSerializer(dispatcher_status()).data)
 
-    @extend_schema(summary="Dispatcher state and message counts", responses=DispatcherStatusSerializer)
+    @extend_schema(
+        summary="Dispatcher state and message counts",
+        description="Whether the dispatcher runs, its pace (`batch_size` messages every `interval_seconds`), "
+        "the last and next tick, whether the cluster keeps up with the pace, and how many messages are in "
+        "each status. Any logged-in user.",
+        responses=DispatcherStatusSerializer,
+    )
     def retrieve(self, request: Request) -> Response:
         return self._status_response()
 
     @extend_schema(
         summary="Change batch size and/or interval (control permission)",
+        description=f"The new pace is kept in the database and obeyed by every worker: `batch_size` from 1 to "
+        f"{MAX_BATCH_SIZE} messages per tick, `interval_seconds` from 1 to {MAX_INTERVAL_SECONDS} between ticks "
+        "(counted from the last tick). The body of `GET /api/dispatcher/` may be sent back with them changed: "
+        "`running` must be the current state (start and stop are calls of their own) and the readings are "
+        "ignored. Recorded in the audit log.",
         request=DispatcherConfigSerializer,
         responses=DispatcherStatusSerializer,
+        examples=[
+            OpenApiExample(
+                "Ten messages every 30 seconds",
+                value={"batch_size": 10, "interval_seconds": 30},
+                request_only=True,
+            ),
+            OpenApiExample("Only the batch size", value={"batch_size": 5}, request_only=True),
+        ],
     )
     def partial_update(self, request: Request) -> Response:
-        serializer = DispatcherConfigSerializer(data=request.data)
+        serializer = DispatcherConfigSerializer(data=request.data, context={"running": dispatcher_state_read().running})
         serializer.is_valid(raise_exception=True)
         try:
             dispatcher_configure(**serializer.validated_data, actor=request.user, via=VIA)
@@ -63,6 +95,9 @@ class DispatcherViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="Start sending, cluster-wide (control permission)",
+        description="Every worker of every qcluster starts claiming again: the first tick is due at once and a "
+        "dispatch window opens without waiting for the schedule. Starting a running dispatcher changes "
+        "nothing. Answers the state, as `GET`. Recorded in the audit log, with whether it changed anything.",
         request=None,
         responses=DispatcherStatusSerializer,
     )
@@ -73,6 +108,10 @@ class DispatcherViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="Stop sending, cluster-wide (control permission)",
+        description="No message is claimed any more once this answers, on any worker: it waits for a claim in "
+        "progress. Messages already claimed are still sent (a stopping worker gives back those it has not "
+        "started). The pace is kept for the next start. Stopping a stopped dispatcher changes nothing. "
+        "Answers the state, as `GET`. Recorded in the audit log.",
         request=None,
         responses=DispatcherStatusSerializer,
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rest_framework import serializers
 
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
@@ -31,17 +33,52 @@ class DispatcherStatusSerializer(serializers.Serializer):
     )
 
 
+# What GET /api/dispatcher/ shows that PATCH does not set, besides `running`: the
+# server's readings at the time of the GET. They move with every tick and every
+# message sent, so a value sent back is never compared with the current one: it is
+# ignored, whatever it is.
+STATUS_READINGS = frozenset(
+    {"last_tick_at", "next_tick_at", "pace_held", "behind_since", "behind_seconds", "counts", "delivery_cache_pending"}
+)
+# What Django's forms add to a form-encoded body (the browsable API's).
+_FORM_KEYS = frozenset({"csrfmiddlewaretoken"})
+
+
 class DispatcherConfigSerializer(serializers.Serializer):
+    """PATCH /api/dispatcher/: batch_size and/or interval_seconds.
+
+    The whole body of GET /api/dispatcher/ may be sent back with them changed (a
+    round trip): `running` is accepted if it is the current state and refused if
+    not (start and stop have calls of their own), the readings are ignored. Any
+    other key is refused as unknown. The view passes the current state as
+    context["running"].
+    """
+
     batch_size = AsciiIntegerField(min_value=1, max_value=MAX_BATCH_SIZE, required=False)
     interval_seconds = AsciiIntegerField(min_value=1, max_value=MAX_INTERVAL_SECONDS, required=False)
 
     def validate(self, attrs: dict) -> dict:
-        unknown = set(self.initial_data) - set(self.fields) if isinstance(self.initial_data, dict) else set()
-        if unknown:
-            raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        data = self.initial_data if isinstance(self.initial_data, Mapping) else {}
+        unknown = set(data) - set(self.fields) - STATUS_READINGS - {"running"} - _FORM_KEYS
+        errors = {str(name): ["Unknown field."] for name in sorted(unknown, key=str)}
+        if "running" in data and self._running_sent(data["running"]) is not self.context["running"]:
+            state, other = ("running", "stop") if self.context["running"] else ("stopped", "start")
+            errors["running"] = [
+                f"Read-only here, and the dispatcher is {state}: send it back as it is, or leave it out. "
+                f"To {other} the dispatcher, POST /api/dispatcher/{other}/."
+            ]
+        if errors:
+            raise serializers.ValidationError(errors)
         if not attrs:
             raise serializers.ValidationError("Give batch_size, interval_seconds or both.")
         return attrs
+
+    @staticmethod
+    def _running_sent(value) -> bool | None:
+        try:
+            return serializers.BooleanField().to_internal_value(value)
+        except serializers.ValidationError:
+            return None
 
 
 class ProviderStatusSerializer(serializers.Serializer):

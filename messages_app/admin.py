@@ -5,15 +5,23 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
 from audit.models import ControlAction
 from messages_app.csv_export import messages_csv_lines
+from messages_app.errors import MessageStateError
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
-from messages_app.services import message_create, messages_cancel_queued, messages_delete, messages_requeue_failed
+from messages_app.services import (
+    message_create,
+    message_requeue,
+    messages_cancel_queued,
+    messages_delete,
+    messages_requeue_failed,
+)
+from messages_app.timestamps import timestamp_text
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
 
 BEING_SENT = "This message is being sent right now and cannot be deleted; delete it once it is sent or failed."
@@ -116,7 +124,7 @@ class MessageAdmin(admin.ModelAdmin):
         "expires_at",
         "priority",
         "segments",
-        "next_attempt_at",
+        "next_attempt",
         "claimed_at",
         "lease_expires_at",
         "sent_at",
@@ -129,6 +137,7 @@ class MessageAdmin(admin.ModelAdmin):
         "delivery_status_at",
     ]
     actions = ["requeue_failed", "cancel_queued"]
+    change_form_template = "admin/messages_app/message/change_form.html"
 
     def get_urls(self):
         own = [
@@ -137,8 +146,35 @@ class MessageAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.export_csv_view),
                 name="messages_app_message_export_csv",
             ),
+            path(
+                "<int:message_id>/requeue/",
+                self.admin_site.admin_view(self.requeue_view),
+                name="messages_app_message_requeue",
+            ),
         ]
         return own + super().get_urls()
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_requeue": self.has_requeue_permission(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def requeue_view(self, request: HttpRequest, message_id: int) -> HttpResponse:
+        """The Requeue button on a failed message's page (POST only)."""
+        if request.method != "POST" or not self.has_requeue_permission(request):
+            raise PermissionDenied
+        try:
+            message_requeue(message_id=message_id, actor=request.user, via=ControlAction.Via.ADMIN)
+        except Message.DoesNotExist:
+            raise Http404 from None
+        except MessageStateError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Requeued message #{message_id}: back in the queue with a fresh budget of attempts.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(reverse("admin:messages_app_message_change", args=[message_id]))
 
     def export_csv_view(self, request: HttpRequest) -> HttpResponse:
         """The messages the changelist shows for the same query string (filters,
@@ -173,6 +209,14 @@ class MessageAdmin(admin.ModelAdmin):
 
     def get_inlines(self, request: HttpRequest, obj: Message | None = None):
         return self.inlines if obj is not None else []
+
+    @admin.display(description="next attempt")
+    def next_attempt(self, obj: Message) -> str:
+        # A retry is scheduled only for a message waiting in the queue; a sent or
+        # failed message has none, whatever an older row may still hold.
+        if obj.status != Message.Status.UNSENT or obj.next_attempt_at is None:
+            return "-"
+        return timestamp_text(obj.next_attempt_at)
 
     @admin.display(description="content")
     def short_content(self, obj: Message) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
@@ -25,6 +25,7 @@ from messages_app.serializers import (
 from restapi.idempotency import idempotent
 from restapi.pagination import SentMessageCursorPagination
 from restapi.parsers import JSONParser
+from restapi.schema import text_with_settings
 
 
 class Conflict(APIException):
@@ -33,13 +34,54 @@ class Conflict(APIException):
     default_code = "conflict"
 
 
+# Request bodies that succeed as they stand in Swagger UI's "Try it out".
+CREATE_EXAMPLES = [
+    OpenApiExample(
+        "One message",
+        value={"recipient_phone_number": "+905551112233", "content": "Your code is 4821."},
+        request_only=True,
+    ),
+    OpenApiExample(
+        "Scheduled, in any number format",
+        value={
+            "recipient_phone_number": "+90 555 111 22 33",
+            "content": "Your appointment is tomorrow at 10:00.",
+            "send_after": "2030-01-31T09:00:00+03:00",
+        },
+        request_only=True,
+    ),
+]
+BULK_EXAMPLES = [
+    OpenApiExample(
+        "Two messages",
+        value={
+            "messages": [
+                {"recipient_phone_number": "+905551112233", "content": "Your order has shipped."},
+                {"recipient_phone_number": "+442079460000", "content": "Your order has shipped."},
+            ]
+        },
+        request_only=True,
+    ),
+]
+
+
 @extend_schema_view(
-    list=extend_schema(summary="List messages, newest first"),
+    list=extend_schema(
+        summary="List messages, newest first",
+        description="Every message, filtered by `status` and `recipient_phone_number` if given, in cursor pages "
+        "of 50 (`page_size` up to 500; follow `next`).",
+    ),
     retrieve=extend_schema(summary="Get one message"),
     create=extend_schema(
         summary="Queue a message",
+        description=text_with_settings(
+            "Stores the message as `unsent`; the dispatcher sends it at its pace. The phone number may be "
+            "written in any format with its country code and is stored in E.164; the content is 1 to "
+            "{MESSAGE_MAX_LENGTH} characters. With `send_after`, it is not sent before then."
+        ),
         request=MessageCreateSerializer,
         responses={201: MessageSerializer},
+        examples=CREATE_EXAMPLES,
     ),
 )
 class MessageViewSet(
@@ -74,9 +116,14 @@ class MessageViewSet(
         return idempotent(request, queue)
 
     @extend_schema(
-        summary="Queue up to MESSAGE_BULK_MAX_ITEMS messages, all or nothing",
+        summary=text_with_settings("Queue up to {MESSAGE_BULK_MAX_ITEMS} messages, all or nothing"),
+        description=text_with_settings(
+            "Up to {MESSAGE_BULK_MAX_ITEMS} messages, each checked as `POST /api/messages/` checks one: "
+            "either all are stored, in order, or none is, and the 400 names each invalid item by its index."
+        ),
         request=MessageBulkCreateSerializer,
         responses={201: MessageBulkResultSerializer},
+        examples=BULK_EXAMPLES,
     )
     # JSON only: a list of objects has no form encoding, and the schema says so.
     @action(detail=False, methods=["post"], parser_classes=[JSONParser])
@@ -113,6 +160,8 @@ class MessageViewSet(
 
     @extend_schema(
         summary="Put a failed message back in the queue (the requeue permission)",
+        description="A `failed` message becomes `unsent` again with a fresh budget of attempts, and is sent "
+        "at the dispatcher's pace. Any other status answers 409 and changes nothing. Recorded in the audit log.",
         request=None,
         responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not failed.")},
     )

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
 from restapi.fields import AsciiDateTimeField
+from restapi.schema import text_with_settings
 
 
 def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
@@ -90,7 +91,7 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     )
     content = StrictCharField(
         trim_whitespace=False,
-        help_text="1 to MESSAGE_MAX_LENGTH characters (default 1000), counted as characters.",
+        help_text=text_with_settings("1 to {MESSAGE_MAX_LENGTH} characters (an emoji counts as one)."),
     )
     send_after = AsciiDateTimeField(
         required=False, allow_null=True, help_text="Optional: do not send before this time (ISO 8601)."

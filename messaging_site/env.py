@@ -8,6 +8,7 @@ of surfacing later as a confusing failure deep inside a worker.
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -104,6 +105,31 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None or value == "":
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_networks(name: str) -> list[IPv4Network | IPv6Network]:
+    """Comma-separated networks in CIDR notation (an address alone is a network of one).
+
+    A network with host bits set (10.0.0.1/8) is refused rather than widened, and so
+    is one holding every address (0.0.0.0/0, ::/0): either is more likely a mistake
+    than a wish to trust the whole internet.
+    """
+    networks = []
+    for item in env_list(name, []):
+        try:
+            network = ip_network(item)
+        except ValueError:
+            try:
+                hint = f"; did you mean {ip_network(item, strict=False)}?"
+            except ValueError:
+                hint = ""
+            raise ImproperlyConfigured(
+                f"{name} must be a comma-separated list of networks like 10.0.0.0/8 or 192.0.2.7, got {item!r}{hint}"
+            ) from None
+        if network.prefixlen == 0:
+            raise ImproperlyConfigured(f"{name} must not hold every address, got {item!r}")
+        networks.append(network)
+    return networks
 
 
 def env_choice(name: str, default: str, *, choices: tuple[str, ...]) -> str:

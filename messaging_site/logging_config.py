@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 LOG_FORMATS = ("plain", "json")
 
 _FORMATTERS = {
@@ -15,6 +17,9 @@ _FORMATTERS = {
         "fmt": ["levelname", "name", "process", "message"],
         "rename_fields": {"levelname": "level", "name": "logger"},
         "timestamp": True,  # ISO 8601 in UTC, under "timestamp"
+        # Django's request records carry the request (or runserver's socket) and a
+        # second, local-format time: noise in every line, and never an id to search by.
+        "reserved_attrs": [*RESERVED_ATTRS, "request", "server_time"],
     },
 }
 
@@ -29,6 +34,16 @@ def build_logging(*, log_format: str, level: str) -> dict:
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": log_format}},
         "root": {"handlers": ["console"], "level": "WARNING"},
         "loggers": {
+            # Django's own loggers write through our handler only. Django's default
+            # configuration, applied before this one, gives "django" a console
+            # handler of its own (with DEBUG), and its records then reached ours
+            # too: every line twice ("Watching for file changes" twice).
+            "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            # One line per request: the access log's (runserver's "django.server",
+            # gunicorn's --access-logfile). django.request would repeat each 4xx as
+            # a warning ("Not Found: /x"); it still logs 5xx, with the traceback.
+            "django.request": {"level": "ERROR"},
+            "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
             "dispatcher": {"level": level},
             "messages_app": {"level": level},
             "django-q": {"level": level},  # django-q2 logs under this name

@@ -31,11 +31,13 @@ from messaging_site.env import (
     env_float,
     env_int,
     env_list,
+    env_networks,
     env_rate,
     env_secret,
     env_str,
     env_url,
 )
+from messaging_site.formats.en import formats as site_formats
 from messaging_site.logging_config import LOG_FORMATS, build_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -120,7 +122,8 @@ CONTENT_SECURITY_POLICY = {
 }
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin with this service's name and its apps in the operators' order.
+    "messaging_site.admin_site.MessagingAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -268,6 +271,12 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One way to write a time everywhere in the admin: "2025-01-31 09:00:05 UTC". The
+# format module wins wherever localisation is on; the settings cover where it is off.
+FORMAT_MODULE_PATH = ["messaging_site.formats"]
+DATETIME_FORMAT = site_formats.DATETIME_FORMAT
+DATE_FORMAT = site_formats.DATE_FORMAT
+TIME_FORMAT = site_formats.TIME_FORMAT
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
@@ -394,13 +403,17 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Message sending service API",
     "DESCRIPTION": (
         "Queue SMS messages and let the dispatcher send them through the provider's "
-        "webhook at a controlled rate. Authenticate with `Authorization: Token <key>`."
+        "webhook at a controlled rate: a batch of messages every interval, cluster-wide, "
+        "never the same message twice from two workers, every attempt on record. "
+        "Authenticate with `Authorization: Token <key>` (or the admin's session)."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "/favicon.ico",
     "REDOC_DIST": "SIDECAR",
+    # Redoc shows it at the top of its sidebar; served by this site (WHITENOISE_ROOT).
+    "EXTENSIONS_INFO": {"x-logo": {"url": "/favicon.svg", "altText": "Message sending service"}},
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"MessageStatusEnum": "messages_app.models.Message.Status"},
     "POSTPROCESSING_HOOKS": [
@@ -410,12 +423,28 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# --- Seed-compatible routes (seed_api) ----------------------------------------------
+# Off unless set: requests from these networks to the Go service's routes (/messages,
+# /messages/worker/..., /status) without credentials act as SEED_API_SERVICE_USER,
+# with that user's permissions, as the Go service's clients send none. Only for the
+# hosts of those clients: anyone who can send from these addresses acts as that user.
+# Browsers are never let in this way (a request with Origin or Sec-Fetch-Site must
+# bring a token), so a page cannot make an operator's browser post here.
+SEED_API_TRUSTED_NETWORKS = env_networks("SEED_API_TRUSTED_NETWORKS")
+SEED_API_SERVICE_USER = env_str("SEED_API_SERVICE_USER")
+if SEED_API_TRUSTED_NETWORKS and not SEED_API_SERVICE_USER:
+    raise ImproperlyConfigured(
+        "SEED_API_TRUSTED_NETWORKS is set: SEED_API_SERVICE_USER must name the user its requests act as"
+    )
+
 # --- Logging -------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 # plain (default) for a terminal; json for a log pipeline, one object per line.
 LOG_FORMAT = env_choice("LOG_FORMAT", "plain", choices=LOG_FORMATS)
 LOGGING = build_logging(log_format=LOG_FORMAT, level=LOG_LEVEL)
 
+# Files served at the site's root, as browsers look for them: /favicon.ico, /favicon.svg.
+WHITENOISE_ROOT = BASE_DIR / "messaging_site" / "site_root"
 # Serve static files from the apps' folders in development, no collectstatic needed.
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG

@@ -8,6 +8,25 @@ rather than repeated on each view; what a view declares itself is kept.
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.utils.functional import lazy
+from rest_framework.settings import api_settings
+
+
+class _SettingsByName:
+    def __getitem__(self, name: str):
+        return getattr(settings, name)
+
+
+def _format_with_settings(template: str) -> str:
+    return template.format_map(_SettingsByName())
+
+
+# A description that names a configured number: "up to {MESSAGE_BULK_MAX_ITEMS} messages"
+# reads "up to 1000 messages" in the schema, whatever the deployment set, filled in
+# when the schema is generated (settings overridden in tests included).
+text_with_settings = lazy(_format_with_settings, str)
+
 SEED_TAG = "seed-compatible"
 SEED_FAIL_REF = {"$ref": "#/components/schemas/SeedFail"}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorDetail"}
@@ -35,10 +54,21 @@ DESCRIPTIONS = {
     "401": "No credentials, or invalid ones: send `Authorization: Token <key>`.",
     "403": "Authenticated, but not allowed to do this.",
     "404": "No such object, or an invalid cursor.",
-    "413": "The request body is over the size limit (MAX_REQUEST_BODY_BYTES).",
+    "413": "The request body is over the size limit of {limit} bytes.",
     "415": "The body is neither JSON nor form data.",
-    "429": "Too many requests (THROTTLE_USER_RATE, THROTTLE_ANON_RATE); retry after Retry-After seconds.",
+    "429": (
+        "Too many requests: more than {user} per user ({anon} per address for the anonymous "
+        "schema and docs); retry after Retry-After seconds."
+    ),
 }
+
+
+def _description(code: str) -> str:
+    rates = api_settings.DEFAULT_THROTTLE_RATES
+    return DESCRIPTIONS[code].format(
+        limit=settings.DATA_UPLOAD_MAX_MEMORY_SIZE, user=rates.get("user"), anon=rates.get("anon")
+    )
+
 
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before trying again."}}
 
@@ -61,7 +91,7 @@ def _error_codes(operation: dict, *, seed: bool) -> list[str]:
 
 def _response(code: str, *, seed: bool) -> dict:
     body = SEED_FAIL_REF if seed else (VALIDATION_REF if code == "400" else ERROR_REF)
-    response = {"description": DESCRIPTIONS[code], "content": {"application/json": {"schema": body}}}
+    response = {"description": _description(code), "content": {"application/json": {"schema": body}}}
     if code == "429":
         response["headers"] = RETRY_AFTER
     return response

@@ -10,6 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from audit.models import ControlAction
@@ -17,14 +18,21 @@ from dispatcher.permissions import CanControlDispatcher
 from dispatcher.serializers import DispatcherStatusSerializer
 from dispatcher.state import dispatcher_start, dispatcher_status, dispatcher_stop
 from messages_app import selectors, services
+from messages_app.api import CREATE_EXAMPLES
 from messages_app.models import Message
 from messages_app.permissions import ModelPermissionsWithView
 from messages_app.serializers import MessageCreateSerializer, MessageSerializer
 from restapi.defaults import api_exception_for
 from restapi.idempotency import idempotent
+from seed_api.authentication import TrustedNetworkAuthentication
 
 # The Go service returned every sent message at once; we cap the answer.
 SEED_SENT_LIST_LIMIT = 1000
+# Appended to each seed operation's description.
+AUTH_NOTE = (
+    " Needs a token like the rest of the API, unless the deployment trusts the network of the "
+    "Go service's clients (README, *Seed-compatible routes*)."
+)
 
 
 class SeedMessageSerializer(MessageSerializer):
@@ -89,6 +97,10 @@ def _flatten_errors(detail) -> str:
 class SeedAPIView(APIView):
     """Answers every error in the Go service's envelope."""
 
+    # A token (or the admin's session) first, as everywhere; then, if configured,
+    # the trusted networks of the Go service's clients, which send no credentials.
+    authentication_classes = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, TrustedNetworkAuthentication]
+
     @staticmethod
     def error_body(code: int, msg: str, reason: str = "") -> dict:
         """The envelope of an error Django answers itself (restapi.defaults: a refused Host, a crash)."""
@@ -127,6 +139,8 @@ class SeedMessagesView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Sent messages, most recently sent first",
+        description=f"The {SEED_SENT_LIST_LIMIT} most recently sent messages, in the Go service's envelope."
+        + AUTH_NOTE,
         responses={200: _success_envelope("SeedSentMessages", SeedMessageSerializer(many=True))},
     )
     def get(self, request: Request) -> Response:
@@ -136,7 +150,9 @@ class SeedMessagesView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Queue a message",
+        description="As `POST /api/messages/`, answered 200 in the Go service's envelope." + AUTH_NOTE,
         request=SeedMessageCreateSerializer,
+        examples=CREATE_EXAMPLES,
         responses={
             200: _success_envelope("SeedCreatedMessage", SeedMessageSerializer()),
             400: FailSerializer,
@@ -166,6 +182,7 @@ class SeedWorkerView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Start or stop sending",
+        description="`start` or `stop`, as `POST /api/dispatcher/start/` and `stop/`; answers `OK`." + AUTH_NOTE,
         request=None,
         parameters=[OpenApiParameter("action", str, OpenApiParameter.PATH, enum=["start", "stop"])],
         responses={200: _success_envelope("SeedWorkerOK", serializers.CharField()), 400: FailSerializer},
@@ -185,6 +202,7 @@ class SeedStatusView(SeedAPIView):
     @extend_schema(
         tags=["seed-compatible"],
         summary="(Go service) Service and dispatcher status",
+        description="What `GET /api/dispatcher/` answers, in the Go service's envelope." + AUTH_NOTE,
         responses={200: _success_envelope("SeedStatus", DispatcherStatusSerializer())},
     )
     def get(self, request: Request) -> Response:

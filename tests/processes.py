@@ -49,8 +49,34 @@ def child_env(**overrides: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="tests.settings",
         DATABASE_URL=test_database_url(),
         PYTHONUNBUFFERED="1",
+        # manage.py would fill in what is unset here from a developer's local .env.
+        ENV_FILE="",
     )
     env.update(overrides)
+    return env
+
+
+# What `make run`'s .env does not set comes from the defaults, not from the test run.
+_NOT_INHERITED = ("DATABASE_", "REDIS_", "DISPATCH_", "WEBHOOK_", "THROTTLE_", "SECURE_", "SESSION_", "CSRF_")
+_NOT_INHERITED_NAMES = {"DJANGO_SETTINGS_MODULE", "SECRET_KEY", "DEBUG", "ENV_FILE", "DJANGO_SUPERUSER_PASSWORD"}
+
+
+def newcomer_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of someone who just cloned the repository and runs `make run`:
+    nothing of the test settings, a scratch SQLite state directory, the repository
+    importable from any folder, and a WEBHOOK_URL where nothing listens (so no command
+    reaches a provider someone else runs on 8081)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_NOT_INHERITED) and name not in _NOT_INHERITED_NAMES
+    }
+    env.update(
+        PYTHONPATH=str(REPO_ROOT),
+        LOCAL_STATE_DIR=str(tmp_path / "state"),
+        WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 

@@ -376,6 +376,8 @@ def test_the_admin_changelist_shows_who_what_when_and_how(superuser_client, oper
     detail = html.escape(json.dumps({"changed": True}))
     for text in ("olga", "manage.py", "Start sending", "Stop sending", "REST API", detail):
         assert text in page, text
+    # When: the admin's one format, to the second with the time zone.
+    assert f"{timezone.localtime(rows[0].created_at):%Y-%m-%d %H:%M:%S} UTC" in page
     # Filters by action and by channel.
     filtered = superuser_client.get(CHANGELIST, {"via__exact": Via.API})
     assert [r.action for r in filtered.context["cl"].result_list] == [Action.START]

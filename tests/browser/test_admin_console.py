@@ -73,7 +73,7 @@ def test_staff_logs_in_through_the_admin_login_form(page: Page, live_server):
     staff_login(page, live_server)
 
     expect(page).to_have_url(f"{live_server.url}/admin/")
-    expect(page.locator("#content h1")).to_have_text("Site administration")
+    expect(page.locator("#content h1")).to_have_text("Operator console")
     expect(page.locator("#dashboard-link")).to_be_visible()
     expect(page.locator("#content-main")).to_contain_text("Messages")
     expect(page.locator("#content-main")).to_contain_text("Dispatcher")
@@ -289,3 +289,44 @@ def test_swagger_ui_renders_the_endpoints(page: Page, live_server):
     assert "/api/dispatcher/" in text
     # Swagger UI's code, styles and the schema all came from this server.
     assert local_failures == []
+
+
+# --- a failed message's page -------------------------------------------------------------------
+
+
+def test_requeue_a_failed_message_from_its_own_page(page: Page, live_server):
+    failed = make_failed()
+    staff_login(page, live_server)
+    page.goto(f"{live_server.url}{MESSAGES}{failed.pk}/change/")
+    expect(page.locator(".field-status .readonly")).to_have_text("Failed")
+    expect(page.locator(".field-next_attempt .readonly")).to_have_text("-")
+
+    page.click("#message-requeue")
+
+    expect_success(page, f"Requeued message #{failed.pk}: back in the queue with a fresh budget of attempts.")
+    expect(page).to_have_url(f"{live_server.url}{MESSAGES}{failed.pk}/change/")
+    expect(page.locator(".field-status .readonly")).to_have_text("Unsent")
+    expect(page.locator("#message-requeue")).to_have_count(0)  # only a failed message has it
+    failed.refresh_from_db()
+    assert (failed.status, failed.attempts) == (Status.UNSENT, 0)
+
+
+# --- the branded admin -------------------------------------------------------------------------
+
+
+def test_the_admin_is_the_message_sending_service_s_with_messages_first(page: Page, live_server):
+    page.goto(f"{live_server.url}/admin/login/")
+    expect(page.locator("#site-name")).to_have_text("Message sending service")
+    expect(page).to_have_title(re.compile(r"\| Message sending service$"))
+
+    staff_login(page, live_server)
+
+    expect(page).to_have_title("Operator console | Message sending service")
+    expect(page.locator("#site-name")).to_have_text("Message sending service")
+    expect(page.locator("#content h1")).to_have_text("Operator console")
+    apps = [
+        text.strip() for text in page.locator("#content-main div.module[class*='app-'] caption").all_text_contents()
+    ]
+    assert apps[:3] == ["Messages", "Dispatcher", "Audit log"], apps
+    icon = page.request.get(f"{live_server.url}/favicon.ico")
+    assert icon.ok and icon.headers["content-type"] in ("image/x-icon", "image/vnd.microsoft.icon")

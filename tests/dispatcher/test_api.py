@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 
 import pytest
 from django.utils import timezone
@@ -261,6 +262,75 @@ def test_patch_before_the_dispatcher_exists_creates_it(staff_client, no_state):
     assert DispatcherState.objects.get().batch_size == 11
 
 
+# --- PATCH of what GET returned (a round trip) ----------------------------------------------------
+
+
+def test_the_state_read_can_be_sent_back_with_the_pace_changed(staff_client):
+    make_state(batch_size=3, interval_seconds=60)
+    body = staff_client.get(URL).json()
+    assert set(body) == STATUS_FIELDS
+
+    response = staff_client.patch(URL, {**body, "batch_size": 8}, format="json")
+
+    assert response.status_code == 200, response.content
+    state = DispatcherState.objects.get()
+    assert (state.running, state.batch_size, state.interval_seconds) == (True, 8, 60)
+
+
+def test_a_round_trip_succeeds_although_the_readings_moved_since_the_get(staff_client):
+    make_state(running=False, batch_size=3, interval_seconds=60)
+    body = staff_client.get(URL).json()
+    # Between the GET and the PATCH, messages were queued and sent, a tick ran: the
+    # readings sent back are no longer the server's, and are ignored.
+    make_message()
+    moved = {
+        **body,
+        "counts": {"unsent": 0, "processing": 0, "sent": 0, "failed": 0},
+        "last_tick_at": "2020-01-01T00:00:00Z",
+        "behind_seconds": 12.5,
+        "pace_held": False,
+        "interval_seconds": 30,
+    }
+
+    response = staff_client.patch(URL, moved, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["counts"]["unsent"] == 1
+    assert response.json()["last_tick_at"] is None
+    state = DispatcherState.objects.get()
+    assert (state.running, state.interval_seconds, state.last_tick_at) == (False, 30, None)
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_a_changed_running_is_refused_with_where_to_start_or_stop(staff_client, running):
+    make_state(running=running, batch_size=3, interval_seconds=60)
+    before = stored_state()
+    body = staff_client.get(URL).json()
+
+    response = staff_client.patch(URL, {**body, "running": not running, "batch_size": 9}, format="json")
+
+    assert response.status_code == 400
+    other = "stop" if running else "start"
+    [error] = response.json()["running"]
+    assert error.startswith(f"Read-only here, and the dispatcher is {'running' if running else 'stopped'}")
+    assert f"POST /api/dispatcher/{other}/" in error
+    assert stored_state() == before
+
+
+def test_the_browsable_api_offers_only_the_writable_fields_for_patch(staff_user):
+    make_state(batch_size=4, interval_seconds=45)
+    browser = APIClient()
+    browser.force_login(staff_user)
+
+    response = browser.get(URL, HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 200
+    form = response.context["raw_data_patch_form"]
+    assert json.loads(form["_content"].initial) == {"batch_size": 4, "interval_seconds": 45}
+    # The page still shows the whole state above the form.
+    assert "&quot;counts&quot;" in response.content.decode()
+
+
 @pytest.mark.parametrize(
     ("body", "error_key"),
     [
@@ -281,7 +351,9 @@ def test_patch_before_the_dispatcher_exists_creates_it(staff_client, no_state):
         pytest.param({"interval_seconds": 10**20}, "interval_seconds", id="interval-huge"),
         pytest.param({"interval_seconds": "soon"}, "interval_seconds", id="interval-word"),
         pytest.param({"batch_size": 5, "interval_seconds": 0}, "interval_seconds", id="one-good-one-bad"),
-        pytest.param({"batch_size": 5, "running": False}, "running", id="unknown-field"),
+        pytest.param({"batch_size": 5, "running": False}, "running", id="running-changed"),
+        pytest.param({"batch_size": 5, "running": "sometimes"}, "running", id="running-not-a-boolean"),
+        pytest.param({"batch_size": 5, "window_id": "x"}, "window_id", id="unknown-field"),
         pytest.param({"batchsize": 5}, "batchsize", id="misspelt-field"),
         pytest.param({}, "non_field_errors", id="empty-body"),
     ],

@@ -199,7 +199,7 @@ def test_chart_shows_sent_and_failed_per_minute_of_the_last_hour(admin_client_):
     assert {m: c for m, c in with_attempts.items() if c != (0, 0)} == {five_ago: (3, 1), thirty_ago: (0, 2)}
 
     five = by_minute[five_ago]
-    assert five.findtext(f"{SVG}title") == f"{five_ago:%H:%M}: 3 sent, 1 failed"
+    assert five.findtext(f"{SVG}title") == f"{five_ago:%Y-%m-%d %H:%M:%S} UTC: 3 sent, 1 failed"
     bars = {rect.get("class"): rect for rect in five.findall(f"{SVG}rect") if "bar" in rect.get("class").split()}
     assert set(bars) == {"bar bar-sent", "bar bar-failed"}
     assert bars["bar bar-sent"].get("data-count") == "3"
@@ -270,7 +270,14 @@ def test_dispatcher_state_is_shown(admin_client_):
     assert text_of(html, "dashboard-running") == "Running"
     assert 'data-running="true"' in html
     assert (text_of(html, "dashboard-batch-size"), text_of(html, "dashboard-interval")) == ("7", "45")
-    assert text_of(html, "dashboard-last-tick").startswith(timezone.localtime(last).strftime("%Y-%m-%d %H:%M:%S"))
+    # One format for times, to the second with the time zone, and how long ago or how soon.
+    assert re.fullmatch(
+        rf"{timezone.localtime(last):%Y-%m-%d %H:%M:%S} UTC \(3[0-9] s ago\)", text_of(html, "dashboard-last-tick")
+    ), text_of(html, "dashboard-last-tick")
+    next_tick = last + dt.timedelta(seconds=45)
+    assert re.fullmatch(
+        rf"{timezone.localtime(next_tick):%Y-%m-%d %H:%M:%S} UTC \(in 1[0-5] s\)", text_of(html, "dashboard-next-tick")
+    ), text_of(html, "dashboard-next-tick")
     assert 'id="dashboard-stop"' in html
     assert 'id="dashboard-start"' not in html
 
@@ -417,6 +424,8 @@ def test_recent_failures_lists_the_last_ten_with_their_reasons_escaped(admin_cli
     assert "<b>bad</b>" not in html
     assert f'href="/admin/messages_app/message/{failed[0].pk}/change/"' in html
     assert 'id="all-failures-link"' in html
+    # When each failed: the one time format, and how long ago.
+    assert f"<td>{timezone.localtime(failed[3].claimed_at):%Y-%m-%d %H:%M:%S} UTC (3 min ago)</td>" in html
 
 
 def test_recent_failures_escape_a_script_in_the_reason(admin_client_):

@@ -1,6 +1,7 @@
 """The Django admin: messages (list, add, requeue action) and the dispatcher page."""
 
 import datetime as dt
+import re
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -10,6 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_q.models import OrmQ
 
+from audit.models import ControlAction
 from dispatcher.models import DispatcherState
 from messages_app.admin import BEING_SENT
 from messages_app.models import Message
@@ -216,6 +218,29 @@ def test_an_existing_message_is_read_only(admin_client_):
     assert (stored.content, stored.recipient_phone_number) == ("original", message.recipient_phone_number)
 
 
+# --- times -------------------------------------------------------------------------------------
+
+
+def shown(when: dt.datetime) -> str:
+    """The admin's one format for a time: to the second, with the time zone."""
+    return f"{timezone.localtime(when):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def test_the_changelist_and_a_message_page_write_times_to_the_second_with_the_time_zone(admin_client_):
+    created = timezone.now().replace(microsecond=0) - dt.timedelta(hours=2, seconds=7)
+    sent = created + dt.timedelta(seconds=13)
+    message = make_message(status=Status.SENT, sent_at=sent)
+    Message.objects.filter(pk=message.pk).update(created_at=created)
+
+    listing = admin_client_.get(CHANGELIST).content.decode()
+    page = admin_client_.get(f"/admin/messages_app/message/{message.pk}/change/").content.decode()
+
+    for html in (listing, page):
+        assert shown(created) in html
+        assert shown(sent) in html
+    assert "a.m." not in listing + page and "p.m." not in listing + page  # Django's English default
+
+
 # --- requeue_failed action ----------------------------------------------------------------------
 
 
@@ -286,6 +311,87 @@ def test_requeue_action_is_not_available_without_the_requeue_permission(client):
     assert Message.objects.get(pk=failed.pk).status == Status.FAILED
 
 
+# --- a failed message's page: Requeue, and no next attempt ----------------------------------------
+
+
+def change_url(message: Message) -> str:
+    return f"/admin/messages_app/message/{message.pk}/change/"
+
+
+def requeue_url(message: Message) -> str:
+    return reverse("admin:messages_app_message_requeue", args=[message.pk])
+
+
+def field_text(html: str, field: str) -> str:
+    match = re.search(rf'<div class="[^"]*field-{field}[^"]*">.*?<div class="readonly">(.*?)</div>', html, re.S)
+    assert match, f"no field {field}"
+    return match.group(1).strip()
+
+
+def test_a_failed_message_shows_no_next_attempt_even_if_its_row_still_has_one(admin_client_):
+    # Rows failed before message_fail cleared next_attempt_at still hold one.
+    failed = make_message(status=Status.FAILED, attempts=5, next_attempt_at=timezone.now() + dt.timedelta(minutes=3))
+    sent = make_message(status=Status.SENT, next_attempt_at=timezone.now())
+
+    for message in (failed, sent):
+        html = admin_client_.get(change_url(message)).content.decode()
+        assert field_text(html, "next_attempt") == "-"
+
+
+def test_a_message_waiting_for_its_retry_shows_when_in_the_one_format(admin_client_):
+    due = timezone.now().replace(microsecond=0) + dt.timedelta(seconds=95)
+    waiting = make_message(status=Status.UNSENT, attempts=1, next_attempt_at=due)
+
+    html = admin_client_.get(change_url(waiting)).content.decode()
+
+    assert re.fullmatch(rf"{shown(due)} \(in 1 min 3[0-5] s\)", field_text(html, "next_attempt"))
+
+
+def test_a_failed_message_s_page_has_a_requeue_button_that_requeues_it(admin_client_):
+    failed = make_message(status=Status.FAILED, attempts=5, last_error="HTTP 400")
+    page = admin_client_.get(change_url(failed)).content.decode()
+    assert 'id="message-requeue"' in page
+    assert f'action="{requeue_url(failed)}"' in page
+
+    response = admin_client_.post(requeue_url(failed))
+
+    assert response.status_code == 302
+    assert response["Location"] == change_url(failed)
+    failed.refresh_from_db()
+    assert (failed.status, failed.attempts) == (Status.UNSENT, 0)
+    assert flash_messages(response) == [
+        ("success", f"Requeued message #{failed.pk}: back in the queue with a fresh budget of attempts.")
+    ]
+    record = ControlAction.objects.get()
+    assert (record.action, record.via, record.detail["message_ids"]) == ("requeue", "admin", [failed.pk])
+
+
+@pytest.mark.parametrize("status", [Status.UNSENT, Status.PROCESSING, Status.SENT])
+def test_only_a_failed_message_s_page_offers_requeue(admin_client_, status):
+    message = make_message(status=status)
+
+    assert b'id="message-requeue"' not in admin_client_.get(change_url(message)).content
+    response = admin_client_.post(requeue_url(message))  # posted anyway: refused, nothing changes
+    assert response.status_code == 302
+    assert Message.objects.get(pk=message.pk).status == status
+    [(level, text)] = flash_messages(response)
+    assert level == "error" and "Only failed messages can be requeued" in text
+
+
+def test_the_requeue_button_needs_the_requeue_permission_and_a_post(admin_client_):
+    failed = make_message(status=Status.FAILED)
+    viewer = make_user(username="viewer", staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename="view_message"))
+    client = Client()
+    client.force_login(viewer)
+
+    assert b'id="message-requeue"' not in client.get(change_url(failed)).content
+    assert client.post(requeue_url(failed)).status_code == 403
+    assert admin_client_.get(requeue_url(failed)).status_code == 403
+    assert admin_client_.post(reverse("admin:messages_app_message_requeue", args=[10**9])).status_code == 404
+    assert Message.objects.get(pk=failed.pk).status == Status.FAILED
+
+
 # --- the dispatcher page ----------------------------------------------------------------------------
 
 DISPATCHER_CHANGELIST = "/admin/dispatcher/dispatcherstate/"
@@ -322,6 +428,16 @@ def test_dispatcher_page_shows_the_state_counts_and_the_stop_button(admin_client
     form = response.context["adminform"].form
     assert set(form.fields) == {"batch_size", "interval_seconds"}
     assert (form.initial["batch_size"], form.initial["interval_seconds"]) == (4, 90)
+
+
+def test_dispatcher_page_writes_its_ticks_in_the_one_format_with_how_long_ago(admin_client_):
+    last = timezone.now().replace(microsecond=0) - dt.timedelta(seconds=20)
+    set_state(running=True, interval_seconds=60, last_tick_at=last, next_tick_at=last + dt.timedelta(seconds=60))
+
+    html = admin_client_.get(dispatcher_change_url()).content.decode()
+
+    assert re.search(rf"{shown(last)} \(2[0-9] s ago\)", html), html
+    assert re.search(rf"{shown(last + dt.timedelta(seconds=60))} \(in (3[0-9]|40) s\)", html), html
 
 
 def test_dispatcher_page_of_a_stopped_dispatcher_shows_the_start_button(admin_client_):

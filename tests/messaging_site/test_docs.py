@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -114,6 +115,77 @@ def test_schema_validates_without_warnings(tmp_path):
     assert set(EXPECTED_PATHS) <= set(schema["paths"])
 
 
+# --- what the schema says -------------------------------------------------------------------------
+
+SETTING_NAMES = re.compile(r"\b(MESSAGE_[A-Z_]+|THROTTLE_[A-Z_]+|MAX_REQUEST_BODY_BYTES|DISPATCH_[A-Z_]+)\b")
+
+
+def schema_json(client) -> dict:
+    return client.get("/api/schema/", {"format": "json"}).json()
+
+
+def operations(schema: dict):
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, operation
+
+
+def test_descriptions_give_the_configured_numbers_not_setting_names(anon_client, settings):
+    settings.MESSAGE_BULK_MAX_ITEMS = 250
+    settings.MESSAGE_MAX_LENGTH = 160
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 5_000_000
+
+    schema = schema_json(anon_client)
+
+    assert SETTING_NAMES.findall(json.dumps(schema)) == []
+    bulk = schema["paths"]["/api/messages/bulk/"]["post"]
+    assert bulk["summary"] == "Queue up to 250 messages, all or nothing"
+    assert "Up to 250 messages" in bulk["description"]
+    assert bulk["responses"]["413"]["description"] == "The request body is over the size limit of 5000000 bytes."
+    assert "more than 1000000/min per user" in bulk["responses"]["429"]["description"]  # tests.settings' rate
+    content = schema["components"]["schemas"]["MessageCreateRequest"]["properties"]["content"]
+    assert content["description"].startswith("1 to 160 characters")
+
+
+def test_start_and_stop_each_describe_what_they_do(anon_client):
+    schema = schema_json(anon_client)
+    described = {
+        (path, method): operation["description"]
+        for path, method, operation in operations(schema)
+        if path.startswith("/api/dispatcher")
+    }
+
+    assert len(set(described.values())) == len(described) == 4  # one each, not the viewset's docstring
+    assert "first tick is due at once" in described["/api/dispatcher/start/", "post"]
+    assert "No message is claimed any more once this answers" in described["/api/dispatcher/stop/", "post"]
+
+
+EXAMPLE_CALLERS = {
+    ("/api/messages/", "post"): 201,
+    ("/api/messages/bulk/", "post"): 201,
+    ("/api/dispatcher/", "patch"): 200,
+    ("/messages/", "post"): 200,
+}
+
+
+def test_every_request_body_has_examples_that_succeed_as_they_stand(anon_client, staff_user, operator_client):
+    from dispatcher.state import dispatcher_state_ensure
+
+    dispatcher_state_ensure()
+    schema = schema_json(anon_client)
+    with_body = {(path, method) for path, method, operation in operations(schema) if "requestBody" in operation}
+    assert with_body == set(EXAMPLE_CALLERS)
+
+    for (path, method), status in EXAMPLE_CALLERS.items():
+        examples = schema["paths"][path][method]["requestBody"]["content"]["application/json"]["examples"]
+        assert examples, path
+        for name, example in examples.items():
+            # What Swagger UI's "Try it out" sends: the example's JSON, to the documented path.
+            response = getattr(operator_client, method)(path, example["value"], format="json")
+            assert response.status_code == status, (path, name, response.content)
+
+
 # --- the documentation pages --------------------------------------------------------------------
 
 
@@ -179,3 +251,80 @@ def test_root_redirects_to_the_docs(anon_client):
     response = anon_client.get("/")
     assert response.status_code == 302
     assert response["Location"] == "/api/docs/"
+
+
+# --- the icon, Redoc's logo -------------------------------------------------------------------------
+
+
+def body_of(response) -> bytes:
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    response.close()
+    return body
+
+
+def test_the_site_serves_its_icon_at_the_root(anon_client):
+    ico = anon_client.get("/favicon.ico")
+    assert ico.status_code == 200
+    assert ico["Content-Type"] in ("image/x-icon", "image/vnd.microsoft.icon")
+    assert body_of(ico).startswith(b"\x00\x00\x01\x00")  # an ICO file
+
+    svg = anon_client.get("/favicon.svg")
+    assert svg.status_code == 200
+    assert svg["Content-Type"].startswith("image/svg+xml")
+    assert b"<svg" in body_of(svg)
+
+
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/redoc/"])
+def test_the_docs_pages_use_the_site_s_icon(anon_client, path):
+    html = anon_client.get(path).content.decode()
+    assert re.search(r'<link rel="icon"[^>]*href="/favicon\.(ico|svg)"', html), html
+
+
+def test_redoc_shows_the_service_s_logo_and_may_load_images_from_this_site_only(anon_client):
+    html = anon_client.get("/api/redoc/").content.decode()
+    schema = schema_json(anon_client)
+
+    # Redoc's own logo comes from cdn.redoc.ly: the policy keeps the browser from asking.
+    assert """<meta http-equiv="Content-Security-Policy" content="img-src 'self' data:">""" in html
+    assert schema["info"]["x-logo"]["url"] == "/favicon.svg"
+    assert anon_client.get("/favicon.svg").status_code == 200
+
+
+# --- the API's root -----------------------------------------------------------------------------------
+
+
+def test_the_api_root_describes_the_service_and_links_its_parts(api_client):
+    response = api_client.get("/api/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["description"].startswith("Queue SMS messages and let the dispatcher send them")
+    assert {name: url.removeprefix("http://testserver") for name, url in body.items() if name != "description"} == {
+        "messages": "/api/messages/",
+        "sent_messages": "/api/messages/sent/",
+        "bulk": "/api/messages/bulk/",
+        "dispatcher": "/api/dispatcher/",
+        "docs": "/api/docs/",
+        "redoc": "/api/redoc/",
+        "schema": "/api/schema/",
+    }
+    for name in ("messages", "sent_messages", "dispatcher", "docs", "redoc", "schema"):
+        assert api_client.get(body[name]).status_code == 200, name
+
+
+def test_the_api_root_in_a_browser_is_a_page_about_the_service(user):
+    from rest_framework.test import APIClient
+
+    browser = APIClient()
+    browser.force_login(user)
+
+    html = browser.get("/api/", HTTP_ACCEPT="text/html").content.decode()
+
+    assert "<h1>Message sending service API</h1>" in html
+    assert "at a controlled rate" in html
+    assert "/api/dispatcher/" in html
+
+
+def test_the_api_root_needs_a_login_and_is_not_an_operation(anon_client):
+    assert anon_client.get("/api/").status_code == 401
+    assert "/api/" not in schema_json(anon_client)["paths"]

@@ -6,8 +6,11 @@ import io
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 from django.conf import settings
@@ -18,6 +21,7 @@ from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.state import dispatcher_state_ensure
 from messaging_site.logging_config import build_logging
 from tests.factories import make_message
+from tests.processes import free_port, newcomer_env, running, wait_for_log
 
 
 @pytest.fixture
@@ -100,3 +104,40 @@ def test_a_malformed_log_format_stops_start_up_naming_the_variable():
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert "LOG_FORMAT must be one of plain, json, got 'xml'" in result.stderr
+
+
+# --- runserver, as `make run` starts it -------------------------------------------------------
+
+
+def get_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_runserver_logs_each_request_once_and_starts_watching_files_once(tmp_path, log_format):
+    env = newcomer_env(tmp_path)
+    env.update(DEBUG="true", SECRET_KEY=secrets.token_urlsafe(50), LOG_FORMAT=log_format, ENV_FILE="")
+    port = free_port()
+    # With the autoreloader, as `make run` (Procfile.dev) runs it.
+    with running(["runserver", f"127.0.0.1:{port}"], env=env, log_path=tmp_path / "web.log") as web:
+        wait_for_log(web, "Quit the server with CONTROL-C.", timeout=60)
+        assert get_status(f"http://127.0.0.1:{port}/no-such-page") == 404
+        assert get_status(f"http://127.0.0.1:{port}/api/messages/") == 401
+        assert get_status(f"http://127.0.0.1:{port}/healthz") == 200
+        wait_for_log(web, "GET /healthz HTTP/1.1", timeout=10)
+    lines = web.log().splitlines()
+
+    assert len([line for line in lines if "Watching for file changes" in line]) == 1, web.log()
+    for path in ("/no-such-page", "/api/messages/", "/healthz"):
+        assert len([line for line in lines if path in line]) == 1, web.log()
+    if log_format == "json":
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        [not_found] = [r for r in records if "/no-such-page" in r["message"]]
+        assert not_found["logger"] == "django.server"
+        assert not_found["status_code"] == 404
+        assert "request" not in not_found  # runserver's socket, as text

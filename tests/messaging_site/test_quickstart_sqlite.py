@@ -36,6 +36,7 @@ def quickstart_env(tmp_path, **overrides: str) -> dict[str, str]:
         DISPATCH_BATCH_SIZE="2",
         DISPATCH_INTERVAL_SECONDS="1",
         PYTHONUNBUFFERED="1",
+        ENV_FILE="",  # not a developer's local .env
         **overrides,
     )
     return env

@@ -43,6 +43,7 @@ def production_env(**overrides: str | None) -> dict[str, str]:
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "WEBHOOK_URL": "https://provider.example.com/send",
         "WEBHOOK_AUTH_KEY": "provider-key",
+        "ENV_FILE": "",  # manage.py: not a developer's local .env
     }
     for name, value in overrides.items():
         if value is None:

@@ -14,6 +14,8 @@ from devtools.fakeprovider.requestlog import RequestLog
 from devtools.fakeprovider.server import FakeProvider, make_fake_provider
 
 RECEIPT_SECRET_ENV = "FAKE_PROVIDER_RECEIPT_SECRET"  # noqa: S105 - the name of a variable, not a secret
+# Beside the service (make run, one .env), the secret the service checks receipts with.
+SERVICE_RECEIPT_SECRET_ENV = "RECEIPT_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 
 class Command(BaseCommand):
@@ -51,7 +53,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--receipt-secret",
             default=None,
-            help=f"Standard Webhooks secret (whsec_<base64>) that signs receipts (default: ${RECEIPT_SECRET_ENV}).",
+            help=f"Standard Webhooks secret (whsec_<base64>) that signs receipts "
+            f"(default: ${RECEIPT_SECRET_ENV}, else ${SERVICE_RECEIPT_SECRET_ENV}).",
         )
         parser.add_argument("--bad-signature", action="store_true", help="Sign receipts with a wrong key.")
 
@@ -78,7 +81,10 @@ class Command(BaseCommand):
                 port=options["port"],
                 faults=faults,
                 auth_key=options["auth_key"],
-                receipt_secret=options["receipt_secret"] or os.environ.get(RECEIPT_SECRET_ENV) or None,
+                receipt_secret=options["receipt_secret"]
+                or os.environ.get(RECEIPT_SECRET_ENV)
+                or os.environ.get(SERVICE_RECEIPT_SECRET_ENV)
+                or None,
                 request_log=request_log,
             )
         except ValueError as exc:

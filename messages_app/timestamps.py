@@ -1,0 +1,36 @@
+"""Times as the admin and the dashboard show them: DATETIME_FORMAT (to the second,
+with the time zone) and, next to it, how long ago or how soon: "12 s ago", "in 3 s"."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.utils import formats, timezone
+
+# (seconds in the unit, its abbreviation), largest first; two units at most are shown.
+_UNITS = ((86_400, "d"), (3_600, "h"), (60, "min"), (1, "s"))
+
+
+def duration_text(seconds: float) -> str:
+    """A duration in its largest unit and the next one down: 0 s, 12 s, 4 min 5 s, 2 h 1 min, 3 d 4 h."""
+    remaining = round(abs(seconds))
+    for (size, unit), (next_size, next_unit) in zip(_UNITS, [*_UNITS[1:], (1, "")], strict=True):
+        if remaining >= size or size == 1:
+            count, rest = divmod(remaining, size)
+            smaller = rest // next_size if next_unit else 0
+            return f"{count} {unit} {smaller} {next_unit}" if smaller else f"{count} {unit}"
+    raise AssertionError("unreachable: the last unit is one second")
+
+
+def relative_time(value: datetime, *, now: datetime | None = None) -> str:
+    """'12 s ago' for a past time, 'in 3 s' for a future one."""
+    seconds = (value - (now or timezone.now())).total_seconds()
+    return f"in {duration_text(seconds)}" if seconds > 0.5 else f"{duration_text(seconds)} ago"
+
+
+def timestamp_text(value: datetime | None, *, now: datetime | None = None, empty: str = "-") -> str:
+    """'2025-01-31 09:00:05 UTC (12 s ago)', in TIME_ZONE; `empty` for None."""
+    if value is None:
+        return empty
+    shown = formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+    return f"{shown} ({relative_time(value, now=now)})"

@@ -1,0 +1,247 @@
+"""`make run` and its process runner (devtools/run_local.py): Ctrl-C in the terminal
+stops the web server, qcluster and the fake provider cleanly, and make exits 0.
+
+The make test is the real thing: `make run` in a pseudo-terminal (its own session,
+so the terminal's Ctrl-C goes to its foreground process group exactly as in a
+developer's shell), on a scratch SQLite state directory and free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+
+from devtools.run_local import ProcfileEntry, read_procfile
+from tests.processes import REPO_ROOT, free_port, newcomer_env
+
+pytestmark = pytest.mark.process
+
+STOP_BUDGET_SECONDS = 15
+
+
+class Terminal:
+    """A command run in a new pseudo-terminal; what it printed is kept in `output`."""
+
+    def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: becomes the command
+            os.chdir(cwd)
+            os.execvpe(args[0], args, env)  # noqa: S606 (make, as a developer types it)
+        self.output = ""
+        self.status: int | None = None
+
+    def read(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:  # the terminal closed: everything in it has exited
+                    return
+                if not data:
+                    return
+                self.output += data.decode(errors="replace")
+
+    def wait_for(self, text: str, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output}"
+            assert self.poll() is None, f"exited ({self.status}) before {text!r}:\n{self.output}"
+            self.read(0.5)
+
+    def press_ctrl_c(self) -> None:
+        os.write(self.fd, b"\x03")  # the terminal turns it into SIGINT to its foreground group
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            self.read(0.2)
+        self.read(0.5)
+        return self.status
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def started_groups(output: str) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"\| (\w+) started \(pid=(\d+)\)", output)}
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_stops_make_run_cleanly_and_make_exits_0(tmp_path):
+    web_port, provider_port = free_port(), free_port()
+    venv = Path(sys.prefix)
+    env = newcomer_env(tmp_path)
+    env.pop("WEBHOOK_URL")  # the .env make writes points at its own provider
+    env.update(QCLUSTER_WORKERS="1", TERM="dumb")
+    make = [
+        "make",
+        "--no-print-directory",
+        # The shared virtualenv is up to date: never reinstall into it from a test.
+        "-o",
+        f"{venv}/bin/.installed",
+        "run",
+        f"VENV={venv}",
+        f"ENV_FILE={tmp_path / 'local.env'}",
+        f"WEB_PORT={web_port}",
+        f"PROVIDER_PORT={provider_port}",
+    ]
+    terminal = Terminal(make, cwd=REPO_ROOT, env=env)
+    groups: dict[str, int] = {}
+    try:
+        for ready in ("Quit the server with CONTROL-C", "Q Cluster", "Fake provider listening"):
+            terminal.wait_for(ready, timeout=120)
+        terminal.wait_for("running.", timeout=60)
+        groups = started_groups(terminal.output)
+        assert set(groups) == {"web", "worker", "provider"}, terminal.output
+        # The banner's provider address is its live page.
+        assert f"Provider: http://127.0.0.1:{provider_port}/  (what it received, live)" in terminal.output
+        with urllib.request.urlopen(f"http://127.0.0.1:{provider_port}/", timeout=5) as page:
+            assert page.headers["Content-Type"].startswith("text/html")
+        assert f"Admin:    http://127.0.0.1:{web_port}/admin/" in terminal.output
+
+        pressed = time.monotonic()
+        terminal.press_ctrl_c()
+        status = terminal.wait(STOP_BUDGET_SECONDS)
+        took = time.monotonic() - pressed
+
+        assert status == 0, f"make exited {status} after {took:.1f} s:\n{terminal.output}"
+        assert "SIGKILL" not in terminal.output
+        assert "Interrupt" not in terminal.output  # make's "*** [run] Interrupt"
+        for name in ("web", "worker", "provider"):
+            assert f"| {name} exited (rc=0)" in terminal.output, terminal.output
+        assert "| all stopped" in terminal.output
+        # Nothing of theirs is left: not qcluster's workers, not runserver's reloader child.
+        assert [name for name, pgid in groups.items() if group_alive(pgid)] == []
+    finally:
+        for pgid in groups.values():
+            with suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        terminal.kill()
+
+
+# --- the runner on its own ------------------------------------------------------------------------
+
+
+def write_procfile(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "Procfile"
+    path.write_text(text)
+    return path
+
+
+def run_runner(
+    procfile: Path, *args: str, signal_after: float | None = None, signum: int = signal.SIGTERM
+) -> tuple[int, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.run_local", str(procfile), *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        if signal_after is not None:
+            time.sleep(signal_after)
+            process.send_signal(signum)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, output
+
+
+SLEEPER = f"{sys.executable} -c 'import time; time.sleep(60)'"
+
+
+def test_a_process_that_quits_stops_the_others_and_fails_the_run(tmp_path):
+    procfile = write_procfile(tmp_path, f"sleeper: {SLEEPER}\nquitter: sh -c 'echo bye; exit 3'\n")
+
+    returncode, output = run_runner(procfile)
+
+    assert returncode == 1, output
+    assert "quitter | bye" in output
+    assert "quitter exited (rc=3)" in output
+    assert "sending SIGTERM to sleeper" in output
+    assert "stopped, not cleanly" in output
+
+
+def test_sigterm_to_the_runner_stops_every_process_and_exits_0(tmp_path):
+    procfile = write_procfile(tmp_path, f"one: {SLEEPER}\ntwo: {SLEEPER}\n")
+
+    returncode, output = run_runner(procfile, signal_after=2)
+
+    # The sleepers die of the SIGTERM passed on to them, which is not a clean exit of theirs.
+    assert "SIGTERM received" in output
+    assert "sending SIGTERM to one, two" in output
+    assert returncode == 1
+    handles_it = (
+        f"{sys.executable} -c 'import signal, sys, time; "
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)'"
+    )
+    returncode, output = run_runner(write_procfile(tmp_path, f"polite: {handles_it}\n"), signal_after=2)
+    assert returncode == 0, output
+    assert "polite exited (rc=0)" in output
+    # The terminal closing (SIGHUP) stops them the same way.
+    returncode, output = run_runner(
+        write_procfile(tmp_path, f"polite: {handles_it}\n"), signal_after=2, signum=signal.SIGHUP
+    )
+    assert returncode == 0, output
+    assert "SIGHUP received" in output and "sending SIGTERM to polite" in output
+
+
+def test_a_process_that_ignores_the_stop_signal_is_killed_after_the_timeout(tmp_path):
+    stubborn = (
+        f"{sys.executable} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'"
+    )
+    procfile = write_procfile(tmp_path, f"stubborn: {stubborn}\n")
+
+    started = time.monotonic()
+    returncode, output = run_runner(procfile, "--stop-timeout", "1", signal_after=2)
+
+    assert time.monotonic() - started < 15
+    assert "still running after 1 s" in output
+    assert "sending SIGKILL to stubborn" in output
+    assert returncode == 1
+
+
+def test_procfile_dev_names_the_three_processes():
+    entries = read_procfile(REPO_ROOT / "Procfile.dev")
+
+    assert [entry.name for entry in entries] == ["web", "worker", "provider"]
+    assert entries[1] == ProcfileEntry(name="worker", command="python manage.py qcluster")
+
+
+def test_a_malformed_procfile_line_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=r"Procfile, line 2: expected 'name: command'"):
+        read_procfile(write_procfile(tmp_path, "web: true\njust words\n"))

@@ -1,0 +1,135 @@
+"""The README's command lines work exactly as written, after `make run` wrote its `.env`.
+
+Every `.venv/bin/python manage.py ...` line of the README's shell blocks is run as
+is (with this test run's interpreter for `.venv/bin/python`), from a folder holding
+a copy of manage.py and the `.env` that the Makefile's own rule writes, against a
+scratch SQLite state directory: no variable exported by hand, as a newcomer runs them.
+The two long-running servers (qcluster, fakeprovider) are run with `--help` appended.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.processes import REPO_ROOT, newcomer_env
+
+pytestmark = pytest.mark.process
+
+LOCAL_PYTHON = ".venv/bin/python"
+LONG_RUNNING = {"qcluster", "fakeprovider"}
+
+
+def shell_lines(markdown: str) -> list[str]:
+    """The commands of the ```sh blocks: continuations and quotes over several lines joined, comments dropped."""
+    lines = []
+    for block in re.findall(r"^```sh\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL):
+        pending = ""
+        for line in block.replace("\\\n", " ").splitlines():
+            pending += line + "\n"
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:  # a quote still open: the command goes on
+                continue
+            pending = ""
+            if words:
+                lines.append(shlex.join(words))
+        assert not pending, f"unterminated command in the README: {pending!r}"
+    return lines
+
+
+def readme_manage_lines() -> list[str]:
+    return [line for line in shell_lines((REPO_ROOT / "README.md").read_text()) if "manage.py" in line]
+
+
+def run(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
+
+
+def test_the_readme_runs_manage_py_through_the_virtualenv():
+    lines = readme_manage_lines()
+
+    assert len(lines) >= 15
+    local = [line for line in lines if not line.startswith("docker compose exec ")]
+    assert [line for line in local if not line.startswith(f"{LOCAL_PYTHON} manage.py ")] == []
+
+
+def test_every_readme_command_line_works_as_written_after_make_run(tmp_path):
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    shutil.copy(REPO_ROOT / "manage.py", workdir / "manage.py")
+    env = newcomer_env(tmp_path)
+    # The .env exactly as `make run` writes it (the Makefile's own rule).
+    made = run(["make", "--no-print-directory", "-f", str(REPO_ROOT / "Makefile"), ".env"], cwd=workdir, env=env)
+    assert made.returncode == 0, made.stdout
+    assert "DEBUG=true" in (workdir / ".env").read_text()
+    (workdir / "messages.csv").write_text("recipient_phone_number,content\n+905551112233,hello\n")
+    # What `make run` does before it starts the processes.
+    for setup in (["migrate", "--no-input"], ["ensure_superuser", "--username", "admin"]):
+        done = run([sys.executable, "manage.py", *setup], cwd=workdir, env=env)
+        assert done.returncode == 0, done.stdout
+
+    ran = []
+    for line in readme_manage_lines():
+        words = shlex.split(line)
+        if words[0] != LOCAL_PYTHON:
+            continue  # docker compose exec ...: the container's environment
+        assert words[1] == "manage.py", line
+        args = [sys.executable, *words[1:]]
+        if words[2] in LONG_RUNNING:
+            args.append("--help")
+        done = run(args, cwd=workdir, env=env)
+        assert done.returncode == 0, f"{line}\n{done.stdout}"
+        ran.append(line)
+
+    assert len(ran) >= 15
+    # The lines acted on the scratch database the .env names: the README's pace is stored.
+    status = run([sys.executable, "manage.py", "dispatcher", "status"], cwd=workdir, env=env)
+    assert re.search(r"^batch size: +10$", status.stdout, flags=re.MULTILINE), status.stdout
+    assert re.search(r"^interval: +30 s$", status.stdout, flags=re.MULTILINE), status.stdout
+    assert (tmp_path / "state" / "db.sqlite3").exists()
+
+
+# --- manage.py's .env loader ------------------------------------------------------------------
+
+PRINT_ENV = "import os, manage; manage.load_env_file(); print(os.environ.get('NAME_A'), os.environ.get('NAME_B'))"
+
+
+def load_in_subprocess(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("ENV_FILE", "NAME_A", "NAME_B")}
+    return run([sys.executable, "-c", PRINT_ENV], cwd=REPO_ROOT, env={**base, **env}, timeout=30)
+
+
+def test_env_file_values_fill_in_what_the_environment_does_not_set(tmp_path):
+    env_file = tmp_path / "local.env"
+    env_file.write_text("# comment\n\nexport NAME_A='from file'\nNAME_B=\"b=c\"\n")
+
+    assert load_in_subprocess(tmp_path, ENV_FILE=str(env_file)).stdout.split("\n")[0] == "from file b=c"
+    assert load_in_subprocess(tmp_path, ENV_FILE=str(env_file), NAME_A="set").stdout.startswith("set b=c")
+
+
+def test_an_empty_env_file_setting_loads_nothing_and_a_missing_file_is_an_error(tmp_path):
+    assert load_in_subprocess(tmp_path, ENV_FILE="").stdout.strip() == "None None"
+
+    missing = load_in_subprocess(tmp_path, ENV_FILE=str(tmp_path / "nope.env"))
+    assert missing.returncode != 0
+    assert "ENV_FILE names" in missing.stdout
+
+
+def test_a_malformed_env_line_names_the_file_and_line(tmp_path):
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("NAME_A=1\nnot an assignment\n")
+
+    result = load_in_subprocess(tmp_path, ENV_FILE=str(env_file))
+
+    assert result.returncode != 0
+    assert f"{env_file}, line 2: expected NAME=value" in result.stdout
