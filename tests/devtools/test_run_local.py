@@ -125,10 +125,12 @@ def test_ctrl_c_stops_make_run_cleanly_and_make_exits_0(tmp_path):
         groups = started_groups(terminal.output)
         assert set(groups) == {"web", "worker", "provider"}, terminal.output
         # The banner's provider address is its live page.
-        assert f"Provider: http://127.0.0.1:{provider_port}/  (what it received, live)" in terminal.output
+        assert f"Provider:  http://127.0.0.1:{provider_port}/  (what it received, live" in terminal.output
+        # The API token is in the banner too.
+        assert re.search(r"API token: [0-9a-f]{40}  \(Authorization: Token <key>\)", terminal.output), terminal.output
         with urllib.request.urlopen(f"http://127.0.0.1:{provider_port}/", timeout=5) as page:
             assert page.headers["Content-Type"].startswith("text/html")
-        assert f"Admin:    http://127.0.0.1:{web_port}/admin/" in terminal.output
+        assert f"Admin:     http://127.0.0.1:{web_port}/admin/" in terminal.output
 
         pressed = time.monotonic()
         terminal.press_ctrl_c()
