@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 from django.contrib import admin
 from django.http import HttpRequest
 
@@ -38,4 +36,20 @@ class ControlActionAdmin(admin.ModelAdmin):
 
     @admin.display(description="detail")
     def detail_display(self, obj: ControlAction) -> str:
-        return json.dumps(obj.detail, sort_keys=True, ensure_ascii=False)
+        """The detail in words: "batch size 10 (was 2); changed", "message ids 4, 7 (2 selected); count 2"."""
+        return "; ".join(f"{_label(key)} {_value(obj.detail[key])}" for key in sorted(obj.detail)) or "-"
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        shown = ", ".join(str(item) for item in value[:20])
+        return shown + (f" and {len(value) - 20} more" if len(value) > 20 else "")
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{_label(k)} {_value(v)}" for k, v in sorted(value.items())) + ")"
+    return "-" if value is None else str(value)

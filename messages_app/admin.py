@@ -8,6 +8,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from audit.models import ControlAction
 from messages_app.csv_export import messages_csv_lines
@@ -109,7 +110,17 @@ class DeliveryAttemptInline(admin.TabularInline):
 class MessageAdmin(admin.ModelAdmin):
     form = MessageAdminForm
     inlines = [DeliveryAttemptInline]
-    list_display = ["id", "recipient_phone_number", "short_content", "status", "attempts", "created_at", "sent_at"]
+    list_display = [
+        "id",
+        "recipient_phone_number",
+        "short_content",
+        "status_badge",
+        "attempts",
+        "created_at",
+        "sent_at",
+        "provider_message_id",
+        "short_error",
+    ]
     list_filter = ["status", "delivery_status", "priority", "created_at", "sent_at", AttemptsFilter]
     search_fields = ["recipient_phone_number", "content", "=uuid", "=provider_message_id"]
     date_hierarchy = "created_at"
@@ -221,6 +232,14 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="content")
     def short_content(self, obj: Message) -> str:
         return obj.content if len(obj.content) <= 60 else obj.content[:57] + "..."
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Message) -> str:
+        return format_html('<span class="message-status status-{}">{}</span>', obj.status, obj.get_status_display())
+
+    @admin.display(description="last error")
+    def short_error(self, obj: Message) -> str:
+        return obj.last_error if len(obj.last_error) <= 60 else obj.last_error[:57] + "..."
 
     def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
         # A queued message is history: only its status moves, through the

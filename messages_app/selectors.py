@@ -104,3 +104,11 @@ def delivery_funnel(*, since: datetime) -> DeliveryFunnel:
         latency_p50_seconds=percentile(0.5),
         latency_p95_seconds=percentile(0.95),
     )
+
+
+def message_ids_failed(*, created_since: datetime | None = None, limit: int = 1000) -> list[int]:
+    """The ids of failed messages (created at or after `created_since`), oldest first."""
+    failed = Message.objects.filter(status=Message.Status.FAILED)
+    if created_since is not None:
+        failed = failed.filter(created_at__gte=created_since)
+    return list(failed.order_by("id").values_list("id", flat=True)[:limit])

@@ -6,6 +6,8 @@ Same paths and envelope: `{"status": <code>, "success": <data>}` or
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
@@ -86,6 +88,13 @@ def fail(code: int, msg: str, reason: str = "") -> Response:
     return Response(SeedAPIView.error_body(code, msg, reason), status=code)
 
 
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase.lower()
+    except ValueError:
+        return "error"
+
+
 def _flatten_errors(detail) -> str:
     if isinstance(detail, dict):
         return "; ".join(f"{field}: {_flatten_errors(value)}" for field, value in detail.items())
@@ -121,7 +130,9 @@ class SeedAPIView(APIView):
             )
         if isinstance(exc, exceptions.APIException):
             response = super().handle_exception(exc)
-            enveloped = fail(response.status_code, str(exc.default_detail), _flatten_errors(exc.detail))
+            # msg: the status in words (default_detail is a template, e.g. 'Method "{method}" not
+            # allowed.'); reason: the formatted detail.
+            enveloped = fail(response.status_code, _phrase(response.status_code), _flatten_errors(exc.detail))
             # A throttled client needs Retry-After in the envelope's answer too.
             for header in ("Retry-After", "WWW-Authenticate"):
                 if response.has_header(header):

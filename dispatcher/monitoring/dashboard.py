@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 CHART_MINUTES = 60
 RECENT_FAILURES = 10
+# The page reloads itself this often, so an operator watching it sees the cluster move.
+REFRESH_SECONDS = 15
 
 # Chart geometry, in SVG user units; the SVG scales to the page's width.
 _MINUTE_WIDTH = 12
@@ -236,6 +238,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResp
         "can_control": can_control,
         "can_requeue": _can_requeue(request, model_admin),
         "dashboard_url": dashboard_url,
+        "refresh_seconds": REFRESH_SECONDS,
     }
     request.current_app = model_admin.admin_site.name
     # A rejected form is shown with its errors, as the admin's own forms are (200).

@@ -29,8 +29,3 @@ class _PlainStream:
 def progress_bar(stream: OutputWrapper, *, desc: str, unit: str, total: int | None = None) -> tqdm:
     """A bar drawn on `stream` (a command's self.stderr), shown even when it is not a terminal."""
     return tqdm(total=total, desc=desc, unit=unit, file=_PlainStream(stream))
-
-
-def progress_write(bar: tqdm, text: str) -> None:
-    """Write a line of text where `bar` is drawn, without breaking the bar."""
-    bar.write(text, file=bar.fp)

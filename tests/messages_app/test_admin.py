@@ -592,3 +592,16 @@ def test_a_sent_message_can_be_deleted(admin_client_):
     response = admin_client_.post(reverse("admin:messages_app_message_delete", args=[message.pk]), {"post": "yes"})
     assert response.status_code == 302
     assert not Message.objects.filter(pk=message.pk).exists()
+
+
+def test_the_list_shows_status_in_colour_the_provider_id_and_the_last_error(admin_client_):
+    make_message(status=Status.FAILED, last_error="provider answered HTTP 400: bad number", attempts=1)
+    sent = make_message(status=Status.SENT)
+
+    html = admin_client_.get(CHANGELIST).content.decode()
+
+    assert '<span class="message-status status-failed">Failed</span>' in html
+    assert '<span class="message-status status-sent">Sent</span>' in html
+    assert "provider answered HTTP 400: bad number" in html
+    assert sent.provider_message_id in html
+    assert "white-space: nowrap" in html  # times and ids stay on one line

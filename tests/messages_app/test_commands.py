@@ -32,6 +32,15 @@ def run(*args: str) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
+def run_rejecting(*args) -> tuple[str, str]:
+    """Run an import that rejects rows: the valid ones are stored, but the command
+    fails (exit status 1) so that a script notices; its output as run() gives it."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError, match=r"rejected \(listed above\)"):
+        call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
 def csv_file(tmp_path, content: str | bytes, name: str = "messages.csv") -> str:
     path = tmp_path / name
     path.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -95,7 +104,7 @@ def test_import_reports_invalid_rows_by_line_and_stores_the_valid_ones(tmp_path)
         + "+905551112239,last,2030-01-01T10:00:00Z\n",  # 11
     )
 
-    out, err = run("import_messages", path, "--batch-size", "2")
+    out, err = run_rejecting("import_messages", path, "--batch-size", "2")
 
     assert out == "Imported 3 messages; 5 rows rejected.\n"
     rejections = [line for line in err.splitlines() if line.startswith("line ")]
@@ -131,9 +140,9 @@ def test_import_handles_bom_crlf_extra_columns_and_blank_rows(tmp_path):
     )
     path = csv_file(tmp_path, content)
 
-    out, err = run("import_messages", path)
+    out, err = run_rejecting("import_messages", path)
 
-    assert out == "Imported 2 messages; 1 rows rejected.\n"
+    assert out == "Imported 2 messages; 1 row rejected.\n"
     assert "line 5: recipient_phone_number: A phone number is required." in err
     assert sorted(Message.objects.values_list("recipient_phone_number", "content")) == [
         ("+905551112233", "hello"),
@@ -180,9 +189,9 @@ def test_import_refuses_invisible_content_and_control_characters_as_the_api_does
         HEADER + "+905551112233,\u200b\u200b,\n+905551112234,\x1b[31mred,\n+905551112235,\u200bfine\u200b,\n",
     )
 
-    out, err = run("import_messages", path)
+    out, err = run_rejecting("import_messages", path)
 
-    assert out == "Imported 1 messages; 2 rows rejected.\n"
+    assert out == "Imported 1 message; 2 rows rejected.\n"
     assert "line 2: content: Content must have at least one visible character" in err
     assert "line 3: content: Content must not contain control characters (U+001B at position 1)" in err
     assert list(Message.objects.values_list("content", flat=True)) == ["\u200bfine\u200b"]
@@ -199,9 +208,9 @@ def test_import_reads_standard_input(monkeypatch):
     data = "\ufeffrecipient_phone_number,content\n+90 555 111 22 33,from stdin\nbad,row\n".encode()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
 
-    out, err = run("import_messages", "-")
+    out, err = run_rejecting("import_messages", "-")
 
-    assert out == "Imported 1 messages; 1 rows rejected.\n"
+    assert out == "Imported 1 message; 1 row rejected.\n"
     assert "line 3: recipient_phone_number:" in err
     assert list(Message.objects.values_list("recipient_phone_number", "content")) == [("+905551112233", "from stdin")]
 
@@ -219,9 +228,9 @@ def test_import_from_standard_input_that_is_not_utf8_fails(monkeypatch):
 def test_import_dry_run_stores_nothing_but_reports(tmp_path):
     path = csv_file(tmp_path, HEADER + "+905551112233,hello,\nbad,hello,\n+905551112234,hi,\n")
 
-    out, err = run("import_messages", path, "--dry-run")
+    out, err = run_rejecting("import_messages", path, "--dry-run")
 
-    assert out == "Dry run: would import 2 messages; 1 rows rejected. Nothing was stored.\n"
+    assert out == "Dry run: would import 2 messages; 1 row rejected. Nothing was stored.\n"
     assert "line 3: recipient_phone_number:" in err
     assert not Message.objects.exists()
 
@@ -441,7 +450,8 @@ def test_requeue_failed_dry_run_changes_nothing():
 
     out, _ = run("requeue_failed", "--dry-run", "--since", (timezone.now() - timedelta(days=1)).isoformat())
 
-    assert out == "Dry run: would requeue 1 failed messages. Nothing was changed.\n"
+    listed = Message.objects.filter(created_at__gte=timezone.now() - timedelta(days=1)).get().pk
+    assert out == f"Dry run: would requeue 1 failed message: {listed}. Nothing was changed.\n"
     assert Message.objects.filter(status=Status.FAILED).count() == 2
 
 
@@ -454,3 +464,42 @@ def test_messages_requeue_failed_keeps_its_default_behaviour():
     assert messages_requeue_failed() == 1
     other.refresh_from_db()
     assert other.status == Status.UNSENT
+
+
+def test_import_lists_rejections_after_the_progress_bar_not_inside_it(tmp_path):
+    rows = "".join(f"+9055511{n:05d},hello\n" for n in range(4)) + "bad,row\n"
+    path = csv_file(tmp_path, "recipient_phone_number,content\n" + rows)
+
+    _, err = run_rejecting("import_messages", path, "--batch-size", "2")
+
+    assert err.index("import: 100%") < err.index("line 6: recipient_phone_number")
+    assert all(not line.startswith("line ") or "import:" not in line for line in err.splitlines())
+
+
+def test_import_draws_no_progress_bar_before_a_header_error(tmp_path):
+    path = csv_file(tmp_path, "phone,text\n+905551112233,hi\n")
+    err = io.StringIO()
+
+    with pytest.raises(CommandError, match="lacks recipient_phone_number"):
+        call_command("import_messages", path, stdout=io.StringIO(), stderr=err)
+
+    assert "import:" not in err.getvalue()
+
+
+def test_import_with_rejected_rows_exits_non_zero_but_keeps_the_valid_ones(tmp_path):
+    path = csv_file(tmp_path, "recipient_phone_number,content\n+905551112233,hi\nbad,row\n")
+
+    out, _ = run_rejecting("import_messages", path)
+
+    assert out == "Imported 1 message; 1 row rejected.\n"
+    assert Message.objects.count() == 1
+
+
+def test_requeue_failed_dry_run_lists_the_ids():
+    failed = [make_message(status=Status.FAILED) for _ in range(3)]
+    make_message(status=Status.SENT)
+
+    out, _ = run("requeue_failed", "--dry-run")
+
+    ids = ", ".join(str(m.pk) for m in failed)
+    assert out == f"Dry run: would requeue 3 failed messages: {ids}. Nothing was changed.\n"

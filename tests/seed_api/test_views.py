@@ -322,3 +322,25 @@ def test_session_authentication_works(user):
     response = client.post("/messages", {"recipient_phone_number": "+905551112233", "content": "hi"}, format="json")
     assert response.status_code == 200
     assert Message.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "kwargs", "code", "msg", "reason"),
+    [
+        (
+            "post",
+            "/messages",
+            {"data": "x", "content_type": "text/plain"},
+            415,
+            "unsupported media type",
+            'Unsupported media type "text/plain" in request.',
+        ),
+        ("delete", "/messages", {}, 405, "method not allowed", 'Method "DELETE" not allowed.'),
+    ],
+)
+def test_the_envelope_shows_errors_filled_in_not_their_templates(api_client, method, url, kwargs, code, msg, reason):
+    response = getattr(api_client, method)(url, **kwargs)
+
+    assert response.status_code == code
+    assert response.json() == {"status": code, "fail": {"msg": msg, "reason": reason}}
+    assert "{" not in response.content.decode().replace('{"status"', "").replace('{"msg"', "")

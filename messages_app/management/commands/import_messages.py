@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from messages_app.csv_import import MessageImportRejection, messages_import_csv
 from messages_app.errors import MessageImportError
-from messages_app.management.progress import progress_bar, progress_write
+from messages_app.management.progress import progress_bar
 
 
 class Command(BaseCommand):
@@ -31,33 +31,41 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
         name = "standard input" if file == "-" else file
+        rejections: list[MessageImportRejection] = []
         with ExitStack() as stack:
             stream = stack.enter_context(self._open(file, name))
-            bar = stack.enter_context(progress_bar(self.stderr, desc="import", unit="row"))
+            bars: list = []
 
-            def report(rejection: MessageImportRejection) -> None:
-                progress_write(bar, f"line {rejection.line}: {rejection.reason}")
+            def start_bar(total: int) -> None:
+                # Drawn only once the whole file has been read and found to be CSV with
+                # the right header: an error about the file comes without a bar.
+                bars.append(stack.enter_context(progress_bar(self.stderr, desc="import", unit="row", total=total)))
 
             try:
                 result = messages_import_csv(
                     stream=stream,
                     batch_size=batch_size,
                     dry_run=dry_run,
-                    on_checked=lambda total: bar.reset(total=total),
-                    on_rejected=report,
-                    on_progress=bar.update,
+                    on_checked=start_bar,
+                    # Listed after the bar is done, so the two never interleave.
+                    on_rejected=rejections.append,
+                    on_progress=lambda rows: bars[0].update(rows),
                 )
             except MessageImportError as exc:
                 raise CommandError(f"{name}: {exc}") from None
             except OSError as exc:
                 raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
+        for rejection in rejections:
+            self.stderr.write(f"line {rejection.line}: {rejection.reason}")
+        imported = f"{result.imported} message{'' if result.imported == 1 else 's'}"
+        rejected = f"{result.rejected} row{'' if result.rejected == 1 else 's'} rejected"
         if dry_run:
-            self.stdout.write(
-                f"Dry run: would import {result.imported} messages; {result.rejected} rows rejected. "
-                "Nothing was stored."
-            )
+            self.stdout.write(f"Dry run: would import {imported}; {rejected}. Nothing was stored.")
         else:
-            self.stdout.write(f"Imported {result.imported} messages; {result.rejected} rows rejected.")
+            self.stdout.write(f"Imported {imported}; {rejected}.")
+        if result.rejected:
+            # The valid rows are stored; the exit status still tells a script that some were not.
+            raise CommandError(f"{rejected} (listed above); fix them and import those rows again.")
 
     @staticmethod
     def _open(file: str, name: str) -> BinaryIO:

@@ -3,8 +3,12 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from messages_app.selectors import message_ids_failed
 from messages_app.services import messages_requeue_failed
 from messages_app.validators import parse_aware_datetime
+
+# A dry run names at most this many ids (and says how many more there are).
+LISTED_IDS = 1000
 
 
 class Command(BaseCommand):
@@ -32,6 +36,12 @@ class Command(BaseCommand):
                 raise CommandError(f"--since: {exc.messages[0]}") from None
         count = messages_requeue_failed(created_since=created_since, dry_run=dry_run)
         if dry_run:
-            self.stdout.write(f"Dry run: would requeue {count} failed messages. Nothing was changed.")
+            ids = message_ids_failed(created_since=created_since, limit=LISTED_IDS)
+            listed = ", ".join(str(pk) for pk in ids)
+            more = f" and {count - len(ids)} more" if count > len(ids) else ""
+            self.stdout.write(
+                f"Dry run: would requeue {count} failed message{'' if count == 1 else 's'}"
+                f"{': ' + listed + more if ids else ''}. Nothing was changed."
+            )
         else:
             self.stdout.write(f"Requeued {count} failed messages.")
