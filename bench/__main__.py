@@ -1,11 +1,19 @@
 """Benchmarks of the service. Usage: python -m bench <command> [options]
 
+  cluster     queue N messages through the API and send them with K real qcluster
+              processes at the pace set through the API; the same with one
+              qcluster, with a 50 ms provider, and an asyncio baseline against
+              the fake provider and a stub: messages/s, latency, RSS, duplicates
+              and their ratios.
   pacing      run qcluster + the fake provider for some minutes and compare the
               number of messages sent with batch_size x ticks.
+  pace-held   the same as a check: 4 qclusters at 50 every 2 s, within one batch.
   throughput  queue N messages (COPY) and time P `dispatcher drain` processes
               sending them all through the fake provider: messages/s, latency,
               peak RSS, duplicates.
   claim       time dispatcher.engine.claiming.claim_batch on tables of several sizes.
+  claim-due   check that 100,000 older messages not yet due leave the claim within
+              2x of its time without them.
   sentlist    time GET /api/messages/sent/ and /api/messages/, first and deep pages.
   bulk        time POST /api/messages/bulk/.
   fakeprovider  requests/s of the fake provider next to a minimal aiohttp stub
@@ -25,19 +33,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
-from bench import fakeprovider, inprocess, pacing, receipts, throughput
+from bench import cluster, fakeprovider, inprocess, pacing, receipts, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
+    "cluster": (
+        cluster.cluster,
+        cluster.add_arguments,
+        "the paced mode as run for real (gunicorn, K qclusters, the API) against an asyncio baseline",
+    ),
     "pacing": (pacing.pacing, pacing.add_arguments, "messages sent over some minutes vs batch size x ticks"),
+    "pace-held": (
+        pacing.pace_held,
+        pacing.add_pace_held_arguments,
+        "check: 4 qclusters at 50 every 2 s send 50 x ticks within one batch, no duplicate",
+    ),
     "throughput": (
         throughput.throughput,
         throughput.add_arguments,
         "messages/s, latency, RSS and duplicates of P drain processes emptying a queue of N",
     ),
     "claim": (inprocess.claim, inprocess.add_claim_arguments, "claim_batch time against the table's size"),
+    "claim-due": (
+        inprocess.claim_due,
+        inprocess.add_claim_due_arguments,
+        "check: claim_batch with 100,000 older not-yet-due messages within 2x of none",
+    ),
     "sentlist": (
         inprocess.sentlist,
         inprocess.add_sentlist_arguments,
@@ -72,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--log-dir", default=str(DEFAULT_LOG_DIR), help="where child processes write their logs")
         p.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     options = parser.parse_args(argv)
+    # A SIGTERM (a timeout, a test giving up) unwinds like an error, so the processes a
+    # benchmark started are stopped by its own clean-up instead of being left running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     run = COMMANDS[options.command][0]
     try:
         result = run(options)

@@ -28,6 +28,7 @@ import json
 import sys
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -68,8 +69,8 @@ RETURNING m.id
 """
 INSERT_ATTEMPTS = """
 INSERT INTO messages_app_deliveryattempt
-    (message_id, number, started_at, duration_ms, http_status, outcome, error, provider_message_id)
-SELECT v.id, v.number, v.started_at, v.duration_ms, v.http_status, %(outcome)s, v.error, v.pmid
+    (message_id, number, started_at, duration_ms, http_status, outcome, error, provider_message_id{extra_columns})
+SELECT v.id, v.number, v.started_at, v.duration_ms, v.http_status, %(outcome)s, v.error, v.pmid{extra_values}
 FROM unnest(%(ids)s::bigint[], %(numbers)s::int[], %(started)s::timestamptz[], %(durations)s::int[],
             %(statuses)s::smallint[], %(errors)s::text[], %(pmids)s::text[])
     AS v(id, number, started_at, duration_ms, http_status, error, pmid)
@@ -83,6 +84,38 @@ FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS v(id, error)
 WHERE m.id = v.id AND m.status = 'processing' AND m.claim_token = %(token)s
 RETURNING m.id
 """
+
+
+ATTEMPT_COLUMNS = {
+    "id",
+    "message_id",
+    "number",
+    "started_at",
+    "duration_ms",
+    "http_status",
+    "outcome",
+    "error",
+    "provider_message_id",
+}
+EMPTY_VALUES = {"character varying": "''", "text": "''", "integer": "0", "smallint": "0", "bigint": "0"}
+
+
+async def insert_attempts_sql(conn) -> str:
+    """The attempt INSERT, with the empty value for any NOT NULL column the service added
+    to the attempt table since this was written (as its model's blank default would be)."""
+    cursor = await conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_name = 'messages_app_deliveryattempt' AND is_nullable = 'NO'"
+        " AND column_default IS NULL AND is_identity = 'NO'"
+    )
+    extra = [(name, kind) for name, kind in await cursor.fetchall() if name not in ATTEMPT_COLUMNS]
+    unknown = [name for name, kind in extra if kind not in EMPTY_VALUES]
+    if unknown:
+        raise SystemExit(f"messages_app_deliveryattempt has NOT NULL columns the baseline cannot fill: {unknown}")
+    return INSERT_ATTEMPTS.format(
+        extra_columns="".join(f", {name}" for name, _ in extra),
+        extra_values="".join(f", {EMPTY_VALUES[kind]}" for _, kind in extra),
+    )
 
 
 @dataclass
@@ -131,6 +164,7 @@ class Baseline:
         self.recorded = asyncio.Event()  # set after every flush: a held tick looks again
         self.answered = asyncio.Event()
         self.claiming_done = False
+        self.insert_attempts = INSERT_ATTEMPTS
 
     async def run(self) -> Totals:
         options = self.options
@@ -145,12 +179,20 @@ class Baseline:
             aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session,
         ):
             cache = aioredis.from_url(options.redis_url)
+            self.insert_attempts = await insert_attempts_sql(record_conn)
             try:
                 await cache.ping()
                 self.totals.started_at = time.time()
                 senders = [asyncio.create_task(self.sender(session)) for _ in range(options.concurrency)]
                 recorder = asyncio.create_task(self.recorder(record_conn, cache))
-                await self.pace(claim_conn)
+                pacer = asyncio.create_task(self.pace(claim_conn))
+                # The recorder failing (a write refused) would leave the pacer waiting for ever.
+                await asyncio.wait({pacer, recorder}, return_when=asyncio.FIRST_COMPLETED)
+                if recorder.done():
+                    pacer.cancel()
+                    recorder.result()  # raises what stopped it
+                    raise RuntimeError("the recorder stopped before the pacer")
+                pacer.result()
                 for _ in senders:
                     self.queue.put_nowait(None)
                 await asyncio.gather(*senders)
@@ -195,7 +237,8 @@ class Baseline:
         started = time.perf_counter()
         token = uuid.uuid4()
         async with conn.transaction():
-            ids = [row[0] for row in await (await conn.execute(CLAIM_SELECT, {"limit": self.options.batch_size})).fetchall()]
+            cursor = await conn.execute(CLAIM_SELECT, {"limit": self.options.batch_size})
+            ids = [row[0] for row in await cursor.fetchall()]
             rows = []
             if ids:
                 cursor = await conn.execute(CLAIM_UPDATE, {"token": token, "lease": LEASE_SECONDS, "ids": ids})
@@ -239,10 +282,8 @@ class Baseline:
 
     async def recorder(self, conn, cache) -> None:
         while True:
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self.answered.wait(), FLUSH_SECONDS)
-            except TimeoutError:
-                pass
             self.answered.clear()
             answers, self.answers = self.answers, []
             if answers:
@@ -263,7 +304,7 @@ class Baseline:
                         record = json.dumps({"messageId": a.message_id, "timestamp": int(sent_at.timestamp())})
                         pipe.set(f"messages:{a.message_id}", record)
                     await pipe.execute()
-            except Exception:  # noqa: BLE001 (as the service: a cache failure never fails a delivery)
+            except Exception:  # as in the service, a cache failure never fails a delivery
                 self.totals.cache_errors += 1
                 pending = True
         by_token: dict[uuid.UUID, list[Answer]] = {}
@@ -278,7 +319,7 @@ class Baseline:
                 )
                 moved = [row[0] for row in await cursor.fetchall()]
                 await conn.execute(
-                    INSERT_ATTEMPTS,
+                    self.insert_attempts,
                     {
                         "outcome": "sent",
                         "ids": ids,

@@ -131,10 +131,16 @@ def empty_tables(conn, *, queue_tables: bool = True) -> None:
     """Truncate the messages (and django-q2's queue), so each run starts from nothing.
     Refuses while anyone else is connected to the database."""
     refuse_if_in_use(conn)
+    truncate_tables(conn, queue_tables=queue_tables)
+
+
+def truncate_tables(conn, *, queue_tables: bool = True) -> None:
+    """TRUNCATE the messages (and django-q2's queue); CASCADE takes along any table that
+    refers to messages (attempts, and whatever the service adds)."""
     tables = list(MESSAGE_TABLES)
     if queue_tables:
         tables += ["django_q_ormq", "django_q_task"]
-    conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+    conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
 
 
 def flush_redis() -> None:

@@ -18,7 +18,7 @@ from bench.common import (
     service_env,
     timing_summary,
 )
-from bench.loading import copy_history
+from bench.loading import copy_history, copy_not_due, copy_unsent
 
 BENCH_USERNAME = "bench"
 
@@ -90,17 +90,31 @@ def _explain(sqls: list[str]) -> list[dict]:
 # --- claim ----------------------------------------------------------------------
 
 
-def claim(options: argparse.Namespace) -> dict:
-    sizes = [int(s) for s in options.rows.split(",") if s.strip()]
-    if not sizes or min(sizes) < 2:
-        raise BenchError("--rows takes comma-separated table sizes of at least 2 rows, e.g. 10000,1000000")
-    setup_django()
+def _statement_names(sqls: list[str]) -> list[str]:
+    """A name for each of the claim's statements, in order: what it does, numbered from the
+    second of a kind on (a claim by priority levels runs a SELECT per level)."""
+    names, seen = [], {}
+    for sql in sqls:
+        if "FOR UPDATE SKIP LOCKED" in sql:
+            kind = "select_for_update_skip_locked"
+        elif sql.startswith("UPDATE") and "'processing'" in sql:
+            kind = "update_to_processing"
+        else:
+            kind = sql.split(None, 1)[0].lower() if sql.strip() else "statement"
+        seen[kind] = seen.get(kind, 0) + 1
+        names.append(kind if seen[kind] == 1 else f"{kind}_{seen[kind]}")
+    return names
+
+
+def _claim_timings(options: argparse.Namespace, *, expected: int) -> dict:
+    """Time `claim_batch` in this process (Django set up on the benchmark database): each
+    call in its own transaction, rolled back; `--warmup` untimed, `--repeat` timed."""
     from django.db import connection, transaction
     from django.test.utils import CaptureQueriesContext
 
     from dispatcher.engine.claiming import claim_batch
 
-    def one_claim(expected: int, *, capture: bool = False) -> tuple[float, list[float], list[str]]:
+    def one_claim() -> tuple[float, list[float], list[str]]:
         timer = _QueryTimer()
         with CaptureQueriesContext(connection) as captured, connection.execute_wrapper(timer):
             started = time.perf_counter()
@@ -114,46 +128,40 @@ def claim(options: argparse.Namespace) -> dict:
         sqls = [q["sql"] for q in captured.captured_queries if q["sql"] not in ("BEGIN", "ROLLBACK")]
         return elapsed, timer.seconds, sqls
 
+    for _ in range(options.warmup):
+        one_claim()
+    times, per_query = [], []
+    for _ in range(options.repeat):
+        elapsed, query_seconds, sqls = one_claim()
+        times.append(elapsed)
+        per_query.append(query_seconds)
+    names = _statement_names(sqls)
+    query_times = {
+        name: timing_summary([q[index] for q in per_query if len(q) == len(names)]) for index, name in enumerate(names)
+    }
+    # BEGIN, ROLLBACK and the ORM's Python: the part of claim_batch outside its statements.
+    query_times["outside_statements"] = timing_summary([t - sum(q) for t, q in zip(times, per_query, strict=True)])
+    # Rolled-back claims leave dead row versions behind: does the claim slow down as they pile up?
+    quarter = max(len(times) // 4, 1)
+    drift = {
+        "first_quarter_p50_ms": timing_summary(times[:quarter])["p50_ms"],
+        "last_quarter_p50_ms": timing_summary(times[-quarter:])["p50_ms"],
+    }
+    return {"claim_batch": timing_summary(times), "queries": query_times, "drift": drift, "explain": _explain(sqls)}
+
+
+def claim(options: argparse.Namespace) -> dict:
+    sizes = [int(s) for s in options.rows.split(",") if s.strip()]
+    if not sizes or min(sizes) < 2:
+        raise BenchError("--rows takes comma-separated table sizes of at least 2 rows, e.g. 10000,1000000")
+    setup_django()
     per_size = []
     for rows in sizes:
         unsent = min(options.unsent, rows // 2)
         print(f"claim: {rows} rows ({unsent} unsent)", file=sys.stderr, flush=True)
         load = _fill(sent=rows - unsent, unsent=unsent)
-        expected = min(options.batch_size, unsent)
-        for _ in range(options.warmup):
-            one_claim(expected)
-        times, per_query = [], []
-        for _ in range(options.repeat):
-            elapsed, query_seconds, sqls = one_claim(expected)
-            times.append(elapsed)
-            per_query.append(query_seconds)
-        names = ["select_for_update_skip_locked", "update_to_processing"]
-        if len(sqls) != len(names):
-            names = [f"query_{i + 1}" for i in range(len(sqls))]
-        query_times = {
-            name: timing_summary([q[index] for q in per_query if len(q) == len(names)])
-            for index, name in enumerate(names)
-        }
-        # BEGIN, ROLLBACK and the ORM's Python: the part of claim_batch outside its statements.
-        query_times["outside_statements"] = timing_summary([t - sum(q) for t, q in zip(times, per_query, strict=True)])
-        # Rolled-back claims leave dead row versions behind: does the claim slow down as they pile up?
-        quarter = max(len(times) // 4, 1)
-        drift = {
-            "first_quarter_p50_ms": timing_summary(times[:quarter])["p50_ms"],
-            "last_quarter_p50_ms": timing_summary(times[-quarter:])["p50_ms"],
-        }
-        per_size.append(
-            {
-                "rows": rows,
-                "unsent": unsent,
-                "sent": rows - unsent,
-                "load": load,
-                "claim_batch": timing_summary(times),
-                "queries": query_times,
-                "drift": drift,
-                "explain": _explain(sqls),
-            }
-        )
+        timings = _claim_timings(options, expected=min(options.batch_size, unsent))
+        per_size.append({"rows": rows, "unsent": unsent, "sent": rows - unsent, "load": load, **timings})
     first, last = per_size[0], per_size[-1]
     ratio = (
         round(last["claim_batch"]["p50_ms"] / first["claim_batch"]["p50_ms"], 2)
@@ -173,6 +181,61 @@ def claim(options: argparse.Namespace) -> dict:
         "ratio_p50_largest_to_smallest": ratio,
         "sizes": per_size,
     }
+
+
+def claim_due(options: argparse.Namespace) -> dict:
+    """The claim with many older messages not yet due (waiting for a retry) in the table,
+    against the same claim with none: the due-queue index must keep them out of its way."""
+    if options.not_due < 1 or options.unsent < options.batch_size:
+        raise BenchError("--not-due must be at least 1 and --unsent at least --batch-size")
+    setup_django()
+    from django.db import connection
+
+    cases = []
+    for not_due in (0, options.not_due):
+        print(f"claim-due: {not_due} not-due messages, then {options.unsent} due", file=sys.stderr, flush=True)
+        connection.close()  # ours must not count as "someone else is using the database"
+        with connect() as conn:
+            empty_tables(conn)
+            load = {
+                "not_due": copy_not_due(conn, not_due) if not_due else None,
+                "due": copy_unsent(conn, options.unsent),
+            }
+            conn.execute("VACUUM ANALYZE messages_app_message")
+        timings = _claim_timings(options, expected=options.batch_size)
+        cases.append({"not_due": not_due, "due": options.unsent, "load": load, **timings})
+    empty, loaded = cases
+    ratio = (
+        round(loaded["claim_batch"]["p50_ms"] / empty["claim_batch"]["p50_ms"], 2)
+        if empty["claim_batch"]["p50_ms"]
+        else None
+    )
+    passed = ratio is not None and ratio <= options.max_ratio
+    return {
+        "summary": (
+            f"claim-due: claim_batch(batch_size={options.batch_size}) median {empty['claim_batch']['p50_ms']} ms "
+            f"with no message waiting for later, {loaded['claim_batch']['p50_ms']} ms with {options.not_due} "
+            f"older ones not yet due: ratio {ratio} (at most {options.max_ratio:g}): "
+            f"{'PASS' if passed else 'FAIL'}"
+        ),
+        "ok": passed,
+        "ratio_p50": ratio,
+        "max_ratio": options.max_ratio,
+        "batch_size": options.batch_size,
+        "repeat": options.repeat,
+        "warmup": options.warmup,
+        "note": "each claim runs in its own transaction (BEGIN ... ROLLBACK included in the time) and is rolled back",
+        "cases": cases,
+    }
+
+
+def add_claim_due_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--not-due", type=int, default=100_000, help="older unsent messages due only in an hour")
+    parser.add_argument("--unsent", type=int, default=5000, help="due messages queued after them")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=200, help="timed claims per case")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed claims first")
+    parser.add_argument("--max-ratio", type=float, default=2.0, help="the check: loaded / empty median at most this")
 
 
 def add_claim_arguments(parser: argparse.ArgumentParser) -> None:

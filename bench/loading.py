@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,51 @@ COLUMNS = (
 )
 COPY_SQL = f"COPY messages_app_message ({', '.join(COLUMNS)}) FROM STDIN"
 CHUNK_ROWS = 20_000
+# The model's defaults of NOT NULL columns, read once from Django (see _copy_extras).
+_model_defaults: dict[str, object] | None = None
+MODEL_DEFAULTS_SCRIPT = (
+    "import json; from messages_app.models import Message;"
+    "print('DEFAULTS', json.dumps({f.column: f.get_default() for f in Message._meta.concrete_fields"
+    " if not f.null and f.has_default() and not callable(f.default)}))"
+)
+
+
+def _copy_extras(conn) -> tuple[str, str]:
+    """The COPY statement and the text every row ends with, for the NOT NULL columns the
+    service added since COLUMNS was written (priority, segments...): each gets the model's
+    own default, so loading keeps working as the schema grows."""
+    global _model_defaults
+    missing = [
+        name
+        for (name,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'messages_app_message'"
+            " AND is_nullable = 'NO' AND column_default IS NULL AND is_identity = 'NO' ORDER BY ordinal_position"
+        ).fetchall()
+        if name not in COLUMNS
+    ]
+    if not missing:
+        return COPY_SQL, ""
+    if _model_defaults is None:
+        from bench.common import BenchError, manage, service_env
+
+        out = manage(service_env(), "shell", "-c", MODEL_DEFAULTS_SCRIPT)
+        try:
+            _model_defaults = json.loads(out.split("DEFAULTS ", 1)[1].splitlines()[0])
+        except (IndexError, ValueError):
+            raise BenchError(f"could not read the Message model's defaults:\n{out}") from None
+    unknown = [name for name in missing if name not in _model_defaults]
+    if unknown:
+        from bench.common import BenchError
+
+        raise BenchError(f"messages_app_message has NOT NULL columns without a default: {', '.join(unknown)}")
+    values = [_model_defaults[name] for name in missing]
+    suffix = "".join("\t" + ("t" if v is True else "f" if v is False else str(v)) for v in values)
+    return f"COPY messages_app_message ({', '.join((*COLUMNS, *missing))}) FROM STDIN", suffix
+
+
+def _rows(lines: list[str], suffix: str) -> str:
+    """The lines (each ending in a newline) with the extra columns' values appended."""
+    return "".join(line[:-1] + suffix + "\n" for line in lines) if suffix else "".join(lines)
 
 
 def _uuid_prefix() -> str:
@@ -41,7 +87,8 @@ def copy_unsent(conn, count: int) -> dict:
     prefix = _uuid_prefix()
     started = time.perf_counter()
     last = datetime.min.replace(tzinfo=UTC)
-    with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+    copy_sql, suffix = _copy_extras(conn)
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
         for start in range(0, count, CHUNK_ROWS):
             base = max(datetime.now(UTC), last + timedelta(microseconds=1))
             lines = []
@@ -52,7 +99,7 @@ def copy_unsent(conn, count: int) -> dict:
                     f"{created.isoformat()}\t\\N\t\tf\t0\t\n"
                 )
             last = created
-            copy.write("".join(lines))
+            copy.write(_rows(lines, suffix))
     return _rate(count, time.perf_counter() - started)
 
 
@@ -63,7 +110,8 @@ def copy_history(conn, *, sent: int, unsent: int = 0, start: datetime | None = N
     total = sent + unsent
     start = start or datetime.now(UTC) - timedelta(milliseconds=total + 60_000)
     started = time.perf_counter()
-    with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+    copy_sql, suffix = _copy_extras(conn)
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
         for chunk in range(0, total, CHUNK_ROWS):
             lines = []
             for i in range(chunk, min(chunk + CHUNK_ROWS, total)):
@@ -79,8 +127,30 @@ def copy_history(conn, *, sent: int, unsent: int = 0, start: datetime | None = N
                         f"{prefix}{i:012x}\t{_phone(i)}\tbench message {i}\tunsent\t{created.isoformat()}\t"
                         f"{created.isoformat()}\t\\N\t\tf\t0\t\n"
                     )
-            copy.write("".join(lines))
+            copy.write(_rows(lines, suffix))
     return _rate(total, time.perf_counter() - started)
+
+
+def copy_not_due(conn, count: int, *, due_in: timedelta = timedelta(hours=1)) -> dict:
+    """`count` unsent messages waiting for a retry: created in the past (and so older, with
+    lower ids, than a queue loaded after them), tried once, due again only `due_in` from now."""
+    prefix = _uuid_prefix()
+    now = datetime.now(UTC)
+    start = now - timedelta(milliseconds=count + 60_000)
+    due = (now + due_in).isoformat()
+    started = time.perf_counter()
+    copy_sql, suffix = _copy_extras(conn)
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for chunk in range(0, count, CHUNK_ROWS):
+            lines = []
+            for i in range(chunk, min(chunk + CHUNK_ROWS, count)):
+                created = (start + timedelta(milliseconds=i)).isoformat()
+                lines.append(
+                    f"{prefix}{i:012x}\t{_phone(i)}\tbench message {i}\tunsent\t{created}\t{due}\t\\N\t\tf\t1\t"
+                    "provider answered HTTP 503\n"
+                )
+            copy.write(_rows(lines, suffix))
+    return _rate(count, time.perf_counter() - started)
 
 
 def _rate(rows: int, seconds: float) -> dict:

@@ -103,7 +103,7 @@ def _run(options: argparse.Namespace, env: dict[str, str], logs: Path) -> dict:
                 logs / "throughput-fakeprovider.log",
             )
         )
-        _wait_for_provider(url, provider)
+        wait_for_provider(url, provider)
         manage(env, "dispatcher", "start")
 
         drain_args = ["dispatcher", "drain", "--batch-size", str(options.batch_size)]
@@ -119,7 +119,7 @@ def _run(options: argparse.Namespace, env: dict[str, str], logs: Path) -> dict:
                 sampler.sample(provider.pid, *(p.pid for p in drains))
                 if all(p.poll() is not None for p in drains):
                     break
-                if not _work_left(conn):
+                if not work_left(conn):
                     # Everything is sent or failed: the drains find nothing more and exit.
                     _wait_exit(drains, sampler, timeout=30)
                     break
@@ -141,7 +141,7 @@ def _run(options: argparse.Namespace, env: dict[str, str], logs: Path) -> dict:
         returncodes = [p.poll() for p in drains]
 
     with connect() as conn:
-        checks = _checks(conn, n)
+        checks = delivery_checks(conn, n)
         figures = _figures(conn, drain_started_wall)
     duplicates = (stats["accepted"] - n) + stats["duplicates_dropped"]
     drain_peaks = [sampler.mib(p.pid) for p in drains]
@@ -186,7 +186,7 @@ def _run(options: argparse.Namespace, env: dict[str, str], logs: Path) -> dict:
     }
 
 
-def _wait_for_provider(url: str, provider, timeout: float = 20) -> None:
+def wait_for_provider(url: str, provider, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if provider.poll() is not None:
@@ -206,7 +206,7 @@ def _wait_exit(drains, sampler: RssSampler, *, timeout: float) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def _work_left(conn) -> bool:
+def work_left(conn) -> bool:
     # Both lookups use a partial index, so polling costs nothing like a count over the table.
     return conn.execute(
         "SELECT EXISTS (SELECT 1 FROM messages_app_message WHERE status = 'unsent')"
@@ -214,7 +214,7 @@ def _work_left(conn) -> bool:
     ).fetchone()[0]
 
 
-def _checks(conn, n: int) -> dict:
+def delivery_checks(conn, n: int) -> dict:
     counts = dict(conn.execute("SELECT status, count(*) FROM messages_app_message GROUP BY status").fetchall())
     attempts = conn.execute(
         "SELECT count(*), count(DISTINCT message_id) FROM messages_app_deliveryattempt WHERE outcome = 'sent'"
