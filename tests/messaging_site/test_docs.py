@@ -174,7 +174,12 @@ def test_every_request_body_has_examples_that_succeed_as_they_stand(anon_client,
 
     dispatcher_state_ensure()
     schema = schema_json(anon_client)
-    with_body = {(path, method) for path, method, operation in operations(schema) if "requestBody" in operation}
+    # Receipt callbacks are signed by the provider: no example can succeed as it stands.
+    with_body = {
+        (path, method)
+        for path, method, operation in operations(schema)
+        if "requestBody" in operation and not path.startswith("/api/receipts/")
+    }
     assert with_body == set(EXAMPLE_CALLERS)
 
     for (path, method), status in EXAMPLE_CALLERS.items():
@@ -304,6 +309,7 @@ def test_the_api_root_describes_the_service_and_links_its_parts(api_client):
         "sent_messages": "/api/messages/sent/",
         "bulk": "/api/messages/bulk/",
         "dispatcher": "/api/dispatcher/",
+        "providers": "/api/providers/",
         "docs": "/api/docs/",
         "redoc": "/api/redoc/",
         "schema": "/api/schema/",
