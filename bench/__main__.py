@@ -25,7 +25,7 @@ import argparse
 import json
 import sys
 
-from bench import fakeprovider, inprocess, pacing, throughput
+from bench import fakeprovider, inprocess, pacing, providers, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -42,6 +42,7 @@ COMMANDS = {
         "GET /api/messages/sent/ and /api/messages/, first and deep pages",
     ),
     "bulk": (inprocess.bulk, inprocess.add_bulk_arguments, "POST /api/messages/bulk/ messages/s"),
+    "providers": (providers.providers, providers.add_arguments, "rate-limit accuracy; failover and outage runs"),
     "fakeprovider": (
         fakeprovider.fakeprovider,
         fakeprovider.add_arguments,
