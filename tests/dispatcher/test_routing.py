@@ -24,6 +24,7 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from dispatcher.engine.providers import BaseProvider, ProviderResult, ProviderSet, build_provider
@@ -37,7 +38,7 @@ from dispatcher.providers_conf import (
 )
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import messages_claim
-from tests.factories import claimed_message, deliver
+from tests.factories import claimed_message, deliver, make_user
 from tests.processes import fake_provider_in_thread, free_port, wait_for
 
 Status = Message.Status
@@ -489,3 +490,44 @@ def test_an_unknown_outcome_that_opens_the_circuit_still_stays_with_its_provider
     # The primary's circuit is open: the message must wait for it, never go to the secondary.
     assert keys(secondary) == [], "accepted by both providers"
     assert message.provider == "primary"
+
+
+# --- where people see which provider an attempt went to --------------------------------------
+
+
+@pytest.fixture
+def failed_over(fakes, provider_set) -> Message:
+    """A message the refusing primary handed to the secondary."""
+    _, secondary = fakes
+    message = claimed_message()
+    deliver(message, provider_set(f"http://127.0.0.1:{free_port()}/", secondary.url))
+    message.refresh_from_db()
+    return message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: GET /api/messages/{id}/attempts/ does not name the provider: "
+        "messages_app.serializers.DeliveryAttemptSerializer.Meta.fields lacks 'provider'"
+    ),
+)
+def test_the_attempts_api_names_each_attempts_provider(failed_over, api_client):
+    response = api_client.get(f"/api/messages/{failed_over.pk}/attempts/")
+    assert response.status_code == 200
+    assert [a.get("provider") for a in response.json()] == ["secondary"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: the admin's message page does not show which provider took each attempt: "
+        "messages_app.admin.DeliveryAttemptInline.fields lacks 'provider'"
+    ),
+)
+def test_the_admin_names_each_attempts_provider(failed_over):
+    client = Client()
+    client.force_login(make_user(username="root", superuser=True))
+    html = client.get(f"/admin/messages_app/message/{failed_over.pk}/change/").content.decode()
+    inline = html.split('id="delivery_attempts-group"', 1)[1]
+    assert "secondary" in inline
