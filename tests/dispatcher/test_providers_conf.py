@@ -342,3 +342,22 @@ def test_production_start_up_refuses_a_plain_http_provider():
     )
     assert done.returncode != 0
     assert "provider 'primary': PROVIDER_PRIMARY_URL is plain http" in done.stderr, done.stderr
+
+
+def test_the_readmes_example_configuration_is_valid_in_production(environ, tmp_path):
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("## Providers", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    env = {}
+    for line in block.strip().splitlines():
+        name, _, value = line.split("#", 1)[0].strip().partition("=")
+        if name.endswith("_FILE"):  # a mounted secret: here, a file of the test's
+            secret_file = tmp_path / name
+            secret_file.write_text("from-a-file\n")
+            value = str(secret_file)
+        env[name] = value
+    environ(**env)
+    (primary, backup), routes = real_specs(allow_http=False)
+    assert (primary.name, primary.backend, primary.rate_per_second) == ("primary", WEBHOOK, 200.0)
+    assert primary.options["auth_key"] == "from-a-file"
+    assert (backup.name, backup.backend, backup.options["auth_token"]) == ("backup", TWILIO, "from-a-file")
+    assert routes == (RouteRule(prefix="+1", provider="backup"),)
