@@ -36,7 +36,7 @@ import json
 import signal
 import sys
 
-from bench import cluster, fakeprovider, inprocess, pacing, receipts, throughput
+from bench import cluster, fakeprovider, inprocess, pacing, providers, receipts, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -68,6 +68,7 @@ COMMANDS = {
         "GET /api/messages/sent/ and /api/messages/, first and deep pages",
     ),
     "bulk": (inprocess.bulk, inprocess.add_bulk_arguments, "POST /api/messages/bulk/ messages/s"),
+    "providers": (providers.providers, providers.add_arguments, "rate-limit accuracy; failover and outage runs"),
     "fakeprovider": (
         fakeprovider.fakeprovider,
         fakeprovider.add_arguments,
