@@ -93,7 +93,16 @@ class AttemptsFilter(admin.SimpleListFilter):
 
 class DeliveryAttemptInline(admin.TabularInline):
     model = DeliveryAttempt
-    fields = ["number", "started_at", "duration_ms", "http_status", "outcome", "error", "provider_message_id"]
+    fields = [
+        "number",
+        "provider",
+        "started_at",
+        "duration_ms",
+        "http_status",
+        "outcome",
+        "error",
+        "provider_message_id",
+    ]
     readonly_fields = fields
     extra = 0
     can_delete = False

@@ -81,7 +81,16 @@ class MessageSerializer(serializers.ModelSerializer):
 class DeliveryAttemptSerializer(serializers.ModelSerializer):
     class Meta:
         model = DeliveryAttempt
-        fields = ["number", "started_at", "duration_ms", "http_status", "outcome", "error", "provider_message_id"]
+        fields = [
+            "number",
+            "provider",
+            "started_at",
+            "duration_ms",
+            "http_status",
+            "outcome",
+            "error",
+            "provider_message_id",
+        ]
         read_only_fields = fields
 
 

@@ -239,16 +239,22 @@ def message_schedule_retry(
     return Status.UNSENT
 
 
-def message_defer(*, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float) -> str | None:
+def message_defer(
+    *, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float, sticky: bool = False
+) -> str | None:
     """processing -> unsent, due in `retry_in_seconds`, the attempt NOT counted: no
     provider could take the message (their circuits are open, they throttle), which
     is no fault of the message's. Expired instead if that would fall after its
-    expiry. Return the new status, None if no longer held."""
+    expiry. Return the new status, None if no longer held. `sticky`: the provider
+    may have taken it (a timeout that opened its circuit), so only that provider
+    may be asked again."""
     with transaction.atomic():
         if not _lock_held([attempt.message_id], claim_token):
             return None
         retry_at = database_now_plus(retry_in_seconds)
         released = {"claim_token": None, "lease_expires_at": None, "sending_started_at": None}
+        if sticky and attempt.provider:
+            released["provider"] = attempt.provider
         if Message.objects.filter(pk=attempt.message_id, expires_at__lte=retry_at).update(
             status=Status.EXPIRED, next_attempt_at=None, last_error=attempt.error[:MAX_ERROR_LENGTH], **released
         ):

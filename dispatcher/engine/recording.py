@@ -124,7 +124,9 @@ def _record_unsuccessful(r: SendResult, *, claim_token: uuid.UUID, conf: Dispatc
     attempt = r.attempt()
     error = exc.reason[:LOGGED_ERROR_LENGTH]
     if r.defer:
-        moved_to = message_defer(claim_token=claim_token, attempt=attempt, retry_in_seconds=r.defer_seconds)
+        moved_to = message_defer(
+            claim_token=claim_token, attempt=attempt, retry_in_seconds=r.defer_seconds, sticky=not exc.not_sent
+        )
         if moved_to is None:
             return DeliveryOutcome(message.pk, str(message.uuid), LOST, error=error)
         logger.warning(

@@ -260,14 +260,6 @@ def test_primary_refusing_every_message_goes_through_the_secondary_once(dirs, st
 # --- 2. the primary times out --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a timed-out request whose failure opens the primary's circuit is deferred without "
-        "binding the message to the primary (messages_app.transitions.message_defer never sets "
-        "Message.provider); its next try fails over to the secondary although the primary took it"
-    ),
-)
 def test_primary_timing_out_its_messages_stay_with_it_and_keep_their_key(dirs, stopped_dispatcher, figures):
     total = 30
     messages = make_messages(total, "timeout")

@@ -465,14 +465,6 @@ def test_every_provider_refusing_retries_later_free_to_go_anywhere(provider_set)
     assert message.next_attempt_at is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: an unknown outcome (read timeout, 5xx) whose failure opens the circuit is deferred by "
-        "message_defer, which does not make the message sticky to its provider; its next try fails over "
-        "to the secondary although the primary may have taken it (a duplicate across providers)"
-    ),
-)
 def test_an_unknown_outcome_that_opens_the_circuit_still_stays_with_its_provider(fakes, provider_set, settings):
     primary, secondary = fakes
     settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_CIRCUIT_FAILURES": 1}
@@ -505,26 +497,12 @@ def failed_over(fakes, provider_set) -> Message:
     return message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: GET /api/messages/{id}/attempts/ does not name the provider: "
-        "messages_app.serializers.DeliveryAttemptSerializer.Meta.fields lacks 'provider'"
-    ),
-)
 def test_the_attempts_api_names_each_attempts_provider(failed_over, api_client):
     response = api_client.get(f"/api/messages/{failed_over.pk}/attempts/")
     assert response.status_code == 200
     assert [a.get("provider") for a in response.json()] == ["secondary"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the admin's message page does not show which provider took each attempt: "
-        "messages_app.admin.DeliveryAttemptInline.fields lacks 'provider'"
-    ),
-)
 def test_the_admin_names_each_attempts_provider(failed_over):
     client = Client()
     client.force_login(make_user(username="root", superuser=True))

@@ -278,14 +278,6 @@ def test_a_429_was_not_taken(twilio, configure):
     assert (error.http_status, error.permanent, error.not_sent, error.provider_wide) == (429, False, True, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: TwilioProvider reads Retry-After from TwilioRestException.details (the JSON body's "
-        "'details'), never from the response's Retry-After header, so Twilio's 429 pauses the provider "
-        "for the default 1 s instead of what Twilio asked"
-    ),
-)
 def test_a_429_honours_twilios_retry_after_header(twilio, configure):
     twilio.script, twilio.retry_after = [429], "7"
     error = send_error(configure(twilio_env(twilio.url)).providers["backup"])
@@ -307,14 +299,6 @@ def test_a_read_timeout_leaves_the_outcome_unknown(twilio, configure):
     assert "timed out" in error.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: TwilioProvider treats a TLS failure (requests.exceptions.SSLError, before any request went "
-        "out) as an unknown outcome: its ConnectionError branch looks only for NewConnectionError, "
-        "NameResolutionError or 'refused', so the message sticks to Twilio instead of failing over"
-    ),
-)
 def test_a_tls_failure_was_not_taken(configure):
     with fake_provider_in_thread() as plain_http:
         https_to_plain = plain_http.url.replace("http://", "https://").rstrip("/")

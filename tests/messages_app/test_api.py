@@ -737,6 +737,7 @@ def test_attempts_lists_the_delivery_attempts_oldest_first(api_client):
     assert [(a["number"], a["outcome"], a["http_status"]) for a in body] == [(1, "retry", 503), (2, "sent", 202)]
     assert set(body[0]) == {
         "number",
+        "provider",
         "started_at",
         "duration_ms",
         "http_status",

@@ -46,9 +46,12 @@ class _HttpClient(TwilioHttpClient):
         key = getattr(self._local, "idempotency_key", None)
         if key:
             headers["Idempotency-Key"] = key
-        return super().request(
+        response = super().request(
             method, url, params=params, data=data, headers=headers, auth=auth, timeout=timeout, **kwargs
         )
+        # TwilioRestException carries no headers: keep Retry-After for the caller.
+        self._local.retry_after = (response.headers or {}).get("Retry-After")
+        return response
 
 
 class TwilioProvider(BaseProvider):
@@ -80,6 +83,7 @@ class TwilioProvider(BaseProvider):
         if options.get("status_callback_url"):
             fields["status_callback"] = options["status_callback_url"]
         self._local.idempotency_key = str(message.uuid)
+        self._local.retry_after = None
         try:
             created = self._client().messages.create(**fields)
         except TwilioRestException as exc:
@@ -88,9 +92,7 @@ class TwilioProvider(BaseProvider):
                 f"Twilio answered HTTP {status} (code {exc.code}): {exc.msg}"[:500],
                 permanent=not (status >= 500 or status in (408, 429)),
                 http_status=status,
-                retry_after=parse_retry_after((getattr(exc, "details", None) or {}).get("Retry-After"))
-                if isinstance(getattr(exc, "details", None), dict)
-                else None,
+                retry_after=parse_retry_after(getattr(self._local, "retry_after", None)),
                 not_sent=status == 429,
                 provider_wide=status >= 500 or status == 429,
             ) from None
@@ -100,6 +102,10 @@ class TwilioProvider(BaseProvider):
             ) from None
         except requests.Timeout:
             raise ProviderError("timed out waiting for Twilio", provider_wide=True) from None
+        except requests.exceptions.SSLError as exc:
+            raise ProviderError(
+                f"TLS failed before the request went out: {exc}"[:300], not_sent=True, provider_wide=True
+            ) from None
         except requests.ConnectionError as exc:
             text = repr(exc.args[0] if exc.args else exc)
             never_connected = any(m in text for m in ("NewConnectionError", "NameResolutionError", "refused"))
