@@ -130,6 +130,26 @@ def test_a_failed_probe_opens_the_circuit_for_another_cooloff():
     assert [Circuit("primary").allows() for _ in range(3)] == [True, True, False]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: a failed probe reopens the circuit and deletes the probe counter (Circuit.failure sets "
+        "'probes' to None); a worker whose cached state (STATE_TTL_SECONDS) still says half open then "
+        "starts a fresh count and sends more probes, into a circuit that is open again. Suggested fix: "
+        "count probes per half-open period (key them by open_until, let them expire) instead of deleting them"
+    ),
+)
+def test_no_more_probes_than_configured_once_a_probe_has_failed():
+    fail_circuit("primary", 3)
+    time.sleep(COOLOFF + 0.1)
+    first_worker, second_worker = Circuit("primary"), Circuit("primary")
+    assert first_worker.allows() and second_worker.allows()  # the two probes of this cool-off
+    first_worker.failure()  # the first probe failed: open for another cool-off
+    assert Circuit("primary").state().state == "open"
+    # The second worker read "half open" a moment ago; the circuit is open again all the same.
+    assert not second_worker.allows()
+
+
 def test_a_successful_probe_closes_the_circuit_and_ends_the_outage():
     fail_circuit("primary", 3)
     time.sleep(COOLOFF + 0.1)
