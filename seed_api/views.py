@@ -130,9 +130,12 @@ class SeedAPIView(APIView):
             )
         if isinstance(exc, exceptions.APIException):
             response = super().handle_exception(exc)
-            # msg: the status in words (default_detail is a template, e.g. 'Method "{method}" not
-            # allowed.'); reason: the formatted detail.
-            enveloped = fail(response.status_code, _phrase(response.status_code), _flatten_errors(exc.detail))
+            # A default_detail with a placeholder ('Method "{method}" not allowed.') is a template,
+            # not a message: the status in words stands in for it.
+            msg = str(exc.default_detail)
+            enveloped = fail(
+                response.status_code, _phrase(response.status_code) if "{" in msg else msg, _flatten_errors(exc.detail)
+            )
             # A throttled client needs Retry-After in the envelope's answer too.
             for header in ("Retry-After", "WWW-Authenticate"):
                 if response.has_header(header):

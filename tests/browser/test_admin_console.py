@@ -218,7 +218,7 @@ def test_requeue_a_failed_message_from_the_changelist(page: Page, live_server):
     other_failed.refresh_from_db()
     assert other_failed.status == Status.FAILED  # not selected, not touched
     row = page.locator("#result_list tbody tr", has=page.locator(f"input.action-select[value='{failed.pk}']"))
-    expect(row.locator("td.field-status")).to_have_text("Unsent")
+    expect(row.locator("td.field-status_badge")).to_have_text("Unsent")
 
 
 # --- the dispatcher page ----------------------------------------------------------------------

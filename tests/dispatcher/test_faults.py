@@ -258,7 +258,7 @@ def test_sigkill_of_one_of_four_qclusters_loses_nothing_and_repeats_at_most_one_
 
             def a_cluster_in_mid_chunk() -> bool:
                 # Not the one pacing (its window would have to wait for the next schedule), and with a chunk
-                # begun 0.3 to 1.2 s ago: its sends are under way and far from done (a chunk takes 12 x 0.3 s / 2
+                # begun 0.2 to 1.5 s ago: its sends are under way and far from done (a chunk takes 12 x 0.3 s / 2
                 # = 1.8 s).
                 if count(Status.SENT) < total // 5:
                     return False
@@ -267,7 +267,7 @@ def test_sigkill_of_one_of_four_qclusters_loses_nothing_and_repeats_at_most_one_
                     for c in clusters
                     if not paces(c)
                     and chunk_tasks_running(c) > 0
-                    and 0.3 <= (seconds_since_last_chunk_began(c) or 0) <= 1.2
+                    and 0.2 <= (seconds_since_last_chunk_began(c) or 0) <= 1.5
                 ]
                 return bool(victims)
 

@@ -144,7 +144,10 @@ class Circuit:
         if current.state == "open":
             return False
         conf = self._conf()
-        key, ttl = self._key("probes"), max(1, math.ceil(conf.provider_circuit_cooloff_seconds))
+        # Counted per half-open period (its open_until), never reset: a worker whose view
+        # of the circuit is a moment old cannot start a fresh count after a failed probe.
+        key = self._key(f"probes:{int((current.open_until or 0) * 1000)}")
+        ttl = max(1, math.ceil(2 * conf.provider_circuit_cooloff_seconds))
         try:
             cache = caches[CACHE_ALIAS]
             cache.add(key, 0, timeout=ttl)
@@ -159,7 +162,7 @@ class Circuit:
         current = self.state()
         if current.failures == 0 and current.open_until is None:
             return
-        self._set({"failures": None, "open_until": None, "outage_since": None, "probes": None})
+        self._set({"failures": None, "open_until": None, "outage_since": None})
         if current.open_until is not None:
             logger.warning("provider %s: circuit closed, the provider answers again", self.name)
 
@@ -172,7 +175,6 @@ class Circuit:
         if current.state == "half_open" or failures >= conf.provider_circuit_failures:
             now = time.time()
             updates["open_until"] = now + conf.provider_circuit_cooloff_seconds
-            updates["probes"] = None
             if current.outage_since is None:
                 updates["outage_since"] = now
             if current.state != "open":
