@@ -87,7 +87,6 @@ def provider_specs_from_env(
     *,
     read: Callable[[str], str | None],
     secret: Callable[[str], str | None],
-    legacy: ProviderSpec | None,
     allow_http: bool,
 ) -> tuple[tuple[ProviderSpec, ...] | None, tuple[RouteRule, ...]]:
     """Build and check the providers from the environment (`read` and `secret` read one
@@ -107,13 +106,11 @@ def provider_specs_from_env(
                 )
         if len(set(names)) != len(names):
             raise ImproperlyConfigured(f"PROVIDERS names a provider twice: {names_raw!r}")
-        specs = tuple(
-            _spec_from_env(name, read=read, secret=secret, legacy=legacy, allow_http=allow_http) for name in names
-        )
+        specs = tuple(_spec_from_env(name, read=read, secret=secret, allow_http=allow_http) for name in names)
     return specs, _routes_from_env(read("PROVIDER_ROUTES") or "", names={s.name for s in specs})
 
 
-def _spec_from_env(name: str, *, read, secret, legacy: ProviderSpec | None, allow_http: bool) -> ProviderSpec:
+def _spec_from_env(name: str, *, read, secret, allow_http: bool) -> ProviderSpec:
     def var(suffix: str) -> str:
         return f"PROVIDER_{name.upper()}_{suffix}"
 

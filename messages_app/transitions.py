@@ -210,33 +210,9 @@ def message_schedule_retry(
     would fall after the message's expiry. Return the new status, None if no
     longer held. `sticky`: the provider may have taken it (the outcome is
     unknown), so only that provider may be asked again."""
-    with transaction.atomic():
-        if not _lock_held([attempt.message_id], claim_token):
-            return None
-        retry_at = database_now_plus(retry_in_seconds)
-        if Message.objects.filter(pk=attempt.message_id, expires_at__lte=retry_at).update(
-            status=Status.EXPIRED,
-            attempts=F("attempts") + 1,
-            last_error=attempt.error[:MAX_ERROR_LENGTH],
-            next_attempt_at=None,
-            claim_token=None,
-            lease_expires_at=None,
-            sending_started_at=None,
-        ):
-            attempt.row(Outcome.RETRY).save()
-            return Status.EXPIRED
-        Message.objects.filter(pk=attempt.message_id).update(
-            status=Status.UNSENT,
-            attempts=F("attempts") + 1,
-            last_error=attempt.error[:MAX_ERROR_LENGTH],
-            next_attempt_at=retry_at,
-            claim_token=None,
-            lease_expires_at=None,
-            sending_started_at=None,
-            **({"provider": attempt.provider} if sticky and attempt.provider else {}),
-        )
-        attempt.row(Outcome.RETRY).save()
-    return Status.UNSENT
+    return _back_to_queue(
+        claim_token=claim_token, attempt=attempt, retry_in_seconds=retry_in_seconds, sticky=sticky, counted=True
+    )
 
 
 def message_defer(
@@ -248,22 +224,37 @@ def message_defer(
     expiry. Return the new status, None if no longer held. `sticky`: the provider
     may have taken it (a timeout that opened its circuit), so only that provider
     may be asked again."""
+    return _back_to_queue(
+        claim_token=claim_token, attempt=attempt, retry_in_seconds=retry_in_seconds, sticky=sticky, counted=False
+    )
+
+
+def _back_to_queue(
+    *, claim_token: uuid.UUID, attempt: AttemptRecord, retry_in_seconds: float, sticky: bool, counted: bool
+) -> str | None:
+    """A retry (`counted`) or a deferral: unsent and due later, or expired if later is too late."""
     with transaction.atomic():
         if not _lock_held([attempt.message_id], claim_token):
             return None
         retry_at = database_now_plus(retry_in_seconds)
-        released = {"claim_token": None, "lease_expires_at": None, "sending_started_at": None}
+        fields = {
+            "last_error": attempt.error[:MAX_ERROR_LENGTH],
+            "claim_token": None,
+            "lease_expires_at": None,
+            "sending_started_at": None,
+        }
+        if counted:
+            fields["attempts"] = F("attempts") + 1
         if sticky and attempt.provider:
-            released["provider"] = attempt.provider
+            fields["provider"] = attempt.provider
+        outcome = Outcome.RETRY if counted else Outcome.DEFERRED
         if Message.objects.filter(pk=attempt.message_id, expires_at__lte=retry_at).update(
-            status=Status.EXPIRED, next_attempt_at=None, last_error=attempt.error[:MAX_ERROR_LENGTH], **released
+            status=Status.EXPIRED, next_attempt_at=None, **fields
         ):
-            attempt.row(Outcome.DEFERRED).save()
+            attempt.row(outcome).save()
             return Status.EXPIRED
-        Message.objects.filter(pk=attempt.message_id).update(
-            status=Status.UNSENT, next_attempt_at=retry_at, last_error=attempt.error[:MAX_ERROR_LENGTH], **released
-        )
-        attempt.row(Outcome.DEFERRED).save()
+        Message.objects.filter(pk=attempt.message_id).update(status=Status.UNSENT, next_attempt_at=retry_at, **fields)
+        attempt.row(outcome).save()
     return Status.UNSENT
 
 

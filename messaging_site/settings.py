@@ -328,7 +328,6 @@ DISPATCHER["WEBHOOK_URL"] = _WEBHOOK_URL
 DISPATCH_PROVIDERS, DISPATCH_PROVIDER_ROUTES = provider_specs_from_env(
     read=env_str,
     secret=env_secret,
-    legacy=None,
     allow_http=DEBUG or _WEBHOOK_ALLOW_HTTP,
 )
 

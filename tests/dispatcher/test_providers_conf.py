@@ -21,7 +21,7 @@ TWILIO = BACKEND_ALIASES["twilio"]
 
 def specs(env: dict[str, str], *, allow_http: bool = True):
     """provider_specs_from_env over `env` alone (a secret is its plain variable)."""
-    return provider_specs_from_env(read=env.get, secret=env.get, legacy=None, allow_http=allow_http)
+    return provider_specs_from_env(read=env.get, secret=env.get, allow_http=allow_http)
 
 
 def error_of(env: dict[str, str], *, allow_http: bool = True) -> str:
@@ -224,7 +224,7 @@ def environ(monkeypatch):
 
 
 def real_specs(*, allow_http: bool = True):
-    return provider_specs_from_env(read=env_str, secret=env_secret, legacy=None, allow_http=allow_http)
+    return provider_specs_from_env(read=env_str, secret=env_secret, allow_http=allow_http)
 
 
 def test_credentials_from_files_are_read_and_stripped(environ, tmp_path):

@@ -63,7 +63,7 @@ def configured(settings, env: dict[str, str]) -> ProviderSet:
         "PROVIDER_" + n.upper() + "_BACKEND": "tests.dispatcher.test_routing.NamedProvider"
         for n in env["PROVIDERS"].split(",")
     }
-    specs, routes = provider_specs_from_env(read={**base, **env}.get, secret={}.get, legacy=None, allow_http=True)
+    specs, routes = provider_specs_from_env(read={**base, **env}.get, secret={}.get, allow_http=True)
     settings.DISPATCH_PROVIDERS, settings.DISPATCH_PROVIDER_ROUTES = specs, routes
     return ProviderSet.configured()
 

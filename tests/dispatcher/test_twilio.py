@@ -168,7 +168,7 @@ def configure(settings):
     made: list[ProviderSet] = []
 
     def make(env: dict[str, str]) -> ProviderSet:
-        specs, routes = provider_specs_from_env(read=env.get, secret=env.get, legacy=None, allow_http=True)
+        specs, routes = provider_specs_from_env(read=env.get, secret=env.get, allow_http=True)
         settings.DISPATCH_PROVIDERS, settings.DISPATCH_PROVIDER_ROUTES = specs, routes
         providers = ProviderSet.configured()
         made.append(providers)
@@ -468,7 +468,7 @@ def test_a_provider_that_is_not_twilio_is_404(configure):
 
 def test_build_provider_from_a_spec_needs_no_settings(twilio):
     (spec,), _ = provider_specs_from_env(
-        read=twilio_env(twilio.url).get, secret=twilio_env(twilio.url).get, legacy=None, allow_http=True
+        read=twilio_env(twilio.url).get, secret=twilio_env(twilio.url).get, allow_http=True
     )
     provider = build_provider(spec)
     try:
