@@ -122,7 +122,8 @@ def test_unknown_operation_is_an_error(db):
 # --- dispatcher tick ------------------------------------------------------------------
 
 
-def test_tick_sends_one_batch_and_prints_it(running_dispatcher):
+def test_tick_sends_one_batch_and_prints_it(running_dispatcher, settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "CONCURRENCY": 1}  # one at a time: sent and printed in order
     messages = [make_message(content=f"m{i}") for i in range(3)]
 
     out = run("dispatcher", "tick")

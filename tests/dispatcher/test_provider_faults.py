@@ -337,8 +337,9 @@ def test_primary_timing_out_its_messages_stay_with_it_and_keep_their_key(dirs, s
 FLAP_SECONDS = 4.0
 FLAPS = 3
 # A worker reads the shared circuit at most every 0.5 s (gate.STATE_TTL_SECONDS); what it sent just
-# before the circuit opened arrives at once. A request later than this into an open period is a breach.
-OPEN_MARGIN_SECONDS = 1.0
+# before the circuit opened arrives at once, later on a busy machine. A request later than this into an
+# open period is a breach.
+OPEN_MARGIN_SECONDS = 1.5
 
 
 def test_flapping_primary_circuit_opens_and_closes_and_holds_requests_while_open(dirs, stopped_dispatcher, figures):

@@ -143,6 +143,12 @@ class Circuit:
             return True
         if current.state == "open":
             return False
+        # Half open by a view up to STATE_TTL_SECONDS old: ask Redis itself before probing,
+        # as a failed probe may have opened the circuit again meanwhile.
+        current = self._read()
+        self._cached, self._cached_at = current, time.monotonic()
+        if current.state != "half_open":
+            return current.state == "closed"
         conf = self._conf()
         # Counted per half-open period (its open_until), never reset: a worker whose view
         # of the circuit is a moment old cannot start a fresh count after a failed probe.
