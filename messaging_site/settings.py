@@ -343,6 +343,11 @@ Q_CLUSTER = {
     "name": "messaging",
     "orm": "default",
     "workers": env_int("QCLUSTER_WORKERS", 4, minimum=1, maximum=64),
+    # How many tasks a qcluster takes from the broker beyond those its workers
+    # run. django-q2's default (workers squared) lets the first qcluster to poll
+    # hoard the chunks of a tick while the others idle; one keeps the next chunk
+    # ready and leaves the rest to whichever qcluster has a free worker.
+    "queue_limit": env_int("QCLUSTER_QUEUE_LIMIT", 1, minimum=1, maximum=4096),
     "timeout": _TASK_TIMEOUT,
     "retry": _TASK_RETRY,
     "max_attempts": 1,

@@ -244,7 +244,7 @@ def test_sigkill_of_one_of_four_qclusters_loses_nothing_and_repeats_at_most_one_
     tmp_path, stopped_dispatcher, figures
 ):
     # Enough chunks that, on a busy machine too, some cluster is caught in mid-chunk.
-    total, chunk = 144, 12
+    total, chunk = 192, 12
     make_messages(total, "sigkill")
     dispatcher_configure(batch_size=2 * chunk, interval_seconds=1)
 
@@ -260,7 +260,7 @@ def test_sigkill_of_one_of_four_qclusters_loses_nothing_and_repeats_at_most_one_
                 # Not the one pacing (its window would have to wait for the next schedule), and with a chunk
                 # begun 0.2 to 1.5 s ago: its sends are under way and far from done (a chunk takes 12 x 0.3 s / 2
                 # = 1.8 s).
-                if count(Status.SENT) < total // 5:
+                if count(Status.SENT) < chunk:
                     return False
                 victims[:] = [
                     c

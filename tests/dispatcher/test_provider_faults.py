@@ -395,7 +395,7 @@ def test_flapping_primary_circuit_opens_and_closes_and_holds_requests_while_open
 
 RATE = 100
 QCLUSTERS = 3
-MEASURED_SECONDS = 20
+MEASURED_SECONDS = 12
 WARMUP_SECONDS = 3
 
 
@@ -453,7 +453,7 @@ def test_rate_limit_holds_across_qclusters(dirs, stopped_dispatcher, figures):
 
 # --- 5. the only provider down for a while ---------------------------------------------------------
 
-OUTAGE_SECONDS = 45
+OUTAGE_SECONDS = 20
 PROBES = 2
 
 
@@ -528,11 +528,11 @@ def test_outage_of_the_only_provider_fails_nothing_and_sends_everything_after(di
 
 REDIS_RATE = 30
 REDIS_QCLUSTERS = 2
-REDIS_DOWN_SECONDS = 15
+REDIS_DOWN_SECONDS = 8
 
 
 def test_redis_stopped_mid_run_sending_goes_on_within_the_fallback(dirs, stopped_dispatcher, figures):
-    total = 1200
+    total = 600
     messages = make_messages(total, "redis")
     dispatcher_configure(batch_size=2 * REDIS_RATE, interval_seconds=1)
 
