@@ -181,6 +181,7 @@ def start_process(args: list[str], env: dict[str, str], log_path: Path) -> subpr
 
 def start_command(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Any command, from the repository root, in its own process group, output to `log_path` (overwritten)."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -2,7 +2,7 @@
 real fake-provider processes on the benchmark's database and Redis.
 
 rate      K qclusters send through one provider limited to R messages/s (PROVIDER_PRIMARY_RATE_PER_SECOND,
-          a moving window in Redis) for S seconds, with claims outpacing the limit; per whole second of
+          evenly spaced slots in Redis) for S seconds, with claims outpacing the limit; per whole second of
           the clock, what the provider received: mean, min, max, the share of seconds within 5% of R,
           and (not a pass criterion) the busiest sliding second and tenth of a second.
 failover  two runs, one after the other:

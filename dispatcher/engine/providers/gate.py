@@ -8,10 +8,11 @@ over or wait without spending their attempts. After the cool-off it is half open
 PROVIDER_CIRCUIT_PROBES requests per cool-off go through; a success closes it,
 a failure opens it again.
 
-Rate: at most RATE_PER_SECOND requests a second to the provider, counted in
-Redis over a moving window (the `limits` package), so the limit holds however
-many workers send. A 429 (with Retry-After, or a second) pauses the whole
-provider, not just one message.
+Rate: at most RATE_PER_SECOND requests a second to the provider, spaced evenly:
+each request takes the provider's next free slot, 1/RATE_PER_SECOND after the
+previous one, reserved in Redis (GCRA), so the limit holds however many workers
+send and the provider never sees a burst. A 429 (with Retry-After, or a second)
+pauses the whole provider, not just one message.
 
 Fallback when Redis is unreachable (documented in the README): each worker
 process keeps its own circuit and limits itself to its share of the rate
@@ -30,9 +31,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import caches
-from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
-from limits.storage import MemoryStorage, storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from django_redis import get_redis_connection
 
 from dispatcher.conf import dispatcher_settings
 
@@ -216,34 +215,60 @@ class Circuit:
             _shared.failed(exc)
 
 
+# The provider's next free sending slot, reserved atomically on Redis's own clock
+# (every host agrees on it). GCRA: slots are 1/rate apart; a caller may reserve one
+# up to ARGV[2] seconds ahead and waits for it. Returns {reserved, seconds to wait}.
+_RESERVE_SLOT = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local interval, ahead = tonumber(ARGV[1]), tonumber(ARGV[2])
+local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), t)
+if slot - t > ahead then
+    return {0, tostring(slot - t)}
+end
+redis.call('SET', KEYS[1], tostring(slot + interval), 'PX', math.ceil((slot - t + interval) * 1000) + 1000)
+return {1, tostring(slot - t)}
+"""
+# How far ahead a worker may reserve a slot: enough for every thread to keep one,
+# short enough that a stopping worker wastes little of the rate.
+RESERVE_AHEAD_SECONDS = 0.25
+
+
+class _LocalSlots:
+    """The same slot rule in one process, for when Redis is unreachable."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, ahead: float) -> tuple[bool, float]:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            if slot - now > ahead:
+                return False, slot - now
+            self._next = slot + self.interval
+            return True, slot - now
+
+
 class RateGate:
-    """The provider's cluster-wide rate (moving window in Redis) and its 429 pause."""
+    """The provider's cluster-wide rate and its 429 pause.
+
+    Requests are spaced evenly, 1/RATE_PER_SECOND apart, by reserving slots in
+    Redis (GCRA), rather than counted per window: a window admits its whole
+    allowance at once after any stall, and the provider would see that burst."""
 
     def __init__(self, name: str, rate_per_second: float) -> None:
         self.name = name
         self.rate = rate_per_second
-        if rate_per_second >= 1:
-            self.item = RateLimitItemPerSecond(int(rate_per_second))
-        elif rate_per_second > 0:
-            self.item = RateLimitItemPerMinute(max(1, int(rate_per_second * 60)))
-        else:
-            self.item = None
-        self._shared_limiter: MovingWindowRateLimiter | None = None
-        local_rate = max(1, int(rate_per_second / max(1, settings.Q_CLUSTER.get("workers", 1))))
-        self._local_item = RateLimitItemPerSecond(local_rate) if rate_per_second >= 1 else self.item
-        self._local_limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.interval = 1.0 / rate_per_second if rate_per_second > 0 else None
+        workers = max(1, settings.Q_CLUSTER.get("workers", 1))
+        self._local = _LocalSlots(self.interval * workers) if self.interval else None
+        self._script = None
         self._paused_until = 0.0
         self._pause_checked_at = 0.0
         self._pause_seen = False
-
-    def _limiter(self) -> MovingWindowRateLimiter | None:
-        redis_url = getattr(settings, "REDIS_URL", None)
-        if not redis_url:
-            return None
-        if self._shared_limiter is None:
-            storage = storage_from_string(redis_url, socket_connect_timeout=2, socket_timeout=2)
-            self._shared_limiter = MovingWindowRateLimiter(storage)
-        return self._shared_limiter
 
     def pause(self, seconds: float) -> None:
         """A 429: the whole provider waits `seconds` (every worker, through Redis)."""
@@ -264,17 +289,23 @@ class RateGate:
         return max(0.0, until - time.time())
 
     def acquire(self, *, should_stop: Callable[[], bool], max_wait: float = MAX_RATE_WAIT_SECONDS) -> bool:
-        """Wait for the provider's pause and rate; False if told to stop or it took too long."""
-        if self.item is None and self._paused_until <= time.time() and not self._pause_shared():
+        """Wait for the provider's pause and for a slot of its rate; False if told to stop or it took too long."""
+        if self.interval is None and self._paused_until <= time.time() and not self._pause_shared():
             return True  # no limit and no pause: no waiting, nothing to ask
         deadline = time.monotonic() + max_wait
         while True:
-            pause = self.paused_for()
-            if pause <= 0 and (self.item is None or self._hit()):
-                return True
+            pause = self.paused_for() if self._paused_until > time.time() or self._pause_shared() else 0.0
+            if pause <= 0:
+                if self.interval is None:
+                    return True
+                reserved, wait = self._reserve()
+                if reserved:
+                    time.sleep(wait)
+                    return True
+                pause = wait - RESERVE_AHEAD_SECONDS
             if should_stop() or time.monotonic() > deadline:
                 return False
-            time.sleep(min(pause, 0.25) if pause > 0 else (0.005 if self.rate >= 50 else 0.02))
+            time.sleep(min(max(pause, 0.001), 0.25))
 
     def _pause_shared(self) -> bool:
         """Whether another worker paused the provider (read at most every STATE_TTL_SECONDS)."""
@@ -284,17 +315,19 @@ class RateGate:
             self._pause_seen = self.paused_for() > 0
         return self._pause_seen
 
-    def _hit(self) -> bool:
-        limiter = None
-        try:
-            limiter = self._limiter()
-            if limiter is not None:
-                allowed = limiter.hit(self.item, "provider", self.name)
+    def _reserve(self) -> tuple[bool, float]:
+        if getattr(settings, "REDIS_URL", None):
+            try:
+                if self._script is None:
+                    self._script = get_redis_connection(CACHE_ALIAS).register_script(_RESERVE_SLOT)
+                reserved, wait = self._script(
+                    keys=[f"{KEY_PREFIX}{self.name}:next_slot"], args=[self.interval, RESERVE_AHEAD_SECONDS]
+                )
                 _shared.ok()
-                return allowed
-        except Exception as exc:
-            _shared.failed(exc)
-        return self._local_limiter.hit(self._local_item, "provider", self.name)
+                return bool(reserved), float(wait)
+            except Exception as exc:
+                _shared.failed(exc)
+        return self._local.reserve(RESERVE_AHEAD_SECONDS)
 
 
 class ProviderGate:
