@@ -2,16 +2,21 @@
 server, next to how fast the same number of messages is sent, in one run.
 
 1. Receipts. Truncates, `COPY`s N sent messages (bench/loading.py `copy_history`), starts
-   gunicorn (`messaging_site.wsgi`, --workers W, sync) with a fresh RECEIPT_WEBHOOK_SECRET,
-   signs one Standard Webhooks receipt per message (before the clock starts: signing is the
-   provider's work), then C client threads POST them to /api/receipts/ on keep-alive
-   connections. receipts/s = N / (last answer - first request). Checks that every answer
-   was 200 `applied` and that N messages carry a delivery outcome.
-2. Sending. Truncates, `COPY`s N unsent messages (`copy_unsent`), starts the fake provider
-   (--latency-ms L) and P `dispatcher drain` processes: messages/s = N / (last sent_at -
-   drain start), as `bench throughput` measures it.
+   gunicorn as deployed (`gunicorn -c gunicorn.conf.py`: gevent workers, a pool of database
+   connections each; WEB_WORKERS=W) with a fresh RECEIPT_WEBHOOK_SECRET, signs one Standard
+   Webhooks receipt per message (before the clock starts: signing is the provider's work),
+   then C client threads POST them to /api/receipts/ on keep-alive connections.
+   receipts/s = N / (last answer - first request). Checks that every answer was 200
+   `applied` and that N messages carry a delivery outcome.
+2. Sending, receipts off. Truncates, `COPY`s N unsent messages (`copy_unsent`), starts the
+   fake provider (--latency-ms L) and P `dispatcher drain` processes: messages/s = N / (last
+   sent_at - drain start), as `bench throughput` measures it.
+3. Sending, receipts on: the same, with gunicorn running and the fake provider calling back
+   with a signed receipt for each message it accepted (--receipt-delay-ms after accepting
+   it), as a provider does; then waits until every message carries its delivery outcome.
 
-The ratio receipts/s / messages/s says whether intake keeps up with sending.
+Two ratios: receipts/s over messages/s (does intake keep up with sending?) and messages/s
+with receipts over without (what taking receipts in costs the sending, on one machine).
 """
 
 from __future__ import annotations
@@ -83,33 +88,41 @@ def receipts(options: argparse.Namespace) -> dict:
     if min(options.receipts, options.clients, options.workers, options.drains) < 1:
         raise BenchError("--receipts, --clients, --workers and --drains must be at least 1")
     secret = "whsec_" + b64encode(secrets.token_bytes(32)).decode()
-    env = service_env(LOG_LEVEL=options.log_level, RECEIPT_WEBHOOK_SECRET=secret, ALLOWED_HOSTS="127.0.0.1")
+    env = service_env(
+        LOG_LEVEL=options.log_level,
+        RECEIPT_WEBHOOK_SECRET=secret,
+        ALLOWED_HOSTS="127.0.0.1",
+        WEB_WORKERS=str(options.workers),
+    )
     prepare_database(env)
     logs = Path(options.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
 
     intake = _intake(options, env, secret, logs)
     print(f"  receipts: {intake['receipts_per_s']} receipts/s", file=sys.stderr, flush=True)
-    sending = _sending(options, env, logs) if not options.skip_sending else None
-    if sending:
-        print(f"  sending: {sending['messages_per_s']} messages/s", file=sys.stderr, flush=True)
+    sending = with_receipts = None
+    if not options.skip_sending:
+        sending = _sending(options, env, logs)
+        print(f"  sending, receipts off: {sending['messages_per_s']} messages/s", file=sys.stderr, flush=True)
+        with _web(env, logs / "receipts-gunicorn-sending.log") as web_url:
+            with_receipts = _sending(options, env, logs, receipts_url=web_url + "/api/receipts/", secret=secret)
+        print(f"  sending, receipts on: {with_receipts['messages_per_s']} messages/s", file=sys.stderr, flush=True)
 
-    ratio = (
-        round(intake["receipts_per_s"] / sending["messages_per_s"], 2)
-        if sending and intake["receipts_per_s"] and sending["messages_per_s"]
-        else None
-    )
-    ok = intake["ok"] and (sending is None or sending["ok"])
+    ratio = _ratio(intake["receipts_per_s"], sending and sending["messages_per_s"])
+    receipts_cost = _ratio(with_receipts and with_receipts["messages_per_s"], sending and sending["messages_per_s"])
+    ok = intake["ok"] and all(phase is None or phase["ok"] for phase in (sending, with_receipts))
     summary = (
-        f"receipts: {options.receipts} signed receipts through gunicorn ({options.workers} sync workers) from "
-        f"{options.clients} client threads: {intake['receipts_per_s']} receipts/s (p50 {intake['latency_p50_ms']} ms, "
-        f"p99 {intake['latency_p99_ms']} ms)"
+        f"receipts: {options.receipts} signed receipts through gunicorn (gunicorn.conf.py, {options.workers} gevent "
+        f"workers) from {options.clients} client threads: {intake['receipts_per_s']} receipts/s (p50 "
+        f"{intake['latency_p50_ms']} ms, p99 {intake['latency_p99_ms']} ms)"
     )
-    if sending:
+    if sending and with_receipts:
         summary += (
             f"; sending the same number with {options.drains} drain process(es) to a "
-            f"{options.latency_ms:g} ms fake provider: {sending['messages_per_s']} messages/s; "
-            f"receipts/s to messages/s: {ratio}"
+            f"{options.latency_ms:g} ms fake provider: {sending['messages_per_s']} messages/s with receipts off, "
+            f"{with_receipts['messages_per_s']} with receipts on (all {with_receipts['receipts_applied']} applied "
+            f"{with_receipts['all_receipts_applied_after_s']} s after the last send); receipts/s to messages/s: "
+            f"{ratio}; messages/s with receipts to without: {receipts_cost}"
         )
     return {
         "summary": summary + ("" if ok else "; RUN FAILED"),
@@ -120,8 +133,37 @@ def receipts(options: argparse.Namespace) -> dict:
         "log_level": options.log_level,
         "intake": intake,
         "sending": sending,
+        "sending_with_receipts": with_receipts,
         "receipts_to_sending_ratio": ratio,
+        "sending_with_receipts_to_without": receipts_cost,
     }
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 2) if numerator and denominator else None
+
+
+@contextmanager
+def _web(env: dict[str, str], log: Path):
+    """gunicorn as deployed (gunicorn.conf.py, gevent workers), on a free port; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "messaging_site.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+    ]
+    gunicorn = start_command(argv, env, log)
+    try:
+        _wait_for(url + "/healthz", gunicorn, "gunicorn")
+        yield url
+    finally:
+        stop_process(gunicorn)
 
 
 # --- 1. receipts through gunicorn -------------------------------------------------------------
@@ -163,24 +205,8 @@ def _intake(options: argparse.Namespace, env: dict[str, str], secret: str, logs:
         }
         requests_.append((body.encode(), headers))
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "messaging_site.wsgi:application",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(options.workers),
-    ]
-    gunicorn = start_command(argv, env, logs / "receipts-gunicorn.log")
-    try:
-        _wait_for(url + "/healthz", gunicorn, "gunicorn")
+    with _web(env, logs / "receipts-gunicorn.log") as url:
         started, finished, answers = _post_all(url + "/api/receipts/", requests_, clients=options.clients)
-    finally:
-        stop_process(gunicorn)
 
     outcomes: dict[str, int] = {}
     for code, outcome, _ in answers:
@@ -265,8 +291,18 @@ def _post_all(url: str, requests_: list, *, clients: int) -> tuple[float, float,
 # --- 2. sending the same number ---------------------------------------------------------------
 
 
-def _sending(options: argparse.Namespace, env: dict[str, str], logs: Path) -> dict:
+def _sending(
+    options: argparse.Namespace,
+    env: dict[str, str],
+    logs: Path,
+    *,
+    receipts_url: str | None = None,
+    secret: str | None = None,
+) -> dict:
+    """Send N messages with P drains; with `receipts_url`, the fake provider calls back with a
+    signed receipt for each, and the phase ends once every message carries its outcome."""
     n = options.receipts
+    phase = "receipts-on" if receipts_url else "receipts-off"
     with connect() as conn:
         _empty(conn)
         with _copy_defaults(conn):
@@ -278,14 +314,15 @@ def _sending(options: argparse.Namespace, env: dict[str, str], logs: Path) -> di
     port = free_port()
     provider_url = f"http://127.0.0.1:{port}/"
     env = dict(env, DISPATCH_PROVIDER_BACKEND="webhook", WEBHOOK_URL=provider_url)
+    provider_args = ["fakeprovider", "--port", str(port), "--latency-ms", f"{options.latency_ms:g}"]
+    if receipts_url:
+        provider_args += [
+            *("--receipts-url", receipts_url, "--receipt-secret", secret),
+            *("--receipt-delay-ms", f"{options.receipt_delay_ms:g}"),
+        ]
+    applied_after = None
     with ExitStack() as stack:
-        provider = stack.enter_context(
-            process(
-                ["fakeprovider", "--port", str(port), "--latency-ms", f"{options.latency_ms:g}"],
-                env,
-                logs / "receipts-fakeprovider.log",
-            )
-        )
+        provider = stack.enter_context(process(provider_args, env, logs / f"{phase}-fakeprovider.log"))
         _wait_for(provider_url + "_fake/stats", provider, "the fake provider")
         manage(env, "dispatcher", "start")
         drain_started = time.time()
@@ -293,7 +330,7 @@ def _sending(options: argparse.Namespace, env: dict[str, str], logs: Path) -> di
             start_process(
                 ["dispatcher", "drain", "--batch-size", str(options.batch_size)],
                 env,
-                logs / f"receipts-drain-{i}.log",
+                logs / f"{phase}-drain-{i}.log",
             )
             for i in range(options.drains)
         ]
@@ -307,17 +344,29 @@ def _sending(options: argparse.Namespace, env: dict[str, str], logs: Path) -> di
                 if not left:
                     break
                 time.sleep(POLL_SECONDS)
+            sent_by = time.time()
+            while receipts_url and time.monotonic() < deadline:
+                waiting = conn.execute(
+                    "SELECT count(*) FROM messages_app_message WHERE status = 'sent' AND delivery_status = ''"
+                ).fetchone()[0]
+                if not waiting:
+                    applied_after = time.time() - sent_by
+                    break
+                time.sleep(POLL_SECONDS)
         timed_out = time.monotonic() >= deadline
     with connect() as conn:
-        sent, last = conn.execute(
-            "SELECT count(*), extract(epoch FROM max(sent_at)) FROM messages_app_message WHERE status = 'sent'"
+        sent, last, applied = conn.execute(
+            "SELECT count(*), extract(epoch FROM max(sent_at)), count(*) FILTER (WHERE delivery_status <> '') "
+            "FROM messages_app_message WHERE status = 'sent'"
         ).fetchone()
     wall = float(last) - drain_started if last is not None else None
     return {
-        "ok": not timed_out and sent == n,
+        "ok": not timed_out and sent == n and (not receipts_url or applied == n),
         "messages_per_s": round(n / wall, 1) if wall and sent == n else None,
         "wall_s": _r(wall),
         "sent": sent,
+        "receipts_applied": applied,
+        "all_receipts_applied_after_s": _r(applied_after),
         "drains": options.drains,
         "batch_size": options.batch_size,
         "provider_latency_ms": options.latency_ms,
@@ -346,10 +395,13 @@ def _r(value: float | None, digits: int = 1) -> float | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--receipts", type=int, default=5000, help="sent messages, one receipt each (N)")
     parser.add_argument("--clients", type=int, default=4, help="client threads posting receipts (C)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (W)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn gevent workers, WEB_WORKERS (W)")
     parser.add_argument("--drains", type=int, default=1, help="drain processes for the sending phase (P)")
     parser.add_argument("--batch-size", type=int, default=100, help="drain --batch-size in the sending phase")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the fake provider's delay per request")
+    parser.add_argument(
+        "--receipt-delay-ms", type=float, default=100.0, help="receipts on: from accepting a message to its receipt"
+    )
     parser.add_argument("--skip-sending", action="store_true", help="measure the receipts only")
     parser.add_argument("--timeout", type=float, default=600, help="give up on the sending phase after this long")
     parser.add_argument(

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, QuerySet, Value
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, QuerySet, Value
 from django.db.models.functions import Now
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from messages_app.models import DeliveryAttempt, Message
 
@@ -452,14 +454,38 @@ def message_record_delivery(
     its id and sending time, or None if no sent message has that id (yet). The
     dispatch status stays `sent`; a receipt older than the one recorded does not
     overwrite it."""
-    found = (
-        Message.objects.filter(provider_message_id=provider_message_id, status=Status.SENT)
-        .values_list("pk", "sent_at")
-        .first()
-    )
-    if found is None:
-        return None
-    Message.objects.filter(pk=found[0]).filter(
-        Q(delivery_status_at__isnull=True) | Q(delivery_status_at__lte=occurred_at)
-    ).update(delivery_status=status, delivery_error_code=error_code, delivery_status_at=occurred_at)
-    return found[0], found[1]
+    # The common case (the newest receipt for a sent message) in one statement; the
+    # lookup only when nothing moved: an older receipt, or no such sent message.
+    field = Message._meta.get_field
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {Message._meta.db_table}
+               SET delivery_status = %s, delivery_error_code = %s, delivery_status_at = %s
+             WHERE provider_message_id = %s AND status = %s
+               AND (delivery_status_at IS NULL OR delivery_status_at <= %s)
+            RETURNING id, sent_at
+            """,  # noqa: S608 - the table name is ours; every value is a parameter
+            [
+                status,
+                error_code,
+                field("delivery_status_at").get_db_prep_value(occurred_at, connection),
+                provider_message_id,
+                Status.SENT,
+                field("delivery_status_at").get_db_prep_value(occurred_at, connection),
+            ],
+        )
+        row = cursor.fetchone()
+    if row is not None:
+        return row[0], _aware(row[1])
+    sent = Message.objects.filter(provider_message_id=provider_message_id, status=Status.SENT).order_by()
+    return next(iter(sent.values_list("pk", "sent_at")[:1]), None)
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """A datetime read by raw SQL (SQLite hands back text), aware and in UTC."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        value = value.replace(tzinfo=UTC)
+    return value

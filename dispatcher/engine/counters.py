@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.core.cache import caches
+from django_redis.cache import RedisCache
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -147,8 +148,16 @@ def _add(deltas: Counter[str]) -> None:
     global _recording_failed
     try:
         cache = caches[CACHE_ALIAS]
-        for key, delta in deltas.items():
-            if delta:
+        deltas = {key: delta for key, delta in deltas.items() if delta}
+        if isinstance(cache, RedisCache):
+            # One round trip for the lot: INCRBY on the cache's own keys (django-redis
+            # keeps integers unpickled, so `cache.get` reads them back as they are).
+            pipe = cache.client.get_client(write=True).pipeline(transaction=False)
+            for key, delta in deltas.items():
+                pipe.incrby(cache.make_and_validate_key(key), delta)
+            pipe.execute()
+        else:
+            for key, delta in deltas.items():
                 _incr(cache, key, delta)
     except Exception as exc:
         if not _recording_failed:

@@ -2,11 +2,13 @@
 cache (no PostgreSQL, no Redis), the production settings module with DEBUG on.
 
 migrate, create a message through the API with a token, and a real qcluster sends
-it through the real fake provider; the sent list shows it.
+it through the real fake provider; the sent list shows it, and the provider's signed
+delivery receipt, taken in by the web process, marks it delivered.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -54,15 +56,17 @@ def api(method: str, url: str, token: str, body: object | None = None) -> dict:
 
 
 def test_quick_start_on_sqlite_sends_a_message_created_through_the_api(tmp_path):
-    with fake_provider(tmp_path) as provider:
-        env = quickstart_env(tmp_path, WEBHOOK_URL=provider.url)
+    port = free_port()
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    receipts = ("--receipts-url", f"http://127.0.0.1:{port}/api/receipts/", "--receipt-secret", secret)
+    with fake_provider(tmp_path, *receipts, "--receipt-delay-ms", "100") as provider:
+        env = quickstart_env(tmp_path, WEBHOOK_URL=provider.url, RECEIPT_WEBHOOK_SECRET=secret)
         for args in (["migrate", "--no-input"], ["ensure_superuser", "--username", "admin"]):
             done = manage(args, env=env, timeout=120)
             assert done.returncode == 0, done.stdout
         assert (tmp_path / "state" / "db.sqlite3").exists()
         token = manage(["drf_create_token", "admin"], env=env).stdout.split()[2]
 
-        port = free_port()
         web_args = ["runserver", f"127.0.0.1:{port}", "--noreload"]
         with (
             running(web_args, env=env, log_path=tmp_path / "web.log") as web,
@@ -90,3 +94,9 @@ def test_quick_start_on_sqlite_sends_a_message_created_through_the_api(tmp_path)
             received = json.loads(urllib.request.urlopen(provider.url + "_fake/requests", timeout=5).read())
             assert [r["message_id"] for r in received] == [message["provider_message_id"]]
             assert f"sent message id={created['id']}" in worker.log()
+
+            def delivered() -> bool:
+                return api("GET", base + f"messages/{created['id']}/", token)["delivery_status"] == "delivered"
+
+            wait_for(delivered, timeout=30, interval=0.5, what=f"the delivery receipt of message {created['id']}")
+            assert f"message id={created['id']} messageId={message['provider_message_id']} delivered" in web.log()
