@@ -44,13 +44,29 @@ def setup_django() -> None:
     django.setup()
 
 
-def _fill(*, sent: int, unsent: int) -> dict:
+# --all-queued: the queue's share of each priority (the rest is normal).
+PRIORITY_MIX = {"high": 0.1, "low": 0.1}
+
+
+def _fill(*, sent: int, unsent: int, priorities: bool = False) -> dict:
     from django.db import connection
 
     connection.close()  # ours must not count as "someone else is using the database"
     with connect() as conn:
         empty_tables(conn)
         load = copy_history(conn, sent=sent, unsent=unsent)
+        if priorities:
+            # Spread over the queue (every tenth message high, the next low), so each level
+            # has due messages from its oldest to its newest.
+            every = round(1 / PRIORITY_MIX["high"])
+            conn.execute(
+                "UPDATE messages_app_message SET priority = CASE WHEN id %% %s = 0 THEN 'high' ELSE 'low' END"
+                " WHERE status = 'unsent' AND id %% %s IN (0, 1)",
+                [every, every],
+            )
+            load["priorities"] = dict(
+                conn.execute("SELECT priority, count(*) FROM messages_app_message GROUP BY 1 ORDER BY 1").fetchall()
+            )
         started = time.perf_counter()
         conn.execute("VACUUM ANALYZE messages_app_message")
         load["vacuum_analyze_s"] = round(time.perf_counter() - started, 3)
@@ -157,9 +173,9 @@ def claim(options: argparse.Namespace) -> dict:
     setup_django()
     per_size = []
     for rows in sizes:
-        unsent = min(options.unsent, rows // 2)
+        unsent = rows if options.all_queued else min(options.unsent, rows // 2)
         print(f"claim: {rows} rows ({unsent} unsent)", file=sys.stderr, flush=True)
-        load = _fill(sent=rows - unsent, unsent=unsent)
+        load = _fill(sent=rows - unsent, unsent=unsent, priorities=options.all_queued)
         timings = _claim_timings(options, expected=min(options.batch_size, unsent))
         per_size.append({"rows": rows, "unsent": unsent, "sent": rows - unsent, "load": load, **timings})
     first, last = per_size[0], per_size[-1]
@@ -172,7 +188,9 @@ def claim(options: argparse.Namespace) -> dict:
         f"{s['rows']} rows {s['claim_batch']['p50_ms']} / {s['claim_batch']['p99_ms']}" for s in per_size
     )
     return {
-        "summary": f"claim_batch(batch_size={options.batch_size}), median / p99 ms: {figures}; "
+        "summary": f"claim_batch(batch_size={options.batch_size}"
+        f"{', every row queued, 10% high, 80% normal, 10% low' if options.all_queued else ''}), "
+        f"median / p99 ms: {figures}; "
         f"median ratio {last['rows']}/{first['rows']} rows: {ratio}",
         "batch_size": options.batch_size,
         "repeat": options.repeat,
@@ -246,6 +264,12 @@ def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
         default=5000,
         help="unsent messages queued in each table (at most half of it); the rest are sent. "
         "The same queue at every size isolates the cost of the table's history",
+    )
+    parser.add_argument(
+        "--all-queued",
+        action="store_true",
+        help="every row unsent instead (a queue of the table's size), 10%% high and 10%% low priority: "
+        "the claim by priority against the queue's length",
     )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=200, help="timed claims per size")

@@ -11,14 +11,17 @@ from tests.bench.harness import run_bench
 pytestmark = pytest.mark.process
 
 MESSAGES = 300
-PHASES = ("cluster", "cluster-compare", "baseline-fakeprovider", "baseline-stub", "cluster-latency")
+# The cluster-compare and cluster-latency phases run the cluster phase's code with other
+# numbers (--compare-qclusters, --slow-latency-ms); skipped here to keep the suite short.
+PHASES = ("cluster", "baseline-fakeprovider", "baseline-stub")
 
 
 def test_cluster_sends_every_message_once_in_every_phase(bench_lock, tmp_path):
     result = run_bench(
         tmp_path,
         "cluster",
-        *("--messages", str(MESSAGES), "--qclusters", "2", "--compare-qclusters", "1", "--workers", "2"),
+        *("--messages", str(MESSAGES), "--qclusters", "2", "--compare-qclusters", "0", "--workers", "2"),
+        *("--slow-latency-ms", "0"),
         *("--batch-size", "100", "--interval", "1", "--per-request", "100", "--log-level", "WARNING"),
         timeout=300,
     )
@@ -38,7 +41,7 @@ def test_cluster_sends_every_message_once_in_every_phase(bench_lock, tmp_path):
         assert 0 < phase["latency_p50_ms"] <= phase["latency_p99_ms"] <= phase["latency_max_ms"], name
         # Queued before the start, every message waits at least from the start to its send.
         assert phase["first_send_after_start_s"] >= 0, name
-    for name in ("cluster", "cluster-compare", "cluster-latency"):
+    for name in ("cluster",):
         phase = run["phases"][name]
         memory = phase["memory"]
         assert phase["worker_peak_rss_mib"] > 20, name
@@ -48,7 +51,6 @@ def test_cluster_sends_every_message_once_in_every_phase(bench_lock, tmp_path):
         assert phase["detail"]["chunk_tasks"]["count"] >= MESSAGES / 100, name
         assert phase["detail"]["chunk_tasks"]["failed"] == 0, name
         assert phase["detail"]["qcluster_returncodes"] == [0] * phase["qclusters"], name
-    assert run["phases"]["cluster-latency"]["provider_latency_ms"] == 50
     for name in ("baseline-fakeprovider", "baseline-stub"):
         phase = run["phases"][name]
         assert phase["peak_rss_mib"] > 10, name
@@ -60,8 +62,10 @@ def test_cluster_sends_every_message_once_in_every_phase(bench_lock, tmp_path):
         "qclusters_over_compare",
         "slow_provider_messages_per_s",
     }
-    for entry in ratios.values():
-        assert entry["value"] > 0 and entry["met"] in (True, False)
+    for name in ("cluster_over_baseline", "baseline_fakeprovider_over_stub"):
+        assert ratios[name]["value"] > 0 and ratios[name]["met"] in (True, False), name
+    for name in ("qclusters_over_compare", "slow_provider_messages_per_s"):  # their phases were skipped
+        assert ratios[name]["value"] is None and ratios[name]["met"] is None, name
     assert result["targets_apply"] is False  # not the conditions at this size
     assert "cluster/baseline" in result["summary"]
 

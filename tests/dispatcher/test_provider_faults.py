@@ -335,7 +335,7 @@ def test_primary_timing_out_its_messages_stay_with_it_and_keep_their_key(dirs, s
 # --- 3. a flapping primary -------------------------------------------------------------------------
 
 FLAP_SECONDS = 4.0
-FLAPS = 3
+FLAPS = 2
 # A worker reads the shared circuit at most every 0.5 s (gate.STATE_TTL_SECONDS); what it sent just
 # before the circuit opened arrives at once, later on a busy machine. A request later than this into an
 # open period is a breach.

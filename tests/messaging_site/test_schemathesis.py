@@ -45,8 +45,8 @@ CHECKS = [
     negative_data_rejection,
 ]
 
-# About 15 s for all fifteen operations on this 2-core machine.
-EXAMPLES_PER_OPERATION = 50
+# About 25 s for all the operations on this 2-core machine.
+EXAMPLES_PER_OPERATION = 30
 
 
 @pytest.fixture
