@@ -53,7 +53,9 @@ def enqueue_chunk(*, message_ids: list[int], claim_token: uuid.UUID) -> None:
         str(claim_token),
         task_name=f"send {len(message_ids)} messages ({message_ids[0]}..{message_ids[-1]})",
         group=TASK_GROUP,
-        # The result is the outcome counts, useful in the admin's task list for a while;
-        # the attempt log is the record that lasts.
-        save=True,
+        # A chunk that succeeds is not kept in django-q2's task list: keeping each made the
+        # monitor lock and re-read its 200 newest results (save_limit) per chunk, an eighth
+        # of a qcluster's CPU. A failed chunk is still kept; the attempt log is the record
+        # that lasts.
+        save=False,
     )

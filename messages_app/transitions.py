@@ -100,13 +100,16 @@ def _held(message_ids: Iterable[int], claim_token: uuid.UUID) -> QuerySet[Messag
     return Message.objects.filter(pk__in=list(message_ids), status=Status.PROCESSING, claim_token=claim_token)
 
 
-def _lock_held(message_ids: Iterable[int], claim_token: uuid.UUID) -> set[int]:
-    """The ids among `message_ids` still held under `claim_token`, locked against
-    deletion until the transaction ends: a message deleted meanwhile is simply
-    not among them, so it can never make the others' outcome writes fail."""
+def _lock_held(message_ids: Iterable[int], claim_token: uuid.UUID, *, not_started: bool = False) -> set[int]:
+    """The ids among `message_ids` still held under `claim_token` (and, if `not_started`,
+    not yet begun), locked against deletion until the transaction ends: a message deleted
+    meanwhile is simply not among them, so it can never make the others' outcome writes fail."""
+    held = _held(message_ids, claim_token)
+    if not_started:
+        held = held.filter(sending_started_at__isnull=True)
     # No ORDER BY: with it the planner walked every processing row in id order
     # instead of looking the few ids up by primary key.
-    return set(_held(message_ids, claim_token).select_for_update(no_key=True).order_by().values_list("pk", flat=True))
+    return set(held.select_for_update(no_key=True).order_by().values_list("pk", flat=True))
 
 
 # --- unsent -> processing --------------------------------------------------------------
@@ -139,14 +142,10 @@ def messages_renew_lease(
     an attempt.
     """
     with transaction.atomic():
-        held = _lock_held(message_ids, claim_token)
-        if held and starting:
-            # Once started, a chunk is never started again under the same claim: a task
-            # that django-q2 hands out twice (its broker trusts each worker's clock)
-            # finds nothing to send the second time.
-            held = set(
-                Message.objects.filter(pk__in=held, sending_started_at__isnull=True).values_list("pk", flat=True)
-            )
+        # Once started, a chunk is never started again under the same claim: a task
+        # that django-q2 hands out twice (its broker trusts each worker's clock)
+        # finds nothing to send the second time.
+        held = _lock_held(message_ids, claim_token, not_started=starting)
         if held:
             fields = {"lease_expires_at": database_now_plus(lease_seconds)}
             if starting:

@@ -48,8 +48,7 @@ def test_cluster_sends_every_message_once_in_every_phase(bench_lock, tmp_path):
         assert memory["workers_seen"] >= phase["qclusters"] * 2, name
         assert {"main", "sentinel", "worker", "pusher", "monitor"} <= set(memory["peak_rss_mib_max_by_role"]), name
         assert phase["behind"]["signal_available"] is True and phase["behind"]["status_polls"] >= 1, name
-        assert phase["detail"]["chunk_tasks"]["count"] >= MESSAGES / 100, name
-        assert phase["detail"]["chunk_tasks"]["failed"] == 0, name
+        assert phase["detail"]["chunk_tasks"] == {"failed": 0}, name
         assert phase["detail"]["qcluster_returncodes"] == [0] * phase["qclusters"], name
     for name in ("baseline-fakeprovider", "baseline-stub"):
         phase = run["phases"][name]
