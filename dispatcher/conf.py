@@ -219,11 +219,24 @@ def task_timeouts(*, window_seconds: int, webhook_timeout_seconds: float) -> tup
     return timeout, timeout + 30
 
 
+# The last settings read, with the dict they were read from: a worker asks for them
+# for every message it sends, and settings change only by replacing DISPATCHER.
+_last_read: tuple[dict, DispatcherSettings] | None = None
+
+
 def dispatcher_settings() -> DispatcherSettings:
+    global _last_read
     from django.conf import settings
 
     raw = settings.DISPATCHER
+    last = _last_read
+    if last is not None and last[0] is raw:
+        return last[1]
+    _last_read = (raw, _read(raw))
+    return _last_read[1]
 
+
+def _read(raw: dict) -> DispatcherSettings:
     def value(key: str):
         return raw.get(key, SPECS_BY_KEY[key].default) if key in SPECS_BY_KEY else raw[key]
 

@@ -164,15 +164,20 @@ def messages_mark_sent(
     `attempts` still held under `claim_token`, in one UPDATE, with their attempt
     rows; return the ids that moved.
 
-    One `WITH v AS (VALUES ...) UPDATE ... FROM v RETURNING` on PostgreSQL and SQLite alike:
-    each row gets its own provider ids from the VALUES list, the guard is in the
-    WHERE clause, and the updated rows stay locked until the commit, so a message
-    deleted meanwhile is simply not among them. (Django's Case/When per row cost
-    more CPU than the sends it recorded.)
+    One `UPDATE ... FROM v RETURNING`: each row gets its own provider ids from v,
+    the guard is in the WHERE clause, and the updated rows stay locked until the
+    commit, so a message deleted meanwhile is simply not among them. (Django's
+    Case/When per row cost more CPU than the sends it recorded.) On PostgreSQL the
+    attempt rows are written by the same statement (`_mark_sent_postgresql`); on
+    SQLite, v is a VALUES list and the rows follow in a bulk insert.
     """
     if not attempts:
         return set()
     by_id = {a.message_id: a for a in attempts}
+    if connection.vendor == "postgresql":
+        return _mark_sent_postgresql(
+            by_id, claim_token=claim_token, sent_at=sent_at, delivery_cache_pending=delivery_cache_pending
+        )
     table = Message._meta.db_table
     rows = ", ".join(["(CAST(%s AS BIGINT), CAST(%s AS VARCHAR(255)), CAST(%s AS VARCHAR(32)))"] * len(by_id))
     values = [item for a in by_id.values() for item in (a.message_id, a.provider_message_id, a.provider)]
@@ -202,6 +207,62 @@ def messages_mark_sent(
         held = {row[0] for row in cursor.fetchall()}
         DeliveryAttempt.objects.bulk_create(by_id[pk].row(Outcome.SENT) for pk in sorted(held))
     return held
+
+
+def _mark_sent_postgresql(
+    by_id: dict[int, AttemptRecord], *, claim_token: uuid.UUID, sent_at: datetime, delivery_cache_pending: bool
+) -> set[int]:
+    """messages_mark_sent on PostgreSQL: the update and the attempt rows in one statement,
+    the values passed as arrays, so its text (and psycopg's parsing of it) is the same
+    whatever the number of messages. Rows not held are neither moved nor logged."""
+    records = list(by_id.values())
+    field = Message._meta.get_field
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH v AS (
+                SELECT * FROM unnest(
+                    %s::bigint[], %s::varchar[], %s::varchar[], %s::integer[], %s::timestamptz[],
+                    %s::integer[], %s::integer[], %s::text[]
+                ) AS v(message_id, answered_id, answered_by, number, started_at, duration_ms, http_status, error)
+            ),
+            moved AS (
+                UPDATE {Message._meta.db_table} AS m
+                   SET status = %s, sent_at = %s, provider_message_id = v.answered_id,
+                       provider = v.answered_by, attempts = m.attempts + 1, last_error = '', claim_token = NULL,
+                       lease_expires_at = NULL, sending_started_at = NULL, next_attempt_at = NULL,
+                       delivery_cache_pending = %s
+                  FROM v
+                 WHERE m.id = v.message_id AND m.status = %s AND m.claim_token = %s
+                RETURNING m.id
+            )
+            INSERT INTO {DeliveryAttempt._meta.db_table}
+                   (message_id, provider, number, started_at, duration_ms, http_status, outcome, error,
+                    provider_message_id)
+            SELECT v.message_id, v.answered_by, v.number, v.started_at, v.duration_ms, v.http_status, %s,
+                   v.error, v.answered_id
+              FROM v JOIN moved ON moved.id = v.message_id
+             ORDER BY v.message_id
+            RETURNING message_id
+            """,  # noqa: S608 - the table names are ours; every value is a parameter
+            [
+                [a.message_id for a in records],
+                [a.provider_message_id for a in records],
+                [a.provider for a in records],
+                [a.number for a in records],
+                [a.started_at for a in records],
+                [a.duration_ms for a in records],
+                [a.http_status for a in records],
+                [a.error[:MAX_ERROR_LENGTH] for a in records],
+                Status.SENT,
+                field("sent_at").get_db_prep_value(sent_at, connection),
+                delivery_cache_pending,
+                Status.PROCESSING,
+                field("claim_token").get_db_prep_value(claim_token, connection),
+                Outcome.SENT,
+            ],
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def message_schedule_retry(
