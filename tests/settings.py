@@ -7,8 +7,6 @@ REDIS_URL); processes the tests start inherit these.
 import os
 import secrets
 
-from tests.xdist import redis_url_for_this_worker
-
 # Strong enough for the production checks the tests run under (DEBUG is off).
 os.environ.setdefault("SECRET_KEY", f"tests-only-{secrets.token_urlsafe(50)}")
 # The test client, live_server and the fake provider speak plain http.
@@ -17,8 +15,12 @@ os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
 os.environ.setdefault("WEBHOOK_ALLOW_HTTP", "true")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/messaging")
-# `make test` runs two pytest-xdist workers, each on a Redis db of its own.
-os.environ["REDIS_URL"] = redis_url_for_this_worker()
+# `make test` runs two pytest-xdist workers; each empties its Redis db before every
+# test, so each has its own (gw0: 15, gw1: 14). pytest-django gives each its own
+# test database already.
+os.environ.setdefault(
+    "REDIS_URL", f"redis://127.0.0.1:6379/{15 - int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0').removeprefix('gw'))}"
+)
 os.environ.setdefault("DISPATCH_PROVIDER_BACKEND", "locmem")
 os.environ.setdefault("LOG_LEVEL", "INFO")
 # A test makes many requests in well under a minute; the throttling tests set low
