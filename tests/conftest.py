@@ -11,15 +11,6 @@ from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
 from tests.factories import MESSAGE_CLIENT_PERMS, make_user, token_for
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers) the tests that start real processes
-    all run in one worker, one after another, as they are timed against each other's absence;
-    the rest of the suite runs beside them in the other worker."""
-    for item in items:
-        if item.get_closest_marker("process"):
-            item.add_marker(pytest.mark.xdist_group("processes"))
-
-
 @pytest.fixture(autouse=True)
 def _clean_caches_and_outbox():
     locmem.reset()

@@ -15,12 +15,7 @@ os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
 os.environ.setdefault("WEBHOOK_ALLOW_HTTP", "true")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/messaging")
-# `make test` runs two pytest-xdist workers; each empties its Redis db before every
-# test, so each has its own (gw0: 15, gw1: 14). pytest-django gives each its own
-# test database already.
-os.environ.setdefault(
-    "REDIS_URL", f"redis://127.0.0.1:6379/{15 - int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0').removeprefix('gw'))}"
-)
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("DISPATCH_PROVIDER_BACKEND", "locmem")
 os.environ.setdefault("LOG_LEVEL", "INFO")
 # A test makes many requests in well under a minute; the throttling tests set low
