@@ -158,6 +158,8 @@ def _web(env: dict[str, str], log: Path):
         "messaging_site.wsgi:application",
         "--bind",
         f"127.0.0.1:{port}",
+        # gunicorn 27 otherwise listens on one control socket per user (~/.gunicorn/), shared with any other.
+        "--no-control-socket",
     ]
     gunicorn = start_command(argv, env, log)
     try:
