@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 # How often a waiting window re-reads the state, to notice stop/start, a new
 # pace or a newer window without waiting out a long interval.
 POLL_SECONDS = 1.0
+# How soon a window held behind the pace looks again: the tick goes out as soon as
+# the cluster has room, so its workers never run dry while the pacer sleeps (a
+# look is a count on a partial index and the state row's lock).
+HELD_POLL_SECONDS = 0.05
 # After an unexpected error (database gone, say), wait before the next try.
 ERROR_BACKOFF_SECONDS = 2.0
 # How often a window returns expired leases to the queue (so a dead worker's
@@ -131,7 +135,7 @@ def run_dispatch_window(
                     ticks += 1
                     continue
                 # Due but not taken: the cluster is behind (dispatcher.state); look again shortly.
-                sleep(min(POLL_SECONDS, max(remaining, 0)))
+                sleep(min(HELD_POLL_SECONDS, max(remaining, 0)))
                 continue
         except Exception:
             logger.exception("dispatch window %s: tick failed; retrying", window_id)

@@ -3,10 +3,11 @@ which hands back results as they complete so they can be recorded continuously."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,19 +65,45 @@ def retry_delay(*, attempt: int, conf: DispatcherSettings, retry_after: float | 
     return random.uniform(ceiling / 2, ceiling)
 
 
+def _crashed(message: Message, exc: Exception) -> ProviderError:
+    # A bug in a backend must not leave the message in processing.
+    logger.exception(
+        "provider backend crashed on message id=%s uuid=%s",
+        message.pk,
+        message.uuid,
+        extra={"message_id": message.pk, "message_uuid": str(message.uuid)},
+    )
+    return ProviderError(f"unexpected error in provider backend: {type(exc).__name__}: {exc}")
+
+
 def _call(provider: BaseProvider, message: Message) -> tuple[ProviderResult | None, ProviderError | None]:
     try:
         return provider.send(message), None
     except ProviderError as exc:
         return None, exc
-    except Exception as exc:  # a bug in a backend must not leave the message in processing
-        logger.exception(
-            "provider backend crashed on message id=%s uuid=%s",
-            message.pk,
-            message.uuid,
-            extra={"message_id": message.pk, "message_uuid": str(message.uuid)},
-        )
-        return None, ProviderError(f"unexpected error in provider backend: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        return None, _crashed(message, exc)
+
+
+async def _call_async(provider: BaseProvider, message: Message) -> tuple[ProviderResult | None, ProviderError | None]:
+    try:
+        return await provider.send_async(message), None
+    except ProviderError as exc:
+        return None, exc
+    except Exception as exc:
+        return None, _crashed(message, exc)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A step of `_try_route`: ask this provider to send the message, and send back (result, error)."""
+
+    provider: BaseProvider
+    message: Message
+
+
+# What `_try_route` yields: a provider to call, or seconds to wait (for the provider's rate).
+_Step = _Call | float
 
 
 def send_one(
@@ -86,7 +113,54 @@ def send_one(
     should_stop: Callable[[], bool] = lambda: False,
     clock_offset: timedelta = timedelta(0),
 ) -> SendResult:
-    """Try `message` through its route of providers; never raises.
+    """Try `message` through its route of providers (`_try_route`) from this thread; never raises."""
+    steps = _try_route(
+        message=message, providers=ProviderSet.of(provider), should_stop=should_stop, clock_offset=clock_offset
+    )
+    reply = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        if isinstance(step, _Call):
+            reply = _call(step.provider, step.message)
+        else:
+            time.sleep(step)
+            reply = None
+
+
+async def send_one_async(
+    *,
+    message: Message,
+    providers: ProviderSet,
+    should_stop: Callable[[], bool],
+    clock_offset: timedelta = timedelta(0),
+) -> SendResult:
+    """`send_one` in an event loop, for providers that send without a thread (`send_async`)."""
+    steps = _try_route(message=message, providers=providers, should_stop=should_stop, clock_offset=clock_offset)
+    reply = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        if isinstance(step, _Call):
+            reply = await _call_async(step.provider, step.message)
+        else:
+            await asyncio.sleep(step)
+            reply = None
+
+
+def _try_route(
+    *,
+    message: Message,
+    providers: ProviderSet,
+    should_stop: Callable[[], bool],
+    clock_offset: timedelta,
+) -> Generator[_Step, tuple[ProviderResult | None, ProviderError | None] | None, SendResult]:
+    """Try `message` through its route of providers: the one rule, whether a thread
+    (`send_one`) or an event loop (`send_one_async`) carries out its steps.
 
     A provider whose circuit is open is skipped; one that provably did not take
     the message (refused, throttled) hands it to the next. A failure that leaves
@@ -97,7 +171,6 @@ def send_one(
     PROVIDER_OUTAGE_GRACE_SECONDS. `clock_offset` (the database's clock minus
     ours) stamps the attempt by the database's clock.
     """
-    providers = ProviderSet.of(provider)
     conf = dispatcher_settings()
     started_at = timezone.now() + clock_offset
     started = time.monotonic()
@@ -112,12 +185,12 @@ def send_one(
             error = error or ProviderError(f"provider {name}: circuit open, not asked", not_sent=True)
             used = used or name
             continue
-        if not gate.rate.acquire(should_stop=should_stop):
+        if not (yield from gate.rate.acquire_steps(should_stop=should_stop)):
             defer_seconds.append(max(1.0, gate.rate.paused_for()))
             error = ProviderError(f"provider {name}: over its rate, not asked", not_sent=True)
             used = used or name
             continue
-        result, error = _call(providers.providers[name], message)
+        result, error = yield _Call(providers.providers[name], message)
         used = name
         if result is not None:
             gate.circuit.success()
@@ -198,28 +271,72 @@ def send_concurrently(
             yield [send_one(message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset)]
         return
 
-    pool = ProviderSet.of(provider).executor(concurrency)
-    pending_messages = list(reversed(messages))
-    in_flight: set[Future] = set()
-    stopping = False
-    while pending_messages or in_flight:
-        if not stopping and should_stop():
-            stopping = True
-        # Keep `concurrency` sends in flight: submitting as others finish (rather
-        # than all at once) means a stop leaves nothing queued in the pool.
-        while not stopping and pending_messages and len(in_flight) < concurrency:
-            message = pending_messages.pop()
-            if skip(message):
-                unsent.skipped.append(message)
-                continue
-            in_flight.add(
-                pool.submit(
-                    send_one, message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset
-                )
+    providers = ProviderSet.of(provider)
+    if providers.sends_async:
+        # One event loop of the worker's, run only while this collects results: the
+        # caller records them (Django's ORM, which refuses a running loop) in between.
+        loop = providers.event_loop()
+        loop.run_until_complete(_settle())
+
+        def start(message: Message) -> asyncio.Task:
+            return loop.create_task(
+                send_one_async(message=message, providers=providers, should_stop=should_stop, clock_offset=clock_offset)
             )
-        if not in_flight:
-            break
-        done, in_flight = wait(in_flight, timeout=COLLECT_SECONDS, return_when=FIRST_COMPLETED)
-        # Yields also when nothing finished, so the caller can flush and check on its lease.
-        yield [future.result() for future in done]
+
+        def wait_some(in_flight: set) -> tuple[set, set]:
+            return loop.run_until_complete(
+                asyncio.wait(in_flight, timeout=COLLECT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            )
+
+        def abandon(in_flight: set) -> None:
+            # The caller gave up (its recording failed): nothing may go on sending in the loop
+            # unseen; these outcomes stay unknown and the messages come back after their lease.
+            for task in in_flight:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*in_flight, return_exceptions=True))
+
+    else:
+        pool = providers.executor(concurrency)
+
+        def start(message: Message) -> Future:
+            return pool.submit(
+                send_one, message=message, provider=providers, should_stop=should_stop, clock_offset=clock_offset
+            )
+
+        def wait_some(in_flight: set) -> tuple[set, set]:
+            return wait(in_flight, timeout=COLLECT_SECONDS, return_when=FIRST_COMPLETED)
+
+        def abandon(in_flight: set) -> None:
+            pass  # a thread's send cannot be cut short; its result is dropped
+
+    pending_messages = list(reversed(messages))
+    in_flight: set = set()
+    stopping = False
+    try:
+        while pending_messages or in_flight:
+            if not stopping and should_stop():
+                stopping = True
+            # Keep `concurrency` sends in flight: starting more as others finish (rather
+            # than all at once) means a stop leaves nothing queued.
+            while not stopping and pending_messages and len(in_flight) < concurrency:
+                message = pending_messages.pop()
+                if skip(message):
+                    unsent.skipped.append(message)
+                    continue
+                in_flight.add(start(message))
+            if not in_flight:
+                break
+            done, in_flight = wait_some(in_flight)
+            # Yields also when nothing finished, so the caller can flush and check on its lease.
+            yield [handle.result() for handle in done]
+    finally:
+        if in_flight:
+            abandon(in_flight)
     unsent.messages = list(reversed(pending_messages))
+
+
+async def _settle() -> None:
+    """Give the event loop a few turns before reusing its pooled connections, so that
+    connections the provider closed since the last chunk are noticed and not reused."""
+    for _ in range(3):
+        await asyncio.sleep(0)

@@ -299,7 +299,7 @@ def test_waiting_for_the_rate_gives_up_when_told_to_stop():
 
 def test_a_message_over_the_rate_of_its_only_provider_waits_without_spending_an_attempt(monkeypatch):
     # A send waits for the rate at most MAX_RATE_WAIT_SECONDS (30 s); here a fifth of a second.
-    monkeypatch.setitem(RateGate.acquire.__kwdefaults__, "max_wait", 0.2)
+    monkeypatch.setitem(RateGate.acquire_steps.__kwdefaults__, "max_wait", 0.2)
     providers = worker("primary", rate=1)
     first, second = claimed_message(), claimed_message()
     assert deliver(first, providers).outcome == Outcome.SENT

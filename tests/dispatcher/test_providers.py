@@ -11,10 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from dispatcher.engine.providers import ProviderError, ProviderResult, get_provider
+from dispatcher.engine.providers import ProviderError, ProviderResult, ProviderSet, get_provider
 from dispatcher.engine.providers.console import ConsoleProvider
 from dispatcher.engine.providers.locmem import LocmemProvider
 from dispatcher.engine.providers.webhook import WebhookProvider
+from dispatcher.engine.sending import Unsent, send_concurrently
 from messages_app.models import Message
 from tests.processes import fake_provider, fake_provider_in_thread, free_port, http_json
 
@@ -34,12 +35,27 @@ def fake():
         yield provider
 
 
-@pytest.fixture
-def webhook_at(settings):
-    """webhook_at(url, **DISPATCHER overrides) -> a WebhookProvider configured for that URL."""
-    made: list[WebhookProvider] = []
+class _FromEventLoop:
+    """A WebhookProvider whose `send` goes through `send_async` in its ProviderSet's event
+    loop, as a chunk sends: every webhook test below runs both ways."""
 
-    def make(url: str, **overrides) -> WebhookProvider:
+    def __init__(self, provider: WebhookProvider) -> None:
+        self.provider = provider
+
+    def send(self, message: Message) -> ProviderResult:
+        return ProviderSet.of(self.provider).event_loop().run_until_complete(self.provider.send_async(message))
+
+    def close(self) -> None:
+        ProviderSet.of(self.provider).close()
+
+
+@pytest.fixture(params=["thread", "event loop"])
+def webhook_at(settings, request):
+    """webhook_at(url, **DISPATCHER overrides) -> a WebhookProvider configured for that URL,
+    sending from this thread (`send`) or from an event loop (`send_async`)."""
+    made: list = []
+
+    def make(url: str, **overrides):
         settings.DISPATCHER = {
             **settings.DISPATCHER,
             "WEBHOOK_URL": url,
@@ -47,7 +63,7 @@ def webhook_at(settings):
             "WEBHOOK_TIMEOUT_SECONDS": 5.0,
             **overrides,
         }
-        provider = WebhookProvider()
+        provider = WebhookProvider() if request.param == "thread" else _FromEventLoop(WebhookProvider())
         made.append(provider)
         return provider
 
@@ -83,8 +99,9 @@ def test_webhook_posts_json_with_the_auth_key_and_returns_the_message_id(webhook
     assert received.headers["x-ins-auth-key"] == "[redacted]"
 
 
-def test_webhook_reuses_its_connection_and_works_from_several_threads(fake, webhook_at):
-    provider = webhook_at(fake.url)
+def test_webhook_reuses_its_connection_and_works_from_several_threads(fake, settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": fake.url, "WEBHOOK_AUTH_KEY": AUTH_KEY}
+    provider = WebhookProvider()
     results: list[str] = []
     lock = threading.Lock()
 
@@ -103,6 +120,57 @@ def test_webhook_reuses_its_connection_and_works_from_several_threads(fake, webh
     assert sorted(r.content for r in fake.requests()) == sorted(
         f"thread message {t * 10 + i}" for t in range(3) for i in range(5)
     )
+    provider.close()
+
+
+def test_a_chunk_sends_through_the_webhook_from_one_event_loop_without_threads(fake, settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": fake.url, "WEBHOOK_AUTH_KEY": AUTH_KEY}
+    providers = ProviderSet([WebhookProvider()])
+    messages = [a_message(pk=i, uuid=uuid.uuid4(), content=f"loop message {i}") for i in range(1, 41)]
+    unsent = Unsent(messages=[])
+    try:
+        results = [
+            result
+            for batch in send_concurrently(
+                messages, provider=providers, concurrency=8, should_stop=lambda: False, unsent=unsent
+            )
+            for result in batch
+        ]
+        assert providers._executor is None  # no sending thread was started
+        # The loop is kept for the next chunk, and its connections with it.
+        assert providers.event_loop() is providers.event_loop()
+    finally:
+        providers.close()
+    assert len(results) == 40 and all(r.result is not None for r in results)
+    assert len({r.result.message_id for r in results}) == 40
+    assert sorted(r.content for r in fake.requests()) == sorted(f"loop message {i}" for i in range(1, 41))
+    assert unsent.messages == []
+
+
+def test_a_chunk_told_to_stop_in_the_event_loop_lets_sends_in_flight_finish_and_gives_back_the_rest(fake, settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": fake.url, "WEBHOOK_AUTH_KEY": AUTH_KEY}
+    set_faults(fake, latency_ms=200)
+    providers = ProviderSet([WebhookProvider()])
+    messages = [a_message(pk=i, uuid=uuid.uuid4()) for i in range(1, 21)]
+    unsent = Unsent(messages=[])
+    started = time.monotonic()
+    try:
+        results = [
+            result
+            for batch in send_concurrently(
+                messages,
+                provider=providers,
+                concurrency=5,
+                should_stop=lambda: time.monotonic() - started > 0.1,
+                unsent=unsent,
+            )
+            for result in batch
+        ]
+    finally:
+        providers.close()
+    assert len(results) == 5 and all(r.result is not None for r in results)  # the first five, in flight
+    assert [m.pk for m in unsent.messages] == list(range(6, 21))
+    assert len(fake.requests()) == 5
 
 
 def test_webhook_without_an_auth_key_sends_no_auth_header(fake, webhook_at):

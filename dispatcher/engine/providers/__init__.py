@@ -3,6 +3,7 @@ the set of configured providers with their routing (dispatcher/providers_conf.py
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,6 +70,19 @@ class ProviderSet:
         self.gates = {p.name: ProviderGate(p.name, p.spec.rate_per_second if p.spec else 0.0) for p in providers}
         self._executor: ThreadPoolExecutor | None = None
         self._executor_size = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def sends_async(self) -> bool:
+        """Whether every provider of the set can send from an event loop."""
+        return all(provider.sends_async for provider in self.providers.values())
+
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The set's event loop for async sends, kept for its life so pooled connections stay open.
+        It runs only while a chunk waits on its sends, in whichever thread sends the chunk."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop
 
     @classmethod
     def configured(cls) -> ProviderSet:
@@ -100,10 +114,18 @@ class ProviderSet:
             self._executor_size = concurrency
         return self._executor
 
+    async def _aclose_providers(self) -> None:
+        await asyncio.gather(*(provider.aclose() for provider in self.providers.values()))
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._loop is not None and not self._loop.is_closed():
+            loop = self._loop
+            loop.run_until_complete(self._aclose_providers())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
         for provider in self.providers.values():
             provider.close()
 

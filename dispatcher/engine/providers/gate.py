@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -290,6 +290,18 @@ class RateGate:
 
     def acquire(self, *, should_stop: Callable[[], bool], max_wait: float = MAX_RATE_WAIT_SECONDS) -> bool:
         """Wait for the provider's pause and for a slot of its rate; False if told to stop or it took too long."""
+        steps = self.acquire_steps(should_stop=should_stop, max_wait=max_wait)
+        try:
+            while True:
+                time.sleep(next(steps))
+        except StopIteration as done:
+            return done.value
+
+    def acquire_steps(
+        self, *, should_stop: Callable[[], bool], max_wait: float = MAX_RATE_WAIT_SECONDS
+    ) -> Generator[float, None, bool]:
+        """`acquire` as a generator that yields the seconds to wait instead of sleeping them,
+        so that a thread sleeps them and an event loop awaits them; returns the outcome."""
         if self.interval is None and self._paused_until <= time.time() and not self._pause_shared():
             return True  # no limit and no pause: no waiting, nothing to ask
         deadline = time.monotonic() + max_wait
@@ -300,12 +312,13 @@ class RateGate:
                     return True
                 reserved, wait = self._reserve()
                 if reserved:
-                    time.sleep(wait)
+                    if wait > 0:
+                        yield wait
                     return True
                 pause = wait - RESERVE_AHEAD_SECONDS
             if should_stop() or time.monotonic() > deadline:
                 return False
-            time.sleep(min(max(pause, 0.001), 0.25))
+            yield min(max(pause, 0.001), 0.25)
 
     def _pause_shared(self) -> bool:
         """Whether another worker paused the provider (read at most every STATE_TTL_SECONDS)."""
