@@ -6,6 +6,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from messages_app import lookups  # noqa: F401 - registers `__any` on the id columns
+
 
 class Message(models.Model):
     class Status(models.TextChoices):

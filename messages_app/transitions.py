@@ -97,7 +97,7 @@ class AttemptRecord:
 
 
 def _held(message_ids: Iterable[int], claim_token: uuid.UUID) -> QuerySet[Message]:
-    return Message.objects.filter(pk__in=list(message_ids), status=Status.PROCESSING, claim_token=claim_token)
+    return Message.objects.filter(pk__any=message_ids, status=Status.PROCESSING, claim_token=claim_token)
 
 
 def _lock_held(message_ids: Iterable[int], claim_token: uuid.UUID, *, not_started: bool = False) -> set[int]:
@@ -121,7 +121,7 @@ def messages_claim(
     """Lease unsent messages to `claim_token` for `lease_seconds` (the caller holds their
     row locks). `claimed_at`, a database_now() reading, stamps a claim made in several
     statements with one time; by default the statement's own."""
-    return Message.objects.filter(pk__in=list(message_ids), status=Status.UNSENT).update(
+    return Message.objects.filter(pk__any=message_ids, status=Status.UNSENT).update(
         status=Status.PROCESSING,
         claimed_at=claimed_at or Now(),
         claim_token=claim_token,
@@ -150,8 +150,39 @@ def messages_renew_lease(
             fields = {"lease_expires_at": database_now_plus(lease_seconds)}
             if starting:
                 fields["sending_started_at"] = Now()
-            Message.objects.filter(pk__in=held).update(**fields)
+            Message.objects.filter(pk__any=held).update(**fields)
     return held
+
+
+def messages_start_sending(
+    *, message_ids: Sequence[int], claim_token: uuid.UUID, lease_seconds: float
+) -> list[Message]:
+    """A worker begins sending a chunk: renew the lease of the messages still held under
+    `claim_token` and not yet started, mark them started (`messages_renew_lease` with
+    `starting`), and return them, in any order.
+
+    On PostgreSQL one `UPDATE ... RETURNING` does all three: this runs once per chunk
+    on every worker, and the lock, update and read as three statements cost a
+    worker a tenth of its CPU. A message deleted meanwhile is simply not returned.
+    """
+    if connection.vendor != "postgresql":
+        held = messages_renew_lease(
+            message_ids=message_ids, claim_token=claim_token, lease_seconds=lease_seconds, starting=True
+        )
+        return list(Message.objects.filter(pk__any=held))
+    table = Message._meta.db_table
+    return list(
+        Message.objects.raw(
+            f"""
+            UPDATE {table}
+               SET lease_expires_at = statement_timestamp() + make_interval(secs => %s),
+                   sending_started_at = statement_timestamp()
+             WHERE id = ANY(%s::bigint[]) AND status = %s AND claim_token = %s AND sending_started_at IS NULL
+            RETURNING *
+            """,  # noqa: S608 - the table name is ours; every value is a parameter
+            [lease_seconds, [int(pk) for pk in message_ids], Status.PROCESSING.value, claim_token],
+        )
+    )
 
 
 # --- processing -> sent / unsent / failed -----------------------------------------------

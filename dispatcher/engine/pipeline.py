@@ -40,7 +40,7 @@ from messages_app.transitions import (
     database_now,
     messages_expire_claimed,
     messages_release_unsent,
-    messages_renew_lease,
+    messages_start_sending,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,14 +86,13 @@ def send_chunk(
     """
     conf = dispatcher_settings()
     report = ChunkReport()
-    held = messages_renew_lease(
-        message_ids=message_ids, claim_token=claim_token, lease_seconds=conf.lease_seconds, starting=True
-    )
-    if not held:
+    started = messages_start_sending(message_ids=message_ids, claim_token=claim_token, lease_seconds=conf.lease_seconds)
+    if not started:
         logger.info("chunk %s: none of its %d messages is still ours; nothing to send", claim_token, len(message_ids))
         return report
     position = {pk: index for index, pk in enumerate(message_ids)}  # the claim's order: priority, then due
-    messages = sorted(Message.objects.filter(pk__in=held), key=lambda m: position[m.pk])
+    messages = sorted(started, key=lambda m: position[m.pk])
+    held = [m.pk for m in messages]
     deadline = time.monotonic() + conf.chunk_send_budget_seconds
     # Expiry is judged by the database's clock, read once and carried by our own.
     clock_offset = database_now() - timezone.now()
