@@ -171,15 +171,17 @@ class CircuitWatch:
         self._thread.join(5)
 
     def open_periods(self) -> list[tuple[float, float]]:
-        """(first, last) sample time of each run of samples that saw the circuit open."""
-        periods, start, last = [], None, None
+        """(first, last) sample time of each run of samples that saw the circuit open until
+        the same time. A failed half-open probe opens it again with a new `open_until`,
+        often between two samples: that is a new period (the probes before it are allowed)."""
+        periods, start, last, until = [], None, None, None
         for sample in self.samples:
-            if sample.state == "open":
-                start = sample.at if start is None else start
-                last = sample.at
-            elif start is not None:
+            if start is not None and (sample.state != "open" or sample.open_until != until):
                 periods.append((start, last))
                 start = None
+            if sample.state == "open":
+                start = sample.at if start is None else start
+                last, until = sample.at, sample.open_until
         if start is not None:
             periods.append((start, last))
         return periods
