@@ -342,6 +342,9 @@ _TASK_TIMEOUT, _TASK_RETRY = task_timeouts(
 Q_CLUSTER = {
     "name": "messaging",
     "orm": "default",
+    # The ORM broker, dequeuing with SKIP LOCKED in one statement on the database's
+    # clock (dispatcher/broker.py): qclusters take different tasks instead of racing.
+    "broker_class": "dispatcher.broker.SkipLockedORM",
     "workers": env_int("QCLUSTER_WORKERS", 4, minimum=1, maximum=64),
     # How many tasks a qcluster takes from the broker beyond those its workers
     # run. django-q2's default (workers squared) lets the first qcluster to poll
