@@ -5,15 +5,17 @@ from django.conf import settings
 from django.core.cache import caches
 from rest_framework.test import APIClient
 
-from dispatcher.engine.providers import locmem
+from dispatcher.engine.providers import gate, locmem
 from dispatcher.permissions import CONTROL_DISPATCHER
 from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
 from tests.factories import MESSAGE_CLIENT_PERMS, make_user, token_for
 
 
 @pytest.fixture(autouse=True)
-def _clean_caches_and_outbox():
+def _clean_caches_and_outbox(monkeypatch):
     locmem.reset()
+    # Whether this process saw the gates' Redis fail is per process: each test starts unaware.
+    monkeypatch.setattr(gate, "_shared", gate._SharedStateDown())
     for alias in settings.CACHES:
         caches[alias].clear()
     yield

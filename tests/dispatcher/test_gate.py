@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet
+from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet, gate
 from dispatcher.engine.providers.gate import STATE_TTL_SECONDS, Circuit, RateGate
 from dispatcher.providers_conf import BACKEND_ALIASES, ProviderSpec
 from messages_app.models import DeliveryAttempt, Message
@@ -192,7 +193,8 @@ def test_an_open_circuit_defers_the_message_without_spending_an_attempt():
         assert (message.status, message.attempts) == (Status.UNSENT, 0)
         # Due again when the circuit lets probes through, at the earliest a second from now.
         assert message.next_attempt_at - timezone.now() <= timedelta(seconds=COOLOFF + 0.5)
-        Message.objects.filter(pk=message.pk).update(status=Status.PROCESSING)
+        # Claimed again (a new token), as the next tick would.
+        Message.objects.filter(pk=message.pk).update(status=Status.PROCESSING, claim_token=uuid.uuid4())
         message = Message.objects.get(pk=message.pk)
     assert providers.providers["primary"].asked == []
     rows = list(DeliveryAttempt.objects.filter(message=message).values_list("number", "outcome", "provider"))
@@ -317,6 +319,38 @@ def redis_down(settings):
     settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": closed}}
     settings.REDIS_URL = closed
     return closed
+
+
+@pytest.fixture
+def redis_silent(settings):
+    """A Redis address that takes connections and never answers (a partition, not a refusal),
+    with the cache's socket timeout at 0.5 s."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # connections wait in the backlog, never accepted
+        silent = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        default = settings.CACHES["default"]
+        options = {**default.get("OPTIONS", {}), "SOCKET_TIMEOUT": 0.5, "SOCKET_CONNECT_TIMEOUT": 0.5}
+        settings.CACHES = {**settings.CACHES, "default": {**default, "LOCATION": silent, "OPTIONS": options}}
+        settings.REDIS_URL = silent
+        yield silent
+
+
+def test_a_silent_redis_costs_the_gates_one_timeout_a_second_not_one_per_call(redis_silent):
+    circuit, rate = Circuit("primary"), RateGate("primary", rate_per_second=1000)
+    started = time.monotonic()
+    assert circuit._read().state == "closed"  # waited for the timeout, then the local copy
+    assert time.monotonic() - started >= 0.4
+    started = time.monotonic()
+    for _ in range(50):  # a chunk's worth of gate checks within the next second: none waits
+        circuit._read()
+        assert rate.acquire(should_stop=lambda: False)
+        rate.paused_for()
+    assert time.monotonic() - started < 0.5
+    time.sleep(gate.REDIS_RETRY_SECONDS)
+    started = time.monotonic()
+    circuit._read()  # a second on: Redis is asked again
+    assert time.monotonic() - started >= 0.4
 
 
 def test_with_redis_down_each_process_keeps_its_own_circuit_and_sending_goes_on(redis_down, caplog):

@@ -17,7 +17,8 @@ pauses the whole provider, not just one message.
 Fallback when Redis is unreachable (documented in the README): each worker
 process keeps its own circuit and limits itself to its share of the rate
 (RATE_PER_SECOND / QCLUSTER_WORKERS), so sending goes on; several qclusters may
-then exceed the rate together. Failures are logged once until Redis is back.
+then exceed the rate together. Failures are logged once until Redis is back, and
+after one a process keeps to its fallback for REDIS_RETRY_SECONDS before asking again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from django.conf import settings
 from django.core.cache import caches
@@ -36,6 +38,7 @@ from django_redis import get_redis_connection
 from dispatcher.conf import dispatcher_settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CACHE_ALIAS = "default"
 KEY_PREFIX = "provider:"
@@ -43,12 +46,31 @@ KEY_PREFIX = "provider:"
 MAX_RATE_WAIT_SECONDS = 30.0
 
 
+# After Redis failed, the gates keep to their per-process fallback this long before
+# asking it again: an unreachable Redis can take SOCKET_TIMEOUT (2 s) to fail, and a
+# chunk's event loop must not stall that long on every message's gate.
+REDIS_RETRY_SECONDS = 1.0
+
+
 class _SharedStateDown:
-    """Logs a Redis outage once, and its end."""
+    """Whether the gates' Redis is reachable: its outage logged once (and its end), and
+    `call` going straight to the fallback for REDIS_RETRY_SECONDS after a failure."""
 
     def __init__(self) -> None:
         self.down = False
+        self._retry_at = 0.0
         self._lock = threading.Lock()
+
+    def call(self, ask_redis: Callable[[], T], fallback: Callable[[], T]) -> T:
+        if self.down and time.monotonic() < self._retry_at:
+            return fallback()
+        try:
+            answer = ask_redis()
+        except Exception as exc:
+            self.failed(exc)
+            return fallback()
+        self.ok()
+        return answer
 
     def failed(self, exc: Exception) -> None:
         with self._lock:
@@ -58,6 +80,7 @@ class _SharedStateDown:
                     exc,
                 )
             self.down = True
+            self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
 
     def ok(self) -> None:
         with self._lock:
@@ -101,14 +124,15 @@ class Circuit:
 
     def _get_many(self) -> dict[str, float]:
         keys = [self._key(p) for p in ("failures", "open_until", "outage_since")]
-        try:
-            values = caches[CACHE_ALIAS].get_many(keys)
-            _shared.ok()
-            return {k.rsplit(":", 1)[1]: v for k, v in values.items()}
-        except Exception as exc:
-            _shared.failed(exc)
+
+        def shared() -> dict[str, float]:
+            return {k.rsplit(":", 1)[1]: v for k, v in caches[CACHE_ALIAS].get_many(keys).items()}
+
+        def local() -> dict[str, float]:
             with self._lock:
                 return dict(self._local)
+
+        return _shared.call(shared, local)
 
     def state(self) -> CircuitState:
         cached = self._cached
@@ -153,15 +177,18 @@ class Circuit:
         # of the circuit is a moment old cannot start a fresh count after a failed probe.
         key = self._key(f"probes:{int((current.open_until or 0) * 1000)}")
         ttl = max(1, math.ceil(2 * conf.provider_circuit_cooloff_seconds))
-        try:
+
+        def shared() -> int:
             cache = caches[CACHE_ALIAS]
             cache.add(key, 0, timeout=ttl)
-            probes = cache.incr(key)
-        except Exception as exc:
-            _shared.failed(exc)
+            return cache.incr(key)
+
+        def local() -> int:
             with self._lock:
-                probes = self._local["probes"] = self._local.get("probes", 0) + 1
-        return probes <= conf.provider_circuit_probes
+                self._local["probes"] = self._local.get("probes", 0) + 1
+                return self._local["probes"]
+
+        return _shared.call(shared, local) <= conf.provider_circuit_probes
 
     def success(self) -> None:
         current = self.state()
@@ -204,15 +231,15 @@ class Circuit:
                     self._local.pop(part, None)
                 else:
                     self._local[part] = value
-        try:
+
+        def shared() -> None:
             cache = caches[CACHE_ALIAS]
             cache.set_many({self._key(p): v for p, v in values.items() if v is not None}, timeout=86_400)
             gone = [self._key(p) for p, v in values.items() if v is None]
             if gone:
                 cache.delete_many(gone)
-            _shared.ok()
-        except Exception as exc:
-            _shared.failed(exc)
+
+        _shared.call(shared, lambda: None)  # the local copy above is the fallback
 
 
 # The provider's next free sending slot, reserved atomically on Redis's own clock
@@ -274,19 +301,17 @@ class RateGate:
         """A 429: the whole provider waits `seconds` (every worker, through Redis)."""
         until = time.time() + seconds
         self._paused_until = max(self._paused_until, until)
-        try:
-            caches[CACHE_ALIAS].set(f"{KEY_PREFIX}{self.name}:paused_until", until, timeout=max(1, math.ceil(seconds)))
-        except Exception as exc:
-            _shared.failed(exc)
+        _shared.call(
+            lambda: caches[CACHE_ALIAS].set(
+                f"{KEY_PREFIX}{self.name}:paused_until", until, timeout=max(1, math.ceil(seconds))
+            ),
+            lambda: None,  # this process's own pause (above) is the fallback
+        )
         logger.warning("provider %s: throttled; every worker waits %.1f s", self.name, seconds)
 
     def paused_for(self) -> float:
-        until = self._paused_until
-        try:
-            until = max(until, caches[CACHE_ALIAS].get(f"{KEY_PREFIX}{self.name}:paused_until") or 0.0)
-        except Exception as exc:
-            _shared.failed(exc)
-        return max(0.0, until - time.time())
+        shared = _shared.call(lambda: caches[CACHE_ALIAS].get(f"{KEY_PREFIX}{self.name}:paused_until"), lambda: None)
+        return max(0.0, max(self._paused_until, shared or 0.0) - time.time())
 
     def acquire(self, *, should_stop: Callable[[], bool], max_wait: float = MAX_RATE_WAIT_SECONDS) -> bool:
         """Wait for the provider's pause and for a slot of its rate; False if told to stop or it took too long."""
@@ -329,18 +354,21 @@ class RateGate:
         return self._pause_seen
 
     def _reserve(self) -> tuple[bool, float]:
-        if getattr(settings, "REDIS_URL", None):
-            try:
-                if self._script is None:
-                    self._script = get_redis_connection(CACHE_ALIAS).register_script(_RESERVE_SLOT)
-                reserved, wait = self._script(
-                    keys=[f"{KEY_PREFIX}{self.name}:next_slot"], args=[self.interval, RESERVE_AHEAD_SECONDS]
-                )
-                _shared.ok()
-                return bool(reserved), float(wait)
-            except Exception as exc:
-                _shared.failed(exc)
-        return self._local.reserve(RESERVE_AHEAD_SECONDS)
+        def local() -> tuple[bool, float]:
+            return self._local.reserve(RESERVE_AHEAD_SECONDS)
+
+        if not getattr(settings, "REDIS_URL", None):
+            return local()
+
+        def shared() -> tuple[bool, float]:
+            if self._script is None:
+                self._script = get_redis_connection(CACHE_ALIAS).register_script(_RESERVE_SLOT)
+            reserved, wait = self._script(
+                keys=[f"{KEY_PREFIX}{self.name}:next_slot"], args=[self.interval, RESERVE_AHEAD_SECONDS]
+            )
+            return bool(reserved), float(wait)
+
+        return _shared.call(shared, local)
 
 
 class ProviderGate:
