@@ -280,7 +280,17 @@ def fake_provider_in_thread(**kwargs):
         asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
         yield InProcessFakeProvider(server)
     finally:
+
+        async def cancel_what_is_left() -> None:
+            # A request still being answered (a client that gave up on a slow answer) is
+            # ended here, not destroyed pending when the loop is dropped.
+            left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(cancel_what_is_left(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
