@@ -117,17 +117,14 @@ def send_one(
     steps = _try_route(
         message=message, providers=ProviderSet.of(provider), should_stop=should_stop, clock_offset=clock_offset
     )
-    reply = None
-    while True:
-        try:
-            step = steps.send(reply)
-        except StopIteration as done:
-            return done.value
+    step = _advance(steps, None)
+    while not isinstance(step, SendResult):
         if isinstance(step, _Call):
-            reply = _call(step.provider, step.message)
+            step = _advance(steps, _call(step.provider, step.message))
         else:
             time.sleep(step)
-            reply = None
+            step = _advance(steps, None)
+    return step
 
 
 async def send_one_async(
@@ -139,17 +136,23 @@ async def send_one_async(
 ) -> SendResult:
     """`send_one` in an event loop, for providers that send without a thread (`send_async`)."""
     steps = _try_route(message=message, providers=providers, should_stop=should_stop, clock_offset=clock_offset)
-    reply = None
-    while True:
-        try:
-            step = steps.send(reply)
-        except StopIteration as done:
-            return done.value
+    step = _advance(steps, None)
+    while not isinstance(step, SendResult):
         if isinstance(step, _Call):
-            reply = await _call_async(step.provider, step.message)
+            step = _advance(steps, await _call_async(step.provider, step.message))
         else:
             await asyncio.sleep(step)
-            reply = None
+            step = _advance(steps, None)
+    return step
+
+
+def _advance(steps: Generator[_Step, object, SendResult], reply: object) -> _Step | SendResult:
+    """Hand `reply` (a call's (result, error), or None after a wait) to `_try_route`: its
+    next step, or the SendResult it ended with."""
+    try:
+        return steps.send(reply)
+    except StopIteration as done:
+        return done.value
 
 
 def _try_route(

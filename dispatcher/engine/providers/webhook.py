@@ -95,7 +95,6 @@ class WebhookProvider(BaseProvider):
                 redirect=False,
             )
         except NewConnectionError as exc:
-            # Refused, unreachable, or the name did not resolve: no byte of the request went out.
             raise self._could_not_connect(str(exc).rsplit(": ", 1)[-1]) from None
         except ConnectTimeoutError:
             # The connection never opened: the request was not sent.
