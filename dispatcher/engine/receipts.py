@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -27,7 +26,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.counters import metrics_record_receipt
 from messages_app.models import DeliveryReceipt, Message
-from messages_app.transitions import message_record_delivery
+from messages_app.transitions import message_record_delivery, message_record_receipt
 
 logger = logging.getLogger(__name__)
 
@@ -88,25 +87,18 @@ def _parse(payload: dict) -> tuple[str, str, str, datetime]:
 def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
     """Keep a verified receipt once and apply it to its message if that is sent."""
     provider_message_id, status, error_code, occurred_at = _parse(payload)
-    try:
-        with transaction.atomic():
-            # Applied first, so the receipt row is written once, already linked.
-            found = message_record_delivery(
-                provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
-            )
-            DeliveryReceipt.objects.create(
-                receipt_id=receipt_id[:255],
-                provider_message_id=provider_message_id,
-                status=status,
-                error_code=error_code,
-                occurred_at=occurred_at,
-                message_id=found[0] if found else None,
-            )
-    except IntegrityError:  # the unique receipt id: a replay (its apply rolled back with it)
+    kept = message_record_receipt(
+        receipt_id=receipt_id[:255],
+        provider_message_id=provider_message_id,
+        status=status,
+        error_code=error_code,
+        occurred_at=occurred_at,
+    )
+    if not kept.kept:  # the unique receipt id: a replay changed nothing
         metrics_record_receipt(outcome="replayed")
         logger.info("receipt %s for messageId=%s replayed; ignored", receipt_id, provider_message_id)
         return ReceiptResult(outcome="replayed")
-    if found is None:
+    if kept.message_id is None:
         metrics_record_receipt(outcome="unmatched")
         logger.warning(
             "receipt %s for unknown messageId=%s (%s) kept: applied if that send is recorded later",
@@ -115,7 +107,7 @@ def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
             status,
         )
         return ReceiptResult(outcome="waiting")
-    message_id, sent_at = found
+    message_id, sent_at = kept.message_id, kept.sent_at
     metrics_record_receipt(
         outcome=status, sent_to_outcome_seconds=(occurred_at - sent_at).total_seconds() if sent_at else None
     )
