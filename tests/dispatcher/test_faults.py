@@ -769,6 +769,56 @@ def test_sigterm_to_every_cluster_finishes_sends_in_flight_and_releases_the_rest
     )
 
 
+def test_sigterm_to_the_main_process_alone_stops_the_workers_with_redis_down(tmp_path, stopped_dispatcher, figures):
+    """The workers learn that their cluster is stopping from its stop event, which they inherit,
+    not from the cluster status django-q2 keeps in the cache: with Redis gone, a SIGTERM to the main
+    process alone still ends the dispatch window (150 s long here) and the chunk in mid-send."""
+    total, grace = 40, 15
+    make_messages(total, "sigterm-main")
+    dispatcher_configure(batch_size=10, interval_seconds=1)
+
+    with redis_server(tmp_path) as redis_srv, fake_provider(tmp_path, "--latency-ms", "1000") as provider:
+        env = dispatcher_env(provider.url, REDIS_URL=redis_srv.url())
+        with qcluster_running(tmp_path, **env) as cluster:
+            processes = (cluster, provider)
+            dispatcher_start()
+            wait_or_fail(
+                lambda: Message.objects.filter(status=Status.PROCESSING, sending_started_at__isnull=False).exists(),
+                timeout=40,
+                what="a chunk in mid-send",
+                processes=processes,
+            )
+            redis_srv.stop()
+            started = time.monotonic()
+            cluster.popen.send_signal(signal.SIGTERM)  # the main process only
+            try:
+                cluster.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                logs = logs_of(*processes)
+                raise AssertionError(f"the qcluster still running {grace} s after SIGTERM\n{logs}") from None
+            took = time.monotonic() - started
+            logs = logs_of(*processes)
+            half_sent = list(
+                Message.objects.filter(status=Status.PROCESSING, sending_started_at__isnull=False).values_list(
+                    "pk", flat=True
+                )
+            )
+            released = DeliveryAttempt.objects.filter(outcome="released").count()
+            received = provider_requests(provider.url)
+
+    assert cluster.popen.returncode == 0, logs
+    assert not half_sent, f"left half-sent: {half_sent}\n{logs}"
+    assert "qcluster is shutting down" in logs, logs
+    assert repeats(received) == 0, logs
+    figures(
+        "sigterm_main_process_redis_down",
+        messages=total,
+        sent_at_exit=count(Status.SENT),
+        released=released,
+        exit_s=f"{took:.1f}",
+    )
+
+
 # --- 6. a chunk longer than its task may run; a message deleted in flight; a fast clock -------------
 
 

@@ -7,6 +7,9 @@ container runtimes send, killed it and its workers mid-task and left the main
 process waiting for a sentinel that was gone. Here the sentinel takes SIGTERM as
 the request to stop that it is: it stops pulling tasks and waits for its workers
 to finish (they stop early themselves: dispatcher.tasks.worker_handles_sigterm).
+It also hands the cluster's stop event to the workers it forks, so they learn the
+cluster is stopping from it rather than from the cluster status in the cache
+(dispatcher.engine.pacing.qcluster_is_stopping).
 This app is listed before django_q, so this command is the one `qcluster` runs.
 """
 
@@ -18,10 +21,13 @@ import threading
 from django_q import cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
+from dispatcher.engine.pacing import qcluster_stop_event_share
+
 
 class GracefulSentinel(cluster.Sentinel):
     def start(self) -> None:
         signal.signal(signal.SIGTERM, self._request_stop)
+        qcluster_stop_event_share(self.stop_event)  # before super().start() forks the workers
         super().start()
 
     def _request_stop(self, signum, frame) -> None:
