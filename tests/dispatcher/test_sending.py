@@ -279,3 +279,26 @@ def test_a_due_tick_hands_its_batch_out_as_chunk_tasks_that_workers_send(
     assert sorted(e.message_pk for e in locmem.outbox) == [m.pk for m in messages]
     assert set(Message.objects.values_list("status", flat=True)) == {Status.SENT}
     assert hand_out_tick() is False  # the next tick is a minute away
+
+
+@pytest.mark.parametrize("size", [16])
+def test_a_chunk_reads_its_messages_once_not_once_each(size, raw_redis):
+    """A chunk sends from the fields messages_start_sending returns; a field sending reads
+    that it leaves out would be loaded by a query per message."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from dispatcher.engine.pipeline import drain
+
+    def queries_to_send(n: int) -> int:
+        for i in range(n):
+            make_message(content=f"q{n}-{i}")
+        with CaptureQueriesContext(connection) as captured:
+            drain(batch_size=n)
+        assert Message.objects.filter(status=Status.SENT).count() >= n
+        return len(captured)
+
+    queries_to_send(1)  # the first drain of a process also reads what it then keeps
+    few, many = queries_to_send(2), queries_to_send(size)
+    # The claim's own queries vary a little with what it finds; a query per message would add 14.
+    assert many - few < (size - 2) // 2, (few, many)
