@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.db import close_old_connections
 from django.utils import timezone
@@ -113,7 +114,9 @@ def send_chunk(
             nonlocal waiting, flushed_at
             if waiting and not keeper.lost:
                 with keeper.recording():
-                    report.outcomes.extend(_record(waiting, claim_token=claim_token, conf=conf))
+                    report.outcomes.extend(
+                        _record(waiting, claim_token=claim_token, conf=conf, clock_offset=clock_offset)
+                    )
                     keeper.done(r.message.pk for r in waiting)
             waiting, flushed_at = [], time.monotonic()
 
@@ -168,13 +171,15 @@ def send_chunk(
     return report
 
 
-def _record(results: list[SendResult], *, claim_token: uuid.UUID, conf) -> list[DeliveryOutcome]:
+def _record(
+    results: list[SendResult], *, claim_token: uuid.UUID, conf, clock_offset: timedelta
+) -> list[DeliveryOutcome]:
     """Record a group of results together; if that fails, one by one, so that one
     row the database refuses never keeps the others' outcomes from being written.
     A result that cannot be recorded keeps its lease and is sent again after it
     (with the same Idempotency-Key)."""
     try:
-        return record_results(results=results, claim_token=claim_token, conf=conf)
+        return record_results(results=results, claim_token=claim_token, conf=conf, clock_offset=clock_offset)
     except Exception:
         if len(results) == 1:
             logger.exception(
@@ -187,7 +192,7 @@ def _record(results: list[SendResult], *, claim_token: uuid.UUID, conf) -> list[
             return []
     outcomes: list[DeliveryOutcome] = []
     for result in results:
-        outcomes.extend(_record([result], claim_token=claim_token, conf=conf))
+        outcomes.extend(_record([result], claim_token=claim_token, conf=conf, clock_offset=clock_offset))
     return outcomes
 
 

@@ -9,10 +9,11 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from dispatcher.conf import DispatcherSettings
 from dispatcher.engine.counters import metrics_record_batch
@@ -54,9 +55,18 @@ LOST = "lost"
 
 
 def record_results(
-    *, results: list[SendResult], claim_token: uuid.UUID, conf: DispatcherSettings
+    *,
+    results: list[SendResult],
+    claim_token: uuid.UUID,
+    conf: DispatcherSettings,
+    clock_offset: timedelta | None = None,
 ) -> list[DeliveryOutcome]:
-    """Write the outcomes of `results` (all sent under `claim_token`)."""
+    """Write the outcomes of `results` (all sent under `claim_token`).
+
+    `clock_offset`, the database's clock minus ours as a chunk read it when it began,
+    dates the sends by our clock moved onto the database's, instead of asking the
+    database for every group (a round trip that cost a sending worker 4 % of its CPU).
+    """
     if not results:
         return []
     sent = [r for r in results if r.result is not None]
@@ -66,7 +76,9 @@ def record_results(
     # flagged and written by a later tick (or `dispatcher recache`).
     # One reading of the database's clock is the sending time of the whole group,
     # in Redis and on the rows alike.
-    sent_at = database_now() if sent else None
+    sent_at = None
+    if sent:
+        sent_at = timezone.now() + clock_offset if clock_offset is not None else database_now()
     cached = bool(sent) and delivery_cache_record_many(deliveries=[(r.result.message_id, sent_at) for r in sent])
     with transaction.atomic():
         moved = messages_mark_sent(
