@@ -51,6 +51,7 @@ from bench.common import (
     truncate_tables,
 )
 from bench.throughput import delivery_checks, wait_for_provider, work_left
+from messaging_site.env import default_qcluster_workers
 
 PHASES = ("cluster", "cluster-compare", "baseline-fakeprovider", "baseline-stub", "cluster-latency")
 BENCH_USERNAME = "bench-cluster"
@@ -953,7 +954,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare-qclusters", type=int, default=1, help="qclusters of the cluster-compare phase (0: skip it)"
     )
-    parser.add_argument("--workers", type=int, default=4, help="QCLUSTER_WORKERS of each qcluster")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_qcluster_workers(),
+        help="QCLUSTER_WORKERS of each qcluster (default: the service's, one per core and at least 2)",
+    )
     parser.add_argument("--batch-size", type=int, default=5000, help="the pace: messages per tick")
     parser.add_argument("--interval", type=int, default=1, help="the pace: seconds between ticks")
     parser.add_argument("--chunk-size", type=int, default=None, help="DISPATCH_CHUNK_SIZE (default: the service's)")

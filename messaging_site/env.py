@@ -179,3 +179,11 @@ def env_rate(name: str, default: str) -> str:
             f"and s, min, hour or day; got {value!r}"
         )
     return f"{int(number)}/{canonical}"
+
+
+def default_qcluster_workers() -> int:
+    """QCLUSTER_WORKERS when unset: one per core this process may run on (its CPU
+    affinity, which a container's cpuset sets), as django-q2 defaults to, and at least
+    two, since one of a cluster's workers paces."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, cores)

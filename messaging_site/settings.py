@@ -26,6 +26,7 @@ from dispatcher.conf import SPECS as DISPATCHER_SETTING_SPECS
 from dispatcher.conf import task_timeouts
 from dispatcher.providers_conf import provider_specs_from_env
 from messaging_site.env import (
+    default_qcluster_workers,
     env_bool,
     env_choice,
     env_float,
@@ -339,13 +340,19 @@ DISPATCH_PROVIDERS, DISPATCH_PROVIDER_ROUTES = provider_specs_from_env(
 _TASK_TIMEOUT, _TASK_RETRY = task_timeouts(
     window_seconds=DISPATCHER["WINDOW_SECONDS"], webhook_timeout_seconds=DISPATCHER["WEBHOOK_TIMEOUT_SECONDS"]
 )
+
+
 Q_CLUSTER = {
     "name": "messaging",
     "orm": "default",
     # The ORM broker, dequeuing with SKIP LOCKED in one statement on the database's
     # clock (dispatcher/broker.py): qclusters take different tasks instead of racing.
     "broker_class": "dispatcher.broker.SkipLockedORM",
-    "workers": env_int("QCLUSTER_WORKERS", 4, minimum=1, maximum=64),
+    # One worker process per core, as django-q2 defaults to, and at least two, since one
+    # of the cluster's workers paces. Each sends from an event loop, so more workers
+    # than cores only share the cores: on 2 cores, 4 qclusters of 4 workers sent 0.73
+    # to 0.76 x what 4 of 2 did (bench/RESULTS.md, 2026-12-02).
+    "workers": env_int("QCLUSTER_WORKERS", default_qcluster_workers(), minimum=1, maximum=64),
     # How many tasks a qcluster takes from the broker beyond those its workers
     # run. django-q2's default (workers squared) lets the first qcluster to poll
     # hoard the chunks of a tick while the others idle; one keeps the next chunk
