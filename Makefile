@@ -29,6 +29,7 @@ $(ENV_FILE):
 		"WEBHOOK_URL=http://127.0.0.1:$(PROVIDER_PORT)/" \
 		"DISPATCH_BATCH_SIZE=2" \
 		"DISPATCH_INTERVAL_SECONDS=10" \
+		"QCLUSTER_WORKERS=2" \
 		"RECEIPT_WEBHOOK_SECRET=whsec_$$($(PYTHON) -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())')" > $@
 	@echo "Wrote $@ with fresh local secrets."
 
