@@ -23,6 +23,7 @@ Figures:
 from __future__ import annotations
 
 import io
+import re
 import signal
 import subprocess
 import threading
@@ -219,6 +220,20 @@ def seconds_since_last_chunk_began(process) -> float | None:
     return (datetime.now() - began[-1]).total_seconds() if began else None
 
 
+def last_chunk_is_sending(process) -> bool:
+    """Whether the messages of the chunk task this qcluster last began (from its log: "processing send
+    N messages (first..last)") are marked started in the database: a worker's first chunk spends a
+    moment creating its providers after the log line, before any send."""
+    began = [line for line in process.log().splitlines() if "processing send " in line]
+    found = re.search(r"\((\d+)\.\.(\d+)\)", began[-1]) if began else None
+    if found is None:
+        return False
+    first, last = int(found[1]), int(found[2])
+    return Message.objects.filter(
+        pk__range=(first, last), status=Status.PROCESSING, sending_started_at__isnull=False
+    ).exists()
+
+
 def queued_chunk_message_ids() -> set[int]:
     """The messages of chunk tasks still in django-q2's queue: not yet taken, or taken by a cluster that
     never ran them."""
@@ -268,6 +283,7 @@ def test_sigkill_of_one_of_four_qclusters_loses_nothing_and_repeats_at_most_one_
                     if not paces(c)
                     and chunk_tasks_running(c) > 0
                     and 0.2 <= (seconds_since_last_chunk_began(c) or 0) <= 1.5
+                    and last_chunk_is_sending(c)
                 ]
                 return bool(victims)
 
