@@ -157,7 +157,7 @@ def messages_renew_lease(
 # What a worker reads of a message it sends: the request, the provider it stays with,
 # the attempt count, the expiry. Any other field would be loaded by a query per
 # message, from inside the send (tests/dispatcher/test_sending.py checks there is none).
-SENDING_FIELDS = ("id", "uuid", "recipient_phone_number", "content", "provider", "attempts", "expires_at", "priority")
+SENDING_FIELDS = ("id", "uuid", "recipient_phone_number", "content", "provider", "attempts", "expires_at")
 
 
 def messages_start_sending(
@@ -200,7 +200,7 @@ def messages_start_sending(
 def messages_mark_sent(
     *, claim_token: uuid.UUID, attempts: Sequence[AttemptRecord], sent_at: datetime, delivery_cache_pending: bool
 ) -> set[int]:
-    """processing -> sent at `sent_at` (a database_now() reading) for the messages of
+    """processing -> sent at `sent_at` (a time on the database's clock) for the messages of
     `attempts` still held under `claim_token`, in one UPDATE, with their attempt
     rows; return the ids that moved.
 

@@ -22,7 +22,6 @@ from dispatcher.engine.receipts import receipts_apply_for_sent
 from dispatcher.engine.sending import SendResult, retry_delay
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import (
-    database_now,
     message_defer,
     message_fail,
     message_schedule_retry,
@@ -59,7 +58,7 @@ def record_results(
     results: list[SendResult],
     claim_token: uuid.UUID,
     conf: DispatcherSettings,
-    clock_offset: timedelta | None = None,
+    clock_offset: timedelta,
 ) -> list[DeliveryOutcome]:
     """Write the outcomes of `results` (all sent under `claim_token`).
 
@@ -74,11 +73,9 @@ def record_results(
     # Cache first, then mark sent: a reader that sees `sent` finds the record.
     # A cache failure never turns a delivery into a failure: the records are
     # flagged and written by a later tick (or `dispatcher recache`).
-    # One reading of the database's clock is the sending time of the whole group,
-    # in Redis and on the rows alike.
-    sent_at = None
-    if sent:
-        sent_at = timezone.now() + clock_offset if clock_offset is not None else database_now()
+    # One time on the database's clock is the sending time of the whole group, in
+    # Redis and on the rows alike.
+    sent_at = timezone.now() + clock_offset if sent else None
     cached = bool(sent) and delivery_cache_record_many(deliveries=[(r.result.message_id, sent_at) for r in sent])
     with transaction.atomic():
         moved = messages_mark_sent(

@@ -83,6 +83,8 @@ class _SharedStateDown:
             self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
 
     def ok(self) -> None:
+        if not self.down:  # the common case, on every gate call: no lock
+            return
         with self._lock:
             if self.down:
                 logger.info("provider gates: Redis reachable again; circuits and rate limits are cluster-wide")
