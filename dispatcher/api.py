@@ -15,7 +15,13 @@ from twilio.request_validator import RequestValidator
 from audit.models import ControlAction
 from dispatcher.engine.providers import provider_specs
 from dispatcher.engine.providers.status import provider_statuses
-from dispatcher.engine.receipts import ReceiptRejected, receipt_record, receipt_verify
+from dispatcher.engine.receipts import (
+    MAX_RECEIPTS_PER_BATCH,
+    ReceiptRejected,
+    receipt_intake,
+    receipt_record,
+    receipt_verify,
+)
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
 from dispatcher.permissions import CanControlDispatcher
@@ -137,13 +143,17 @@ class DeliveryReceiptView(APIView):
             '"errorCode", "timestamp"}`, signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, '
             "`webhook-signature`: HMAC-SHA256 with RECEIPT_WEBHOOK_SECRET). A bad or stale signature is 401 and "
             "changes nothing; a replayed receipt id is ignored; a receipt for a messageId not (yet) sent is kept "
-            "and answered 202. The message's dispatch status stays `sent`."
+            "and answered 202. The message's dispatch status stays `sent`.\n\n"
+            'A provider that reports in batches sends `{"type": "message.status.batch", "receipts": [...]}` '
+            f"(1 to {MAX_RECEIPTS_PER_BATCH}), each receipt with an `id` of its own by which a replay is known; "
+            "the batch is signed as one and recorded as one (a receipt that cannot be read refuses the whole "
+            'batch with 400), and answered 200 with `{"outcome": "batch", "applied", "waiting", "replayed"}`.'
         ),
         request={"application/json": {"type": "object"}},
         responses={
-            200: OpenApiResponse(description="Applied, or a replay ignored."),
+            200: OpenApiResponse(description="Applied, or a replay ignored; or a batch recorded."),
             202: OpenApiResponse(description="Kept: no sent message has that messageId yet."),
-            400: OpenApiResponse(description="Signed, but not a receipt we can read."),
+            400: OpenApiResponse(description="Signed, but not a receipt (or a batch) we can read; nothing recorded."),
             401: OpenApiResponse(description="The signature does not check (or receipts are not configured)."),
         },
         auth=[],
@@ -152,10 +162,13 @@ class DeliveryReceiptView(APIView):
         headers = {name: request.headers.get(name, "") for name in RECEIPT_HEADERS}
         try:
             payload = receipt_verify(body=request.body, headers=headers)
-            result = receipt_record(receipt_id=headers["webhook-id"], payload=payload)
+            intake = receipt_intake(webhook_id=headers["webhook-id"], payload=payload)
         except ReceiptRejected as exc:
             code = status.HTTP_401_UNAUTHORIZED if exc.unauthorized else status.HTTP_400_BAD_REQUEST
             return Response({"detail": exc.reason}, status=code)
+        if intake.batch:
+            return Response({"outcome": "batch", **intake.counts()})
+        result = intake.results[0]
         code = status.HTTP_202_ACCEPTED if result.outcome == "waiting" else status.HTTP_200_OK
         return Response({"outcome": result.outcome, "message_id": result.message_id}, status=code)
 

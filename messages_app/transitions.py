@@ -583,99 +583,140 @@ def message_record_delivery(
 
 
 @dataclass(frozen=True)
+class ReceiptIn:
+    """A verified delivery receipt, as the provider reported it."""
+
+    receipt_id: str
+    provider_message_id: str
+    status: str
+    error_code: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
 class ReceiptKept:
-    """What `message_record_receipt` did: `kept` is False for a replayed receipt id
-    (nothing changed); `message_id` and `sent_at` name the sent message it belongs to,
-    None when no sent message has its messageId (yet)."""
+    """What `messages_record_receipts` did with one receipt: `kept` is False for a
+    replayed receipt id (nothing changed); `message_id` and `sent_at` name the sent
+    message it belongs to, None when no sent message has its messageId (yet)."""
 
     kept: bool
     message_id: int | None = None
     sent_at: datetime | None = None
 
 
-def message_record_receipt(
-    *, receipt_id: str, provider_message_id: str, status: str, error_code: str, occurred_at: datetime
-) -> ReceiptKept:
-    """Keep a delivery receipt once per `receipt_id` and record its outcome on the sent
-    message with `provider_message_id` (`message_record_delivery`); a replayed receipt id
-    changes nothing.
+def messages_record_receipts(receipts: Sequence[ReceiptIn]) -> list[ReceiptKept]:
+    """Keep each delivery receipt once per `receipt_id` and record its outcome on the
+    sent message with its `provider_message_id` (as `message_record_delivery` does); a
+    replayed receipt id changes nothing. One ReceiptKept per receipt, in order; a
+    receipt id given twice in `receipts` counts as a replay the second time.
 
-    On PostgreSQL this is one statement in autocommit: the web takes a receipt per
-    request, and the transaction of a lookup, an update and an insert (five round trips
-    with its BEGIN and COMMIT) cost a web worker more CPU than everything else it did
-    for the request. The receipt row is written first, linked to the message, and the
-    outcome follows only if that row is new.
+    On PostgreSQL this is one statement in autocommit, however many receipts: the web
+    takes a receipt per request, or a provider's batch of them, and the transaction of
+    a lookup, an update and an insert per receipt (five round trips with its BEGIN and
+    COMMIT) cost a web worker more CPU than everything else it did for the request.
+    The receipt rows are written first, linked to their messages, and an outcome
+    follows only from a new row; of several for one message, the latest.
     """
-    if connection.vendor != "postgresql":
-        return _record_receipt_portable(
-            receipt_id=receipt_id,
-            provider_message_id=provider_message_id,
-            status=status,
-            error_code=error_code,
-            occurred_at=occurred_at,
-        )
+    first: dict[str, ReceiptIn] = {}
+    for receipt in receipts:
+        first.setdefault(receipt.receipt_id, receipt)
+    fresh = list(first.values())
+    if connection.vendor == "postgresql":
+        recorded = _record_receipts_in_one_statement(fresh) if fresh else {}
+    else:
+        recorded = _record_receipts_portable(fresh)
+    answers, seen = [], set()
+    for receipt in receipts:
+        replay = receipt.receipt_id in seen or receipt.receipt_id not in recorded
+        seen.add(receipt.receipt_id)
+        answers.append(ReceiptKept(kept=False) if replay else recorded[receipt.receipt_id])
+    return answers
+
+
+def _record_receipts_in_one_statement(receipts: list[ReceiptIn]) -> dict[str, ReceiptKept]:
+    """The receipts newly kept, by receipt id (a replayed one is absent)."""
+    provider_message_ids = [r.provider_message_id for r in receipts]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            WITH target AS (
-                SELECT id, sent_at FROM {Message._meta.db_table}
-                 WHERE provider_message_id = %(provider_message_id)s AND status = %(sent)s
-                 LIMIT 1
+            WITH incoming AS (
+                SELECT * FROM unnest(%(receipt_ids)s::text[], %(provider_message_ids)s::text[],
+                                     %(statuses)s::text[], %(error_codes)s::text[], %(occurred_ats)s::timestamptz[])
+                       AS r(receipt_id, provider_message_id, status, error_code, occurred_at)
+            ), target AS (
+                SELECT DISTINCT ON (provider_message_id) provider_message_id, id, sent_at
+                  FROM {Message._meta.db_table}
+                 WHERE provider_message_id = ANY(%(provider_message_ids)s::text[]) AND status = %(sent)s
+                 ORDER BY provider_message_id, id
             ), kept AS (
                 INSERT INTO {DeliveryReceipt._meta.db_table}
                        (receipt_id, provider_message_id, status, error_code, occurred_at, received_at, message_id)
-                VALUES (%(receipt_id)s, %(provider_message_id)s, %(status)s, %(error_code)s, %(occurred_at)s,
-                        statement_timestamp(), (SELECT id FROM target))
+                SELECT i.receipt_id, i.provider_message_id, i.status, i.error_code, i.occurred_at,
+                       statement_timestamp(), t.id
+                  FROM incoming i LEFT JOIN target t USING (provider_message_id)
                 ON CONFLICT (receipt_id) DO NOTHING
-                RETURNING message_id
+                RETURNING receipt_id, message_id, status, error_code, occurred_at
+            ), latest AS (
+                SELECT DISTINCT ON (message_id) message_id, status, error_code, occurred_at
+                  FROM kept WHERE message_id IS NOT NULL
+                 ORDER BY message_id, occurred_at DESC
             ), applied AS (
-                UPDATE {Message._meta.db_table}
-                   SET delivery_status = %(status)s, delivery_error_code = %(error_code)s,
-                       delivery_status_at = %(occurred_at)s
-                 WHERE id = (SELECT message_id FROM kept) AND status = %(sent)s
-                   AND (delivery_status_at IS NULL OR delivery_status_at <= %(occurred_at)s)
-                RETURNING id
+                UPDATE {Message._meta.db_table} m
+                   SET delivery_status = latest.status, delivery_error_code = latest.error_code,
+                       delivery_status_at = latest.occurred_at
+                  FROM latest
+                 WHERE m.id = latest.message_id AND m.status = %(sent)s
+                   AND (m.delivery_status_at IS NULL OR m.delivery_status_at <= latest.occurred_at)
+                RETURNING m.id
             )
-            SELECT EXISTS (SELECT FROM kept), (SELECT id FROM target), (SELECT sent_at FROM target)
+            SELECT kept.receipt_id, kept.message_id, target.sent_at
+              FROM kept LEFT JOIN target ON target.id = kept.message_id
             """,  # noqa: S608 - the table names are ours; every value is a parameter
             {
-                "receipt_id": receipt_id,
-                "provider_message_id": provider_message_id,
-                "status": status,
-                "error_code": error_code,
-                "occurred_at": occurred_at,
+                "receipt_ids": [r.receipt_id for r in receipts],
+                "provider_message_ids": provider_message_ids,
+                "statuses": [r.status for r in receipts],
+                "error_codes": [r.error_code for r in receipts],
+                "occurred_ats": [r.occurred_at for r in receipts],
                 "sent": Status.SENT.value,
             },
         )
-        kept, message_id, sent_at = cursor.fetchone()
-    if not kept:
-        return ReceiptKept(kept=False)
-    return ReceiptKept(kept=True, message_id=message_id, sent_at=_aware(sent_at))
+        rows = cursor.fetchall()
+    return {
+        receipt_id: ReceiptKept(kept=True, message_id=message_id, sent_at=_aware(sent_at))
+        for receipt_id, message_id, sent_at in rows
+    }
 
 
-def _record_receipt_portable(
-    *, receipt_id: str, provider_message_id: str, status: str, error_code: str, occurred_at: datetime
-) -> ReceiptKept:
-    """`message_record_receipt` where a statement cannot both insert and update (SQLite):
-    a transaction, rolled back whole by the unique receipt id when it is a replay."""
-    try:
-        with transaction.atomic():
-            found = message_record_delivery(
-                provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
+def _record_receipts_portable(receipts: list[ReceiptIn]) -> dict[str, ReceiptKept]:
+    """`messages_record_receipts` where a statement cannot both insert and update
+    (SQLite): one transaction, each receipt in a savepoint of its own that the unique
+    receipt id rolls back when it is a replay."""
+    recorded: dict[str, ReceiptKept] = {}
+    with transaction.atomic():
+        for receipt in receipts:
+            try:
+                with transaction.atomic():
+                    found = message_record_delivery(
+                        provider_message_id=receipt.provider_message_id,
+                        status=receipt.status,
+                        error_code=receipt.error_code,
+                        occurred_at=receipt.occurred_at,
+                    )
+                    DeliveryReceipt.objects.create(
+                        receipt_id=receipt.receipt_id,
+                        provider_message_id=receipt.provider_message_id,
+                        status=receipt.status,
+                        error_code=receipt.error_code,
+                        occurred_at=receipt.occurred_at,
+                        message_id=found[0] if found else None,
+                    )
+            except IntegrityError:
+                continue
+            recorded[receipt.receipt_id] = (
+                ReceiptKept(kept=True, message_id=found[0], sent_at=found[1]) if found else ReceiptKept(kept=True)
             )
-            DeliveryReceipt.objects.create(
-                receipt_id=receipt_id,
-                provider_message_id=provider_message_id,
-                status=status,
-                error_code=error_code,
-                occurred_at=occurred_at,
-                message_id=found[0] if found else None,
-            )
-    except IntegrityError:
-        return ReceiptKept(kept=False)
-    if found is None:
-        return ReceiptKept(kept=True)
-    return ReceiptKept(kept=True, message_id=found[0], sent_at=found[1])
+    return recorded
 
 
 def _aware(value: datetime | str | None) -> datetime | None:

@@ -186,8 +186,14 @@ def metrics_record_tick(*, duration_seconds: float) -> None:
     _add(TICK_DURATION.increments([round(duration_seconds * 1000)]))
 
 
-def metrics_record_receipt(*, outcome: str, sent_to_outcome_seconds: float | None = None) -> None:
-    deltas: Counter[str] = Counter({receipt_key(outcome): 1})
-    if sent_to_outcome_seconds is not None:
-        deltas.update(SENT_TO_DELIVERY.increments([max(0, round(sent_to_outcome_seconds * 1000))]))
+def metrics_record_receipts(outcomes: Iterable[tuple[str, float | None]]) -> None:
+    """Count receipts by outcome, with the time from sent to outcome where known: one
+    cache round trip for a provider's whole batch."""
+    deltas: Counter[str] = Counter()
+    sent_to_outcome_ms = []
+    for outcome, sent_to_outcome_seconds in outcomes:
+        deltas[receipt_key(outcome)] += 1
+        if sent_to_outcome_seconds is not None:
+            sent_to_outcome_ms.append(max(0, round(sent_to_outcome_seconds * 1000)))
+    deltas.update(SENT_TO_DELIVERY.increments(sent_to_outcome_ms))
     _add(deltas)

@@ -17,21 +17,25 @@ import binascii
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dispatcher.conf import dispatcher_settings
-from dispatcher.engine.counters import metrics_record_receipt
+from dispatcher.engine.counters import metrics_record_receipts
 from messages_app.models import DeliveryReceipt, Message
-from messages_app.transitions import message_record_delivery, message_record_receipt
+from messages_app.transitions import ReceiptIn, ReceiptKept, message_record_delivery, messages_record_receipts
 
 logger = logging.getLogger(__name__)
 
 Delivery = Message.Delivery
 MAX_ERROR_CODE_LENGTH = 64
+MAX_RECEIPT_ID_LENGTH = 255
+BATCH_TYPE = "message.status.batch"
+# More than any provider puts in one callback; a batch is one statement and one answer.
+MAX_RECEIPTS_PER_BATCH = 1000
 # How long a receipt waits for its send to be recorded before it counts as unknown.
 WAITING_RECEIPT_HOURS = 1
 
@@ -69,7 +73,53 @@ def receipt_verify(*, body: bytes, headers: dict[str, str]) -> dict:
     return payload
 
 
-def _parse(payload: dict) -> tuple[str, str, str, datetime]:
+@dataclass(frozen=True)
+class ReceiptIntake:
+    """What became of a callback: one result per receipt it carried, in order."""
+
+    batch: bool
+    results: list[ReceiptResult]
+
+    def counts(self) -> dict[str, int]:
+        found = {"applied": 0, "waiting": 0, "replayed": 0}
+        for result in self.results:
+            found[result.outcome] += 1
+        return found
+
+
+def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
+    """Record a verified callback: one receipt (known by the callback's webhook-id) or a
+    batch (each known by its own id). Nothing is recorded if any receipt cannot be read."""
+    if payload.get("type") != BATCH_TYPE:
+        return ReceiptIntake(batch=False, results=receipts_record([_receipt(payload, receipt_id=webhook_id)]))
+    items = payload.get("receipts")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_RECEIPTS_PER_BATCH:
+        raise ReceiptRejected(
+            f"a batch's receipts must be a list of 1 to {MAX_RECEIPTS_PER_BATCH} receipts", unauthorized=False
+        )
+    receipts = []
+    for number, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ReceiptRejected(f"receipts[{number}] must be a JSON object", unauthorized=False)
+        receipt_id = item.get("id")
+        if not isinstance(receipt_id, str) or not receipt_id or len(receipt_id) > MAX_RECEIPT_ID_LENGTH:
+            raise ReceiptRejected(
+                f"receipts[{number}].id must be a non-empty string of at most {MAX_RECEIPT_ID_LENGTH} characters",
+                unauthorized=False,
+            )
+        try:
+            receipts.append(_receipt(item, receipt_id=receipt_id))
+        except ReceiptRejected as exc:
+            raise ReceiptRejected(f"receipts[{number}]: {exc.reason}", unauthorized=False) from None
+    return ReceiptIntake(batch=True, results=receipts_record(receipts))
+
+
+def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
+    """Record one verified receipt (`payload` in our receipt format) under `receipt_id`."""
+    return receipts_record([_receipt(payload, receipt_id=receipt_id)])[0]
+
+
+def _receipt(payload: dict, *, receipt_id: str) -> ReceiptIn:
     provider_message_id, status = payload.get("messageId"), payload.get("status")
     error_code, timestamp = payload.get("errorCode") or "", payload.get("timestamp")
     if not isinstance(provider_message_id, str) or not provider_message_id or len(provider_message_id) > 255:
@@ -81,46 +131,51 @@ def _parse(payload: dict) -> tuple[str, str, str, datetime]:
     occurred_at = parse_datetime(timestamp) if isinstance(timestamp, str) else None
     if occurred_at is None or occurred_at.tzinfo is None:
         raise ReceiptRejected("timestamp must be an ISO 8601 date-time with an offset", unauthorized=False)
-    return provider_message_id, status, str(error_code)[:MAX_ERROR_CODE_LENGTH], occurred_at
-
-
-def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
-    """Keep a verified receipt once and apply it to its message if that is sent."""
-    provider_message_id, status, error_code, occurred_at = _parse(payload)
-    kept = message_record_receipt(
-        receipt_id=receipt_id[:255],
+    return ReceiptIn(
+        receipt_id=receipt_id[:MAX_RECEIPT_ID_LENGTH],
         provider_message_id=provider_message_id,
         status=status,
-        error_code=error_code,
+        error_code=str(error_code)[:MAX_ERROR_CODE_LENGTH],
         occurred_at=occurred_at,
     )
+
+
+def receipts_record(receipts: list[ReceiptIn]) -> list[ReceiptResult]:
+    """Keep each verified receipt once and apply it to its message if that is sent;
+    count and log each."""
+    results, counted = [], []
+    for receipt, kept in zip(receipts, messages_record_receipts(receipts), strict=True):
+        results.append(_result(receipt, kept, counted))
+    metrics_record_receipts(counted)
+    return results
+
+
+def _result(receipt: ReceiptIn, kept: ReceiptKept, counted: list[tuple[str, float | None]]) -> ReceiptResult:
     if not kept.kept:  # the unique receipt id: a replay changed nothing
-        metrics_record_receipt(outcome="replayed")
-        logger.info("receipt %s for messageId=%s replayed; ignored", receipt_id, provider_message_id)
+        counted.append(("replayed", None))
+        logger.info("receipt %s for messageId=%s replayed; ignored", receipt.receipt_id, receipt.provider_message_id)
         return ReceiptResult(outcome="replayed")
     if kept.message_id is None:
-        metrics_record_receipt(outcome="unmatched")
+        counted.append(("unmatched", None))
         logger.warning(
             "receipt %s for unknown messageId=%s (%s) kept: applied if that send is recorded later",
-            receipt_id,
-            provider_message_id,
-            status,
+            receipt.receipt_id,
+            receipt.provider_message_id,
+            receipt.status,
         )
         return ReceiptResult(outcome="waiting")
-    message_id, sent_at = kept.message_id, kept.sent_at
-    metrics_record_receipt(
-        outcome=status, sent_to_outcome_seconds=(occurred_at - sent_at).total_seconds() if sent_at else None
-    )
+    sent_at = kept.sent_at
+    counted.append((receipt.status, (receipt.occurred_at - sent_at).total_seconds() if sent_at else None))
     logger.info(
         "receipt %s: message id=%s messageId=%s %s%s",
-        receipt_id,
-        message_id,
-        provider_message_id,
-        status,
-        f" (error {error_code})" if error_code else "",
-        extra={"message_id": message_id},
+        receipt.receipt_id,
+        kept.message_id,
+        receipt.provider_message_id,
+        receipt.status,
+        f" (error {receipt.error_code})" if receipt.error_code else "",
+        extra={"message_id": kept.message_id},
     )
-    return ReceiptResult(outcome="applied", message_id=message_id)
+    return ReceiptResult(outcome="applied", message_id=kept.message_id)
 
 
 def receipts_apply_for_sent(*, provider_message_ids: list[str]) -> int:
@@ -136,6 +191,7 @@ def receipts_apply_for_sent(*, provider_message_ids: list[str]) -> int:
 
 def _apply(waiting: list[tuple]) -> int:
     applied = 0
+    counted: list[tuple[str, float | None]] = []
     for pk, provider_message_id, status, error_code, occurred_at in waiting:
         found = message_record_delivery(
             provider_message_id=provider_message_id, status=status, error_code=error_code, occurred_at=occurred_at
@@ -144,10 +200,10 @@ def _apply(waiting: list[tuple]) -> int:
             continue
         message_id, sent_at = found
         DeliveryReceipt.objects.filter(pk=pk).update(message_id=message_id)
-        metrics_record_receipt(
-            outcome=status, sent_to_outcome_seconds=(occurred_at - sent_at).total_seconds() if sent_at else None
-        )
+        counted.append((status, (occurred_at - sent_at).total_seconds() if sent_at else None))
         applied += 1
+    if counted:
+        metrics_record_receipts(counted)
     return applied
 
 

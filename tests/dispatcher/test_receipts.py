@@ -26,7 +26,13 @@ from dispatcher.engine.pipeline import send_chunk
 from dispatcher.engine.providers import BaseProvider, ProviderResult
 from dispatcher.engine.receipts import WAITING_RECEIPT_HOURS, receipts_apply_for_sent, receipts_apply_waiting
 from messages_app.models import DeliveryReceipt, Message
-from messages_app.transitions import AttemptRecord, database_now, messages_mark_sent
+from messages_app.transitions import (
+    AttemptRecord,
+    ReceiptIn,
+    _record_receipts_portable,
+    database_now,
+    messages_mark_sent,
+)
 from tests.factories import claimed_message, make_message, make_user
 
 Status = Message.Status
@@ -462,10 +468,13 @@ class FastReceiptProvider(BaseProvider):
     """A provider so fast that its receipt reaches us before `send` has returned,
     so before the pipeline records the message as sent."""
 
-    def __init__(self, client: Client, status: str = "delivered", error_code: str | None = None) -> None:
+    def __init__(
+        self, client: Client, status: str = "delivered", error_code: str | None = None, *, batch: bool = False
+    ) -> None:
         self.client = client
         self.status = status
         self.error_code = error_code
+        self.batch = batch  # in a batch of one, as a provider that reports in batches sends it
         self.answers: list[tuple[int, dict]] = []
         self.receipt_times: list[datetime] = []
 
@@ -474,6 +483,8 @@ class FastReceiptProvider(BaseProvider):
         at = timezone.now()
         self.receipt_times.append(at)
         body = receipt_body(provider_message_id, self.status, error_code=self.error_code, at=at)
+        if self.batch:
+            body = batch_body({"id": f"fast-{message.uuid}-receipt", **json.loads(body)})
         response = post_receipt(self.client, body, signed(body))
         self.answers.append((response.status_code, response.json()))
         return ProviderResult(message_id=provider_message_id, http_status=202)
@@ -628,3 +639,153 @@ def test_metrics_count_a_receipt_applied_after_the_send_by_its_outcome(client):
 
     assert receipts_counted(client)["delivered"] == 1
     assert samples[("messaging_delivery_latency_seconds_count", ())] == 1
+
+
+# --- a provider's batch of receipts in one callback -----------------------------------------------
+
+
+def batch_item(receipt_id: str, provider_message_id: str, status: str = "delivered", **fields) -> dict:
+    return {"id": receipt_id, **json.loads(receipt_body(provider_message_id, status, **fields))}
+
+
+def batch_body(*items: dict) -> str:
+    return json.dumps({"type": "message.status.batch", "receipts": list(items)})
+
+
+def test_a_signed_batch_records_each_receipt_on_its_message(client):
+    at = timezone.now().replace(microsecond=0) - dt.timedelta(seconds=2)
+    delivered, undelivered, later = sent_message(), sent_message(), sent_message()
+    body = batch_body(
+        batch_item("b-1", delivered.provider_message_id, at=at),
+        batch_item("b-2", undelivered.provider_message_id, "undelivered", error_code=30005, at=at),
+        batch_item("b-3", "not-sent-yet", at=at),
+    )
+
+    response = post_receipt(client, body, signed(body, receipt_id="callback-1"))
+
+    assert response.status_code == 200, response.content
+    assert response.json() == {"outcome": "batch", "applied": 2, "waiting": 1, "replayed": 0}
+    assert delivery(delivered) == (Status.SENT, Delivery.DELIVERED, "", at)
+    assert delivery(undelivered) == (Status.SENT, Delivery.UNDELIVERED, "30005", at)
+    assert delivery(later) == (Status.SENT, "", "", None)
+    kept = dict(DeliveryReceipt.objects.values_list("receipt_id", "message_id"))
+    assert kept == {"b-1": delivered.pk, "b-2": undelivered.pk, "b-3": None}
+    assert receipts_counted(client) == {"delivered": 1, "undelivered": 1, "unmatched": 1, "replayed": 0}
+
+
+def test_a_batch_knows_a_replay_by_each_receipts_own_id(client):
+    message, other = sent_message(), sent_message()
+    at = timezone.now() - dt.timedelta(seconds=5)
+    single = receipt_body(message.provider_message_id, at=at)
+    assert post_receipt(client, single, signed(single, receipt_id="r-known")).status_code == 200
+    body = batch_body(
+        # Already taken one by one, and given twice in this batch: replays, whatever they say.
+        batch_item("r-known", message.provider_message_id, "undelivered", error_code="30003"),
+        batch_item("b-new", other.provider_message_id, at=at),
+        batch_item("b-new", other.provider_message_id, "undelivered", error_code="30003"),
+    )
+
+    first = post_receipt(client, body, signed(body, receipt_id="callback-1"))
+    again = post_receipt(client, body, signed(body, receipt_id="callback-1"))  # the provider retries it
+
+    assert first.json() == {"outcome": "batch", "applied": 1, "waiting": 0, "replayed": 2}
+    assert again.json() == {"outcome": "batch", "applied": 0, "waiting": 0, "replayed": 3}
+    assert delivery(message) == (Status.SENT, Delivery.DELIVERED, "", at)
+    assert delivery(other) == (Status.SENT, Delivery.DELIVERED, "", at)
+    assert DeliveryReceipt.objects.count() == 2
+
+
+def test_of_two_receipts_for_one_message_in_a_batch_the_latest_outcome_stays(client):
+    message = sent_message()
+    earlier, latest = timezone.now() - dt.timedelta(seconds=9), timezone.now() - dt.timedelta(seconds=1)
+    body = batch_body(
+        batch_item("b-late", message.provider_message_id, "delivered", at=latest),
+        batch_item("b-early", message.provider_message_id, "undelivered", error_code="30008", at=earlier),
+    )
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.json() == {"outcome": "batch", "applied": 2, "waiting": 0, "replayed": 0}
+    assert delivery(message) == (Status.SENT, Delivery.DELIVERED, "", latest)
+
+
+BAD_BATCHES = {
+    "no list": {"type": "message.status.batch", "receipts": "b-1"},
+    "empty": {"type": "message.status.batch", "receipts": []},
+    "too many": {"type": "message.status.batch", "receipts": [{"id": f"b-{n}"} for n in range(1001)]},
+    "not an object": {"type": "message.status.batch", "receipts": ["b-1"]},
+    "no id": {"type": "message.status.batch", "receipts": [{"messageId": "p-1", "status": "delivered"}]},
+    "id too long": {"type": "message.status.batch", "receipts": [{"id": "x" * 256}]},
+}
+
+
+@pytest.mark.parametrize("payload", BAD_BATCHES.values(), ids=BAD_BATCHES.keys())
+def test_a_batch_that_cannot_be_read_is_400_and_records_nothing(client, payload):
+    message = sent_message()
+    body = json.dumps(payload)
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.status_code == 400, response.content
+    assert "receipts" in response.json()["detail"]
+    assert DeliveryReceipt.objects.count() == 0
+    assert delivery(message) == (Status.SENT, "", "", None)
+
+
+def test_one_unreadable_receipt_refuses_the_whole_batch(client):
+    message = sent_message()
+    body = batch_body(
+        batch_item("b-1", message.provider_message_id),
+        batch_item("b-2", message.provider_message_id, "lost in the post"),
+    )
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith("receipts[1]: status must be")
+    assert DeliveryReceipt.objects.count() == 0
+    assert delivery(message) == (Status.SENT, "", "", None)
+
+
+def test_a_badly_signed_batch_is_refused_and_records_nothing(client):
+    message = sent_message()
+    body = batch_body(batch_item("b-1", message.provider_message_id))
+
+    response = post_receipt(client, body, signed(body, secret=OTHER_SECRET))
+
+    assert response.status_code == 401, response.content
+    assert DeliveryReceipt.objects.count() == 0
+    assert delivery(message) == (Status.SENT, "", "", None)
+
+
+def test_a_waiting_receipt_from_a_batch_is_applied_when_its_send_is_recorded(client):
+    message = claimed_message()
+    provider = FastReceiptProvider(client, "undelivered", "30003", batch=True)
+
+    send_chunk(message_ids=[message.pk], claim_token=message.claim_token, provider=provider)
+
+    assert provider.answers == [(200, {"outcome": "batch", "applied": 0, "waiting": 1, "replayed": 0})]
+    assert delivery(message)[:3] == (Status.SENT, Delivery.UNDELIVERED, "30003")
+    assert DeliveryReceipt.objects.get().message_id == message.pk
+
+
+def test_sqlite_records_a_batch_as_postgresql_does(client):
+    """The portable path (a transaction with a savepoint per receipt), run here on
+    PostgreSQL against the same cases as the one-statement path."""
+    message, other = sent_message(), sent_message()
+    at = timezone.now() - dt.timedelta(seconds=3)
+    DeliveryReceipt.objects.create(
+        receipt_id="r-known", provider_message_id=message.provider_message_id, status="delivered", occurred_at=at
+    )
+    receipts = [
+        ReceiptIn("r-known", message.provider_message_id, "undelivered", "30003", at),
+        ReceiptIn("b-1", other.provider_message_id, "undelivered", "30005", at),
+        ReceiptIn("b-2", "not-sent-yet", "delivered", "", at),
+    ]
+
+    kept = _record_receipts_portable(receipts)
+
+    assert set(kept) == {"b-1", "b-2"}
+    assert (kept["b-1"].message_id, kept["b-2"].message_id) == (other.pk, None)
+    assert delivery(other) == (Status.SENT, Delivery.UNDELIVERED, "30005", at)
+    assert delivery(message) == (Status.SENT, "", "", None)
