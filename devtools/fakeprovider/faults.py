@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit
 
 TIMEOUT_STEP = "timeout"
+MAX_RECEIPT_BATCH_SIZE = 1000  # the most the service takes in one callback
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Faults:
     receipt_delay_ms: float = 500.0  # from accepting a message to POSTing its receipt
     undelivered_rate: float = 0.0  # share of receipts that say "undelivered"
     bad_signature: bool = False  # sign receipts with a wrong key, to test the receiver's check
+    receipt_batch_size: int = 1  # >1: receipts due together go in one callback, up to this many
 
     def update(self, changes: Mapping[str, object]) -> None:
         """Apply all of `changes` or, if any is invalid, none of them (ValueError)."""
@@ -83,6 +85,8 @@ def _check_ranges(faults: Faults) -> None:
     for name in ("latency_ms", "retry_after", "timeout_ms", "receipt_delay_ms"):
         if getattr(faults, name) < 0:
             raise ValueError(f"{name} must not be negative")
+    if not 1 <= faults.receipt_batch_size <= MAX_RECEIPT_BATCH_SIZE:
+        raise ValueError(f"receipt_batch_size must be between 1 and {MAX_RECEIPT_BATCH_SIZE}")
     for name in ("error_status", "status_code"):
         if not 100 <= getattr(faults, name) <= 599:
             raise ValueError(f"{name} must be an HTTP status (100-599)")

@@ -13,6 +13,12 @@ holds up an answer. A receipt that fails (no connection, or not 2xx) is tried
 again, a few times, a second apart; the same webhook-id each time, so a
 receiver can tell a retry from a new receipt, and a fresh timestamp and
 signature each time, as a real sender signs each attempt.
+
+With `receipt_batch_size` above 1 it reports as Infobip and Sinch do: the
+receipts that fall due together are gathered, up to that many, and sent in one
+signed callback (`{"type": "message.status.batch", "receipts": [...]}`, each
+receipt with an `id` of its own); a batch not yet full goes
+RECEIPT_BATCH_WAIT_SECONDS after its first receipt fell due.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of every Standard Webhooks s
 RECEIPT_RETRIES = 3  # after the first attempt
 RECEIPT_RETRY_SECONDS = 1.0
 RECEIPT_TIMEOUT_SECONDS = 5.0
+RECEIPT_BATCH_WAIT_SECONDS = 0.05
+BATCH_TYPE = "message.status.batch"
 # Carrier error codes in the numbering providers commonly use (Twilio's): unreachable
 # handset, unknown handset, landline or unreachable carrier, unknown error.
 UNDELIVERED_ERROR_CODES = ("30003", "30005", "30006", "30008")
@@ -74,15 +82,24 @@ class ReceiptSigner:
 
 
 def receipt_body(*, message_id: str, error_code: str | None) -> str:
-    return json.dumps(
-        {
-            "type": "message.status",
-            "messageId": message_id,
-            "status": "undelivered" if error_code else "delivered",
-            "errorCode": error_code,
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        }
-    )
+    return json.dumps({"type": "message.status", **_outcome(message_id=message_id, error_code=error_code)})
+
+
+def batch_body(receipts: list[dict]) -> str:
+    return json.dumps({"type": BATCH_TYPE, "receipts": receipts})
+
+
+def batch_item(*, message_id: str, error_code: str | None) -> dict:
+    return {"id": f"rcpt_{uuid.uuid4()}", **_outcome(message_id=message_id, error_code=error_code)}
+
+
+def _outcome(*, message_id: str, error_code: str | None) -> dict:
+    return {
+        "messageId": message_id,
+        "status": "undelivered" if error_code else "delivered",
+        "errorCode": error_code,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
 
 
 class ReceiptSender:
@@ -97,6 +114,8 @@ class ReceiptSender:
         self._session: aiohttp.ClientSession | None = None
         # Kept so they can be cancelled on stop, and so the loop does not drop them half-way.
         self._pending: set[asyncio.Task[None]] = set()
+        # Receipts due and waiting for their batch, by where they go and how they are signed.
+        self._gathering: dict[tuple[str, bool, int], list[dict]] = {}
 
     @property
     def signing(self) -> bool:
@@ -120,42 +139,87 @@ class ReceiptSender:
             return
         undelivered = faults.undelivered_rate > 0 and self._state.random.random() < faults.undelivered_rate
         error_code = self._state.random.choice(UNDELIVERED_ERROR_CODES) if undelivered else None
-        task = asyncio.get_running_loop().create_task(
-            self._send(
+        self._spawn(
+            self._due(
                 url=faults.receipts_url,
                 delay_seconds=faults.receipt_delay_ms / 1000,
                 message_id=message_id,
                 error_code=error_code,
                 wrong_key=faults.bad_signature,
+                batch_size=faults.receipt_batch_size,
             )
         )
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _send(self, *, url: str, delay_seconds: float, message_id: str, error_code: str | None, wrong_key: bool):
+    async def _due(
+        self,
+        *,
+        url: str,
+        delay_seconds: float,
+        message_id: str,
+        error_code: str | None,
+        wrong_key: bool,
+        batch_size: int,
+    ) -> None:
         await asyncio.sleep(delay_seconds)
-        receipt_id = f"rcpt_{uuid.uuid4()}"
-        body = receipt_body(message_id=message_id, error_code=error_code)
+        if batch_size <= 1:
+            receipt_id = f"rcpt_{uuid.uuid4()}"
+            body = receipt_body(message_id=message_id, error_code=error_code)
+            receipts = [(receipt_id, message_id)]
+            await self._send(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key, receipts=receipts)
+            return
+        key = (url, wrong_key, batch_size)
+        gathering = self._gathering.setdefault(key, [])
+        gathering.append(batch_item(message_id=message_id, error_code=error_code))
+        if len(gathering) >= batch_size:
+            self._flush(key)
+        elif len(gathering) == 1:
+            asyncio.get_running_loop().call_later(RECEIPT_BATCH_WAIT_SECONDS, self._flush, key)
+
+    def _flush(self, key: tuple[str, bool, int]) -> None:
+        batch = self._gathering.pop(key, None)
+        if not batch:
+            return
+        url, wrong_key, _ = key
+        self._spawn(
+            self._send(
+                url,
+                receipt_id=f"batch_{uuid.uuid4()}",
+                body=batch_body(batch),
+                wrong_key=wrong_key,
+                receipts=[(item["id"], item["messageId"]) for item in batch],
+            )
+        )
+
+    async def _send(self, url: str, *, receipt_id: str, body: str, wrong_key: bool, receipts: list[tuple[str, str]]):
+        """POST one callback (`receipt_id` is its webhook-id), trying again on failure;
+        `receipts` are the (receipt id, messageId) it carries, counted and logged."""
         attempts = 1 + RECEIPT_RETRIES
         for attempt in range(1, attempts + 1):
             problem = await self._post(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key)
             if problem is None:
-                self._state.count_receipt(sent=True)
-                logger.info(
-                    "receipt %s messageId=%s %s -> sent (attempt %d)",
-                    receipt_id,
-                    message_id,
-                    error_code or "delivered",
-                    attempt,
-                )
+                self._state.count_receipt(sent=True, count=len(receipts))
+                for one_id, message_id in receipts:
+                    logger.info("receipt %s messageId=%s -> sent (attempt %d)", one_id, message_id, attempt)
                 return
             logger.info(
-                "receipt %s messageId=%s: %s (attempt %d of %d)", receipt_id, message_id, problem, attempt, attempts
+                "receipt %s (%d receipts, first messageId=%s): %s (attempt %d of %d)",
+                receipt_id,
+                len(receipts),
+                receipts[0][1],
+                problem,
+                attempt,
+                attempts,
             )
             if attempt < attempts:
                 await asyncio.sleep(self._retry_seconds)
-        self._state.count_receipt(sent=False)
-        logger.warning("receipt %s messageId=%s not sent after %d attempts", receipt_id, message_id, attempts)
+        self._state.count_receipt(sent=False, count=len(receipts))
+        for one_id, message_id in receipts:
+            logger.warning("receipt %s messageId=%s not sent after %d attempts", one_id, message_id, attempts)
 
     async def _post(self, url: str, *, receipt_id: str, body: str, wrong_key: bool) -> str | None:
         """None once the receiver took it (2xx), else what went wrong."""

@@ -110,12 +110,12 @@ class FakeProviderState:
         digits = f"{(self.random.getrandbits(128) & _UUID4_KEEP) | _UUID4_SET:032x}"
         return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
-    def count_receipt(self, *, sent: bool) -> None:
+    def count_receipt(self, *, sent: bool, count: int = 1) -> None:
         with self.lock:
             if sent:
-                self.receipts_sent += 1
+                self.receipts_sent += count
             else:
-                self.receipts_failed += 1
+                self.receipts_failed += count
 
     def stats(self) -> dict[str, object]:
         with self.lock:

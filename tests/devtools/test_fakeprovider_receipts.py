@@ -20,6 +20,7 @@ import requests
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from devtools.fakeprovider import receipts as fake_receipts
 from devtools.fakeprovider.receipts import UNDELIVERED_ERROR_CODES
 from tests.processes import fake_provider, fake_provider_in_thread, free_port, http_json, wait_for
 
@@ -234,6 +235,9 @@ def test_receipts_need_a_secret():
         {"receipt_delay_ms": -1},
         {"undelivered_rate": 1.5},
         {"bad_signature": "yes"},
+        {"receipt_batch_size": 0},
+        {"receipt_batch_size": 1001},
+        {"receipt_batch_size": "10"},
     ],
 )
 def test_bad_receipt_faults_are_refused(fake, faults):
@@ -248,6 +252,62 @@ def test_receipts_can_be_turned_off_again(fake):
         send(fake)
         time.sleep(0.3)
         assert rx.receipts() == []
+
+
+# --- receipts in batches, as Infobip and Sinch report ---------------------------------------------
+
+
+def batches(rx: Receiver) -> list[tuple[str, list[dict]]]:
+    """Each callback's webhook-id and the receipts it carried, each checked by its signature."""
+    found = []
+    for _, headers, body in rx.receipts():
+        payload = verified(headers, body)
+        assert set(payload) == {"type", "receipts"} and payload["type"] == "message.status.batch"
+        found.append((headers["webhook-id"], payload["receipts"]))
+    return found
+
+
+def test_receipts_due_together_come_in_one_signed_callback_up_to_the_batch_size(fake, monkeypatch):
+    # "Together": within a second here, so a slow machine sending the seven cannot split them.
+    monkeypatch.setattr(fake_receipts, "RECEIPT_BATCH_WAIT_SECONDS", 1.0)
+    with receiver() as rx:
+        set_faults(fake, receipts_url=rx.url, receipt_delay_ms=200, receipt_batch_size=3)
+        message_ids = [send(fake) for _ in range(7)]  # all due within the same few ms
+        wait_for(lambda: sum(len(r) for _, r in batches(rx)) >= 7, timeout=5, what="seven receipts")
+        time.sleep(0.3)  # time enough for a wrong eighth one to arrive
+        found = batches(rx)
+
+    assert sorted(len(receipts) for _, receipts in found) == [1, 3, 3]
+    items = [item for _, receipts in found for item in receipts]
+    assert sorted(item["messageId"] for item in items) == sorted(message_ids)
+    assert all(set(item) == {"id", "messageId", "status", "errorCode", "timestamp"} for item in items)
+    assert len({item["id"] for item in items}) == 7
+    assert len({webhook_id for webhook_id, _ in found}) == 3
+    assert fake.state.stats()["receipts_sent"] == 7
+
+
+def test_a_batch_not_yet_full_is_sent_shortly_after_its_first_receipt_is_due(fake):
+    with receiver() as rx:
+        set_faults(fake, receipts_url=rx.url, receipt_delay_ms=0, receipt_batch_size=100)
+        accepted_at = time.monotonic()
+        message_id = send(fake)
+        wait_for(lambda: rx.receipts(), timeout=5, what="the batch")
+        [(arrived_at, _, _)] = rx.receipts()
+        [(_, [item])] = batches(rx)
+    assert item["messageId"] == message_id
+    assert arrived_at - accepted_at < 2
+
+
+def test_a_failed_batch_is_retried_whole_under_the_same_ids(fake):
+    with receiver(503) as rx:
+        set_faults(fake, receipts_url=rx.url, receipt_delay_ms=0, receipt_batch_size=5)
+        send(fake)
+        send(fake)
+        wait_for(lambda: sum(len(r) for _, r in batches(rx)) >= 4, timeout=10, what="the retried batch")
+        first, again = batches(rx)[:2]
+    assert first[0] == again[0]
+    assert [item["id"] for item in first[1]] == [item["id"] for item in again[1]]
+    wait_for(lambda: fake.state.stats()["receipts_sent"] == 2, timeout=2, what="the count")
 
 
 @pytest.mark.process

@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 from dispatcher.engine.pipeline import send_chunk
 from dispatcher.engine.providers import BaseProvider, ProviderResult
+from dispatcher.engine.providers.webhook import WebhookProvider
 from dispatcher.engine.receipts import WAITING_RECEIPT_HOURS, receipts_apply_for_sent, receipts_apply_waiting
 from messages_app.models import DeliveryReceipt, Message
 from messages_app.transitions import (
@@ -33,7 +34,8 @@ from messages_app.transitions import (
     database_now,
     messages_mark_sent,
 )
-from tests.factories import claimed_message, make_message, make_user
+from tests.factories import claimed_message, deliver, make_message, make_user
+from tests.processes import fake_provider_in_thread, wait_for
 
 Status = Message.Status
 Delivery = Message.Delivery
@@ -789,3 +791,41 @@ def test_sqlite_records_a_batch_as_postgresql_does(client):
     assert (kept["b-1"].message_id, kept["b-2"].message_id) == (other.pk, None)
     assert delivery(other) == (Status.SENT, Delivery.UNDELIVERED, "30005", at)
     assert delivery(message) == (Status.SENT, "", "", None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fake_providers_batched_receipts_reach_every_message_through_a_real_server(live_server, settings):
+    """Messages sent through the webhook to the fake provider, which calls the live
+    server back with signed batches (up to 8 receipts each, some undelivered)."""
+    with fake_provider_in_thread(receipt_secret=SECRET) as fake:
+        settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": fake.url}
+        fake.server.state.faults.update(
+            {
+                "receipts_url": live_server.url + RECEIPTS_URL,
+                "receipt_delay_ms": 50,
+                "receipt_batch_size": 8,
+                "undelivered_rate": 0.3,
+            }
+        )
+        messages = [claimed_message(content=f"batched receipt {n}") for n in range(30)]
+        provider = WebhookProvider()
+        try:
+            for message in messages:
+                assert deliver(message, provider).outcome == "sent"
+        finally:
+            provider.close()
+
+        def all_recorded() -> bool:
+            return not Message.objects.filter(pk__in=[m.pk for m in messages], delivery_status="").exists()
+
+        wait_for(all_recorded, timeout=20, what="every receipt")
+        # The last answers may still be on their way back to the fake provider.
+        wait_for(lambda: fake.server.state.stats()["receipts_sent"] >= 30, timeout=5, what="the answers")
+        stats = fake.server.state.stats()
+
+    rows = list(Message.objects.filter(pk__in=[m.pk for m in messages]).values_list("status", "delivery_status"))
+    assert {status for status, _ in rows} == {Status.SENT}
+    assert {outcome for _, outcome in rows} <= {Delivery.DELIVERED, Delivery.UNDELIVERED}
+    assert (stats["receipts_sent"], stats["receipts_failed"]) == (30, 0)
+    kept = DeliveryReceipt.objects.filter(message__in=[m.pk for m in messages])
+    assert kept.count() == 30 and kept.values("message").distinct().count() == 30

@@ -57,6 +57,12 @@ class Command(BaseCommand):
             f"(default: ${RECEIPT_SECRET_ENV}, else ${SERVICE_RECEIPT_SECRET_ENV}).",
         )
         parser.add_argument("--bad-signature", action="store_true", help="Sign receipts with a wrong key.")
+        parser.add_argument(
+            "--receipt-batch-size",
+            type=int,
+            default=1,
+            help="Send the receipts that fall due together in one callback, up to this many (1: one per callback).",
+        )
 
     def handle(self, *args, **options) -> None:
         request_log = RequestLog(sys.stdout)
@@ -74,6 +80,7 @@ class Command(BaseCommand):
                     "receipt_delay_ms": options["receipt_delay_ms"],
                     "undelivered_rate": options["undelivered_rate"],
                     "bad_signature": options["bad_signature"],
+                    "receipt_batch_size": options["receipt_batch_size"],
                 }
             )
             provider = make_fake_provider(
