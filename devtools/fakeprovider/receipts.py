@@ -139,43 +139,39 @@ class ReceiptSender:
             return
         undelivered = faults.undelivered_rate > 0 and self._state.random.random() < faults.undelivered_rate
         error_code = self._state.random.choice(UNDELIVERED_ERROR_CODES) if undelivered else None
-        self._spawn(
-            self._due(
-                url=faults.receipts_url,
-                delay_seconds=faults.receipt_delay_ms / 1000,
-                message_id=message_id,
-                error_code=error_code,
-                wrong_key=faults.bad_signature,
-                batch_size=faults.receipt_batch_size,
+        url, delay_seconds, wrong_key = faults.receipts_url, faults.receipt_delay_ms / 1000, faults.bad_signature
+        if faults.receipt_batch_size <= 1:
+            self._spawn(
+                self._send_one(
+                    url, delay_seconds=delay_seconds, message_id=message_id, error_code=error_code, wrong_key=wrong_key
+                )
             )
-        )
+            return
+        # A timer, not a task, per receipt: at thousands a second the loop's time goes to answering.
+        key = (url, wrong_key, faults.receipt_batch_size)
+        asyncio.get_running_loop().call_later(delay_seconds, self._gather, key, message_id, error_code)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _due(
-        self,
-        *,
-        url: str,
-        delay_seconds: float,
-        message_id: str,
-        error_code: str | None,
-        wrong_key: bool,
-        batch_size: int,
+    async def _send_one(
+        self, url: str, *, delay_seconds: float, message_id: str, error_code: str | None, wrong_key: bool
     ) -> None:
         await asyncio.sleep(delay_seconds)
-        if batch_size <= 1:
-            receipt_id = f"rcpt_{uuid.uuid4()}"
-            body = receipt_body(message_id=message_id, error_code=error_code)
-            receipts = [(receipt_id, message_id)]
-            await self._send(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key, receipts=receipts)
-            return
-        key = (url, wrong_key, batch_size)
+        receipt_id = f"rcpt_{uuid.uuid4()}"
+        body = receipt_body(message_id=message_id, error_code=error_code)
+        receipts = [(receipt_id, message_id)]
+        await self._send(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key, receipts=receipts)
+
+    def _gather(self, key: tuple[str, bool, int], message_id: str, error_code: str | None) -> None:
+        """A receipt fell due: into its batch, which goes when full or shortly after."""
+        if self._session is None or self._session.closed:
+            return  # stopping
         gathering = self._gathering.setdefault(key, [])
         gathering.append(batch_item(message_id=message_id, error_code=error_code))
-        if len(gathering) >= batch_size:
+        if len(gathering) >= key[2]:
             self._flush(key)
         elif len(gathering) == 1:
             asyncio.get_running_loop().call_later(RECEIPT_BATCH_WAIT_SECONDS, self._flush, key)
@@ -203,8 +199,17 @@ class ReceiptSender:
             problem = await self._post(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key)
             if problem is None:
                 self._state.count_receipt(sent=True, count=len(receipts))
-                for one_id, message_id in receipts:
-                    logger.info("receipt %s messageId=%s -> sent (attempt %d)", one_id, message_id, attempt)
+                if len(receipts) == 1:
+                    logger.info("receipt %s messageId=%s -> sent (attempt %d)", *receipts[0], attempt)
+                else:  # one line a callback, of bounded length, at thousands of receipts a second
+                    logger.info(
+                        "batch %s of %d receipts (messageId %s ... %s) -> sent (attempt %d)",
+                        receipt_id,
+                        len(receipts),
+                        receipts[0][1],
+                        receipts[-1][1],
+                        attempt,
+                    )
                 return
             logger.info(
                 "receipt %s (%d receipts, first messageId=%s): %s (attempt %d of %d)",
@@ -218,8 +223,14 @@ class ReceiptSender:
             if attempt < attempts:
                 await asyncio.sleep(self._retry_seconds)
         self._state.count_receipt(sent=False, count=len(receipts))
-        for one_id, message_id in receipts:
-            logger.warning("receipt %s messageId=%s not sent after %d attempts", one_id, message_id, attempts)
+        logger.warning(
+            "receipt %s (%d receipts, messageId %s ... %s) not sent after %d attempts",
+            receipt_id,
+            len(receipts),
+            receipts[0][1],
+            receipts[-1][1],
+            attempts,
+        )
 
     async def _post(self, url: str, *, receipt_id: str, body: str, wrong_key: bool) -> str | None:
         """None once the receiver took it (2xx), else what went wrong."""
