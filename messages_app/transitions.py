@@ -23,7 +23,6 @@ must not take over the others' messages.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -641,21 +640,18 @@ def messages_record_receipts(receipts: Sequence[ReceiptIn]) -> list[ReceiptKept]
 
 def _record_receipts_in_one_statement(receipts: list[ReceiptIn]) -> dict[str, ReceiptKept]:
     """The receipts newly kept, by receipt id (a replayed one is absent)."""
-    # The receipts as one JSON text: psycopg would quote each array element in Python.
-    incoming = json.dumps(
-        [[r.receipt_id, r.provider_message_id, r.status, r.error_code, r.occurred_at.isoformat()] for r in receipts]
-    )
+    provider_message_ids = [r.provider_message_id for r in receipts]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            WITH incoming AS MATERIALIZED (
-                SELECT r->>0 AS receipt_id, r->>1 AS provider_message_id, r->>2 AS status,
-                       r->>3 AS error_code, (r->>4)::timestamptz AS occurred_at
-                  FROM json_array_elements(%(incoming)s::json) AS r
+            WITH incoming AS (
+                SELECT * FROM unnest(%(receipt_ids)s::text[], %(provider_message_ids)s::text[],
+                                     %(statuses)s::text[], %(error_codes)s::text[], %(occurred_ats)s::timestamptz[])
+                       AS r(receipt_id, provider_message_id, status, error_code, occurred_at)
             ), target AS (
                 SELECT DISTINCT ON (provider_message_id) provider_message_id, id, sent_at
                   FROM {Message._meta.db_table}
-                 WHERE provider_message_id = ANY(ARRAY(SELECT provider_message_id FROM incoming))
+                 WHERE provider_message_id = ANY(%(provider_message_ids)s::text[])
                    AND status IS NOT DISTINCT FROM %(sent)s
                  ORDER BY provider_message_id, id
             ), kept AS (
@@ -682,7 +678,14 @@ def _record_receipts_in_one_statement(receipts: list[ReceiptIn]) -> dict[str, Re
             SELECT kept.receipt_id, kept.message_id, target.sent_at
               FROM kept LEFT JOIN target ON target.id = kept.message_id
             """,  # noqa: S608 - the table names are ours; every value is a parameter
-            {"incoming": incoming, "sent": Status.SENT.value},
+            {
+                "receipt_ids": [r.receipt_id for r in receipts],
+                "provider_message_ids": provider_message_ids,
+                "statuses": [r.status for r in receipts],
+                "error_codes": [r.error_code for r in receipts],
+                "occurred_ats": [r.occurred_at for r in receipts],
+                "sent": Status.SENT.value,
+            },
         )
         rows = cursor.fetchall()
     return {
