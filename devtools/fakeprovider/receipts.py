@@ -195,42 +195,18 @@ class ReceiptSender:
         """POST one callback (`receipt_id` is its webhook-id), trying again on failure;
         `receipts` are the (receipt id, messageId) it carries, counted and logged."""
         attempts = 1 + RECEIPT_RETRIES
+        what = _described(receipt_id, receipts)
         for attempt in range(1, attempts + 1):
             problem = await self._post(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key)
             if problem is None:
                 self._state.count_receipt(sent=True, count=len(receipts))
-                if len(receipts) == 1:
-                    logger.info("receipt %s messageId=%s -> sent (attempt %d)", *receipts[0], attempt)
-                else:  # one line a callback, of bounded length, at thousands of receipts a second
-                    logger.info(
-                        "batch %s of %d receipts (messageId %s ... %s) -> sent (attempt %d)",
-                        receipt_id,
-                        len(receipts),
-                        receipts[0][1],
-                        receipts[-1][1],
-                        attempt,
-                    )
+                logger.info("%s -> sent (attempt %d)", what, attempt)
                 return
-            logger.info(
-                "receipt %s (%d receipts, first messageId=%s): %s (attempt %d of %d)",
-                receipt_id,
-                len(receipts),
-                receipts[0][1],
-                problem,
-                attempt,
-                attempts,
-            )
+            logger.info("%s: %s (attempt %d of %d)", what, problem, attempt, attempts)
             if attempt < attempts:
                 await asyncio.sleep(self._retry_seconds)
         self._state.count_receipt(sent=False, count=len(receipts))
-        logger.warning(
-            "receipt %s (%d receipts, messageId %s ... %s) not sent after %d attempts",
-            receipt_id,
-            len(receipts),
-            receipts[0][1],
-            receipts[-1][1],
-            attempts,
-        )
+        logger.warning("%s not sent after %d attempts", what, attempts)
 
     async def _post(self, url: str, *, receipt_id: str, body: str, wrong_key: bool) -> str | None:
         """None once the receiver took it (2xx), else what went wrong."""
@@ -242,3 +218,10 @@ class ReceiptSender:
                 return None if 200 <= response.status < 300 else f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"{type(exc).__name__}: {exc}"
+
+
+def _described(callback_id: str, receipts: list[tuple[str, str]]) -> str:
+    """A callback for the log: one line of bounded length, at thousands of receipts a second."""
+    if len(receipts) == 1:
+        return "receipt {} messageId={}".format(*receipts[0])
+    return f"batch {callback_id} of {len(receipts)} receipts (messageId {receipts[0][1]} ... {receipts[-1][1]})"
