@@ -31,6 +31,7 @@ class Faults:
     undelivered_rate: float = 0.0  # share of receipts that say "undelivered"
     bad_signature: bool = False  # sign receipts with a wrong key, to test the receiver's check
     receipt_batch_size: int = 1  # >1: receipts due together go in one callback, up to this many
+    receipt_batch_wait_ms: float = 250.0  # a batch not yet full goes this long after its first receipt fell due
 
     def update(self, changes: Mapping[str, object]) -> None:
         """Apply all of `changes` or, if any is invalid, none of them (ValueError)."""
@@ -82,7 +83,7 @@ def _check_ranges(faults: Faults) -> None:
     for name in ("error_rate", "undelivered_rate"):
         if not 0.0 <= getattr(faults, name) <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")
-    for name in ("latency_ms", "retry_after", "timeout_ms", "receipt_delay_ms"):
+    for name in ("latency_ms", "retry_after", "timeout_ms", "receipt_delay_ms", "receipt_batch_wait_ms"):
         if getattr(faults, name) < 0:
             raise ValueError(f"{name} must not be negative")
     if not 1 <= faults.receipt_batch_size <= MAX_RECEIPT_BATCH_SIZE:

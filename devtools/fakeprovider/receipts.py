@@ -18,7 +18,7 @@ With `receipt_batch_size` above 1 it reports as Infobip and Sinch do: the
 receipts that fall due together are gathered, up to that many, and sent in one
 signed callback (`{"type": "message.status.batch", "receipts": [...]}`, each
 receipt with an `id` of its own); a batch not yet full goes
-RECEIPT_BATCH_WAIT_SECONDS after its first receipt fell due.
+`receipt_batch_wait_ms` after its first receipt fell due.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of every Standard Webhooks s
 RECEIPT_RETRIES = 3  # after the first attempt
 RECEIPT_RETRY_SECONDS = 1.0
 RECEIPT_TIMEOUT_SECONDS = 5.0
-RECEIPT_BATCH_WAIT_SECONDS = 0.05
 BATCH_TYPE = "message.status.batch"
 # Carrier error codes in the numbering providers commonly use (Twilio's): unreachable
 # handset, unknown handset, landline or unreachable carrier, unknown error.
@@ -115,7 +114,7 @@ class ReceiptSender:
         # Kept so they can be cancelled on stop, and so the loop does not drop them half-way.
         self._pending: set[asyncio.Task[None]] = set()
         # Receipts due and waiting for their batch, by where they go and how they are signed.
-        self._gathering: dict[tuple[str, bool, int], list[dict]] = {}
+        self._gathering: dict[tuple[str, bool, int, float], list[dict]] = {}
 
     @property
     def signing(self) -> bool:
@@ -148,7 +147,7 @@ class ReceiptSender:
             )
             return
         # A timer, not a task, per receipt: at thousands a second the loop's time goes to answering.
-        key = (url, wrong_key, faults.receipt_batch_size)
+        key = (url, wrong_key, faults.receipt_batch_size, faults.receipt_batch_wait_ms / 1000)
         asyncio.get_running_loop().call_later(delay_seconds, self._gather, key, message_id, error_code)
 
     def _spawn(self, coroutine) -> None:
@@ -165,7 +164,7 @@ class ReceiptSender:
         receipts = [(receipt_id, message_id)]
         await self._send(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key, receipts=receipts)
 
-    def _gather(self, key: tuple[str, bool, int], message_id: str, error_code: str | None) -> None:
+    def _gather(self, key: tuple[str, bool, int, float], message_id: str, error_code: str | None) -> None:
         """A receipt fell due: into its batch, which goes when full or shortly after."""
         if self._session is None or self._session.closed:
             return  # stopping
@@ -174,13 +173,13 @@ class ReceiptSender:
         if len(gathering) >= key[2]:
             self._flush(key)
         elif len(gathering) == 1:
-            asyncio.get_running_loop().call_later(RECEIPT_BATCH_WAIT_SECONDS, self._flush, key)
+            asyncio.get_running_loop().call_later(key[3], self._flush, key)
 
-    def _flush(self, key: tuple[str, bool, int]) -> None:
+    def _flush(self, key: tuple[str, bool, int, float]) -> None:
         batch = self._gathering.pop(key, None)
         if not batch:
             return
-        url, wrong_key, _ = key
+        url, wrong_key, _, _ = key
         self._spawn(
             self._send(
                 url,

@@ -230,6 +230,7 @@ def test_fakeprovider_on_a_busy_port_is_an_error():
         (["--undelivered-rate", "2"], "undelivered_rate must be between 0 and 1"),
         (["--receipt-delay-ms", "-1"], "receipt_delay_ms must not be negative"),
         (["--receipt-batch-size", "0"], "receipt_batch_size must be between 1 and 1000"),
+        (["--receipt-batch-wait-ms", "-1"], "receipt_batch_wait_ms must not be negative"),
         (["--receipts-url", "ftp://example.com/"], "receipts_url must be an http:// or https:// URL"),
         (["--receipts-url", "http://127.0.0.1:9/"], "receipts need a secret"),
         (["--receipt-secret", "not-a-secret"], "whsec_"),

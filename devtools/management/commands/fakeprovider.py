@@ -63,6 +63,12 @@ class Command(BaseCommand):
             default=1,
             help="Send the receipts that fall due together in one callback, up to this many (1: one per callback).",
         )
+        parser.add_argument(
+            "--receipt-batch-wait-ms",
+            type=float,
+            default=250.0,
+            help="A batch not yet full goes this long after its first receipt fell due.",
+        )
 
     def handle(self, *args, **options) -> None:
         request_log = RequestLog(sys.stdout)
@@ -81,6 +87,7 @@ class Command(BaseCommand):
                     "undelivered_rate": options["undelivered_rate"],
                     "bad_signature": options["bad_signature"],
                     "receipt_batch_size": options["receipt_batch_size"],
+                    "receipt_batch_wait_ms": options["receipt_batch_wait_ms"],
                 }
             )
             provider = make_fake_provider(
