@@ -169,7 +169,9 @@ class DeliveryReceipt(models.Model):
     """A provider's delivery receipt, kept once per receipt id (a replay is ignored).
 
     A receipt that arrives before its message is recorded as sent (a fast
-    provider) waits here unmatched and is applied when the send is recorded.
+    provider) waits here unmatched and is applied when the send is recorded. It
+    goes with its message (`prune_messages`); one that never matched a message is
+    pruned by age.
     """
 
     receipt_id = models.CharField(max_length=255, unique=True)
@@ -179,7 +181,7 @@ class DeliveryReceipt(models.Model):
     occurred_at = models.DateTimeField(help_text="When the provider says it happened.")
     received_at = models.DateTimeField(auto_now_add=True)
     message = models.ForeignKey(
-        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="delivery_receipts"
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="delivery_receipts"
     )
 
     class Meta:

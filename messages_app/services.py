@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
 from messages_app.errors import MessageStateError
-from messages_app.models import Message
+from messages_app.models import DeliveryReceipt, Message
 from messages_app.segments import sms_segments
 from messages_app.transitions import message_cancel, messages_cancel, messages_requeue
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
@@ -209,8 +209,9 @@ def messages_prune(
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Delete the messages created before `created_before` in `statuses` (sent and/or
-    failed), with their delivery attempts; return how many messages went (in a dry
-    run: would go). Raise MessageStateError for a status that is not final.
+    failed), with their delivery attempts and receipts, and the receipts received
+    before then that never matched a message; return how many messages went (in a
+    dry run: would go). Raise MessageStateError for a status that is not final.
 
     Deletes `batch_size` at a time, each batch its own short transaction, so a
     large prune neither holds locks for long nor builds one huge transaction.
@@ -249,5 +250,22 @@ def messages_prune(
         deleted += batch_deleted
         if on_progress is not None:
             on_progress(batch_deleted)
-    logger.info("pruned %d %s messages created before %s", deleted, "/".join(chosen), created_before.isoformat())
+    unmatched = _prune_unmatched_receipts(received_before=created_before, batch_size=batch_size)
+    logger.info(
+        "pruned %d %s messages created before %s, and %d receipts that never matched a message",
+        deleted,
+        "/".join(chosen),
+        created_before.isoformat(),
+        unmatched,
+    )
+    return deleted
+
+
+def _prune_unmatched_receipts(*, received_before: datetime, batch_size: int) -> int:
+    """Receipts for a messageId no sent message had (kept so a replay is known, and in
+    case the send was recorded later): history once as old as the pruned messages."""
+    old = DeliveryReceipt.objects.filter(message__isnull=True, received_at__lt=received_before)
+    deleted = 0
+    while ids := list(old.order_by("pk").values_list("pk", flat=True)[:batch_size]):
+        deleted += DeliveryReceipt.objects.filter(pk__in=ids).delete()[0]
     return deleted

@@ -14,7 +14,7 @@ from messages_app.csv_import import (
     messages_import_rows,
 )
 from messages_app.errors import MessageImportError, MessageStateError
-from messages_app.models import DeliveryAttempt, Message
+from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
 from messages_app.services import messages_prune, messages_requeue_failed
 from tests.factories import make_message
 
@@ -310,6 +310,33 @@ def test_prune_deletes_only_old_messages_of_the_chosen_status_with_their_attempt
         old_processing.pk,
     }
     assert list(DeliveryAttempt.objects.values_list("pk", flat=True)) == [kept_attempt.pk]
+
+
+def test_prune_takes_the_receipts_of_pruned_messages_and_old_unmatched_ones():
+    pruned = aged(make_message(status=Status.SENT, provider_message_id="p-old"), days=40)
+    kept = aged(make_message(status=Status.SENT, provider_message_id="p-young"), days=10)
+
+    def receipt(receipt_id: str, message: Message | None, *, days: int) -> DeliveryReceipt:
+        made = DeliveryReceipt.objects.create(
+            receipt_id=receipt_id,
+            provider_message_id=message.provider_message_id if message else "nobody-sent-this",
+            status="delivered",
+            occurred_at=timezone.now(),
+            message=message,
+        )
+        DeliveryReceipt.objects.filter(pk=made.pk).update(received_at=timezone.now() - timedelta(days=days))
+        return made
+
+    receipt("r-pruned", pruned, days=40)
+    receipt("r-kept", kept, days=10)
+    receipt("r-unmatched-old", None, days=40)
+    receipt("r-unmatched-young", None, days=10)
+
+    out, _ = run("prune_messages", "--older-than", "30", "--batch-size", "1")
+
+    assert out == "Deleted 1 messages.\n"
+    assert set(DeliveryReceipt.objects.values_list("receipt_id", flat=True)) == {"r-kept", "r-unmatched-young"}
+    assert DeliveryReceipt.objects.get(receipt_id="r-kept").message_id == kept.pk
 
 
 def test_prune_works_in_batches():

@@ -14,8 +14,9 @@ from messages_app.services import messages_prune
 class Command(BaseCommand):
     help = (
         "Delete messages created more than DAYS days ago that are sent (the default) or failed, with their "
-        "delivery attempts, in batches of ids. Unsent and processing messages are never deleted: they are "
-        "still being delivered."
+        "delivery attempts and receipts, in batches of ids, and the delivery receipts received before then "
+        "that never matched a message. Unsent and processing messages are never deleted: they are still "
+        "being delivered."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
