@@ -16,9 +16,11 @@ from __future__ import annotations
 import binascii
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -142,12 +144,96 @@ def _receipt(payload: dict, *, receipt_id: str) -> ReceiptIn:
 
 def receipts_record(receipts: list[ReceiptIn]) -> list[ReceiptResult]:
     """Keep each verified receipt once and apply it to its message if that is sent;
-    count and log each."""
+    count and log each. Written together with the receipts other requests of this
+    process bring meanwhile (_GroupCommit)."""
+    return _group_commit.record(receipts)
+
+
+def _record_now(receipts: list[ReceiptIn]) -> list[ReceiptResult]:
     results, counted = [], []
     for receipt, kept in zip(receipts, messages_record_receipts(receipts), strict=True):
         results.append(_result(receipt, kept, counted))
     metrics_record_receipts(counted)
     return results
+
+
+class _Waiting:
+    """One request's receipts in the queue, and what became of them."""
+
+    def __init__(self, receipts: list[ReceiptIn]) -> None:
+        self.receipts = receipts
+        self.turn = threading.Event()  # set when written (done) or when it is this one's turn to write
+        self.done = False
+        self.results: list[ReceiptResult] = []
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Receipts that arrive while another request's are being written wait, and are
+    written together next, in one statement.
+
+    A provider like Twilio calls back once per message, so the web takes receipts
+    one request each; per receipt, the statement and its commit, the pooled
+    connection and the counters' round trip cost more than the rest of the request.
+    The first request to come writes at once (alone, if it is alone); those that come
+    meanwhile queue, and when that write is done the first of them writes the whole
+    queue, and so on: a group forms only when receipts come faster than one
+    statement takes. Each write is committed (autocommit) before any of its requests
+    answers; a request inside a transaction writes alone, since its commit is not
+    this process's to give. Greenlets under gunicorn's gevent workers, threads
+    elsewhere: `threading` is what both wait on.
+    """
+
+    def __init__(self, write) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self._writing = False
+
+    def record(self, receipts: list[ReceiptIn]) -> list[ReceiptResult]:
+        if connection.in_atomic_block:
+            return self._write(receipts)
+        mine = _Waiting(receipts)
+        with self._lock:
+            self._queue.append(mine)
+            leading = not self._writing
+            self._writing = True
+        if not leading:
+            mine.turn.wait()
+            if mine.error is not None:
+                raise mine.error
+            if mine.done:
+                return mine.results
+        return self._write_queue(mine)
+
+    def _write_queue(self, mine: _Waiting) -> list[ReceiptResult]:
+        with self._lock:
+            group, self._queue = self._queue, []
+        try:
+            results = self._write([receipt for waiting in group for receipt in waiting.receipts])
+        except BaseException as exc:
+            for waiting in group:
+                waiting.error = exc
+                waiting.turn.set()
+            self._pass_on()
+            raise
+        start = 0
+        for waiting in group:
+            waiting.results, waiting.done = results[start : start + len(waiting.receipts)], True
+            start += len(waiting.receipts)
+            waiting.turn.set()
+        self._pass_on()
+        return mine.results
+
+    def _pass_on(self) -> None:
+        with self._lock:
+            if self._queue:
+                self._queue[0].turn.set()  # not done: its turn to write the queue
+            else:
+                self._writing = False
+
+
+_group_commit = _GroupCommit(_record_now)
 
 
 def _result(receipt: ReceiptIn, kept: ReceiptKept, counted: list[tuple[str, float | None]]) -> ReceiptResult:

@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+import requests
 from django.db import close_old_connections, connections, transaction
 from django.test import Client
 from django.utils import timezone
@@ -25,7 +26,12 @@ from standardwebhooks.webhooks import Webhook
 from dispatcher.engine.pipeline import send_chunk
 from dispatcher.engine.providers import BaseProvider, ProviderResult
 from dispatcher.engine.providers.webhook import WebhookProvider
-from dispatcher.engine.receipts import WAITING_RECEIPT_HOURS, receipts_apply_for_sent, receipts_apply_waiting
+from dispatcher.engine.receipts import (
+    WAITING_RECEIPT_HOURS,
+    _GroupCommit,
+    receipts_apply_for_sent,
+    receipts_apply_waiting,
+)
 from messages_app.models import DeliveryReceipt, Message
 from messages_app.transitions import (
     AttemptRecord,
@@ -646,6 +652,10 @@ def test_metrics_count_a_receipt_applied_after_the_send_by_its_outcome(client):
 # --- a provider's batch of receipts in one callback -----------------------------------------------
 
 
+def receipt_in(receipt_id: str) -> ReceiptIn:
+    return ReceiptIn(receipt_id, "p-1", "delivered", "", timezone.now())
+
+
 def batch_item(receipt_id: str, provider_message_id: str, status: str = "delivered", **fields) -> dict:
     return {"id": receipt_id, **json.loads(receipt_body(provider_message_id, status, **fields))}
 
@@ -829,3 +839,134 @@ def test_the_fake_providers_batched_receipts_reach_every_message_through_a_real_
     assert (stats["receipts_sent"], stats["receipts_failed"]) == (30, 0)
     kept = DeliveryReceipt.objects.filter(message__in=[m.pk for m in messages])
     assert kept.count() == 30 and kept.values("message").distinct().count() == 30
+
+
+# --- receipts from concurrent requests are written together -----------------------------------------
+
+
+def test_receipts_arriving_during_a_write_are_written_together_next():
+    """dispatcher.engine.receipts._GroupCommit with a writer that holds its first write
+    until three more requests are queued: those three go in one write, each request
+    gets its own answers."""
+    first_write_started, release_first_write = threading.Event(), threading.Event()
+    writes: list[list[str]] = []
+
+    def write(receipts):
+        writes.append([r.receipt_id for r in receipts])
+        if len(writes) == 1:
+            first_write_started.set()
+            assert release_first_write.wait(10)
+        return [f"answer for {r.receipt_id}" for r in receipts]
+
+    group = _GroupCommit(write)
+    answers: dict[str, list[str]] = {}
+
+    def request(*receipt_ids: str) -> None:
+        answers[receipt_ids[0]] = group.record([receipt_in(receipt_id) for receipt_id in receipt_ids])
+
+    first = threading.Thread(target=request, args=("r-1",))
+    first.start()
+    assert first_write_started.wait(10)
+    others = [threading.Thread(target=request, args=ids) for ids in (("r-2",), ("r-3", "r-4"), ("r-5",))]
+    for thread in others:
+        thread.start()
+    wait_for(lambda: len(group._queue) == 3, timeout=10, what="three queued requests")
+    release_first_write.set()
+    for thread in [first, *others]:
+        thread.join(10)
+
+    assert writes[0] == ["r-1"]
+    assert sorted(writes[1]) == ["r-2", "r-3", "r-4", "r-5"] and len(writes) == 2
+    assert answers == {
+        "r-1": ["answer for r-1"],
+        "r-2": ["answer for r-2"],
+        "r-3": ["answer for r-3", "answer for r-4"],
+        "r-5": ["answer for r-5"],
+    }
+    assert group._queue == [] and not group._writing
+
+
+def test_a_failed_group_write_fails_each_of_its_requests_and_the_next_one_writes():
+    first_write_started, release_first_write = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def write(receipts):
+        calls.append(len(receipts))
+        if len(calls) == 1:
+            first_write_started.set()
+            assert release_first_write.wait(10)
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        return ["ok"] * len(receipts)
+
+    group = _GroupCommit(write)
+    outcomes: dict[str, object] = {}
+
+    def request(receipt_id: str) -> None:
+        try:
+            outcomes[receipt_id] = group.record([receipt_in(receipt_id)])
+        except RuntimeError as exc:
+            outcomes[receipt_id] = str(exc)
+
+    threads = [threading.Thread(target=request, args=("r-1",))]
+    threads[0].start()
+    assert first_write_started.wait(10)
+    threads += [threading.Thread(target=request, args=(f"r-{n}",)) for n in (2, 3)]
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: len(group._queue) == 2, timeout=10, what="two queued requests")
+    release_first_write.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert outcomes == {"r-1": ["ok"], "r-2": "the database went away", "r-3": "the database went away"}
+    assert not group._writing
+    assert group.record([receipt_in("r-4")]) == ["ok"]  # nobody is left holding the turn
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_single_receipts_through_a_real_server_each_get_their_answer(live_server):
+    """40 receipts (4 of them sent twice) from 8 threads at once against the live
+    server: written in groups, each answered as if alone, each row right."""
+    messages = [sent_message() for _ in range(36)]
+    bodies = [
+        (f"r-{n}", receipt_body(m.provider_message_id, "undelivered" if n % 3 == 0 else "delivered", error_code=None))
+        for n, m in enumerate(messages)
+    ]
+    bodies += [bodies[n] for n in (0, 5, 10, 15)]  # the provider retried these
+    bodies.append(("r-unknown", receipt_body("nobody-sent-this")))
+    work = list(enumerate(bodies))
+    answers: dict[int, tuple[int, str]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+    lock = threading.Lock()
+
+    def provider() -> None:
+        try:
+            start.wait(10)
+            with requests.Session() as session:
+                while True:
+                    with lock:
+                        if not work:
+                            return
+                        index, (receipt_id, body) = work.pop()
+                    headers = {"Content-Type": "application/json", **signed(body, receipt_id=receipt_id)}
+                    response = session.post(live_server.url + RECEIPTS_URL, data=body, headers=headers, timeout=30)
+                    answers[index] = (response.status_code, response.json()["outcome"])
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=provider) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert not errors, errors
+    outcomes = sorted(answers.values())
+    assert outcomes.count((200, "applied")) == 36
+    assert outcomes.count((200, "replayed")) == 4
+    assert outcomes.count((202, "waiting")) == 1
+    for n, message in enumerate(messages):
+        assert delivery(message)[1] == (Delivery.UNDELIVERED if n % 3 == 0 else Delivery.DELIVERED)
+    assert DeliveryReceipt.objects.count() == 37
