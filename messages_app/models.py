@@ -174,7 +174,10 @@ class DeliveryReceipt(models.Model):
     pruned by age.
     """
 
-    receipt_id = models.CharField(max_length=255, unique=True)
+    # Unique by a constraint, not unique=True: that would add a second index on
+    # PostgreSQL (varchar_pattern_ops, for LIKE) which nothing uses and every receipt
+    # written would pay for.
+    receipt_id = models.CharField(max_length=255)
     provider_message_id = models.CharField(max_length=255)
     status = models.CharField(max_length=16, choices=Message.Delivery.choices)
     error_code = models.CharField(max_length=64, blank=True, default="")
@@ -189,6 +192,7 @@ class DeliveryReceipt(models.Model):
         indexes = [
             models.Index(fields=["provider_message_id"], name="receipt_unmatched", condition=Q(message__isnull=True)),
         ]
+        constraints = [models.UniqueConstraint(fields=["receipt_id"], name="receipt_id_once")]
 
     def __str__(self) -> str:
         return f"Receipt {self.receipt_id}: {self.provider_message_id} {self.status}"

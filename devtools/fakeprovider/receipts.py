@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import itertools
 import json
 import logging
 import secrets
@@ -88,17 +90,17 @@ def batch_body(receipts: list[dict]) -> str:
     return json.dumps({"type": BATCH_TYPE, "receipts": receipts})
 
 
-def batch_item(*, message_id: str, error_code: str | None) -> dict:
-    return {"id": f"rcpt_{uuid.uuid4()}", **_outcome(message_id=message_id, error_code=error_code)}
-
-
-def _outcome(*, message_id: str, error_code: str | None) -> dict:
+def _outcome(*, message_id: str, error_code: str | None, timestamp: str | None = None) -> dict:
     return {
         "messageId": message_id,
         "status": "undelivered" if error_code else "delivered",
         "errorCode": error_code,
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": timestamp or _now_iso(),
     }
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ReceiptSender:
@@ -113,8 +115,14 @@ class ReceiptSender:
         self._session: aiohttp.ClientSession | None = None
         # Kept so they can be cancelled on stop, and so the loop does not drop them half-way.
         self._pending: set[asyncio.Task[None]] = set()
-        # Receipts due and waiting for their batch, by where they go and how they are signed.
-        self._gathering: dict[tuple[str, bool, int, float], list[dict]] = {}
+        # Batched receipts not yet due, in the order they fall due (one delay per key), and
+        # those due and waiting for their batch: by where they go, how they are signed and
+        # batched. One timer per key, not one per receipt: at thousands a second the
+        # loop's time goes to answering.
+        self._not_due: dict[tuple, collections.deque[tuple[float, str, str | None]]] = {}
+        self._gathering: dict[tuple, list[dict]] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = uuid.uuid4().hex[:12]
 
     @property
     def signing(self) -> bool:
@@ -146,9 +154,12 @@ class ReceiptSender:
                 )
             )
             return
-        # A timer, not a task, per receipt: at thousands a second the loop's time goes to answering.
-        key = (url, wrong_key, faults.receipt_batch_size, faults.receipt_batch_wait_ms / 1000)
-        asyncio.get_running_loop().call_later(delay_seconds, self._gather, key, message_id, error_code)
+        key = (url, wrong_key, faults.receipt_batch_size, faults.receipt_batch_wait_ms / 1000, delay_seconds)
+        loop = asyncio.get_running_loop()
+        not_due = self._not_due.setdefault(key, collections.deque())
+        not_due.append((loop.time() + delay_seconds, message_id, error_code))
+        if len(not_due) == 1:
+            loop.call_later(delay_seconds, self._fall_due, key)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -164,22 +175,38 @@ class ReceiptSender:
         receipts = [(receipt_id, message_id)]
         await self._send(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key, receipts=receipts)
 
-    def _gather(self, key: tuple[str, bool, int, float], message_id: str, error_code: str | None) -> None:
-        """A receipt fell due: into its batch, which goes when full or shortly after."""
+    def _fall_due(self, key: tuple) -> None:
+        """The receipts of `key` now due go into their batch, which goes when full or
+        `receipt_batch_wait_ms` after its first receipt; the timer is set again for the next."""
+        not_due = self._not_due[key]
         if self._session is None or self._session.closed:
-            return  # stopping
+            not_due.clear()  # stopping
+            return
+        loop = asyncio.get_running_loop()
+        now, timestamp = loop.time(), _now_iso()
+        _, _, batch_size, wait_seconds, _ = key
         gathering = self._gathering.setdefault(key, [])
-        gathering.append(batch_item(message_id=message_id, error_code=error_code))
-        if len(gathering) >= key[2]:
-            self._flush(key)
-        elif len(gathering) == 1:
-            asyncio.get_running_loop().call_later(key[3], self._flush, key)
+        while not_due and not_due[0][0] <= now:
+            _, message_id, error_code = not_due.popleft()
+            gathering.append(
+                {
+                    "id": f"rcpt_{self._id_prefix}_{next(self._ids)}",
+                    **_outcome(message_id=message_id, error_code=error_code, timestamp=timestamp),
+                }
+            )
+            if len(gathering) == 1:
+                loop.call_later(wait_seconds, self._flush, key)
+            elif len(gathering) >= batch_size:
+                self._flush(key)
+                gathering = self._gathering.setdefault(key, [])
+        if not_due:
+            loop.call_later(max(0.0, not_due[0][0] - now), self._fall_due, key)
 
-    def _flush(self, key: tuple[str, bool, int, float]) -> None:
+    def _flush(self, key: tuple) -> None:
         batch = self._gathering.pop(key, None)
         if not batch:
             return
-        url, wrong_key, _, _ = key
+        url, wrong_key, *_ = key
         self._spawn(
             self._send(
                 url,
