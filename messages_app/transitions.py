@@ -640,7 +640,6 @@ def messages_record_receipts(receipts: Sequence[ReceiptIn]) -> list[ReceiptKept]
 
 def _record_receipts_in_one_statement(receipts: list[ReceiptIn]) -> dict[str, ReceiptKept]:
     """The receipts newly kept, by receipt id (a replayed one is absent)."""
-    provider_message_ids = [r.provider_message_id for r in receipts]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -680,7 +679,7 @@ def _record_receipts_in_one_statement(receipts: list[ReceiptIn]) -> dict[str, Re
             """,  # noqa: S608 - the table names are ours; every value is a parameter
             {
                 "receipt_ids": [r.receipt_id for r in receipts],
-                "provider_message_ids": provider_message_ids,
+                "provider_message_ids": [r.provider_message_id for r in receipts],
                 "statuses": [r.status for r in receipts],
                 "error_codes": [r.error_code for r in receipts],
                 "occurred_ats": [r.occurred_at for r in receipts],

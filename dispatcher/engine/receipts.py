@@ -93,7 +93,7 @@ def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
     """Record a verified callback: one receipt (known by the callback's webhook-id) or a
     batch (each known by its own id). Nothing is recorded if any receipt cannot be read."""
     if payload.get("type") != BATCH_TYPE:
-        return ReceiptIntake(batch=False, results=receipts_record([_receipt(payload, receipt_id=webhook_id)]))
+        return ReceiptIntake(batch=False, results=[receipt_record(receipt_id=webhook_id, payload=payload)])
     items = payload.get("receipts")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_RECEIPTS_PER_BATCH:
         raise ReceiptRejected(
