@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,15 +120,53 @@ runpy.run_path("manage.py", run_name="__main__")
 """
 
 
+# Runs `manage.py <args>` for `faketime_command`. With the monotonic clock left alone (FAKETIME_ENV),
+# Python 3.11's time.sleep fails with EINVAL: libfaketime 0.9.10 turns its clock_nanosleep(CLOCK_MONOTONIC,
+# TIMER_ABSTIME) into a negative time (wolfcw/libfaketime#426). So the process sleeps by waiting on an
+# event (on the real monotonic clock), patched in before anything imports `sleep`.
+FAKETIME_SLEEP_SCRIPT = """
+import threading, time
+time.sleep = lambda seconds: threading.Event().wait(seconds) and None
+import runpy, sys
+sys.argv = ["manage.py", *sys.argv[1:]]
+runpy.run_path("manage.py", run_name="__main__")
+"""
+# What a process run under faketime needs in its environment: the monotonic clock not faked. Faked,
+# Python's timed waits on it (threading.Event.wait, a lock's timeout: sem_clockwait, which libfaketime
+# does not intercept) waited the offset on top of their timeout.
+FAKETIME_ENV = {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def faketime_command(args: list[str], *, offset_seconds: float) -> list[str]:
+    """`python manage.py <args>` under Debian's `faketime`: the process and its children (libc's clocks,
+    so Python's time.time() and datetime.now() too) see the system clock `offset_seconds` off, as on a
+    host whose clock is wrong; run it with FAKETIME_ENV. Needs `faketime` (`apt-get install faketime`).
+    faketime waits for the command in a process of its own, which a signal to the group ends at once:
+    watch the command's log, not that process, to know when it has stopped."""
+    assert shutil.which("faketime"), "these tests need Debian's faketime: apt-get install faketime"
+    return ["faketime", "-f", f"{offset_seconds:+g}", sys.executable, "-c", FAKETIME_SLEEP_SCRIPT, *args]
+
+
 @contextmanager
-def running(args: list[str], *, env: dict[str, str], log_path: Path, clock_offset_seconds: float = 0):
+def running(
+    args: list[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    clock_offset_seconds: float = 0,
+    system_clock_offset_seconds: float = 0,
+):
     """Run `python manage.py <args>` in its own process group; stop it (and its children) after.
 
-    With `clock_offset_seconds`, the process sees Django's clock (timezone.now) that far off.
+    With `clock_offset_seconds`, the process sees Django's clock (timezone.now) that far off; with
+    `system_clock_offset_seconds`, the system's clock itself (`faketime_command`), as every library sees it.
     """
     command = [sys.executable, "manage.py", *args]
     if clock_offset_seconds:
         command = [sys.executable, "-c", SKEWED_CLOCK_SCRIPT.format(offset=clock_offset_seconds), *args]
+    if system_clock_offset_seconds:
+        command = faketime_command(args, offset_seconds=system_clock_offset_seconds)
+        env = {**env, **FAKETIME_ENV}
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
             command,
@@ -177,13 +216,21 @@ def fake_provider(tmp_path: Path, *extra_args: str):
 
 
 @contextmanager
-def qcluster(tmp_path: Path, *, log_name: str = "qcluster.log", clock_offset_seconds: float = 0, **env_overrides: str):
+def qcluster(
+    tmp_path: Path,
+    *,
+    log_name: str = "qcluster.log",
+    clock_offset_seconds: float = 0,
+    system_clock_offset_seconds: float = 0,
+    **env_overrides: str,
+):
     """A real `manage.py qcluster` against the test database (log in `tmp_path / log_name`)."""
     with running(
         ["qcluster"],
         env=child_env(**env_overrides),
         log_path=tmp_path / log_name,
         clock_offset_seconds=clock_offset_seconds,
+        system_clock_offset_seconds=system_clock_offset_seconds,
     ) as process:
         yield process
 
@@ -215,11 +262,18 @@ def qcluster_running(
     timeout: float = 30,
     log_name: str = "qcluster.log",
     clock_offset_seconds: float = 0,
+    system_clock_offset_seconds: float = 0,
     **env_overrides: str,
 ):
     """`qcluster` that has reported it is running (its workers are up and polling the queue)."""
     env_overrides.setdefault("LOG_LEVEL", "INFO")  # the readiness line, and what tests look for, are INFO
-    with qcluster(tmp_path, log_name=log_name, clock_offset_seconds=clock_offset_seconds, **env_overrides) as process:
+    with qcluster(
+        tmp_path,
+        log_name=log_name,
+        clock_offset_seconds=clock_offset_seconds,
+        system_clock_offset_seconds=system_clock_offset_seconds,
+        **env_overrides,
+    ) as process:
         wait_for_log(process, "running.", timeout=timeout)
         yield process
 
