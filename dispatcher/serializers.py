@@ -23,7 +23,7 @@ class DispatcherStatusSerializer(serializers.Serializer):
     next_tick_at = serializers.DateTimeField(allow_null=True)
     pace_held = serializers.BooleanField(
         help_text="False while the cluster has not kept up: a due tick waits because a whole batch "
-        "from before is still being sent."
+        "from before is still being sent, or no dispatch window has taken it (none is running)."
     )
     behind_since = serializers.DateTimeField(allow_null=True, help_text="Since when the pace has not been held.")
     behind_seconds = serializers.FloatField(help_text="How long the pace has not been held, in seconds (0 if held).")

@@ -122,6 +122,8 @@ class DispatcherStatus:
     # Since when the cluster has not kept up with the pace (None: it has).
     behind_since: datetime | None
     behind_seconds: float
+    # Behind because no dispatch window has taken the due tick (rather than a batch still in flight).
+    tick_untaken: bool
     counts: dict[str, int]
     delivery_cache_pending: int
 
@@ -130,27 +132,57 @@ class DispatcherStatus:
         return self.behind_since is None
 
 
-def _behind_seconds(state: DispatcherState) -> float:
-    if not (state.running and state.behind_since):
+# How late a due tick may be before the pace counts as not held although no batch holds it
+# back: a pacing window takes a due tick within its poll (a second) and the claim. Later than
+# this, no window is taking ticks: none runs (no qcluster, or the schedule that starts them
+# has not), or every worker is busy. dispatcher_tick_take never sees that case, so it is
+# read here from the tick's due time, on the database's clock.
+TICK_UNTAKEN_AFTER = timedelta(seconds=5)
+
+
+def _tick_untaken(state: DispatcherState, now: datetime) -> bool:
+    return (
+        state.running
+        and state.behind_since is None
+        and state.next_tick_at is not None
+        and now - state.next_tick_at > TICK_UNTAKEN_AFTER
+    )
+
+
+def _behind_since(state: DispatcherState, now: datetime) -> datetime | None:
+    """Since when the cluster has not held the pace: a due tick held for a batch still in
+    flight (recorded by dispatcher_tick_take), or one no window has taken (since it fell due)."""
+    if not state.running:
+        return None
+    if _tick_untaken(state, now):
+        return state.next_tick_at
+    return state.behind_since
+
+
+def _behind_seconds(behind_since: datetime | None, now: datetime) -> float:
+    if behind_since is None:
         return 0.0
-    return round(max((database_now() - state.behind_since).total_seconds(), 0.0), 3)
+    return round(max((now - behind_since).total_seconds(), 0.0), 3)
 
 
 def dispatcher_behind_seconds() -> float:
     """How long the cluster has not held the pace (0 while it does, or while stopped)."""
-    return _behind_seconds(dispatcher_state_read())
+    state, now = dispatcher_state_read(), database_now()
+    return _behind_seconds(_behind_since(state, now), now)
 
 
 def dispatcher_status() -> DispatcherStatus:
-    state = dispatcher_state_read()
+    state, now = dispatcher_state_read(), database_now()
+    behind_since = _behind_since(state, now)
     return DispatcherStatus(
         running=state.running,
         batch_size=state.batch_size,
         interval_seconds=state.interval_seconds,
         last_tick_at=state.last_tick_at,
         next_tick_at=state.next_tick_at if state.running else None,
-        behind_since=state.behind_since if state.running else None,
-        behind_seconds=_behind_seconds(state),
+        behind_since=behind_since,
+        behind_seconds=_behind_seconds(behind_since, now),
+        tick_untaken=_tick_untaken(state, now),
         counts=message_status_counts(),
         delivery_cache_pending=Message.objects.filter(delivery_cache_pending=True).count(),
     )

@@ -80,8 +80,8 @@ class MessagingCollector:
         yield circuits
         yield GaugeMetricFamily(
             "messaging_dispatch_behind_seconds",
-            "How long the cluster has not held the pace (a due tick waiting for a batch still being sent); "
-            "0 while it holds.",
+            "How long the cluster has not held the pace (a due tick waiting for a batch still being sent, "
+            "or that no dispatch window has taken); 0 while it holds.",
             value=dispatcher_behind_seconds(),
         )
         yield _up("messaging_metrics_database_up", "Whether this scrape could count the queue.", True)

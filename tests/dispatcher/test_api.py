@@ -515,6 +515,17 @@ def test_get_says_when_the_cluster_is_behind_the_pace(api_client):
     assert body["behind_since"] is not None
 
 
+def test_get_says_the_pace_is_not_held_while_a_due_tick_waits_for_a_window(api_client):
+    # Four minutes overdue and no batch in flight: no dispatch window is taking ticks.
+    make_state(running=True, next_tick_at=timezone.now() - dt.timedelta(minutes=4))
+
+    body = api_client.get(URL).json()
+
+    assert body["pace_held"] is False
+    assert 240 <= body["behind_seconds"] <= 300
+    assert body["behind_since"] == body["next_tick_at"]
+
+
 def test_get_says_the_pace_is_held(api_client):
     make_state(running=True)
     body = api_client.get(URL).json()

@@ -283,13 +283,22 @@ def test_dispatcher_state_is_shown(admin_client_):
 
 
 def test_the_dashboard_says_when_the_cluster_is_behind_the_pace(admin_client_):
-    set_state(running=True)
+    set_state(running=True, next_tick_at=timezone.now() + dt.timedelta(seconds=30))
     assert text_of(admin_client_.get(DASHBOARD).content.decode(), "dashboard-pace") == "held"
 
     DispatcherState.objects.update(behind_since=timezone.now() - dt.timedelta(seconds=90))
     pace = text_of(admin_client_.get(DASHBOARD).content.decode(), "dashboard-pace")
     assert pace.startswith("behind by 9"), pace
     assert "add qclusters or lower the pace" in pace
+
+
+def test_the_dashboard_says_when_no_window_has_taken_a_due_tick(admin_client_):
+    set_state(running=True, next_tick_at=timezone.now() - dt.timedelta(minutes=4))
+
+    pace = text_of(admin_client_.get(DASHBOARD).content.decode(), "dashboard-pace")
+
+    assert pace.startswith("behind by 24"), pace
+    assert "no dispatch window has taken the due tick" in pace
 
 
 def test_a_stopped_dispatcher_shows_start(admin_client_):

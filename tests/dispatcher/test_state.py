@@ -21,6 +21,8 @@ from dispatcher.errors import DispatcherConfigError
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS, DispatcherState
 from dispatcher.schedule import DISPATCH_SCHEDULE_NAME, DISPATCH_WINDOW_TASK
 from dispatcher.state import (
+    TICK_UNTAKEN_AFTER,
+    dispatcher_behind_seconds,
     dispatcher_configure,
     dispatcher_pace_check,
     dispatcher_start,
@@ -495,6 +497,45 @@ def test_status_counts_the_messages_and_hides_the_schedule_while_stopped():
 
     set_state(running=False)
     assert dispatcher_status().next_tick_at is None
+
+
+@pytest.mark.django_db
+def test_a_due_tick_no_window_has_taken_shows_the_pace_as_not_held():
+    # No window takes ticks (the qcluster that ran them left, or the schedule starts none), so
+    # dispatcher_tick_take never runs to record that the cluster is behind: the tick just stays due.
+    due = database_now() - timedelta(minutes=4)
+    set_state(running=True, batch_size=5, interval_seconds=1, next_tick_at=due, behind_since=None)
+
+    status = dispatcher_status()
+
+    assert status.pace_held is False
+    assert status.tick_untaken is True
+    assert status.behind_since == due
+    assert 240 <= status.behind_seconds <= 300
+    assert 240 <= dispatcher_behind_seconds() <= 300
+
+    # A window takes the tick: on pace again.
+    assert take(due_only=True) is not None
+    status = dispatcher_status()
+    assert (status.pace_held, status.tick_untaken, status.behind_seconds) == (True, False, 0.0)
+
+
+@pytest.mark.django_db
+def test_a_tick_just_due_or_held_for_a_batch_is_not_counted_as_untaken():
+    # Due a moment ago: a pacing window is about to take it.
+    set_state(running=True, next_tick_at=database_now() - TICK_UNTAKEN_AFTER / 2, behind_since=None)
+    assert dispatcher_status().pace_held is True
+    assert dispatcher_behind_seconds() == 0.0
+    # Held for a batch in flight: behind since the tick fell due, for that reason.
+    due = database_now() - timedelta(minutes=1)
+    set_state(next_tick_at=due, behind_since=due)
+    status = dispatcher_status()
+    assert (status.pace_held, status.tick_untaken, status.behind_since) == (False, False, due)
+    # Stopped: nothing is due, nothing is behind.
+    set_state(running=False)
+    status = dispatcher_status()
+    assert (status.pace_held, status.tick_untaken, status.behind_seconds) == (True, False, 0.0)
+    assert dispatcher_behind_seconds() == 0.0
 
 
 @pytest.mark.django_db
