@@ -42,7 +42,13 @@ from django_q.models import OrmQ, Schedule
 from dispatcher.engine import pacing, pipeline, recording
 from dispatcher.engine.claiming import claim_batch
 from dispatcher.engine.providers import locmem
-from dispatcher.schedule import SEND_CHUNK_TASK, enqueue_chunk, enqueue_dispatch_window
+from dispatcher.schedule import (
+    DISPATCH_SCHEDULE_NAME,
+    SEND_CHUNK_TASK,
+    dispatcher_schedule_ensure,
+    enqueue_chunk,
+    enqueue_dispatch_window,
+)
 from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_stop
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import database_now
@@ -999,6 +1005,73 @@ def test_a_worker_with_a_fast_clock_takes_over_nothing(tmp_path, stopped_dispatc
     # No fault here leaves anything in flight: not one message may be sent twice, or attempted twice.
     assert repeats(received) == 0, f"{repeats(received)} repeats\n{logs}"
     assert all(m.attempts == 1 for m in final), logs
+
+
+# --- 6d. a qcluster whose system clock runs fast leaves; the others go on dispatching ---------------
+
+
+def schedule_lead_seconds() -> float:
+    """How far ahead of the database's clock the dispatch schedule's next run is."""
+    next_run = Schedule.objects.get(name=DISPATCH_SCHEDULE_NAME).next_run
+    return round((next_run - database_now()).total_seconds(), 1)
+
+
+def test_a_qcluster_with_a_fast_clock_does_not_halt_dispatch_after_it_leaves(tmp_path, stopped_dispatcher, figures):
+    """A qcluster under `faketime` (its whole system clock ten minutes ahead) runs django-q2's scheduler
+    once while another, with the right clock, joins; then it leaves. The dispatch schedule must still be
+    due within one of its intervals (a minute) by the database's clock, so the remaining qcluster opens a
+    window and sends what is queued within about that: django-q2's scheduler moved the schedule's next
+    run past its own clock, and nothing was dispatched for ten minutes."""
+    dispatcher_configure(batch_size=5, interval_seconds=1)
+    dispatcher_start()
+    OrmQ.objects.all().delete()  # the window start() queued: every window here comes from the schedule
+    dispatcher_schedule_ensure()
+    Schedule.objects.exclude(name=DISPATCH_SCHEDULE_NAME).delete()
+    interval = timedelta(minutes=Schedule.objects.get(name=DISPATCH_SCHEDULE_NAME).minutes)
+
+    with fake_provider(tmp_path) as provider:
+        # Windows shorter than the test, so only the schedule keeps dispatch going.
+        env = dispatcher_env(provider.url, DISPATCH_WINDOW_SECONDS="10")
+        with qcluster_running(tmp_path, log_name="cluster-fast.log", system_clock_offset_seconds=600, **env) as fast:
+            # Due at the fast cluster's first scheduler pass (30 s after it runs), and, by the
+            # database's clock, due again 45 s after that: before the other cluster's first pass.
+            Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME).update(next_run=database_now() - timedelta(seconds=15))
+            wait_for_log(fast, f"from schedule [{DISPATCH_SCHEDULE_NAME}]", timeout=60)
+            lead_after_fast_pass = schedule_lead_seconds()
+            with qcluster_running(tmp_path, log_name="cluster-normal.log", **env) as normal:
+                fast.signal_group(signal.SIGTERM)
+                wait_or_fail(
+                    lambda: "has stopped." in fast.log(), timeout=30, what="the fast cluster to stop", processes=(fast,)
+                )
+                left_at = time.monotonic()
+                windows_before = normal.log().count(" opened for ")
+                queued = make_messages(10, "after the fast clock left")
+                processes = (normal, fast, provider)
+                wait_or_fail(
+                    lambda: count(Status.SENT) == len(queued) and normal.log().count(" opened for ") > windows_before,
+                    timeout=interval.total_seconds() + 10,
+                    what=f"the remaining qcluster to send (schedule {schedule_lead_seconds()} s ahead)",
+                    processes=processes,
+                )
+                resumed_after = round(time.monotonic() - left_at, 1)
+                lead_after = schedule_lead_seconds()
+                received = provider_requests(provider.url)
+                stats = provider_stats(provider.url)
+                logs = logs_of(*processes)
+
+    figures(
+        "fast_clock_left",
+        messages=len(queued),
+        lost=count(Status.UNSENT, Status.PROCESSING, Status.FAILED),
+        duplicate_requests=repeats(received),
+        dropped_by_provider=stats["duplicates_dropped"],
+        schedule_lead_after_fast_pass_s=lead_after_fast_pass,
+        sent_after_it_left_s=resumed_after,
+        schedule_lead_at_the_end_s=lead_after,
+    )
+    # django-q2's scheduler ran on the database's clock: never more than one interval ahead of it.
+    assert lead_after_fast_pass <= interval.total_seconds(), logs
+    assert lead_after <= interval.total_seconds(), logs
 
 
 # --- 7. what the provider answers: retries and permanent failures ----------------------------------

@@ -1,5 +1,5 @@
 """`manage.py qcluster`: django-q2's own command, with a sentinel that stops gracefully
-on SIGTERM.
+on SIGTERM, and its scheduler on the database's clock.
 
 django-q2's sentinel (the process that runs the workers) keeps SIGTERM's default
 action, so a SIGTERM to the cluster's whole process group, which systemd and
@@ -10,6 +10,9 @@ to finish (they stop early themselves: dispatcher.tasks.worker_handles_sigterm).
 It also hands the cluster's stop event to the workers it forks, so they learn the
 cluster is stopping from it rather than from the cluster status in the cache
 (dispatcher.engine.pacing.qcluster_is_stopping).
+The sentinel runs django-q2's scheduler about every 30 s; here it runs on the
+database's clock, so a host whose clock is off cannot move the schedule that starts
+dispatch windows away from everyone else's (dispatcher.schedule).
 This app is listed before django_q, so this command is the one `qcluster` runs.
 """
 
@@ -22,6 +25,7 @@ from django_q import cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
 from dispatcher.engine.pacing import qcluster_stop_event_share
+from dispatcher.schedule import scheduler_pass_on_database_clock
 
 
 class GracefulSentinel(cluster.Sentinel):
@@ -40,4 +44,5 @@ class GracefulSentinel(cluster.Sentinel):
 class Command(DjangoQCommand):
     def handle(self, *args, **options) -> None:
         cluster.Sentinel = GracefulSentinel
+        cluster.scheduler = scheduler_pass_on_database_clock  # what the sentinel's guard loop calls
         super().handle(*args, **options)
