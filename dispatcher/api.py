@@ -34,6 +34,7 @@ from dispatcher.state import (
     dispatcher_stop,
 )
 from messages_app.models import Message
+from restapi.storable import text_storable_problem
 
 VIA = ControlAction.Via.API
 RECEIPT_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -201,6 +202,7 @@ class TwilioReceiptView(APIView):
         responses={
             200: OpenApiResponse(description="Applied, replayed, or a status that is not an outcome."),
             202: OpenApiResponse(description="Kept: no sent message has that MessageSid yet."),
+            400: OpenApiResponse(description="Signed, but holding what cannot be stored (a NUL); nothing recorded."),
             401: OpenApiResponse(description="The signature does not check."),
             404: OpenApiResponse(description="No Twilio provider of that name."),
         },
@@ -218,6 +220,9 @@ class TwilioReceiptView(APIView):
         outcome = TWILIO_STATUS.get(twilio_status)
         if not sid or outcome is None:
             return Response({"outcome": "ignored", "status": twilio_status})
+        for name in ("MessageSid", "ErrorCode"):
+            if problem := text_storable_problem(params.get(name) or ""):
+                return Response({"detail": f"{name} {problem}"}, status=status.HTTP_400_BAD_REQUEST)
         try:
             result = receipt_record(
                 receipt_id=f"twilio:{sid}:{twilio_status}",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -24,6 +26,7 @@ from messages_app.services import (
 )
 from messages_app.timestamps import timestamp_text
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
+from restapi.storable import time_in_range
 
 BEING_SENT = "This message is being sent right now and cannot be deleted; delete it once it is sent or failed."
 
@@ -59,6 +62,14 @@ class MessageAdminForm(forms.ModelForm):
         # Browsers send a textarea's line breaks as CRLF (the HTML form encoding);
         # the line break typed is the "\n" the API takes (a lone "\r" stays refused).
         return validate_content(self.cleaned_data["content"].replace("\r\n", "\n"))
+
+    def clean_send_after(self) -> datetime | None:
+        value = self.cleaned_data["send_after"]
+        return None if value is None else time_in_range(value)
+
+    def clean_expires_at(self) -> datetime | None:
+        value = self.cleaned_data["expires_at"]
+        return None if value is None else time_in_range(value)
 
     def clean(self) -> dict:
         cleaned = super().clean()

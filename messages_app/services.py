@@ -20,6 +20,7 @@ from messages_app.models import DeliveryReceipt, Message
 from messages_app.segments import sms_segments
 from messages_app.transitions import message_cancel, messages_cancel, messages_requeue
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
+from restapi.storable import time_in_range
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -40,6 +41,8 @@ def message_new(
     """An unsaved message, validated and normalised as every way of queueing one needs
     it (API, bulk, seed route, admin, CSV import); raise ValidationError otherwise."""
     content = validate_content(content)
+    # Each entry point checks its times already, naming the field; this holds for any caller.
+    send_after, expires_at = (None if moment is None else time_in_range(moment) for moment in (send_after, expires_at))
     return Message(
         recipient_phone_number=normalize_phone_number(recipient_phone_number),
         content=content,

@@ -11,6 +11,8 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from restapi.storable import time_in_range
+
 
 def normalize_phone_number(value: str) -> str:
     """Return `value` in E.164, or raise ValidationError with a reason a person can act on."""
@@ -83,7 +85,8 @@ def validate_content(value: str) -> str:
 
 def parse_aware_datetime(value: str) -> datetime:
     """Parse an ISO 8601 date-time, or a date (meaning its midnight), as the API reads
-    `send_after`; a time without an offset is in the default time zone (TIME_ZONE)."""
+    `send_after`; a time without an offset is in the default time zone (TIME_ZONE).
+    Return it in UTC if the service takes it (restapi.storable.time_in_range)."""
     # ASCII only: Django's parser (and int()) would read any Unicode digits.
     text = value.strip() if isinstance(value, str) and value.isascii() else ""
     try:
@@ -97,7 +100,7 @@ def parse_aware_datetime(value: str) -> datetime:
             f"{value!r} is not an ISO 8601 date or date-time, e.g. 2025-01-31 or 2025-01-31T09:00:00+03:00.",
             code="invalid",
         )
-    return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
+    return time_in_range(timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed)
 
 
 def validate_expiry(*, expires_at: datetime | None, send_after: datetime | None = None) -> datetime | None:

@@ -11,12 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from dispatcher.engine.pipeline import send_chunk
 from dispatcher.engine.providers import ProviderError, ProviderResult, ProviderSet, get_provider
 from dispatcher.engine.providers.console import ConsoleProvider
 from dispatcher.engine.providers.locmem import LocmemProvider
 from dispatcher.engine.providers.webhook import WebhookProvider
 from dispatcher.engine.sending import Unsent, send_concurrently
-from messages_app.models import Message
+from messages_app.models import DeliveryAttempt, Message
+from messages_app.transitions import messages_claim
 from tests.processes import fake_provider, fake_provider_in_thread, free_port, http_json
 
 AUTH_KEY = "INS.me1x9uMcyYGlhKKQVPoc.bO3j9aZwRTOcA2Ywo"
@@ -281,6 +283,75 @@ def test_webhook_error_body_is_cut_short_in_the_reason(canned_server, webhook_at
         webhook_at(url).send(a_message())
     assert raised.value.permanent is False
     assert len(raised.value.reason) < 300
+
+
+# --- answers PostgreSQL cannot store: the outcome is recorded all the same ----------------------
+
+
+def claimed_chunk(count: int) -> tuple[list[Message], uuid.UUID]:
+    """`count` unsent messages claimed by one tick (one claim token), as a chunk task gets them."""
+    messages = [
+        Message.objects.create(recipient_phone_number=f"+9055511122{n:02d}", content="hi") for n in range(count)
+    ]
+    token = uuid.uuid4()
+    messages_claim(message_ids=[m.pk for m in messages], claim_token=token, lease_seconds=60)
+    return messages, token
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("message_id", "kept"),
+    [("SM-1\x00tail", "SM-1\\u0000tail"), ("SM-1\udc80tail", "SM-1\\udc80tail")],
+    ids=["nul", "lone-surrogate"],
+)
+def test_a_2xx_whose_message_id_postgresql_cannot_store_is_recorded_as_sent_with_it_escaped(
+    canned_server, settings, message_id, kept
+):
+    """The provider took the messages (2xx): they are sent, whatever their id holds. Before, the
+    write of the chunk's outcomes failed: all ten stayed processing until their lease ran out
+    and were sent again."""
+    url = canned_server(200, json.dumps({"messageId": message_id}).encode())
+    settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": url}
+    messages, token = claimed_chunk(10)
+    provider = WebhookProvider()
+    try:
+        report = send_chunk(message_ids=[m.pk for m in messages], claim_token=token, provider=provider)
+    finally:
+        provider.close()
+
+    assert [o.outcome for o in report.outcomes] == ["sent"] * 10
+    stored = Message.objects.filter(pk__in=[m.pk for m in messages])
+    assert {(m.status, m.provider_message_id, m.attempts) for m in stored} == {(Message.Status.SENT, kept, 1)}
+    assert set(DeliveryAttempt.objects.values_list("outcome", "provider_message_id")) == {("sent", kept)}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body", [b"bad\x00gateway", "bad \udc80 gateway".encode("utf-8", "surrogatepass")], ids=["nul", "surrogate-bytes"]
+)
+def test_an_error_answer_holding_a_nul_is_recorded_with_it_escaped(canned_server, settings, body):
+    url = canned_server(502, body)
+    settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": url}
+    messages, token = claimed_chunk(3)
+    provider = WebhookProvider()
+    try:
+        report = send_chunk(message_ids=[m.pk for m in messages], claim_token=token, provider=provider)
+    finally:
+        provider.close()
+
+    assert [o.outcome for o in report.outcomes] == ["retry"] * 3
+    for message in Message.objects.filter(pk__in=[m.pk for m in messages]):
+        assert message.status == Message.Status.UNSENT
+        assert message.last_error.startswith("provider answered HTTP 502: bad")
+        assert "\x00" not in message.last_error
+
+
+def test_provider_answers_keep_nothing_postgresql_cannot_store():
+    """What every backend returns or raises (ProviderResult, ProviderError) is made storable
+    where it is made, so a backend of one's own gets the same."""
+    assert ProviderResult(message_id="a\x00b\ud800c").message_id == "a\\u0000b\\ud800c"
+    assert ProviderError("said \x00 and \udfff").reason == "said \\u0000 and \\udfff"
+    assert ProviderResult(message_id="SM\U0001f600").message_id == "SM\U0001f600"  # a whole character stays
 
 
 def test_webhook_timeout(fake, webhook_at):

@@ -55,6 +55,7 @@ class FakeTwilio:
     # Answers to play first: a status (an error in Twilio's shape), or ("latency", seconds).
     script: list = field(default_factory=list)
     retry_after: str | None = None
+    sid: str | None = None  # the sid to answer instead of a new one each time
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -105,7 +106,7 @@ class _TwilioHandler(BaseHTTPRequestHandler):
         if "To" not in fields or "Body" not in fields or not ({"From", "MessagingServiceSid"} & set(fields)):
             entry.answered = 400
             return self._answer(400, {"code": 21604, "message": "A 'To' phone number is required.", "status": 400})
-        sid = "SM" + uuid.uuid4().hex
+        sid = fake.sid or "SM" + uuid.uuid4().hex
         entry.answered = 201
         self._answer(
             201,
@@ -246,6 +247,18 @@ def test_a_message_sent_through_twilio_is_on_record_with_its_provider(twilio, co
     [attempt] = DeliveryAttempt.objects.filter(message=message)
     assert (attempt.provider, attempt.outcome, attempt.http_status) == ("backup", "sent", 201)
     assert attempt.provider_message_id == message.provider_message_id
+
+
+def test_a_sid_postgresql_cannot_store_is_recorded_as_sent_with_it_escaped(twilio, configure):
+    providers = configure(twilio_env(twilio.url))
+    twilio.sid = "SM\x00" + "a" * 31
+    message = claimed_message(recipient_phone_number="+12025550123")
+
+    outcome = deliver(message, providers)
+
+    message.refresh_from_db()
+    assert outcome.outcome == "sent"
+    assert (message.status, message.provider_message_id) == (Status.SENT, "SM\\u0000" + "a" * 31)
 
 
 # --- Twilio's errors, classified like the webhook's --------------------------------------------
@@ -453,6 +466,26 @@ def test_a_callback_signed_for_another_url_is_401(twilio_configured):
         headers={"X-Twilio-Signature": signature},
     )
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"MessageSid": "SM\x00" + "a" * 31, "SmsSid": "SM\x00" + "a" * 31}, "MessageSid "),
+        ({"MessageStatus": "undelivered", "ErrorCode": "30005\x00"}, "ErrorCode "),
+    ],
+    ids=["MessageSid-nul", "ErrorCode-nul"],
+)
+def test_a_callback_holding_a_nul_is_400_and_changes_nothing(twilio_configured, fields, named):
+    message = make_message(status=Status.SENT, provider_message_id="SM" + "a" * 32)
+
+    response = callback(Client(), {**status_params(message.provider_message_id, "delivered"), **fields})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith(named)
+    message.refresh_from_db()
+    assert message.delivery_status == Delivery.UNKNOWN
+    assert not DeliveryReceipt.objects.exists()
 
 
 def test_an_unknown_provider_is_404(twilio_configured):

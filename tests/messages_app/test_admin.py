@@ -180,6 +180,34 @@ def test_add_keeps_content_as_given_like_the_api(admin_client_):
         ({"recipient_phone_number": "+905551112233", "content": "\u200b\ufeff"}, "content"),
         ({"recipient_phone_number": "+905551112233", "content": "\x1b[2Jcleared"}, "content"),
         ({"recipient_phone_number": "+905551112233", "content": "a\rb"}, "content"),
+        # times outside the years the service takes (restapi/storable.py)
+        (
+            {
+                "recipient_phone_number": "+905551112233",
+                "content": "hi",
+                "send_after_0": "2200-01-01",
+                "send_after_1": "00:00",
+            },
+            "send_after",
+        ),
+        (
+            {
+                "recipient_phone_number": "+905551112233",
+                "content": "hi",
+                "expires_at_0": "9999-12-31",
+                "expires_at_1": "23:59",
+            },
+            "expires_at",
+        ),
+        (
+            {
+                "recipient_phone_number": "+905551112233",
+                "content": "hi",
+                "send_after_0": "1970-01-01",
+                "send_after_1": "00:00",
+            },
+            "send_after",
+        ),
     ],
 )
 def test_add_with_invalid_input_shows_a_form_error_and_writes_nothing(admin_client_, data, field):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dispatcher.providers_conf import ProviderSpec, legacy_provider_spec
+from restapi.storable import text_escaped_for_storage
 
 if TYPE_CHECKING:
     from messages_app.models import Message
@@ -25,8 +26,17 @@ def default_provider_spec() -> ProviderSpec:
 
 @dataclass(frozen=True)
 class ProviderResult:
+    """The provider took the message. `message_id` is its id for it, with any NUL or
+    lone surrogate written as its escape (\\u0000), which PostgreSQL could not store:
+    the message was taken all the same, so it is recorded as sent, under the id as
+    the provider's JSON wrote it, rather than refused as failed (which a requeue
+    would send again) or left unrecorded (a lease later, sent again)."""
+
     message_id: str
     http_status: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message_id", text_escaped_for_storage(self.message_id))
 
 
 class ProviderError(Exception):
@@ -53,6 +63,8 @@ class ProviderError(Exception):
         not_sent: bool = False,
         provider_wide: bool = False,
     ) -> None:
+        # The reason is kept as the attempt's error: a provider's NUL must not fail that write.
+        reason = text_escaped_for_storage(reason)
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent

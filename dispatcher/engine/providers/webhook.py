@@ -201,14 +201,15 @@ class WebhookProvider(BaseProvider):
             raise ProviderError(
                 f"provider answered HTTP {status} without a messageId", permanent=True, http_status=status
             )
-        if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        result = ProviderResult(message_id=message_id, http_status=status)  # kept storable
+        if len(result.message_id) > MAX_MESSAGE_ID_LENGTH:
             raise ProviderError(
-                f"provider answered HTTP {status} with a messageId of {len(message_id)} characters "
+                f"provider answered HTTP {status} with a messageId of {len(result.message_id)} characters "
                 f"(at most {MAX_MESSAGE_ID_LENGTH} can be stored)",
                 permanent=True,
                 http_status=status,
             )
-        return ProviderResult(message_id=message_id, http_status=status)
+        return result
 
     async def aclose(self) -> None:
         if self._session is not None and self._session_loop is asyncio.get_running_loop():
