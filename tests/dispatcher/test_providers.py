@@ -448,6 +448,18 @@ def test_fake_provider_rejects_bad_faults(fake, faults):
     assert http_json("GET", fake.url + "_fake/faults") == before
 
 
+# JSON's NaN and Infinity, which Python's json reads: a sleep of nan, Retry-After: inf, int(inf) (a 500).
+@pytest.mark.parametrize("body", ['{"latency_ms": NaN}', '{"retry_after": Infinity}', '{"error_status": -Infinity}'])
+def test_fake_provider_refuses_faults_that_are_not_finite(fake, body):
+    before = http_json("GET", fake.url + "_fake/faults")
+    response = requests.post(
+        fake.url + "_fake/faults", data=body, headers={"Content-Type": "application/json"}, timeout=5
+    )
+    assert response.status_code == 400
+    assert "must be a finite number" in response.json()["message"]
+    assert http_json("GET", fake.url + "_fake/faults") == before
+
+
 def test_fake_provider_answers_an_unnamed_error_status(fake, webhook_at):
     set_faults(fake, error_rate=1.0, error_status=520)
     response = requests.post(fake.url, json={"to": "+905551112233", "content": "x"}, timeout=5)
