@@ -84,7 +84,10 @@ class DispatcherConfigSerializer(serializers.Serializer):
 class ProviderStatusSerializer(serializers.Serializer):
     name = serializers.CharField()
     backend = serializers.CharField(help_text="webhook, twilio, console, locmem or a dotted path")
-    url = serializers.CharField(help_text="The endpoint (never the credentials).")
+    url = serializers.CharField(
+        help_text="The endpoint, without user info and with each query value shown as REDACTED: "
+        "credentials are often put there."
+    )
     rate_per_second = serializers.FloatField(help_text="The cluster-wide rate limit; 0: none.")
     circuit = serializers.ChoiceField(choices=["closed", "open", "half_open"])
     consecutive_failures = serializers.IntegerField()

@@ -19,7 +19,7 @@ from django.db import transaction
 from messages_app.errors import MessageImportError
 from messages_app.models import Message
 from messages_app.services import message_new
-from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content
+from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content, validate_priority
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _message_from_import_row(row: MessageImportRow) -> Message:
         if getattr(row, optional).strip():
             checks.append((optional, check))
     if row.priority.strip():
-        checks.append(("priority", _priority))
+        checks.append(("priority", validate_priority))
     for field, check in checks:
         try:
             values[field] = check(getattr(row, field))
@@ -141,13 +141,6 @@ def _message_from_import_row(row: MessageImportRow) -> Message:
         return message_new(**values)
     except ValidationError as exc:  # what only the fields together can say, e.g. the expiry
         raise ValidationError(f"expires_at: {' '.join(exc.messages)}") from None
-
-
-def _priority(value: str) -> str:
-    value = value.strip().lower()
-    if value not in Message.Priority.values:
-        raise ValidationError(f"must be one of {', '.join(Message.Priority.values)}.")
-    return value
 
 
 def messages_import_rows(

@@ -78,6 +78,16 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class MessageActionResultSerializer(serializers.ModelSerializer):
+    """What a requeue or a cancel answers a caller who may not read messages: what they
+    acted on and what it became, never its number or content."""
+
+    class Meta:
+        model = Message
+        fields = ["id", "status"]
+        read_only_fields = fields
+
+
 class DeliveryAttemptSerializer(serializers.ModelSerializer):
     class Meta:
         model = DeliveryAttempt

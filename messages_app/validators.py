@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from messages_app.models import Message
 from restapi.storable import time_in_range
 
 
@@ -32,6 +33,15 @@ def normalize_phone_number(value: str) -> str:
     if not phonenumbers.is_valid_number(parsed):
         raise ValidationError("This phone number is not valid for its country.", code="invalid")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def validate_priority(value: str) -> str:
+    """A priority as the API takes it (its ChoiceField over the same Message.Priority): one
+    of the values exactly as written, lower case, no spaces around it; return it unchanged.
+    The import checks its cells with this, so a file cannot store what the API refuses."""
+    if value not in Message.Priority.values:
+        raise ValidationError(f"must be one of {', '.join(Message.Priority.values)}.", code="invalid_choice")
+    return value
 
 
 # Control characters a message may hold: line breaks and tabs. Everything else of

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from restapi.redaction import url_redacted
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -146,7 +148,8 @@ def env_url(name: str, default: str | None = None, *, schemes: tuple[str, ...]) 
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.netloc:
         raise ImproperlyConfigured(
-            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}"
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, "
+            f"got {url_redacted(value)!r}"  # its password, or a key in its query, is not for the log
         )
     return value
 

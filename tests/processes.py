@@ -186,6 +186,53 @@ def running(
             os.killpg(popen.pid, signal.SIGKILL)
 
 
+@contextmanager
+def production_gunicorn(tmp_path: Path, **env_overrides: str):
+    """`gunicorn -c gunicorn.conf.py messaging_site.wsgi:application`, as the Dockerfile runs it, on
+    a free port; yields its base URL. Its output (the access log included) is in tmp_path / "gunicorn.log"."""
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "messaging_site.wsgi:application",
+            ],
+            cwd=REPO_ROOT,
+            env=child_env(**env_overrides),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert popen.poll() is None, log_path.read_text(errors="replace")
+        request = urllib.request.Request(f"{base}/healthz", headers={"Host": "127.0.0.1"})
+        try:
+            with urllib.request.urlopen(request, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, timeout=30, what="gunicorn to answer /healthz")
+        yield base
+    finally:
+        popen.terminate()
+        try:
+            popen.wait(15)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+
+
 def http_json(method: str, url: str, body: object | None = None, timeout: float = 5) -> object:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})

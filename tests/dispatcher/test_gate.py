@@ -439,6 +439,29 @@ def test_get_api_providers(two_providers_with_a_history, api_client, anon_client
     assert "secret" not in json.dumps(response.json())
 
 
+def test_provider_urls_are_shown_without_their_credentials(settings, client_for, no_perms_user):
+    # Issue 20: the URL came back verbatim, user info and ?api_key= included, to any user.
+    settings.DISPATCH_PROVIDERS = (
+        ProviderSpec(
+            name="primary",
+            backend=BACKEND_ALIASES["webhook"],
+            url="http://user:hunter2@sms.example.com/send?api_key=SECRETQ&route=eu",
+        ),
+    )
+    response = client_for(no_perms_user).get("/api/providers/")
+    assert response.status_code == 200
+    [primary] = response.json()
+    assert primary["url"] == "http://sms.example.com/send?api_key=REDACTED&route=REDACTED"
+
+    command = io.StringIO()
+    call_command("providers", "status", stdout=command)
+    admin = Client()
+    admin.force_login(make_user(username="root", superuser=True))
+    dashboard = admin.get("/admin/dispatcher/dispatcherstate/dashboard/").content.decode()
+    for shown in (response.content.decode(), command.getvalue(), dashboard):
+        assert "hunter2" not in shown and "SECRETQ" not in shown
+
+
 def test_manage_py_providers_status(two_providers_with_a_history):
     out = io.StringIO()
     call_command("providers", "status", stdout=out)

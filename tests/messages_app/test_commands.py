@@ -18,6 +18,7 @@ from messages_app.errors import MessageImportError, MessageStateError
 from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
 from messages_app.services import messages_prune, messages_requeue_failed
 from tests.factories import make_message
+from tests.processes import child_env, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -264,6 +265,19 @@ def test_an_import_the_database_stops_half_way_stores_nothing_and_fails_in_one_l
     assert not Message.objects.exists()
 
 
+@pytest.mark.parametrize("priority", ["HIGH", "High", " high", "high "])
+def test_import_takes_a_priority_only_as_the_api_does(tmp_path, api_client, priority):
+    # Issue 20: the import lower-cased and stripped it, so it stored what the API refuses.
+    body = {"recipient_phone_number": "+905551112233", "content": "hi", "priority": priority}
+    assert api_client.post("/api/messages/", body, format="json").status_code == 400
+    path = csv_file(tmp_path, f"recipient_phone_number,content,priority\n+905551112233,hi,{priority}\n")
+
+    _, err = run_rejecting("import_messages", path)
+
+    assert "line 2: priority: must be one of high, normal, low." in err
+    assert not Message.objects.exists()
+
+
 def test_import_rejects_a_batch_size_below_one(tmp_path):
     path = csv_file(tmp_path, "recipient_phone_number,content\n+905551112233,hi\n")
     with pytest.raises(CommandError, match="--batch-size"):
@@ -467,9 +481,33 @@ def test_prune_service_refuses_live_statuses():
 def test_prune_refuses_fewer_than_one_day(days):
     aged(make_message(status=Status.SENT), days=40)
 
-    with pytest.raises(CommandError, match="--older-than must be at least 1"):
+    with pytest.raises(CommandError, match="--older-than: must be a whole number from 1 to 36,500"):
         run("prune_messages", f"--older-than={days}")
 
+    assert Message.objects.count() == 1
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        # Issue 20: timedelta's OverflowError, then the database's "bigint out of range".
+        (["prune_messages", "--older-than", "99999999999"], "--older-than: must be a whole number from 1 to 36,500"),
+        (["prune_messages", "--older-than", "999999"], "--older-than: must be a whole number from 1 to 36,500"),
+        (["prune_messages", "--older-than", "30", "--batch-size", "1" + "0" * 20], "--batch-size: must be a whole"),
+        (["prune_messages", "--older-than", "\u0663\u0660"], "--older-than: '\u0663\u0660' is not a whole number"),
+        (["import_messages", "-", "--batch-size", "1" + "0" * 20], "--batch-size: must be a whole number from 1 to"),
+    ],
+    ids=["days-past-int", "days-past-year-1", "prune-batch", "arabic-indic-days", "import-batch"],
+)
+def test_a_number_out_of_range_is_a_one_line_error_not_a_traceback(args, error):
+    aged(make_message(status=Status.SENT), days=40)
+
+    done = manage(args, env=child_env())
+
+    assert done.returncode != 0
+    assert "Traceback" not in done.stdout, done.stdout
+    assert error in done.stdout.strip().splitlines()[-1], done.stdout
     assert Message.objects.count() == 1
 
 

@@ -568,7 +568,7 @@ def test_the_import_takes_expires_at_and_priority(tmp_path):
         tmp_path,
         "recipient_phone_number,content,send_after,expires_at,priority\n"
         "+905551112233,one,,2099-01-31T09:00:00+03:00,high\n"  # 2
-        "+905551112234,two,2099-01-01T00:00:00Z,2099-01-02T00:00:00Z,LOW\n"  # 3
+        "+905551112234,two,2099-01-01T00:00:00Z,2099-01-02T00:00:00Z,low\n"  # 3
         "+905551112235,three,,,\n"  # 4: neither
         "+905551112236,four,,2099-02-01 12:00,normal\n"  # 5: no offset, TIME_ZONE
         "+905551112237,past,,2000-01-01T00:00:00Z,high\n"  # 6

@@ -243,3 +243,11 @@ def test_webhook_url_of_another_scheme_is_refused_even_in_debug():
     message = refusal(production_env(DEBUG="true", WEBHOOK_URL="ftp://provider.example.com/"))
 
     assert message.startswith("WEBHOOK_URL must be a URL starting with http:// or https://")
+
+
+def test_a_refused_url_is_quoted_without_its_credentials():
+    message = refusal(production_env(DEBUG="true", WEBHOOK_URL="ftp://user:hunter2@provider.example.com/?key=SECRETQ"))
+
+    assert message.startswith("WEBHOOK_URL must be a URL starting with http:// or https://")
+    assert "ftp://provider.example.com/?key=REDACTED" in message
+    assert "hunter2" not in message and "SECRETQ" not in message

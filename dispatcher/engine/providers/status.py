@@ -14,6 +14,7 @@ from dispatcher.engine.providers import provider_specs
 from dispatcher.engine.providers.gate import Circuit
 from dispatcher.providers_conf import BACKEND_ALIASES
 from messages_app.models import DeliveryAttempt
+from restapi.redaction import url_redacted
 
 Outcome = DeliveryAttempt.Outcome
 _ALIAS_OF = {path: alias for alias, path in BACKEND_ALIASES.items()}
@@ -23,7 +24,7 @@ _ALIAS_OF = {path: alias for alias, path in BACKEND_ALIASES.items()}
 class ProviderStatus:
     name: str
     backend: str
-    url: str
+    url: str  # without user info or query values: anyone logged in may read it
     rate_per_second: float
     circuit: str  # closed, open or half_open
     consecutive_failures: int
@@ -57,7 +58,7 @@ def provider_statuses(*, since: datetime | None = None) -> list[ProviderStatus]:
             ProviderStatus(
                 name=spec.name,
                 backend=_ALIAS_OF.get(spec.backend, spec.backend),
-                url=spec.url,
+                url=url_redacted(spec.url),
                 rate_per_second=spec.rate_per_second,
                 circuit=state.state,
                 consecutive_failures=state.failures,

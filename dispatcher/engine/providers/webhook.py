@@ -108,7 +108,7 @@ class WebhookProvider(BaseProvider):
             # The connection broke (reset, closed) after the request went out: the outcome is unknown.
             raise self._broke(exc.args[1] if len(exc.args) > 1 else exc) from None
         except HTTPError as exc:
-            raise ProviderError(f"request failed: {exc}") from None
+            raise self._request_failed(exc) from None
         return self._answer(response.status, response.data, response.headers.get("Retry-After"))
 
     async def send_async(self, message: Message) -> ProviderResult:
@@ -129,7 +129,7 @@ class WebhookProvider(BaseProvider):
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
             raise self._broke(exc) from None
         except aiohttp.ClientError as exc:
-            raise ProviderError(f"request failed: {exc}") from None
+            raise self._request_failed(exc) from None
         return self._answer(status, data, retry_after)
 
     def _async_session(self) -> aiohttp.ClientSession:
@@ -174,6 +174,15 @@ class WebhookProvider(BaseProvider):
     @staticmethod
     def _broke(exc: BaseException) -> ProviderError:
         return ProviderError(f"the connection to the provider broke: {type(exc).__name__}", provider_wide=True)
+
+    @staticmethod
+    def _request_failed(exc: Exception) -> ProviderError:
+        # Not str(exc): the clients' texts name the URL, and a provider's credentials may be in it
+        # (user info, ?api_key=); the reason goes to the log and to the message's last_error.
+        detail = type(exc).__name__
+        if isinstance(exc, aiohttp.ClientResponseError):  # an answer that could not be read
+            detail += f" {exc.status}: {' '.join(str(exc.message).split())}"[:MAX_ERROR_BODY]
+        return ProviderError(f"request failed: {detail}")
 
     @staticmethod
     def _answer(status: int, data: bytes, retry_after: str | None) -> ProviderResult:

@@ -11,7 +11,10 @@ from django.db import DatabaseError
 
 from messages_app.csv_import import MessageImportRejection, messages_import_csv
 from messages_app.errors import MessageImportError
+from messages_app.management.options import whole_number
 from messages_app.management.progress import progress_bar
+
+MAX_BATCH_SIZE = 100_000
 
 
 class Command(BaseCommand):
@@ -26,12 +29,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", metavar="FILE.csv", help="The CSV file (UTF-8), or - to read standard input.")
-        parser.add_argument("--batch-size", type=int, default=1000, help="Rows inserted per statement (default 1000).")
+        parser.add_argument(
+            "--batch-size",
+            type=whole_number(minimum=1, maximum=MAX_BATCH_SIZE),
+            default=1000,
+            help=f"Rows inserted per statement (default 1000, at most {MAX_BATCH_SIZE:,}).",
+        )
         parser.add_argument("--dry-run", action="store_true", help="Check and report every row, but store nothing.")
 
     def handle(self, *args, file: str, batch_size: int, dry_run: bool, **options) -> None:
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1")
         name = "standard input" if file == "-" else file
         rejections: list[MessageImportRejection] = []
         with ExitStack() as stack:
