@@ -42,6 +42,9 @@ class SendResult:
     # waits without spending an attempt, for `defer_seconds`.
     defer: bool = False
     defer_seconds: float = 0.0
+    # No provider was asked: the worker was told to stop, or may no longer hold the lease,
+    # before the request went out. The message goes back with those never started (`Unsent`).
+    not_started: bool = False
 
     def attempt(self) -> AttemptRecord:
         return AttemptRecord(
@@ -188,7 +191,12 @@ def _try_route(
             error = error or ProviderError(f"provider {name}: circuit open, not asked", not_sent=True)
             used = used or name
             continue
-        if not (yield from gate.rate.acquire_steps(should_stop=should_stop)):
+        acquired = yield from gate.rate.acquire_steps(should_stop=should_stop)
+        if should_stop():
+            # Asked right before each request, after any wait for the rate: a worker frozen
+            # past its lease (SIGSTOP, a paused VM) must not send what another now holds.
+            return SendResult(message, started_at, _ms(started), not_started=True)
+        if not acquired:
             defer_seconds.append(max(1.0, gate.rate.paused_for()))
             error = ProviderError(f"provider {name}: over its rate, not asked", not_sent=True)
             used = used or name
@@ -262,7 +270,8 @@ def send_concurrently(
 ) -> Iterator[list[SendResult]]:
     """Send `messages`, `concurrency` at a time, yielding the results completed since the
     last yield (possibly none, at least every COLLECT_SECONDS). Once `should_stop()` turns true no
-    further send starts; those in flight finish, and the rest end up in `unsent`."""
+    further send starts (it is asked again right before each request); those in flight finish,
+    and the rest end up in `unsent`."""
     if concurrency <= 1 or len(messages) <= 1:
         for index, message in enumerate(messages):
             if should_stop():
@@ -271,7 +280,11 @@ def send_concurrently(
             if skip(message):
                 unsent.skipped.append(message)
                 continue
-            yield [send_one(message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset)]
+            result = send_one(message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset)
+            if result.not_started:
+                unsent.messages = messages[index:]
+                return
+            yield [result]
         return
 
     providers = ProviderSet.of(provider)
@@ -314,6 +327,7 @@ def send_concurrently(
 
     pending_messages = list(reversed(messages))
     in_flight: set = set()
+    not_started: list[Message] = []
     stopping = False
     try:
         while pending_messages or in_flight:
@@ -330,12 +344,14 @@ def send_concurrently(
             if not in_flight:
                 break
             done, in_flight = wait_some(in_flight)
+            results = [handle.result() for handle in done]
+            not_started.extend(r.message for r in results if r.not_started)
             # Yields also when nothing finished, so the caller can flush and check on its lease.
-            yield [handle.result() for handle in done]
+            yield [r for r in results if not r.not_started]
     finally:
         if in_flight:
             abandon(in_flight)
-    unsent.messages = list(reversed(pending_messages))
+    unsent.messages = not_started + list(reversed(pending_messages))
 
 
 async def _settle() -> None:
