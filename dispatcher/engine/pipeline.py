@@ -139,10 +139,15 @@ def send_chunk(
                 if len(waiting) >= FLUSH_RESULTS or time.monotonic() - flushed_at >= FLUSH_SECONDS:
                     flush()
             flush()
+            # Given back under the keeper's lock too: a renewal between the write and done()
+            # would take the messages just given back for a lost lease.
             if unsent.skipped and not keeper.lost:
-                expired = messages_expire_claimed(claim_token=claim_token, message_ids=[m.pk for m in unsent.skipped])
-                report.expired = len(expired)
-                keeper.done(m.pk for m in unsent.skipped)
+                with keeper.recording():
+                    expired = messages_expire_claimed(
+                        claim_token=claim_token, message_ids=[m.pk for m in unsent.skipped]
+                    )
+                    report.expired = len(expired)
+                    keeper.done(m.pk for m in unsent.skipped)
                 if expired:
                     logger.warning(
                         "chunk %s: %d messages past their expiry not sent (ids %s..%s)",
@@ -152,10 +157,11 @@ def send_chunk(
                         max(expired),
                     )
             if unsent.messages and not keeper.lost:
-                report.released = len(
-                    messages_release_unsent(claim_token=claim_token, message_ids=[m.pk for m in unsent.messages])
-                )
-                keeper.done(m.pk for m in unsent.messages)
+                with keeper.recording():
+                    report.released = len(
+                        messages_release_unsent(claim_token=claim_token, message_ids=[m.pk for m in unsent.messages])
+                    )
+                    keeper.done(m.pk for m in unsent.messages)
         except Exception:
             # The database is gone: the messages keep their leases and come back
             # when the leases expire, to be sent again under the same Idempotency-Key.

@@ -684,7 +684,10 @@ class Slow(locmem.LocmemProvider):
 
 
 def test_a_renewal_during_an_outcome_write_is_not_a_lost_lease(stopped_dispatcher, settings, monkeypatch, figures):
-    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 1, "CONCURRENCY": 2}  # renewed every 0.33 s
+    # Renewed every second, each renewal likely to fall in one of the 0.5 s writes. (With a 1 s lease,
+    # a write holding renewals off for 0.5 s leaves the worker unsure its lease still runs: it stops
+    # starting sends and gives the rest back, as it should.)
+    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 3, "CONCURRENCY": 2}
     monkeypatch.setattr(recording, "metrics_record_batch", SlowMetrics(recording.metrics_record_batch, 0.5))
     total = 6
     make_messages(total, "renewal-race")

@@ -12,7 +12,7 @@ import time
 import pytest
 from django.db import transaction
 
-from dispatcher.engine import leases
+from dispatcher.engine import leases, pipeline
 from dispatcher.engine.claiming import Claim, claim_batch, recover_expired_leases
 from dispatcher.engine.leases import LeaseKeeper
 from dispatcher.engine.pipeline import send_chunk
@@ -331,6 +331,31 @@ def test_the_lease_keeper_trusts_its_lease_for_three_quarters_of_it_after_the_la
     assert fresh.holds() and not old.holds()
     fresh.lost = True
     assert not fresh.holds()
+
+
+@pytest.mark.django_db(transaction=True)  # the keeper renews from its own connection
+def test_messages_given_back_are_not_taken_for_a_lost_lease(settings, monkeypatch):
+    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 0.6, "CONCURRENCY": 1}  # renewed every 0.2 s
+    for _ in range(3):
+        make_message()
+    claimed = claim(3)
+    release = pipeline.messages_release_unsent
+
+    def slow_release(**kwargs):
+        released = release(**kwargs)
+        time.sleep(0.5)  # before the chunk notes them done, a renewal comes
+        return released
+
+    monkeypatch.setattr(pipeline, "messages_release_unsent", slow_release)
+
+    report = send_chunk(
+        message_ids=claimed.message_ids,
+        claim_token=claimed.claim_token,
+        provider=locmem.LocmemProvider(),
+        should_stop=lambda: len(locmem.outbox) >= 1,
+    )
+
+    assert (report.released, report.lease_lost) == (2, False)
 
 
 # --- keeping a lease alive -------------------------------------------------------------
