@@ -17,12 +17,10 @@ from django.utils import timezone
 from dispatcher.conf import DispatcherSettings, dispatcher_settings
 from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet
 from messages_app.models import Message
-from messages_app.transitions import AttemptRecord
+from messages_app.transitions import MAX_DELAY_SECONDS, AttemptRecord
 
 logger = logging.getLogger(__name__)
 
-# However long a provider asks us to wait, come back within a day.
-MAX_RETRY_AFTER_SECONDS = 86_400
 # How often sends in flight are collected (and the stop condition checked).
 COLLECT_SECONDS = 0.2
 
@@ -61,10 +59,11 @@ class SendResult:
 
 def retry_delay(*, attempt: int, conf: DispatcherSettings, retry_after: float | None = None) -> float:
     """Seconds before attempt `attempt + 1`: the provider's Retry-After if it gave one,
-    else exponential backoff with jitter (half to all of base x 2^(attempt-1), capped)."""
+    else exponential backoff with jitter (half to all of base x 2^(attempt-1), capped);
+    a day at most, however long the provider asks us to wait."""
     if retry_after is not None:
-        return min(retry_after, MAX_RETRY_AFTER_SECONDS)
-    ceiling = min(conf.retry_max_seconds, conf.retry_base_seconds * 2 ** (attempt - 1))
+        return min(retry_after, MAX_DELAY_SECONDS)
+    ceiling = min(conf.retry_max_seconds, conf.retry_base_seconds * 2 ** (attempt - 1), MAX_DELAY_SECONDS)
     return random.uniform(ceiling / 2, ceiling)
 
 
@@ -207,9 +206,11 @@ def _try_route(
             gate.circuit.success()
             return SendResult(message, started_at, _ms(started), provider=name, result=result)
         if error.http_status == 429:
-            pause = error.retry_after if error.retry_after is not None else 1.0
-            gate.rate.pause(pause)
-            defer_seconds.append(pause)
+            asked = error.retry_after
+            paused = gate.rate.pause(1.0 if asked is None else asked, reason=_throttled(asked))
+            # The provider as a whole waits PROVIDER_MAX_PAUSE_SECONDS at most (one answer must not
+            # halt every message for long); this message waits what was asked, a day at most.
+            defer_seconds.append(paused if asked is None else min(asked, MAX_DELAY_SECONDS))
         elif error.provider_wide:
             gate.circuit.failure()
             if gate.circuit.state().state != "closed":
@@ -226,8 +227,16 @@ def _try_route(
         provider=used,
         error=error,
         defer=defer,
-        defer_seconds=max(defer_seconds) if defer_seconds else 0.0,
+        defer_seconds=min(max(defer_seconds), MAX_DELAY_SECONDS) if defer_seconds else 0.0,
     )
+
+
+def _throttled(retry_after: float | None) -> str:
+    """Why a provider is paused, as the status pages show it."""
+    if retry_after is None:
+        return "429 without Retry-After"
+    # Whole seconds past a million: `g` would write 1e+09.
+    return f"429 Retry-After {retry_after:g} s" if retry_after < 1e6 else f"429 Retry-After {retry_after:.0f} s"
 
 
 def _defer(error: ProviderError | None, providers: ProviderSet, name: str, conf: DispatcherSettings) -> bool:
