@@ -175,10 +175,10 @@ class DeliveryReceiptView(APIView):
 
 
 class ProviderListView(APIView):
-    """GET /api/providers/: each configured provider, its circuit and its last hour."""
+    """GET /api/providers/: each configured provider, its circuit, its pause and its last hour."""
 
     @extend_schema(
-        summary="Providers: routing order, circuit state and the last hour",
+        summary="Providers: routing order, circuit state, pause after a 429 and the last hour",
         responses=ProviderStatusSerializer(many=True),
     )
     def get(self, request: Request) -> Response:

@@ -93,6 +93,14 @@ class ProviderStatusSerializer(serializers.Serializer):
     consecutive_failures = serializers.IntegerField()
     open_until = serializers.DateTimeField(allow_null=True)
     outage_seconds = serializers.FloatField(help_text="How long the current outage (open circuit) has lasted.")
+    paused_until = serializers.DateTimeField(
+        allow_null=True,
+        help_text="After a 429, no worker asks the provider before this time (at most "
+        "PROVIDER_MAX_PAUSE_SECONDS from the 429); null when it is not paused.",
+    )
+    pause_reason = serializers.CharField(
+        help_text='Why it is paused, e.g. "429 Retry-After 120 s"; empty when it is not.'
+    )
     sent_last_hour = serializers.IntegerField()
     failed_last_hour = serializers.IntegerField()
     latency_ms_last_hour = serializers.FloatField(allow_null=True)

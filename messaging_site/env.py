@@ -7,6 +7,7 @@ of surfacing later as a confusing failure deep inside a worker.
 
 from __future__ import annotations
 
+import math
 import os
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -95,6 +96,9 @@ def env_float(name: str, default: float, *, minimum: float | None = None, maximu
             result = float(value)
         except ValueError:
             raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+        # float() reads "inf" and "nan" too, which no range check below stops (NaN compares false).
+        if not math.isfinite(result):
+            raise ImproperlyConfigured(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and result < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {result}")
     if maximum is not None and result > maximum:

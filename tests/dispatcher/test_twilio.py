@@ -22,6 +22,7 @@ from dispatcher.engine.providers import ProviderError, ProviderSet, build_provid
 from dispatcher.engine.providers.twilio import TwilioProvider
 from dispatcher.providers_conf import provider_specs_from_env
 from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
+from messages_app.transitions import database_now
 from tests.factories import claimed_message, deliver, make_message
 from tests.processes import fake_provider_in_thread, free_port
 
@@ -295,6 +296,24 @@ def test_a_429_honours_twilios_retry_after_header(twilio, configure):
     twilio.script, twilio.retry_after = [429], "7"
     error = send_error(configure(twilio_env(twilio.url)).providers["backup"])
     assert error.retry_after == 7.0
+
+
+@pytest.mark.parametrize("retry_after", ["1e999", "inf", "nan", "-5", "9" * 400])
+def test_a_retry_after_no_clock_can_hold_is_refused_and_the_429_pauses_a_second(twilio, configure, retry_after):
+    # Infinity, not a number, negative, or beyond any float: the header is dropped where it is read,
+    # and the 429 counts as one without Retry-After. 1e999 used to raise OverflowError as its deferral
+    # was written, leave the message in processing, and keep this worker paused for good.
+    twilio.script, twilio.retry_after = [429], retry_after
+    providers = configure(twilio_env(twilio.url))
+    message = claimed_message()
+
+    outcome = deliver(message, providers)
+
+    message.refresh_from_db()
+    assert outcome.outcome == "deferred"
+    assert (message.status, message.attempts) == (Status.UNSENT, 0)
+    assert 0.5 <= (message.next_attempt_at - database_now()).total_seconds() <= 1.0
+    assert 0.5 <= providers.gates["backup"].rate.paused_for() <= 1.0
 
 
 def test_connection_refused_was_not_taken(configure):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,7 +44,8 @@ class ProviderError(Exception):
     """The provider did not accept the message.
 
     `permanent` says a retry cannot help; `retry_after` (seconds) is the
-    provider's own word on when to try again (HTTP Retry-After). `not_sent`
+    provider's own word on when to try again (HTTP Retry-After), kept only if a
+    clock can hold it (finite, not negative). `not_sent`
     says the provider provably did not take the message (the connection was
     refused, DNS or TLS failed before the request went out, a 429), so another
     provider may send it without risking a duplicate; otherwise (a read timeout,
@@ -69,7 +71,9 @@ class ProviderError(Exception):
         self.reason = reason
         self.permanent = permanent
         self.http_status = http_status
-        self.retry_after = retry_after
+        # Whatever a backend (ours, or one configured by dotted path) puts here, nothing after
+        # it sees infinity, NaN or a negative wait: such a Retry-After counts as none.
+        self.retry_after = retry_after if retry_after is not None and 0 <= retry_after < math.inf else None
         self.not_sent = not_sent
         self.provider_wide = provider_wide
 

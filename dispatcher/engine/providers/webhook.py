@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
@@ -30,20 +32,24 @@ POOL_SIZE = 32
 MAX_MESSAGE_ID_LENGTH = 255  # the width of Message.provider_message_id
 
 
+# Delta-seconds: ASCII digits (RFC 9110), and a fraction some providers send. Not a sign, an
+# exponent, "inf" or "nan", which float() would read.
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from an HTTP Retry-After header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from an HTTP Retry-After header (delta-seconds or an HTTP date); None
+    when it is neither, or a number no clock can hold (beyond any float). How much of the wait
+    is honoured is the dispatcher's to cap (PROVIDER_MAX_PAUSE_SECONDS, a message's day)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
