@@ -331,6 +331,20 @@ def test_the_api_root_in_a_browser_is_a_page_about_the_service(user):
     assert "/api/dispatcher/" in html
 
 
+def test_the_api_root_in_a_browser_shows_code_as_code_not_backticks(user):
+    from rest_framework.test import APIClient
+
+    browser = APIClient()
+    browser.force_login(user)
+
+    html = browser.get("/api/", HTTP_ACCEPT="text/html").content.decode()
+    description = html.split('<div class="pull-left">', 1)[1].split("</div>", 1)[0]
+    assert "at a controlled rate" in description
+
+    assert "<code>Authorization: Token &lt;key&gt;</code>" in description
+    assert "`" not in description
+
+
 def test_the_api_root_needs_a_login_and_is_not_an_operation(anon_client):
     assert anon_client.get("/api/").status_code == 401
     assert "/api/" not in schema_json(anon_client)["paths"]
