@@ -1,5 +1,5 @@
 """Times as the admin and the dashboard show them: DATETIME_FORMAT (to the second,
-with the time zone) and, next to it, how long ago or how soon: "12 s ago", "in 3 s"."""
+with the time zone) and, next to it, how long ago or how soon: "12 s ago", "in 3 s", "now"."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ def duration_text(seconds: float) -> str:
 
 
 def relative_time(value: datetime, *, now: datetime | None = None) -> str:
-    """'12 s ago' for a past time, 'in 3 s' for a future one."""
+    """'12 s ago' for a past time, 'in 3 s' for a future one, 'now' within half a second
+    (which is neither: "0 s ago" was written for a time just ahead too)."""
     seconds = (value - (now or timezone.now())).total_seconds()
-    return f"in {duration_text(seconds)}" if seconds > 0.5 else f"{duration_text(seconds)} ago"
+    if round(abs(seconds)) == 0:
+        return "now"
+    return f"in {duration_text(seconds)}" if seconds > 0 else f"{duration_text(seconds)} ago"
 
 
 def timestamp_text(value: datetime | None, *, now: datetime | None = None, empty: str = "-") -> str:

@@ -150,6 +150,8 @@ def test_dashboard_stops_and_starts_the_dispatcher(page: Page, live_server):
     expect_success(page, "Dispatcher started")
     expect(page).to_have_url(f"{live_server.url}{DASHBOARD}")
     expect(page.locator("#dashboard-running")).to_have_text("Running")
+    # The first tick is due at once (no qcluster runs here to take it): due, not "0 s ago".
+    expect(page.locator("#dashboard-next-tick")).to_contain_text("due now")
     expect(page.locator("#dashboard-start")).to_have_count(0)
     expect(page.locator("#dashboard-stop")).to_be_visible()
     assert is_running() is True
