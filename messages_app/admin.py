@@ -265,11 +265,14 @@ class MessageAdmin(admin.ModelAdmin):
         return super().delete_view(request, object_id, extra_context)
 
     def delete_model(self, request: HttpRequest, obj: Message) -> None:
-        if not messages_delete(queryset=Message.objects.filter(pk=obj.pk)).deleted:
+        deleted = messages_delete(
+            queryset=Message.objects.filter(pk=obj.pk), actor=request.user, via=ControlAction.Via.ADMIN
+        )
+        if not deleted.deleted:
             self.message_user(request, BEING_SENT, messages.ERROR)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        result = messages_delete(queryset=queryset)
+        result = messages_delete(queryset=queryset, actor=request.user, via=ControlAction.Via.ADMIN)
         if result.skipped:
             self.message_user(
                 request,

@@ -594,6 +594,44 @@ def test_a_sent_message_can_be_deleted(admin_client_):
     assert not Message.objects.filter(pk=message.pk).exists()
 
 
+def test_deleting_a_queued_message_is_recorded_in_the_audit_log_like_a_cancel(admin_client_):
+    queued = make_message()
+
+    response = admin_client_.post(reverse("admin:messages_app_message_delete", args=[queued.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Message.objects.filter(pk=queued.pk).exists()
+    entry = ControlAction.objects.get()
+    assert (entry.action, entry.via, entry.actor_label) == (
+        ControlAction.Action.DELETE,
+        ControlAction.Via.ADMIN,
+        "root",
+    )
+    assert entry.detail == {"message_ids": [queued.pk], "selected": 1, "count": 1, "statuses": {"unsent": 1}}
+
+
+def test_delete_selected_records_what_went_and_what_was_kept(admin_client_):
+    unsent, sent, failed = make_message(), make_message(status=Status.SENT), make_message(status=Status.FAILED)
+    processing = make_message(status=Status.PROCESSING)
+
+    admin_client_.post(
+        reverse("admin:messages_app_message_changelist"),
+        {
+            "action": "delete_selected",
+            "_selected_action": [unsent.pk, sent.pk, failed.pk, processing.pk],
+            "post": "yes",
+        },
+    )
+
+    assert set(Message.objects.values_list("pk", flat=True)) == {processing.pk}
+    entry = ControlAction.objects.get()
+    assert (entry.action, entry.via) == (ControlAction.Action.DELETE, ControlAction.Via.ADMIN)
+    assert sorted(entry.detail.pop("message_ids")) == sorted([unsent.pk, sent.pk, failed.pk])
+    assert entry.detail == {"selected": 4, "count": 3, "statuses": {"unsent": 1, "sent": 1, "failed": 1}}
+    audit_page = admin_client_.get("/admin/audit/controlaction/").content.decode()
+    assert "Delete messages" in audit_page
+
+
 def test_the_list_shows_status_in_colour_the_provider_id_and_the_last_error(admin_client_):
     make_message(status=Status.FAILED, last_error="provider answered HTTP 400: bad number", attempts=1)
     sent = make_message(status=Status.SENT)
