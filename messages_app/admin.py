@@ -16,6 +16,7 @@ from messages_app.errors import MessageStateError
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
 from messages_app.services import (
+    message_cancel_queued,
     message_create,
     message_requeue,
     messages_cancel_queued,
@@ -171,12 +172,35 @@ class MessageAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.requeue_view),
                 name="messages_app_message_requeue",
             ),
+            path(
+                "<int:message_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="messages_app_message_cancel",
+            ),
         ]
         return own + super().get_urls()
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
-        extra_context = {**(extra_context or {}), "can_requeue": self.has_requeue_permission(request)}
+        extra_context = {
+            **(extra_context or {}),
+            "can_requeue": self.has_requeue_permission(request),
+            "can_cancel": self.has_cancel_permission(request),
+        }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def cancel_view(self, request: HttpRequest, message_id: int) -> HttpResponse:
+        """The Cancel button on an unsent (or scheduled) message's page (POST only)."""
+        if request.method != "POST" or not self.has_cancel_permission(request):
+            raise PermissionDenied
+        try:
+            message_cancel_queued(message_id=message_id, actor=request.user, via=ControlAction.Via.ADMIN)
+        except Message.DoesNotExist:
+            raise Http404 from None
+        except MessageStateError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, f"Cancelled message #{message_id}: it will not be sent.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:messages_app_message_change", args=[message_id]))
 
     def requeue_view(self, request: HttpRequest, message_id: int) -> HttpResponse:
         """The Requeue button on a failed message's page (POST only)."""
