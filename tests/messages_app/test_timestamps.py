@@ -32,6 +32,14 @@ def test_durations_are_written_in_two_units_at_most(seconds, text):
     assert duration_text(seconds) == text
 
 
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0 s"), (12, "12 s"), (245, "4 min"), (3_599, "59 min"), (7_260, "2 h"), (1_119_600, "12 d")],
+)
+def test_a_duration_in_one_unit_counts_whole_ones(seconds, text):
+    assert duration_text(seconds, units=1) == text
+
+
 def test_relative_times_say_ago_or_in():
     assert relative_time(NOW - dt.timedelta(seconds=12), now=NOW) == "12 s ago"
     assert relative_time(NOW + dt.timedelta(seconds=3), now=NOW) == "in 3 s"
