@@ -101,7 +101,8 @@ X_FRAME_OPTIONS = "DENY"
 
 # Content-Security-Policy (django-csp) for every page: the admin, the dashboard and
 # the API docs. Everything they load comes from this site (Swagger UI and Redoc
-# from drf-spectacular-sidecar, through whitenoise), and no page runs inline script,
+# from drf-spectacular-sidecar, Redoc's bundle less the logo it would fetch from
+# its CDN: restapi/docs.py), and no page runs inline script,
 # so script-src is 'self' alone: injected markup could not run script. Styles may
 # be inline: Redoc writes its styles at run time (styled-components); the admin's
 # own pages take theirs from static files. Redoc's search runs in a worker made from a blob:
