@@ -390,6 +390,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # DRF's two, the browsable API's with a Log out that works under the CSP.
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "restapi.renderers.BrowsableAPIRenderer",
+    ],
     # JSON with a nesting limit (a deep body is a 400, not a RecursionError's 500);
     # form bodies as REST framework takes them.
     "DEFAULT_PARSER_CLASSES": [

@@ -1,6 +1,6 @@
 """The API's pages in a real browser: the dispatcher's state sent back through the
 browsable API, Swagger UI's "Try it out" with the documented example, the API's
-root, and Redoc asking nothing of another site."""
+root, Redoc asking nothing of another site, and logging out from the browsable API's menu."""
 
 from __future__ import annotations
 
@@ -126,3 +126,24 @@ def test_redoc_asks_no_other_site_and_shows_the_service_s_logo(page: Page, live_
     assert page.locator("img[src*='redoc.ly']").count() == 0
     assert page.locator(".menu-content img").count() == 1
 
+
+# --- logging out of the browsable API -----------------------------------------------------------
+
+
+def test_log_out_in_the_browsable_api_s_menu_logs_out(page: Page, live_server):
+    violations = CspViolations(page)
+    make_state()
+    staff_login(page, live_server)
+    page.goto(f"{live_server.url}{DISPATCHER_API}")
+    expect(page.locator(".response-info")).to_contain_text("HTTP 200 OK")
+
+    page.locator(".navbar .dropdown-toggle").click()  # the user's name opens the menu
+    page.locator(".navbar .dropdown-menu").get_by_text("Log out").click()
+
+    # Back on the same address, now anonymous: the API asks for credentials.
+    expect(page.locator(".navbar").get_by_role("link", name="Log in")).to_be_visible()
+    expect(page).to_have_url(f"{live_server.url}{DISPATCHER_API}")
+    expect(page.locator(".response-info")).to_contain_text("HTTP 401 Unauthorized")
+    assert page.request.get(f"{live_server.url}{DISPATCHER_API}").status == 401
+    assert page.context.request.get(f"{live_server.url}/admin/").url.endswith("/admin/login/?next=/admin/")
+    assert violations.all() == []
