@@ -5,14 +5,17 @@ from collections.abc import Mapping
 from rest_framework import serializers
 
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
+from messages_app.models import Message
 from restapi.fields import AsciiIntegerField
 
 
 class MessageCountsSerializer(serializers.Serializer):
-    unsent = serializers.IntegerField()
-    processing = serializers.IntegerField()
-    sent = serializers.IntegerField()
-    failed = serializers.IntegerField()
+    """How many messages are in each status (every status a message can have)."""
+
+    # One field per Message.Status, so the API counts what the command, the admin and
+    # the dashboard count (all from message_status_counts()), a new status included.
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {status.value: serializers.IntegerField() for status in Message.Status}
 
 
 class DispatcherStatusSerializer(serializers.Serializer):

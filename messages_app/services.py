@@ -5,6 +5,7 @@ who asked."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -183,16 +184,43 @@ class MessagesDeleted:
     skipped: int  # being sent (processing): kept
 
 
-def messages_delete(*, queryset: QuerySet[Message]) -> MessagesDeleted:
+def messages_delete(
+    *, queryset: QuerySet[Message], actor: AbstractBaseUser | None = None, via: str = Via.COMMAND
+) -> MessagesDeleted:
     """Delete the messages of `queryset` (with their attempts) except those a worker is
-    sending: their outcome is about to be written. The status is checked in the
-    DELETE itself, so a message claimed meanwhile is kept too."""
+    sending: their outcome is about to be written.
+
+    Recorded in the audit log like a cancel (a queued message deleted is never sent),
+    with the ids that went and how many of each status. The rows are locked as they
+    are read, so none is claimed between that read and the DELETE (claims skip
+    locked rows): what is recorded is what went.
+    """
     with transaction.atomic():
         selected = queryset.count()
-        _, per_model = queryset.exclude(status=Status.PROCESSING).delete()
-    deleted = per_model.get(Message._meta.label, 0)
+        going = dict(
+            queryset.exclude(status=Status.PROCESSING)
+            .select_for_update(of=("self",))
+            .order_by("pk")
+            .values_list("pk", "status")
+        )
+        statuses = dict(Counter(going.values()))
+        deleted = 0
+        if going:
+            _, per_model = Message.objects.filter(pk__any=list(going)).delete()
+            deleted = per_model.get(Message._meta.label, 0)
+        control_action_record(
+            action=Action.DELETE,
+            actor=actor,
+            via=via,
+            detail={
+                "message_ids": list(going)[:REQUEUE_RECORDED_IDS],
+                "selected": selected,
+                "count": deleted,
+                "statuses": statuses,
+            },
+        )
     if deleted:
-        logger.info("deleted %d messages", deleted)
+        logger.info("deleted %d messages (%s)", deleted, ", ".join(f"{n} {status}" for status, n in statuses.items()))
     return MessagesDeleted(deleted=deleted, skipped=selected - deleted)
 
 

@@ -109,6 +109,7 @@ PUBLIC_BY_DESIGN = {
     "seed-swagger": "a redirect to /api/docs/",
     "login": "the browsable API's login form (api-auth/)",
     "logout": "the browsable API's logout (api-auth/)",
+    "redoc-bundle": "Redoc's code for the public docs page (tests/messaging_site/test_docs.py)",
     "healthz": "a probe (tests/dispatcher/test_health.py)",
     "readyz": "a probe: its status only; the checks for METRICS_TOKEN or staff (tests/dispatcher/test_health.py)",
     "metrics": "Prometheus, with METRICS_TOKEN; or staff (tests/dispatcher/test_metrics.py)",
