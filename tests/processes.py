@@ -186,6 +186,63 @@ def running(
             os.killpg(popen.pid, signal.SIGKILL)
 
 
+class RunningGunicorn(RunningProcess):
+    """A gunicorn started by `production_gunicorn`: its process, its log and the base URL it serves."""
+
+    def __init__(self, popen: subprocess.Popen, log_path: Path, base: str) -> None:
+        super().__init__(popen, log_path)
+        self.base = base
+
+
+@contextmanager
+def production_gunicorn(
+    tmp_path: Path, *, log_name: str = "gunicorn.log", extra_args: tuple[str, ...] = (), **env_overrides: str
+) -> Iterator[RunningGunicorn]:
+    """`gunicorn -c gunicorn.conf.py messaging_site.wsgi:application`, as the Dockerfile runs it,
+    on a free port of 127.0.0.1, against the test database; yields once it answers /healthz."""
+    port = free_port()
+    log_path = tmp_path / log_name
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "--bind",
+        f"127.0.0.1:{port}",
+        *extra_args,
+        "messaging_site.wsgi:application",
+    ]
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=child_env(**env_overrides),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = RunningGunicorn(popen, log_path, f"http://127.0.0.1:{port}")
+
+    def up() -> bool:
+        assert popen.poll() is None, server.log()
+        request = urllib.request.Request(f"{server.base}/healthz", headers={"Host": "127.0.0.1"})
+        try:
+            with urllib.request.urlopen(request, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, timeout=30, what="gunicorn to answer /healthz")
+        yield server
+    finally:
+        server.stop(timeout=15)
+        # Its workers are its children: make sure none outlives the test.
+        with suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+
+
 def http_json(method: str, url: str, body: object | None = None, timeout: float = 5) -> object:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})

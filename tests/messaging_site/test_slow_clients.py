@@ -9,67 +9,20 @@ With gunicorn's sync workers, two such connections made the API, the admin and
 from __future__ import annotations
 
 import socket
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing
 
 import pytest
 
 from tests.factories import make_user, token_for
-from tests.processes import REPO_ROOT, child_env, free_port, wait_for
+from tests.processes import production_gunicorn
 
 pytestmark = [pytest.mark.process, pytest.mark.django_db(transaction=True)]
 
 SLOW_CLIENTS = 50
 ANSWER_WITHIN_SECONDS = 1.0
-
-
-@contextmanager
-def production_gunicorn(tmp_path):
-    """`gunicorn -c gunicorn.conf.py messaging_site.wsgi:application`, as the Dockerfile runs it, on a free port."""
-    import subprocess
-
-    port = free_port()
-    log_path = tmp_path / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "messaging_site.wsgi:application",
-            ],
-            cwd=REPO_ROOT,
-            env=child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert popen.poll() is None, log_path.read_text(errors="replace")
-        try:
-            return get(f"{base}/healthz", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, timeout=30, what="gunicorn to answer /healthz")
-        yield base
-    finally:
-        popen.terminate()
-        try:
-            popen.wait(15)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(5)
 
 
 def get(url: str, *, timeout: float, headers: dict | None = None) -> tuple[int, bytes]:
@@ -94,7 +47,8 @@ def timed_get(url: str, **kwargs) -> tuple[int, float]:
 
 def test_slow_header_connections_do_not_hold_the_web_workers(tmp_path):
     token = token_for(make_user(username="root", superuser=True))
-    with production_gunicorn(tmp_path) as base, ExitStack() as held:
+    with production_gunicorn(tmp_path) as server, ExitStack() as held:
+        base = server.base
         for _ in range(SLOW_CLIENTS):
             held.enter_context(closing(slow_header_connection(base)))
         time.sleep(0.5)  # every worker has taken its share of the slow connections
