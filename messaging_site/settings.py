@@ -416,12 +416,15 @@ REST_FRAMEWORK = {
     # Over the rate: 429 with Retry-After. Counted in the default cache (Redis),
     # so the limit holds across every web process.
     "DEFAULT_THROTTLE_CLASSES": [
-        "restapi.defaults.UserRateThrottle",
-        "restapi.defaults.AnonRateThrottle",
+        "restapi.throttles.UserRateThrottle",
+        "restapi.throttles.AnonRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "user": env_rate("THROTTLE_USER_RATE", "1000/min"),
         "anon": env_rate("THROTTLE_ANON_RATE", "60/min"),
+        # Callbacks refused as not signed by a provider, per client address (restapi.callbacks);
+        # those whose signature checks are never counted.
+        "callback_failure": env_rate("THROTTLE_CALLBACK_FAILURE_RATE", "60/min"),
     },
     # Anonymous clients are told apart by REMOTE_ADDR only; trusting
     # X-Forwarded-For would let any client dodge the limit by sending a new one.

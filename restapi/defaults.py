@@ -1,8 +1,8 @@
-"""REST framework plumbing shared by every API view: request throttles, the
-exception handler that answers what Django refuses in a body (too large: 413;
-too many fields or files: 400) in JSON, and Django's error handlers (400, 404,
-500), which answer JSON for the API's addresses: `{"detail": ...}` under /api/,
-the Go service's envelope on its routes (their views give `error_body`).
+"""REST framework plumbing shared by every API view (its throttles are in
+restapi.throttles): the exception handler that answers what Django refuses in a
+body (too large: 413; too many fields or files: 400) in JSON, and Django's error
+handlers (400, 404, 500), which answer JSON for the API's addresses: `{"detail": ...}`
+under /api/, the Go service's envelope on its routes (their views give `error_body`).
 
 When the database cannot serve a request (every pooled connection busy for longer
 than DATABASE_POOL_TIMEOUT_SECONDS, or PostgreSQL unreachable: an OperationalError
@@ -34,11 +34,8 @@ from django.urls import Resolver404, resolve
 from django.views.defaults import bad_request as django_bad_request
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as django_server_error
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
-from rest_framework import status, throttling
+from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
-from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from restapi import database_outage
@@ -107,36 +104,6 @@ def api_exception_for(exc: Exception) -> Exception:
 
 def exception_handler(exc: Exception, context: dict):
     return drf_exception_handler(api_exception_for(exc), context)
-
-
-class _RuntimeRateMixin:
-    """Rates read when a throttle is made, not when the module is imported.
-
-    REST framework copies DEFAULT_THROTTLE_RATES into a class attribute at import,
-    so a changed setting (a test's override) would never reach it.
-
-    The history lives in the default cache (Redis). If that is unreachable the
-    request is let through: a throttle must not turn a cache outage into an API
-    outage, and Redis being down already never fails a delivery.
-    """
-
-    def get_rate(self):
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
-
-    def allow_request(self, request, view) -> bool:
-        try:
-            return super().allow_request(request, view)
-        except (ConnectionInterrupted, RedisError, OSError) as exc:
-            logger.warning("throttle %s skipped, the cache is unreachable: %s", self.scope, exc)
-            return True
-
-
-class UserRateThrottle(_RuntimeRateMixin, throttling.UserRateThrottle):
-    """THROTTLE_USER_RATE per authenticated user."""
-
-
-class AnonRateThrottle(_RuntimeRateMixin, throttling.AnonRateThrottle):
-    """THROTTLE_ANON_RATE per client address, for the views anonymous clients may use (schema, docs)."""
 
 
 def _json_error(request: HttpRequest, code: int, detail: str) -> JsonResponse | None:

@@ -22,6 +22,7 @@ os.environ.setdefault("LOG_LEVEL", "INFO")
 # rates of their own.
 os.environ.setdefault("THROTTLE_USER_RATE", "1000000/min")
 os.environ.setdefault("THROTTLE_ANON_RATE", "1000000/min")
+os.environ.setdefault("THROTTLE_CALLBACK_FAILURE_RATE", "1000000/min")
 
 from messaging_site.settings import *  # noqa: F403
 
