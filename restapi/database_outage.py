@@ -7,7 +7,13 @@ at once: with PostgreSQL down, every request took the pool's timeout to fail. Th
 pool makes its connections with `ReachabilityRecordingConnection`, which notes each
 attempt's outcome here; while the last one failed, requests are answered 503 at once
 (restapi.defaults.DatabaseUnavailableMiddleware) but one a second, which goes on to
-the pool and finds out. The first connection that succeeds ends the outage.
+the pool and finds out. The first connection that succeeds ends the outage, and so
+does a request that is given one (Django's connection_created, restapi.apps).
+
+A failed attempt is no outage while requests are given connections: the pool grows
+while PostgreSQL refuses more clients (too many connections) and its connections
+still serve. So an attempt that fails within a second of a connection given out
+changes nothing.
 
 Only the pool's connections are watched: a process without a pool (qcluster, manage.py,
 runserver) connects when a query needs it, bounded by DATABASE_CONNECT_TIMEOUT_SECONDS.
@@ -34,9 +40,12 @@ class DatabaseReachability:
     def __init__(self) -> None:
         self.down = False
         self._probe_at = 0.0
+        self._connected_at = float("-inf")
         self._lock = threading.Lock()
 
     def connect_failed(self, exc: Exception) -> None:
+        if time.monotonic() - self._connected_at < PROBE_EVERY_SECONDS:
+            return  # connections are being given out: PostgreSQL serves
         with self._lock:
             if not self.down:
                 logger.warning(
@@ -47,7 +56,8 @@ class DatabaseReachability:
             self._probe_at = time.monotonic() + PROBE_EVERY_SECONDS
 
     def connected(self) -> None:
-        if not self.down:  # the common case: no lock
+        self._connected_at = time.monotonic()
+        if not self.down:  # the common case, on every request's connection: no lock
             return
         with self._lock:
             if self.down:

@@ -9,16 +9,17 @@ The real thing, under gunicorn with its pool, is in tests/messaging_site/test_da
 
 from __future__ import annotations
 
+import json
 import time
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test import Client
 
 from restapi import database_outage
 from restapi.database_outage import PROBE_EVERY_SECONDS, DatabaseReachability
-from restapi.defaults import DATABASE_UNAVAILABLE_DETAIL, DATABASE_UNAVAILABLE_RETRY_AFTER_SECONDS
+from restapi.defaults import DATABASE_UNAVAILABLE_DETAIL, DATABASE_UNAVAILABLE_RETRY_AFTER_SECONDS, server_error
 from tests.factories import make_user, token_for
 from tests.processes import free_port
 
@@ -41,7 +42,7 @@ def token(db) -> str:
 def assert_api_503(response) -> None:
     assert response.status_code == 503, response.content[:300]
     assert response["Retry-After"] == RETRY_AFTER
-    assert response.json() == {"detail": DATABASE_UNAVAILABLE_DETAIL}
+    assert json.loads(response.content) == {"detail": DATABASE_UNAVAILABLE_DETAIL}
 
 
 def assert_seed_503(response) -> None:
@@ -78,11 +79,54 @@ def test_one_request_a_second_goes_on_to_find_out_and_a_connection_ends_the_outa
     assert_api_503(client.get("/api/messages/"))
 
     time.sleep(PROBE_EVERY_SECONDS)
-    assert client.get("/api/messages/").status_code == 200  # the one let through
-    assert_api_503(client.get("/api/messages/"))  # the next waits for the next second
+    # The one let through. It runs on the test's connection, open all along, so it is given
+    # no new one and the outage stands: the next request waits for the next second.
+    assert client.get("/api/messages/").status_code == 200
+    assert_api_503(client.get("/api/messages/"))
 
     reachability.connected()  # what the pool's next connection reports
     assert [client.get("/api/messages/").status_code for _ in range(3)] == [200] * 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_attempt_while_connections_are_given_out_is_no_outage(reachability, token):
+    # The pool growing while PostgreSQL refuses more clients: its connections still serve.
+    connection.close()
+    client = Client(headers={"Authorization": f"Token {token}"})
+    assert client.get("/api/messages/").status_code == 200  # given a connection
+
+    reachability.connect_failed(psycopg.OperationalError("sorry, too many clients already"))
+
+    assert not reachability.down
+    assert client.get("/api/messages/").status_code == 200
+    # Once no connection has been given out for a while, a failed attempt is an outage.
+    time.sleep(PROBE_EVERY_SECONDS)
+    reachability.connect_failed(psycopg.OperationalError("connection refused"))
+    assert_api_503(client.get("/api/messages/"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_given_a_connection_ends_the_outage(reachability, token):
+    reachability.connect_failed(psycopg.OperationalError("connection refused"))
+    connection.close()  # the next query connects: Django's connection_created
+    time.sleep(PROBE_EVERY_SECONDS)
+
+    client = Client(headers={"Authorization": f"Token {token}"})
+    assert client.get("/api/messages/").status_code == 200  # the probe, given a connection
+
+    assert not reachability.down
+    assert [client.get("/api/messages/").status_code for _ in range(3)] == [200] * 3
+
+
+def test_handler500_answers_503_for_a_database_error_raised_outside_any_view(rf):
+    # Django calls handler500 while it handles the exception (one raised in a middleware:
+    # a session saved, say), so the exception is sys.exc_info()'s.
+    request = rf.get("/api/messages/")
+    try:
+        raise OperationalError("connection refused")
+    except OperationalError:
+        response = server_error(request)
+    assert_api_503(response)
 
 
 @pytest.fixture
