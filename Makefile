@@ -10,6 +10,9 @@ export ENV_FILE
 WEB_PORT ?= 8000
 PROVIDER_PORT ?= 8081
 export WEB_PORT PROVIDER_PORT
+# pytest-xdist processes for `make test`: most of the slow tests wait on processes they started,
+# so more workers than cores pays (tests/settings.py gives each its own database and Redis db).
+TEST_WORKERS ?= 4
 
 .PHONY: run test browser-deps lint format check ci clean
 
@@ -55,7 +58,7 @@ test: $(BIN)/.installed
 	$(BIN)/lint-imports
 	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py check --fail-level WARNING
 	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## browser-deps: install Debian's chromium for the browser tests (apt-get, as root or with sudo)
 browser-deps:

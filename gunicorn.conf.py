@@ -16,12 +16,44 @@ of requests waits for a free connection rather than opening one each, for up to
 DATABASE_POOL_TIMEOUT_SECONDS, and is then answered 503 with Retry-After
 (restapi.defaults). psycopg cooperates with gevent by itself.
 
+Access log. It writes each request line and Referer, whose queries carry personal
+data (`?recipient_phone_number=`, the admin's search `?q=`): their values are written
+as REDACTED, but those of a few harmless parameters (restapi/redaction.py).
+
 Every value here can be changed from the environment (README, *Production*).
 """
 
 import os
+from functools import partial
+
+from gunicorn.glogging import Logger
 
 from messaging_site.env import env_int, env_str
+from restapi.redaction import LOGGED_QUERY_PARAMETERS, query_redacted, request_line_redacted, url_redacted
+
+_logged_url = partial(url_redacted, values_kept=LOGGED_QUERY_PARAMETERS)
+_logged_query = partial(query_redacted, values_kept=LOGGED_QUERY_PARAMETERS)
+# Each access log atom (%(name)s in access_log_format) that can hold a query, and how it is written.
+_REDACTED_ATOMS = {
+    "r": request_line_redacted,
+    "q": _logged_query,
+    "{query_string}e": _logged_query,
+    "{raw_uri}e": _logged_url,
+    "{request_uri}e": _logged_url,
+    "f": _logged_url,  # the Referer
+    "{referer}i": _logged_url,
+    "{http_referer}e": _logged_url,
+}
+
+
+class AccessLogWithoutPersonalData(Logger):
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        for name, redacted in _REDACTED_ATOMS.items():
+            if isinstance(atoms.get(name), str):
+                atoms[name] = redacted(atoms[name])
+        return atoms
+
 
 bind = ["0.0.0.0:8000"]
 worker_class = "gevent"
@@ -32,6 +64,7 @@ timeout = 30
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
+logger_class = AccessLogWithoutPersonalData
 # The request line and headers are capped (gunicorn's defaults, stated here): an
 # over-long URL is refused by gunicorn with a 414 before Django sees it.
 limit_request_line = 4094

@@ -26,6 +26,7 @@ class ControlAction(models.Model):
         REQUEUE = "requeue", "Requeue messages"
         REQUEUE_ALL = "requeue_all", "Requeue all failed"
         CANCEL = "cancel", "Cancel messages"
+        DELETE = "delete", "Delete messages"
 
     class Via(models.TextChoices):
         API = "api", "REST API"

@@ -27,7 +27,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 DEFAULT_LOG_DIR = REPO_ROOT / ".local" / "bench"
 # The test suite's databases and Redis dbs: a benchmark empties its own, so never these.
 FORBIDDEN_DATABASE_PREFIX = "test_messaging"
-FORBIDDEN_REDIS_DBS = {13, 15}
+FORBIDDEN_REDIS_DBS = {9, 11, 13, 15}  # tests/settings.py: one per pytest-xdist worker
 MESSAGE_TABLES = ("messages_app_deliveryattempt", "messages_app_message")
 
 

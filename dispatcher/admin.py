@@ -83,9 +83,7 @@ class DispatcherStateAdmin(admin.ModelAdmin):
 
     @admin.display(description="next tick")
     def next_tick(self, obj: DispatcherState) -> str:
-        if obj.next_tick_at is None:
-            return "due now" if obj.running else "none while stopped"
-        return timestamp_text(obj.next_tick_at)
+        return dashboard.next_tick_text(running=obj.running, next_tick_at=obj.next_tick_at)
 
     @admin.display(description="messages")
     def message_counts(self, obj: DispatcherState) -> str:

@@ -36,6 +36,7 @@ from dispatcher.state import (
 from messages_app.models import Message
 from restapi.callbacks import SignedCallbackView
 from restapi.schema import callback_throttled_description
+from restapi.storable import text_storable_problem
 
 VIA = ControlAction.Via.API
 RECEIPT_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -178,10 +179,10 @@ class DeliveryReceiptView(SignedCallbackView):
 
 
 class ProviderListView(APIView):
-    """GET /api/providers/: each configured provider, its circuit and its last hour."""
+    """GET /api/providers/: each configured provider, its circuit, its pause and its last hour."""
 
     @extend_schema(
-        summary="Providers: routing order, circuit state and the last hour",
+        summary="Providers: routing order, circuit state, pause after a 429 and the last hour",
         responses=ProviderStatusSerializer(many=True),
     )
     def get(self, request: Request) -> Response:
@@ -205,6 +206,7 @@ class TwilioReceiptView(SignedCallbackView):
         responses={
             200: OpenApiResponse(description="Applied, replayed, or a status that is not an outcome."),
             202: OpenApiResponse(description="Kept: no sent message has that MessageSid yet."),
+            400: OpenApiResponse(description="Signed, but holding what cannot be stored (a NUL); nothing recorded."),
             401: OpenApiResponse(description="The signature does not check."),
             404: OpenApiResponse(description="No Twilio provider of that name."),
             429: OpenApiResponse(description=callback_throttled_description()),
@@ -223,6 +225,9 @@ class TwilioReceiptView(SignedCallbackView):
         outcome = TWILIO_STATUS.get(twilio_status)
         if not sid or outcome is None:
             return Response({"outcome": "ignored", "status": twilio_status})
+        for name in ("MessageSid", "ErrorCode"):
+            if problem := text_storable_problem(params.get(name) or ""):
+                return Response({"detail": f"{name} {problem}"}, status=status.HTTP_400_BAD_REQUEST)
         try:
             result = receipt_record(
                 receipt_id=f"twilio:{sid}:{twilio_status}",

@@ -162,6 +162,15 @@ SPECS: tuple[SettingSpec, ...] = (
         maximum=7 * 86400,
     ),
     SettingSpec(
+        "PROVIDER_MAX_PAUSE_SECONDS",
+        "PROVIDER_MAX_PAUSE_SECONDS",
+        "float",
+        300.0,
+        "the longest one 429 pauses a provider for every worker, whatever its Retry-After asks",
+        minimum=1.0,
+        maximum=86_400,
+    ),
+    SettingSpec(
         "METRICS_TOKEN",
         "METRICS_TOKEN",
         "secret",
@@ -200,6 +209,7 @@ class DispatcherSettings:
     provider_circuit_cooloff_seconds: float = 30.0
     provider_circuit_probes: int = 2
     provider_outage_grace_seconds: float = 1800.0
+    provider_max_pause_seconds: float = 300.0
     # Empty: /metrics is open to anyone who can reach it.
     metrics_token: str = ""
     # Empty: POST /api/receipts/ refuses every receipt.
@@ -267,6 +277,7 @@ def _read(raw: dict) -> DispatcherSettings:
         provider_circuit_cooloff_seconds=float(value("PROVIDER_CIRCUIT_COOLOFF_SECONDS")),
         provider_circuit_probes=int(value("PROVIDER_CIRCUIT_PROBES")),
         provider_outage_grace_seconds=float(value("PROVIDER_OUTAGE_GRACE_SECONDS")),
+        provider_max_pause_seconds=float(value("PROVIDER_MAX_PAUSE_SECONDS")),
         metrics_token=value("METRICS_TOKEN") or "",
         receipt_secret=value("RECEIPT_SECRET") or "",
     )

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from restapi.redaction import url_redacted
+
 # Short names accepted for a backend, like Django's email backends.
 BACKEND_ALIASES = {
     "webhook": "dispatcher.engine.providers.webhook.WebhookProvider",
@@ -48,8 +50,8 @@ class ProviderSpec:
     # Credentials and backend-specific options (auth_key, account_sid, auth_token, from).
     options: dict[str, str] = field(default_factory=dict)
 
-    def __repr__(self) -> str:  # never print a credential
-        return f"ProviderSpec(name={self.name!r}, backend={self.backend!r}, url={self.url!r})"
+    def __repr__(self) -> str:  # never print a credential, those in the URL included
+        return f"ProviderSpec(name={self.name!r}, backend={self.backend!r}, url={url_redacted(self.url)!r})"
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def _number(name: str, field_name: str, raw: str | None, default: float, *, mini
 def _url(name: str, field_name: str, raw: str, *, allow_http: bool) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _error(name, field_name, f"must be an http(s) URL, got {raw!r}")
+        raise _error(name, field_name, f"must be an http(s) URL, got {url_redacted(raw)!r}")
     if parts.scheme == "http" and not allow_http:
         raise _error(name, field_name, "is plain http, which production refuses (set WEBHOOK_ALLOW_HTTP=true if meant)")
     return raw

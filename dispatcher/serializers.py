@@ -5,14 +5,17 @@ from collections.abc import Mapping
 from rest_framework import serializers
 
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
+from messages_app.models import Message
 from restapi.fields import AsciiIntegerField
 
 
 class MessageCountsSerializer(serializers.Serializer):
-    unsent = serializers.IntegerField()
-    processing = serializers.IntegerField()
-    sent = serializers.IntegerField()
-    failed = serializers.IntegerField()
+    """How many messages are in each status (every status a message can have)."""
+
+    # One field per Message.Status, so the API counts what the command, the admin and
+    # the dashboard count (all from message_status_counts()), a new status included.
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {status.value: serializers.IntegerField() for status in Message.Status}
 
 
 class DispatcherStatusSerializer(serializers.Serializer):
@@ -84,12 +87,23 @@ class DispatcherConfigSerializer(serializers.Serializer):
 class ProviderStatusSerializer(serializers.Serializer):
     name = serializers.CharField()
     backend = serializers.CharField(help_text="webhook, twilio, console, locmem or a dotted path")
-    url = serializers.CharField(help_text="The endpoint (never the credentials).")
+    url = serializers.CharField(
+        help_text="The endpoint, without user info and with each query value shown as REDACTED: "
+        "credentials are often put there."
+    )
     rate_per_second = serializers.FloatField(help_text="The cluster-wide rate limit; 0: none.")
     circuit = serializers.ChoiceField(choices=["closed", "open", "half_open"])
     consecutive_failures = serializers.IntegerField()
     open_until = serializers.DateTimeField(allow_null=True)
     outage_seconds = serializers.FloatField(help_text="How long the current outage (open circuit) has lasted.")
+    paused_until = serializers.DateTimeField(
+        allow_null=True,
+        help_text="After a 429, no worker asks the provider before this time (at most "
+        "PROVIDER_MAX_PAUSE_SECONDS from the 429); null when it is not paused.",
+    )
+    pause_reason = serializers.CharField(
+        help_text='Why it is paused, e.g. "429 Retry-After 120 s"; empty when it is not.'
+    )
     sent_last_hour = serializers.IntegerField()
     failed_last_hour = serializers.IntegerField()
     latency_ms_last_hour = serializers.FloatField(allow_null=True)

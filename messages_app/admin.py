@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -16,16 +19,52 @@ from messages_app.errors import MessageStateError
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
 from messages_app.services import (
+    message_cancel_queued,
     message_create,
     message_requeue,
     messages_cancel_queued,
     messages_delete,
     messages_requeue_failed,
 )
-from messages_app.timestamps import timestamp_text
+from messages_app.timestamps import relative_time, timestamp_text
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
+from restapi.storable import time_in_range
 
 BEING_SENT = "This message is being sent right now and cannot be deleted; delete it once it is sent or failed."
+
+
+def timestamp_display(field_name: str, *, model=Message) -> Callable:
+    """A read-only field showing the time field `field_name` as every time is shown:
+    "2025-01-31 09:00:05 UTC (12 s ago)". Named as the field, so its label, help text
+    and the page's CSS class (field-<name>) stay the field's."""
+
+    @admin.display(description=model._meta.get_field(field_name).verbose_name)
+    def display(obj) -> str:
+        return timestamp_text(getattr(obj, field_name))
+
+    display.__name__ = field_name
+    return display
+
+
+def time_ago_column(field_name: str, *, description: str) -> Callable:
+    """A list column for the time field `field_name`: how long ago in its largest unit
+    ("2 h ago"), narrow enough for a laptop's screen, with the full time on hover
+    ("2025-01-31 07:00:05 UTC (2 h 1 min ago)"); sorts by the field."""
+
+    @admin.display(description=description, ordering=field_name)
+    def column(obj) -> str:
+        value = getattr(obj, field_name)
+        if value is None:
+            return "-"
+        return format_html('<span title="{}">{}</span>', timestamp_text(value), relative_time(value, units=1))
+
+    column.__name__ = field_name
+    return column
+
+
+def cut_short(text: str) -> str:
+    """Text the list cuts to its column's width (the stylesheet's ellipsis), whole on hover."""
+    return format_html('<span class="cut-short" title="{}">{}</span>', text, text) if text else "-"
 
 
 class MessageAdminForm(forms.ModelForm):
@@ -59,6 +98,14 @@ class MessageAdminForm(forms.ModelForm):
         # Browsers send a textarea's line breaks as CRLF (the HTML form encoding);
         # the line break typed is the "\n" the API takes (a lone "\r" stays refused).
         return validate_content(self.cleaned_data["content"].replace("\r\n", "\n"))
+
+    def clean_send_after(self) -> datetime | None:
+        value = self.cleaned_data["send_after"]
+        return None if value is None else time_in_range(value)
+
+    def clean_expires_at(self) -> datetime | None:
+        value = self.cleaned_data["expires_at"]
+        return None if value is None else time_in_range(value)
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -96,7 +143,7 @@ class DeliveryAttemptInline(admin.TabularInline):
     fields = [
         "number",
         "provider",
-        "started_at",
+        "started",
         "duration_ms",
         "http_status",
         "outcome",
@@ -114,21 +161,30 @@ class DeliveryAttemptInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
+    # A method, not timestamp_display(): a tabular inline names its column headers after
+    # the entry itself, which for a function would be its repr.
+    @admin.display(description="started at")
+    def started(self, obj: DeliveryAttempt) -> str:
+        return timestamp_text(obj.started_at)
+
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     form = MessageAdminForm
     inlines = [DeliveryAttemptInline]
+    # Narrow columns, one line a row, so the list fits a laptop's screen (1280 px) with
+    # the sidebar open: times as how long ago, long text cut to the column (whole on
+    # hover and on the message's page); the stylesheet sets the widths.
     list_display = [
         "id",
-        "recipient_phone_number",
-        "short_content",
+        "recipient",
+        "content_preview",
         "status_badge",
-        "attempts",
-        "created_at",
-        "sent_at",
-        "provider_message_id",
-        "short_error",
+        "tries",
+        time_ago_column("created_at", description="created"),
+        time_ago_column("sent_at", description="sent"),
+        "provider_id_preview",
+        "error_preview",
     ]
     list_filter = ["status", "delivery_status", "priority", "created_at", "sent_at", AttemptsFilter]
     search_fields = ["recipient_phone_number", "content", "=uuid", "=provider_message_id"]
@@ -139,22 +195,22 @@ class MessageAdmin(admin.ModelAdmin):
     readonly_fields = [
         "uuid",
         "status",
-        "created_at",
-        "send_after",
-        "expires_at",
+        timestamp_display("created_at"),
+        timestamp_display("send_after"),
+        timestamp_display("expires_at"),
         "priority",
         "segments",
         "next_attempt",
-        "claimed_at",
-        "lease_expires_at",
-        "sent_at",
+        timestamp_display("claimed_at"),
+        timestamp_display("lease_expires_at"),
+        timestamp_display("sent_at"),
         "provider_message_id",
         "delivery_cache_pending",
         "attempts",
         "last_error",
-        "delivery_status",
+        "delivery",
         "delivery_error_code",
-        "delivery_status_at",
+        timestamp_display("delivery_status_at"),
     ]
     actions = ["requeue_failed", "cancel_queued"]
     change_form_template = "admin/messages_app/message/change_form.html"
@@ -171,12 +227,35 @@ class MessageAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.requeue_view),
                 name="messages_app_message_requeue",
             ),
+            path(
+                "<int:message_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="messages_app_message_cancel",
+            ),
         ]
         return own + super().get_urls()
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
-        extra_context = {**(extra_context or {}), "can_requeue": self.has_requeue_permission(request)}
+        extra_context = {
+            **(extra_context or {}),
+            "can_requeue": self.has_requeue_permission(request),
+            "can_cancel": self.has_cancel_permission(request),
+        }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def cancel_view(self, request: HttpRequest, message_id: int) -> HttpResponse:
+        """The Cancel button on an unsent (or scheduled) message's page (POST only)."""
+        if request.method != "POST" or not self.has_cancel_permission(request):
+            raise PermissionDenied
+        try:
+            message_cancel_queued(message_id=message_id, actor=request.user, via=ControlAction.Via.ADMIN)
+        except Message.DoesNotExist:
+            raise Http404 from None
+        except MessageStateError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, f"Cancelled message #{message_id}: it will not be sent.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:messages_app_message_change", args=[message_id]))
 
     def requeue_view(self, request: HttpRequest, message_id: int) -> HttpResponse:
         """The Requeue button on a failed message's page (POST only)."""
@@ -238,17 +317,37 @@ class MessageAdmin(admin.ModelAdmin):
             return "-"
         return timestamp_text(obj.next_attempt_at)
 
+    @admin.display(description="recipient", ordering="recipient_phone_number")
+    def recipient(self, obj: Message) -> str:
+        return obj.recipient_phone_number
+
+    @admin.display(description="tries", ordering="attempts")
+    def tries(self, obj: Message) -> int:
+        return obj.attempts
+
     @admin.display(description="content")
-    def short_content(self, obj: Message) -> str:
-        return obj.content if len(obj.content) <= 60 else obj.content[:57] + "..."
+    def content_preview(self, obj: Message) -> str:
+        return cut_short(obj.content)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Message) -> str:
         return format_html('<span class="message-status status-{}">{}</span>', obj.status, obj.get_status_display())
 
+    @admin.display(description="provider id")
+    def provider_id_preview(self, obj: Message) -> str:
+        return cut_short(obj.provider_message_id)
+
     @admin.display(description="last error")
-    def short_error(self, obj: Message) -> str:
-        return obj.last_error if len(obj.last_error) <= 60 else obj.last_error[:57] + "..."
+    def error_preview(self, obj: Message) -> str:
+        return cut_short(obj.last_error)
+
+    @admin.display(description="delivery status")
+    def delivery(self, obj: Message) -> str:
+        # Only a sent message waits for a receipt; one never sent gets none (a receipt
+        # that came before its send was recorded is shown all the same).
+        if obj.delivery_status or obj.status == Message.Status.SENT:
+            return obj.get_delivery_status_display()
+        return "— (not sent)"
 
     def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
         # A queued message is history: only its status moves, through the
@@ -265,11 +364,14 @@ class MessageAdmin(admin.ModelAdmin):
         return super().delete_view(request, object_id, extra_context)
 
     def delete_model(self, request: HttpRequest, obj: Message) -> None:
-        if not messages_delete(queryset=Message.objects.filter(pk=obj.pk)).deleted:
+        deleted = messages_delete(
+            queryset=Message.objects.filter(pk=obj.pk), actor=request.user, via=ControlAction.Via.ADMIN
+        )
+        if not deleted.deleted:
             self.message_user(request, BEING_SENT, messages.ERROR)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        result = messages_delete(queryset=queryset)
+        result = messages_delete(queryset=queryset, actor=request.user, via=ControlAction.Via.ADMIN)
         if result.skipped:
             self.message_user(
                 request,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.db import transaction
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -14,9 +16,16 @@ from audit.models import ControlAction
 from messages_app import selectors, services
 from messages_app.errors import MessageStateError
 from messages_app.filters import MessageFilter
-from messages_app.permissions import CanCancelMessages, CanRequeueMessages, ModelPermissionsWithView
+from messages_app.models import Message
+from messages_app.permissions import (
+    CanCancelMessages,
+    CanRequeueMessages,
+    ModelPermissionsWithView,
+    may_view_messages,
+)
 from messages_app.serializers import (
     DeliveryAttemptSerializer,
+    MessageActionResultSerializer,
     MessageBulkCreateSerializer,
     MessageBulkResultSerializer,
     MessageCreateSerializer,
@@ -65,6 +74,30 @@ BULK_EXAMPLES = [
 ]
 
 
+# What a requeue or a cancel answers: the message to a caller who may read messages, only its
+# id and new status to one who may not (MessageActionResultSerializer). anyOf, not oneOf: the
+# whole message has an id and a status too.
+ACTION_RESULT_SCHEMA = {
+    "anyOf": [
+        {"$ref": "#/components/schemas/Message"},
+        {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer", "readOnly": True},
+                "status": {"$ref": "#/components/schemas/MessageStatusEnum"},
+            },
+            "required": ["id", "status"],
+        },
+    ]
+}
+ACTION_RESULT = OpenApiResponse(
+    ACTION_RESULT_SCHEMA,
+    description="The message; only its `id` and `status` for a caller without the view permission.",
+)
+# The messages each action applies to, all a caller finds who may act but not read.
+ACTIONABLE = {"requeue": selectors.messages_requeueable, "cancel": selectors.messages_cancellable}
+
+
 @extend_schema_view(
     list=extend_schema(
         summary="List messages, newest first",
@@ -97,6 +130,9 @@ class MessageViewSet(
     def get_queryset(self):
         if self.action == "sent":
             return selectors.messages_sent()
+        if self.action in ACTIONABLE and not may_view_messages(self.request.user):
+            # Acting is not reading: any other id, existing or not, is the same 404.
+            return ACTIONABLE[self.action]()
         return selectors.message_list()
 
     def get_serializer_class(self):
@@ -161,34 +197,44 @@ class MessageViewSet(
     @extend_schema(
         summary="Put a failed message back in the queue (the requeue permission)",
         description="A `failed` message becomes `unsent` again with a fresh budget of attempts, and is sent "
-        "at the dispatcher's pace. Any other status answers 409 and changes nothing. Recorded in the audit log.",
+        "at the dispatcher's pace. Any other status answers 409 and changes nothing (404 to a caller without "
+        "the view permission). Recorded in the audit log.",
         request=None,
-        responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not failed.")},
+        responses={
+            200: ACTION_RESULT,
+            409: OpenApiResponse(description="The message is not failed (told to callers who may read it)."),
+        },
     )
     # An operator's action, not a model write: POST here is not "add a message".
     @action(detail=True, methods=["post"], permission_classes=[CanRequeueMessages])
     def requeue(self, request: Request, pk: str | None = None) -> Response:
-        message = self.get_object()
-        try:
-            message = services.message_requeue(message_id=message.pk, actor=request.user, via=ControlAction.Via.API)
-        except MessageStateError as exc:
-            raise Conflict(str(exc)) from None
-        return Response(MessageSerializer(message).data)
+        return self._act(request, services.message_requeue)
 
     @extend_schema(
         summary="Cancel an unsent or scheduled message (the cancel permission)",
         description="Moves an unsent message (also one scheduled with send_after) to `cancelled`: it is never "
-        "sent. A message being sent, sent, failed, expired or already cancelled answers 409.",
+        "sent. A message being sent, sent, failed, expired or already cancelled answers 409 (404 to a caller "
+        "without the view permission).",
         request=None,
-        responses={200: MessageSerializer, 409: OpenApiResponse(description="The message is not unsent.")},
+        responses={
+            200: ACTION_RESULT,
+            409: OpenApiResponse(description="The message is not unsent (told to callers who may read it)."),
+        },
     )
     @action(detail=True, methods=["post"], permission_classes=[CanCancelMessages])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
+        return self._act(request, services.message_cancel_queued)
+
+    def _act(self, request: Request, act: Callable[..., Message]) -> Response:
+        """Requeue or cancel the message, and answer with as much of it as the caller may read."""
+        may_view = may_view_messages(request.user)
         message = self.get_object()
         try:
-            message = services.message_cancel_queued(
-                message_id=message.pk, actor=request.user, via=ControlAction.Via.API
-            )
+            message = act(message_id=message.pk, actor=request.user, via=ControlAction.Via.API)
         except MessageStateError as exc:
+            if not may_view:
+                # It changed since get_object(): answered as any id the action does not apply to is.
+                self.get_object()
             raise Conflict(str(exc)) from None
-        return Response(MessageSerializer(message).data)
+        serializer = MessageSerializer if may_view else MessageActionResultSerializer
+        return Response(serializer(message).data)

@@ -1,5 +1,6 @@
 """Queueing messages from a CSV file (`manage.py import_messages`): reading the file,
-checking each row as the API checks a message, and storing the valid rows in batches."""
+checking each row as the API checks a message, and storing the valid rows, all in
+one transaction."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -17,7 +19,7 @@ from django.db import transaction
 from messages_app.errors import MessageImportError
 from messages_app.models import Message
 from messages_app.services import message_new
-from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content
+from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content, validate_priority
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def _message_from_import_row(row: MessageImportRow) -> Message:
         if getattr(row, optional).strip():
             checks.append((optional, check))
     if row.priority.strip():
-        checks.append(("priority", _priority))
+        checks.append(("priority", validate_priority))
     for field, check in checks:
         try:
             values[field] = check(getattr(row, field))
@@ -141,13 +143,6 @@ def _message_from_import_row(row: MessageImportRow) -> Message:
         raise ValidationError(f"expires_at: {' '.join(exc.messages)}") from None
 
 
-def _priority(value: str) -> str:
-    value = value.strip().lower()
-    if value not in Message.Priority.values:
-        raise ValidationError(f"must be one of {', '.join(Message.Priority.values)}.")
-    return value
-
-
 def messages_import_rows(
     *,
     rows: Iterable[MessageImportRow],
@@ -156,32 +151,36 @@ def messages_import_rows(
     on_rejected: Callable[[MessageImportRejection], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> MessageImportResult:
-    """Queue the valid rows as unsent messages, `batch_size` rows at a time, each
-    batch stored in one transaction; a dry run stores nothing.
+    """Queue the valid rows as unsent messages, inserted `batch_size` rows at a time,
+    all in one transaction; a dry run stores nothing.
 
     An invalid row never stops the import: it goes to `on_rejected` with its line
-    and reason. `on_progress` gets the number of rows done after each batch.
-    Rows are consumed as they come, so a file of any size takes bounded memory.
+    and reason. Anything else that stops it (the database refusing a row, a lost
+    connection, an interrupt) stores nothing at all, so running it again cannot
+    store a row twice: the rows are committed together or not at all, and only a
+    committed import is reported as imported. `on_progress` gets the number of rows
+    done after each batch. Rows are consumed as they come, so a file of any size
+    takes bounded memory.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     result = MessageImportResult()
     pending = iter(rows)
-    while batch := list(itertools.islice(pending, batch_size)):
-        messages: list[Message] = []
-        for row in batch:
-            try:
-                messages.append(_message_from_import_row(row))
-            except ValidationError as exc:
-                result.rejected += 1
-                if on_rejected is not None:
-                    on_rejected(MessageImportRejection(line=row.line, reason=exc.messages[0]))
-        if messages and not dry_run:
-            with transaction.atomic():
+    with nullcontext() if dry_run else transaction.atomic():
+        while batch := list(itertools.islice(pending, batch_size)):
+            messages: list[Message] = []
+            for row in batch:
+                try:
+                    messages.append(_message_from_import_row(row))
+                except ValidationError as exc:
+                    result.rejected += 1
+                    if on_rejected is not None:
+                        on_rejected(MessageImportRejection(line=row.line, reason=exc.messages[0]))
+            if messages and not dry_run:
                 Message.objects.bulk_create(messages)
-        result.imported += len(messages)
-        if on_progress is not None:
-            on_progress(len(batch))
+            result.imported += len(messages)
+            if on_progress is not None:
+                on_progress(len(batch))
     logger.info(
         "%s %d messages from an import; %d rows rejected",
         "would queue" if dry_run else "queued",

@@ -6,6 +6,9 @@
   `messages_app.cancel_message`. Staff status grants nothing here, as in
   the admin, where every user is staff: one rule for every channel. (The
   dispatcher's own rules are in dispatcher.permissions.)
+- Acting is not reading: a caller who may requeue or cancel but not view gets
+  only a message's id and new status back, and finds only the messages the action
+  applies to (any other id answers the same 404, existing or not; MessageViewSet).
 
 Every class refuses anonymous requests, which DRF answers 401 (TokenAuthentication
 comes first, so with a WWW-Authenticate header); an authenticated user without
@@ -19,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 REQUEUE_MESSAGE = "messages_app.requeue_message"
+VIEW_MESSAGE = "messages_app.view_message"
 
 _VIEW = "%(app_label)s.view_%(model_name)s"
 
@@ -51,6 +55,10 @@ class HasPermission(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
         return bool(user and user.is_authenticated and user.has_perm(self.permission))
+
+
+def may_view_messages(user) -> bool:
+    return bool(user and user.is_authenticated and user.has_perm(VIEW_MESSAGE))
 
 
 class CanRequeueMessages(HasPermission):

@@ -19,6 +19,18 @@ def messages_sent() -> QuerySet[Message]:
     return Message.objects.filter(status=Message.Status.SENT)
 
 
+# The messages an action applies to now: the status its transition starts from
+# (transitions.messages_requeue, message_cancel), which checks it again as it writes.
+
+
+def messages_requeueable() -> QuerySet[Message]:
+    return Message.objects.filter(status=Message.Status.FAILED)
+
+
+def messages_cancellable() -> QuerySet[Message]:
+    return Message.objects.filter(status=Message.Status.UNSENT)
+
+
 def message_status_counts() -> dict[str, int]:
     counts = {status.value: 0 for status in Message.Status}
     for row in Message.objects.order_by().values("status").annotate(n=Count("id")):

@@ -78,6 +78,16 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class MessageActionResultSerializer(serializers.ModelSerializer):
+    """What a requeue or a cancel answers a caller who may not read messages: what they
+    acted on and what it became, never its number or content."""
+
+    class Meta:
+        model = Message
+        fields = ["id", "status"]
+        read_only_fields = fields
+
+
 class DeliveryAttemptSerializer(serializers.ModelSerializer):
     class Meta:
         model = DeliveryAttempt
@@ -103,12 +113,15 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         help_text=text_with_settings("1 to {MESSAGE_MAX_LENGTH} characters (an emoji counts as one)."),
     )
     send_after = AsciiDateTimeField(
-        required=False, allow_null=True, help_text="Optional: do not send before this time (ISO 8601)."
+        required=False,
+        allow_null=True,
+        help_text="Optional: do not send before this time (ISO 8601, from 2000-01-01 to 2100-01-01 UTC).",
     )
     expires_at = AsciiDateTimeField(
         required=False,
         allow_null=True,
-        help_text="Optional: never send after this time (ISO 8601); then the message becomes `expired`.",
+        help_text="Optional: never send after this time (ISO 8601, before 2100-01-01 UTC); then the message "
+        "becomes `expired`.",
     )
     priority = serializers.ChoiceField(
         choices=Message.Priority.choices,

@@ -5,6 +5,7 @@ who asked."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from messages_app.models import DeliveryReceipt, Message
 from messages_app.segments import sms_segments
 from messages_app.transitions import message_cancel, messages_cancel, messages_requeue
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
+from restapi.storable import time_in_range
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -40,6 +42,8 @@ def message_new(
     """An unsaved message, validated and normalised as every way of queueing one needs
     it (API, bulk, seed route, admin, CSV import); raise ValidationError otherwise."""
     content = validate_content(content)
+    # Each entry point checks its times already, naming the field; this holds for any caller.
+    send_after, expires_at = (None if moment is None else time_in_range(moment) for moment in (send_after, expires_at))
     return Message(
         recipient_phone_number=normalize_phone_number(recipient_phone_number),
         content=content,
@@ -180,16 +184,43 @@ class MessagesDeleted:
     skipped: int  # being sent (processing): kept
 
 
-def messages_delete(*, queryset: QuerySet[Message]) -> MessagesDeleted:
+def messages_delete(
+    *, queryset: QuerySet[Message], actor: AbstractBaseUser | None = None, via: str = Via.COMMAND
+) -> MessagesDeleted:
     """Delete the messages of `queryset` (with their attempts) except those a worker is
-    sending: their outcome is about to be written. The status is checked in the
-    DELETE itself, so a message claimed meanwhile is kept too."""
+    sending: their outcome is about to be written.
+
+    Recorded in the audit log like a cancel (a queued message deleted is never sent),
+    with the ids that went and how many of each status. The rows are locked as they
+    are read, so none is claimed between that read and the DELETE (claims skip
+    locked rows): what is recorded is what went.
+    """
     with transaction.atomic():
         selected = queryset.count()
-        _, per_model = queryset.exclude(status=Status.PROCESSING).delete()
-    deleted = per_model.get(Message._meta.label, 0)
+        going = dict(
+            queryset.exclude(status=Status.PROCESSING)
+            .select_for_update(of=("self",))
+            .order_by("pk")
+            .values_list("pk", "status")
+        )
+        statuses = dict(Counter(going.values()))
+        deleted = 0
+        if going:
+            _, per_model = Message.objects.filter(pk__any=list(going)).delete()
+            deleted = per_model.get(Message._meta.label, 0)
+        control_action_record(
+            action=Action.DELETE,
+            actor=actor,
+            via=via,
+            detail={
+                "message_ids": list(going)[:REQUEUE_RECORDED_IDS],
+                "selected": selected,
+                "count": deleted,
+                "statuses": statuses,
+            },
+        )
     if deleted:
-        logger.info("deleted %d messages", deleted)
+        logger.info("deleted %d messages (%s)", deleted, ", ".join(f"{n} {status}" for status, n in statuses.items()))
     return MessagesDeleted(deleted=deleted, skipped=selected - deleted)
 
 

@@ -41,6 +41,9 @@ Outcome = DeliveryAttempt.Outcome
 MAX_ERROR_LENGTH = 2000
 LEASE_EXPIRED_ERROR = "lease expired: the worker sending it stopped or lost its connection before recording an outcome"
 RELEASED_ERROR = "released unsent: the worker was shutting down"
+# The longest a message waits for its next try, whatever a provider asks, and the furthest
+# ahead any time written here lies (a lease is shorter).
+MAX_DELAY_SECONDS = 86_400
 
 
 def database_now() -> datetime:
@@ -63,7 +66,16 @@ def database_now() -> datetime:
 
 
 def database_now_plus(seconds: float) -> ExpressionWrapper:
-    """`now() + seconds` computed by the database, for use in an UPDATE."""
+    """`now() + seconds` computed by the database, for use in an UPDATE; `seconds` taken
+    between 0 and MAX_DELAY_SECONDS.
+
+    Every delay becomes a time here. The callers cap theirs already; this is the last
+    guard: infinity made timedelta raise OverflowError (the outcome went unwritten), and
+    years ahead is a date nobody should have to wait for. NaN counts as the longest.
+    """
+    if not seconds <= MAX_DELAY_SECONDS:
+        seconds = MAX_DELAY_SECONDS
+    seconds = max(seconds, 0.0)
     return ExpressionWrapper(
         Now() + Value(timedelta(seconds=seconds), output_field=DurationField()), output_field=DateTimeField()
     )

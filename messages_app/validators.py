@@ -11,6 +11,9 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from messages_app.models import Message
+from restapi.storable import time_in_range
+
 
 def normalize_phone_number(value: str) -> str:
     """Return `value` in E.164, or raise ValidationError with a reason a person can act on."""
@@ -30,6 +33,15 @@ def normalize_phone_number(value: str) -> str:
     if not phonenumbers.is_valid_number(parsed):
         raise ValidationError("This phone number is not valid for its country.", code="invalid")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def validate_priority(value: str) -> str:
+    """A priority as the API takes it (its ChoiceField over the same Message.Priority): one
+    of the values exactly as written, lower case, no spaces around it; return it unchanged.
+    The import checks its cells with this, so a file cannot store what the API refuses."""
+    if value not in Message.Priority.values:
+        raise ValidationError(f"must be one of {', '.join(Message.Priority.values)}.", code="invalid_choice")
+    return value
 
 
 # Control characters a message may hold: line breaks and tabs. Everything else of
@@ -83,7 +95,8 @@ def validate_content(value: str) -> str:
 
 def parse_aware_datetime(value: str) -> datetime:
     """Parse an ISO 8601 date-time, or a date (meaning its midnight), as the API reads
-    `send_after`; a time without an offset is in the default time zone (TIME_ZONE)."""
+    `send_after`; a time without an offset is in the default time zone (TIME_ZONE).
+    Return it in UTC if the service takes it (restapi.storable.time_in_range)."""
     # ASCII only: Django's parser (and int()) would read any Unicode digits.
     text = value.strip() if isinstance(value, str) and value.isascii() else ""
     try:
@@ -97,7 +110,7 @@ def parse_aware_datetime(value: str) -> datetime:
             f"{value!r} is not an ISO 8601 date or date-time, e.g. 2025-01-31 or 2025-01-31T09:00:00+03:00.",
             code="invalid",
         )
-    return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
+    return time_in_range(timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed)
 
 
 def validate_expiry(*, expires_at: datetime | None, send_after: datetime | None = None) -> datetime | None:

@@ -7,12 +7,15 @@ of surfacing later as a confusing failure deep inside a worker.
 
 from __future__ import annotations
 
+import math
 import os
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+
+from restapi.redaction import url_redacted
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -93,6 +96,9 @@ def env_float(name: str, default: float, *, minimum: float | None = None, maximu
             result = float(value)
         except ValueError:
             raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+        # float() reads "inf" and "nan" too, which no range check below stops (NaN compares false).
+        if not math.isfinite(result):
+            raise ImproperlyConfigured(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and result < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {result}")
     if maximum is not None and result > maximum:
@@ -146,7 +152,8 @@ def env_url(name: str, default: str | None = None, *, schemes: tuple[str, ...]) 
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.netloc:
         raise ImproperlyConfigured(
-            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}"
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, "
+            f"got {url_redacted(value)!r}"  # its password, or a key in its query, is not for the log
         )
     return value
 

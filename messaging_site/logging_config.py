@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from pythonjsonlogger.core import RESERVED_ATTRS
+
+from restapi.redaction import request_line_redacted
 
 LOG_FORMATS = ("plain", "json")
 
@@ -24,6 +28,16 @@ _FORMATTERS = {
 }
 
 
+class RequestLineRedacted(logging.Filter):
+    """runserver's access log line ("django.server": the request line, the status, the size)
+    with the query's personal data redacted, as gunicorn's (gunicorn.conf.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args and isinstance(record.args[0], str):
+            record.args = (request_line_redacted(record.args[0]), *record.args[1:])
+        return True
+
+
 def build_logging(*, log_format: str, level: str) -> dict:
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {log_format!r}")
@@ -31,6 +45,7 @@ def build_logging(*, log_format: str, level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {log_format: _FORMATTERS[log_format]},
+        "filters": {"request_line_redacted": {"()": RequestLineRedacted}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": log_format}},
         "root": {"handlers": ["console"], "level": "WARNING"},
         "loggers": {
@@ -43,7 +58,12 @@ def build_logging(*, log_format: str, level: str) -> dict:
             # gunicorn's --access-logfile). django.request would repeat each 4xx as
             # a warning ("Not Found: /x"); it still logs 5xx, with the traceback.
             "django.request": {"level": "ERROR"},
-            "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "django.server": {
+                "handlers": ["console"],
+                "level": "INFO",
+                "propagate": False,
+                "filters": ["request_line_redacted"],
+            },
             "dispatcher": {"level": level},
             "messages_app": {"level": level},
             "restapi": {"level": level},  # the database's outage and its end (restapi.database_outage)

@@ -102,10 +102,11 @@ X_FRAME_OPTIONS = "DENY"
 
 # Content-Security-Policy (django-csp) for every page: the admin, the dashboard and
 # the API docs. Everything they load comes from this site (Swagger UI and Redoc
-# from drf-spectacular-sidecar, through whitenoise), and no page runs inline script,
+# from drf-spectacular-sidecar, Redoc's bundle less the logo it would fetch from
+# its CDN: restapi/docs.py), and no page runs inline script,
 # so script-src is 'self' alone: injected markup could not run script. Styles may
-# be inline: Redoc writes its styles at run time (styled-components) and the
-# dashboard has a <style> block. Redoc's search runs in a worker made from a blob:
+# be inline: Redoc writes its styles at run time (styled-components); the admin's
+# own pages take theirs from static files. Redoc's search runs in a worker made from a blob:
 # URL; Swagger UI and the admin draw some icons from data: URLs.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
@@ -174,7 +175,9 @@ APPEND_SLASH = True
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The site's own overrides of Django's admin templates (admin/base_site.html),
+        # searched before the apps' folders, where Django's admin comes first.
+        "DIRS": [BASE_DIR / "messaging_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -298,6 +301,8 @@ TIME_FORMAT = site_formats.TIME_FORMAT
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# The site's own static files (the admin's stylesheet), beside the apps' static/ folders.
+STATICFILES_DIRS = [BASE_DIR / "messaging_site" / "static"]
 
 # --- Messages -----------------------------------------------------------------
 MESSAGE_MAX_LENGTH = env_int("MESSAGE_MAX_LENGTH", 1000, minimum=1, maximum=100_000)
@@ -402,6 +407,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # DRF's two, the browsable API's with a Log out that works under the CSP.
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "restapi.renderers.BrowsableAPIRenderer",
+    ],
     # JSON with a nesting limit (a deep body is a 400, not a RecursionError's 500);
     # form bodies as REST framework takes them.
     "DEFAULT_PARSER_CLASSES": [

@@ -7,6 +7,7 @@ from dispatcher.monitoring.health import healthz, readyz
 from dispatcher.monitoring.metrics import metrics_view
 from dispatcher.urls import urlpatterns as dispatcher_api_urlpatterns
 from messages_app.urls import api_urlpatterns as messages_api_urlpatterns
+from restapi.docs import redoc_bundle_view
 from restapi.root import ApiRootView
 from seed_api.urls import urlpatterns as seed_urlpatterns
 
@@ -32,9 +33,10 @@ api_urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI's start-up script served as a file (docs/?script), not inline: the CSP allows no inline script.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
-    # Redoc's bundle asks for Redocly's logo on cdn.redoc.ly; the CSP (images from this
-    # site only) keeps the browser from fetching it, and the service's own logo shows.
+    # Redoc from the sidecar's bundle less Redocly's logo, which it would ask cdn.redoc.ly for
+    # (restapi/docs.py); the service's own logo shows.
     path("redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html"), name="redoc"),
+    path("redoc/redoc.standalone.js", redoc_bundle_view, name="redoc-bundle"),
 ]
 
 urlpatterns = [

@@ -92,3 +92,15 @@ def tasks_run_inline(monkeypatch):
     from django_q.conf import Conf
 
     monkeypatch.setattr(Conf, "SYNC", True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs it with `--dist loadgroup`) each module of tests that
+    start real processes runs whole on one worker, in order, while the other workers take the
+    rest test by test; those modules are handed out first, so that none of them starts last."""
+    for item in items:
+        if item.get_closest_marker("process"):
+            # The benchmarks' tests share one database and one lock (tests/bench/harness.py).
+            module = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group("tests.bench" if module.startswith("tests.bench.") else module))
+    items.sort(key=lambda item: item.get_closest_marker("process") is None)

@@ -107,7 +107,8 @@ def fail_as_told(request: ProviderRequest, turn: Turn, state: FakeProviderState)
         return None
     headers = None
     if status in (429, 503) and turn.faults.retry_after:
-        headers = {"Retry-After": f"{turn.faults.retry_after:g}"}
+        # Delta-seconds, never an exponent (f"{999999999:g}" would be 1e+09).
+        headers = {"Retry-After": f"{turn.faults.retry_after:f}".rstrip("0").rstrip(".")}
     return Answer(status, {"message": _phrase(status)}, headers)
 
 

@@ -8,6 +8,7 @@ not a fault: faults are shown by `GET /_fake/faults`, the secret never is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit
@@ -71,6 +72,8 @@ def _checked(name: str, current: object, value: object) -> object:
         return value
     if not _is_number(value, (int, float)):
         raise ValueError(f"{name} must be a number")
+    if not math.isfinite(value):  # JSON's NaN and Infinity, or the command's --latency-ms nan
+        raise ValueError(f"{name} must be a finite number")
     return type(current)(value)
 
 

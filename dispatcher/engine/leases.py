@@ -6,12 +6,18 @@ big the batch. While the worker lives, a thread renews the lease every third of
 it. A renewal that finds a message no longer held, or that cannot reach the
 database, means the lease may be lost: the worker then stops sending and
 writes no outcome for the chunk (its claim token no longer matches anyway).
+
+A worker that was frozen (SIGSTOP, a paused VM or container, a host that slept)
+learns of a lost lease only from its next renewal, and its sends could start
+first. So before each send it also asks `holds()`: whether the last successful
+renewal is recent enough that the lease surely still runs, without a query.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,11 +29,38 @@ from messages_app.transitions import messages_renew_lease
 
 logger = logging.getLogger(__name__)
 
+# A worker starts no send once this share of the lease has passed since its last successful renewal
+# began. Renewals come every third of the lease, so a running worker never gets there; a frozen one,
+# or one whose renewals stall, stops before the lease can have run out, with a quarter of it to spare
+# for the clocks' rates and the moment between the check and the request.
+TRUSTED_SHARE_OF_LEASE = 0.75
+
+# On Linux, a clock that also counts while the host sleeps (CLOCK_MONOTONIC stops then), as the
+# database's clock, which ends the lease, goes on meanwhile.
+_LEASE_CLOCK = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def lease_clock() -> float:
+    """Seconds on a clock that no change of the wall clock moves, to measure how long ago a lease
+    was renewed. The lease runs `lease_seconds` from the database's time of the renewing statement,
+    which is no earlier than a reading of this clock taken just before the statement was sent."""
+    return time.clock_gettime(_LEASE_CLOCK) if _LEASE_CLOCK is not None else time.monotonic()
+
 
 class LeaseKeeper:
-    def __init__(self, *, message_ids: Iterable[int], claim_token: uuid.UUID, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        message_ids: Iterable[int],
+        claim_token: uuid.UUID,
+        lease_seconds: float,
+        renewed_at: float | None = None,
+    ) -> None:
+        """`renewed_at`: the lease_clock() reading taken just before the statement that last
+        renewed the lease (the chunk's start); by default, now."""
         self.claim_token = claim_token
         self.lease_seconds = lease_seconds
+        self._renewed_at = lease_clock() if renewed_at is None else renewed_at
         self._outstanding = set(message_ids)
         # Held while outcomes are written (recording()) and while a renewal runs, so a
         # renewal never mistakes a message whose outcome was just written for a lost one.
@@ -43,6 +76,11 @@ class LeaseKeeper:
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
         self._thread.join()
+
+    def holds(self) -> bool:
+        """Whether the lease surely still runs: not known lost, and renewed recently enough
+        (TRUSTED_SHARE_OF_LEASE). Asked before each send; costs no query."""
+        return not self.lost and lease_clock() - self._renewed_at < self.lease_seconds * TRUSTED_SHARE_OF_LEASE
 
     def done(self, message_ids: Iterable[int]) -> None:
         """These no longer need a lease (their outcome is written, or they were given back)."""
@@ -62,6 +100,7 @@ class LeaseKeeper:
                     outstanding = set(self._outstanding)
                     if not outstanding:
                         continue
+                    renewing_at = lease_clock()
                     try:
                         held = messages_renew_lease(
                             message_ids=outstanding, claim_token=self.claim_token, lease_seconds=self.lease_seconds
@@ -74,6 +113,8 @@ class LeaseKeeper:
                         return
                     self._outstanding -= deleted
                     missing -= deleted
+                    if not missing:
+                        self._renewed_at = renewing_at
                 if missing:
                     self._lose(f"{len(missing)} messages are no longer held (first id {min(missing)})")
                     return

@@ -30,7 +30,7 @@ from django.utils import timezone
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, recover_expired_leases
 from dispatcher.engine.counters import metrics_record_tick
-from dispatcher.engine.leases import LeaseKeeper
+from dispatcher.engine.leases import LeaseKeeper, lease_clock
 from dispatcher.engine.providers import BaseProvider, ProviderSet, provider_session
 from dispatcher.engine.recording import DeliveryOutcome, delivery_cache_catch_up, record_results
 from dispatcher.engine.sending import SendResult, Unsent, send_concurrently
@@ -87,6 +87,7 @@ def send_chunk(
     """
     conf = dispatcher_settings()
     report = ChunkReport()
+    lease_renewed_at = lease_clock()  # before the statement that renews the lease: the lease runs longer
     started = messages_start_sending(message_ids=message_ids, claim_token=claim_token, lease_seconds=conf.lease_seconds)
     if not started:
         logger.info("chunk %s: none of its %d messages is still ours; nothing to send", claim_token, len(message_ids))
@@ -105,10 +106,14 @@ def send_chunk(
     waiting: list[SendResult] = []
     flushed_at = time.monotonic()
 
-    with LeaseKeeper(message_ids=held, claim_token=claim_token, lease_seconds=conf.lease_seconds) as keeper:
+    with LeaseKeeper(
+        message_ids=held, claim_token=claim_token, lease_seconds=conf.lease_seconds, renewed_at=lease_renewed_at
+    ) as keeper:
 
         def stop_sending() -> bool:
-            return keeper.lost or should_stop() or time.monotonic() > deadline
+            # Asked before each send: `holds()` also notices a lease this worker may have lost while
+            # it was frozen, before the keeper's next renewal can tell.
+            return not keeper.holds() or should_stop() or time.monotonic() > deadline
 
         def flush() -> None:
             nonlocal waiting, flushed_at
@@ -134,10 +139,15 @@ def send_chunk(
                 if len(waiting) >= FLUSH_RESULTS or time.monotonic() - flushed_at >= FLUSH_SECONDS:
                     flush()
             flush()
+            # Given back under the keeper's lock too: a renewal between the write and done()
+            # would take the messages just given back for a lost lease.
             if unsent.skipped and not keeper.lost:
-                expired = messages_expire_claimed(claim_token=claim_token, message_ids=[m.pk for m in unsent.skipped])
-                report.expired = len(expired)
-                keeper.done(m.pk for m in unsent.skipped)
+                with keeper.recording():
+                    expired = messages_expire_claimed(
+                        claim_token=claim_token, message_ids=[m.pk for m in unsent.skipped]
+                    )
+                    report.expired = len(expired)
+                    keeper.done(m.pk for m in unsent.skipped)
                 if expired:
                     logger.warning(
                         "chunk %s: %d messages past their expiry not sent (ids %s..%s)",
@@ -147,10 +157,11 @@ def send_chunk(
                         max(expired),
                     )
             if unsent.messages and not keeper.lost:
-                report.released = len(
-                    messages_release_unsent(claim_token=claim_token, message_ids=[m.pk for m in unsent.messages])
-                )
-                keeper.done(m.pk for m in unsent.messages)
+                with keeper.recording():
+                    report.released = len(
+                        messages_release_unsent(claim_token=claim_token, message_ids=[m.pk for m in unsent.messages])
+                    )
+                    keeper.done(m.pk for m in unsent.messages)
         except Exception:
             # The database is gone: the messages keep their leases and come back
             # when the leases expire, to be sent again under the same Idempotency-Key.

@@ -14,27 +14,32 @@ their sends are recorded.
 from __future__ import annotations
 
 import binascii
-import json
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from django.db import connection
+from django.core.exceptions import ValidationError
+from django.db import DataError, connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from rest_framework.exceptions import ParseError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.counters import metrics_record_receipts
 from messages_app.models import DeliveryReceipt, Message
 from messages_app.transitions import ReceiptIn, ReceiptKept, message_record_delivery, messages_record_receipts
+from restapi.parsers import json_decode
+from restapi.storable import text_storable_problem, time_in_range
 
 logger = logging.getLogger(__name__)
 
 Delivery = Message.Delivery
 MAX_ERROR_CODE_LENGTH = 64
-MAX_RECEIPT_ID_LENGTH = 255
+MAX_RECEIPT_ID_LENGTH = 255  # the column's width; a longer id is kept as its digest
+MAX_PROVIDER_MESSAGE_ID_LENGTH = Message._meta.get_field("provider_message_id").max_length
 BATCH_TYPE = "message.status.batch"
 # More than any provider puts in one callback; a batch is one statement and one answer.
 MAX_RECEIPTS_PER_BATCH = 1000
@@ -67,9 +72,11 @@ def receipt_verify(*, body: bytes, headers: dict[str, str]) -> dict:
     except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ReceiptRejected(f"signature check failed: {exc}", unauthorized=True) from None
     try:
-        payload = json.loads(body)
-    except ValueError:
-        raise ReceiptRejected("the body is not JSON", unauthorized=False) from None
+        payload = json_decode(body.decode())
+    except UnicodeDecodeError:
+        raise ReceiptRejected("the body is not JSON: it is not UTF-8 text", unauthorized=False) from None
+    except ParseError as exc:  # nesting too deep, a number too long, or just not JSON
+        raise ReceiptRejected(f"the body cannot be read: {exc.detail}", unauthorized=False) from None
     if not isinstance(payload, dict):
         raise ReceiptRejected("the body must be a JSON object", unauthorized=False)
     return payload
@@ -93,7 +100,8 @@ def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
     """Record a verified callback: one receipt (known by the callback's webhook-id) or a
     batch (each known by its own id). Nothing is recorded if any receipt cannot be read."""
     if payload.get("type") != BATCH_TYPE:
-        return ReceiptIntake(batch=False, results=[receipt_record(receipt_id=webhook_id, payload=payload)])
+        receipt = _receipt(payload, receipt_id=_receipt_key(webhook_id, field="webhook-id"))
+        return ReceiptIntake(batch=False, results=receipts_record([receipt]))
     items = payload.get("receipts")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_RECEIPTS_PER_BATCH:
         raise ReceiptRejected(
@@ -103,12 +111,7 @@ def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
     for number, item in enumerate(items):
         if not isinstance(item, dict):
             raise ReceiptRejected(f"receipts[{number}] must be a JSON object", unauthorized=False)
-        receipt_id = item.get("id")
-        if not isinstance(receipt_id, str) or not receipt_id or len(receipt_id) > MAX_RECEIPT_ID_LENGTH:
-            raise ReceiptRejected(
-                f"receipts[{number}].id must be a non-empty string of at most {MAX_RECEIPT_ID_LENGTH} characters",
-                unauthorized=False,
-            )
+        receipt_id = _receipt_key(item.get("id"), field=f"receipts[{number}].id")
         try:
             receipts.append(_receipt(item, receipt_id=receipt_id))
         except ReceiptRejected as exc:
@@ -118,28 +121,63 @@ def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
 
 def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
     """Record one verified receipt (`payload` in our receipt format) under `receipt_id`."""
-    return receipts_record([_receipt(payload, receipt_id=receipt_id)])[0]
+    return receipts_record([_receipt(payload, receipt_id=_receipt_key(receipt_id, field="receipt id"))])[0]
+
+
+def _receipt_key(receipt_id: object, *, field: str) -> str:
+    """The id a receipt is kept under, by which a replay is known: the provider's own,
+    or, if longer than the column, its SHA-256 digest. Cutting it short made two long
+    ids that begin alike one, and the second receipt a "replay", lost; refusing it
+    would lose the receipt too, and the digest is as unique as the id."""
+    if not isinstance(receipt_id, str) or not receipt_id:
+        raise ReceiptRejected(f"{field} must be a non-empty string", unauthorized=False)
+    if problem := text_storable_problem(receipt_id):
+        raise ReceiptRejected(f"{field} {problem}", unauthorized=False)
+    if len(receipt_id) > MAX_RECEIPT_ID_LENGTH:
+        return "sha256:" + hashlib.sha256(receipt_id.encode()).hexdigest()
+    return receipt_id
 
 
 def _receipt(payload: dict, *, receipt_id: str) -> ReceiptIn:
     provider_message_id, status = payload.get("messageId"), payload.get("status")
     error_code, timestamp = payload.get("errorCode") or "", payload.get("timestamp")
-    if not isinstance(provider_message_id, str) or not provider_message_id or len(provider_message_id) > 255:
+    if not isinstance(provider_message_id, str) or not provider_message_id:
         raise ReceiptRejected("messageId must be a non-empty string", unauthorized=False)
+    if len(provider_message_id) > MAX_PROVIDER_MESSAGE_ID_LENGTH:
+        raise ReceiptRejected(
+            f"messageId must be at most {MAX_PROVIDER_MESSAGE_ID_LENGTH} characters long", unauthorized=False
+        )
+    if problem := text_storable_problem(provider_message_id):
+        raise ReceiptRejected(f"messageId {problem}", unauthorized=False)
     if status not in (Delivery.DELIVERED, Delivery.UNDELIVERED):
         raise ReceiptRejected('status must be "delivered" or "undelivered"', unauthorized=False)
     if not isinstance(error_code, str | int):
         raise ReceiptRejected("errorCode must be a string, a number or null", unauthorized=False)
-    occurred_at = parse_datetime(timestamp) if isinstance(timestamp, str) else None
-    if occurred_at is None or occurred_at.tzinfo is None:
-        raise ReceiptRejected("timestamp must be an ISO 8601 date-time with an offset", unauthorized=False)
+    if isinstance(error_code, str) and (problem := text_storable_problem(error_code)):
+        raise ReceiptRejected(f"errorCode {problem}", unauthorized=False)
     return ReceiptIn(
-        receipt_id=receipt_id[:MAX_RECEIPT_ID_LENGTH],
+        receipt_id=receipt_id,
         provider_message_id=provider_message_id,
         status=status,
         error_code=str(error_code)[:MAX_ERROR_CODE_LENGTH],
-        occurred_at=occurred_at,
+        occurred_at=_occurred_at(timestamp),
     )
+
+
+def _occurred_at(timestamp: object) -> datetime:
+    """A receipt's time: ISO 8601 in ASCII digits, with an offset, inside the years the
+    service takes (a time psycopg could not read back would break every page showing
+    its message, and the waiting receipts' upkeep)."""
+    try:
+        occurred_at = parse_datetime(timestamp) if isinstance(timestamp, str) and timestamp.isascii() else None
+    except ValueError:  # well-formed but impossible, e.g. February 30
+        occurred_at = None
+    if occurred_at is None or occurred_at.tzinfo is None:
+        raise ReceiptRejected("timestamp must be an ISO 8601 date-time with an offset", unauthorized=False)
+    try:
+        return time_in_range(occurred_at)
+    except ValidationError as exc:
+        raise ReceiptRejected(f"timestamp: {exc.messages[0]}", unauthorized=False) from None
 
 
 def receipts_record(receipts: list[ReceiptIn]) -> list[ReceiptResult]:
@@ -168,6 +206,12 @@ class _Waiting:
         self.error: BaseException | None = None
 
 
+# What a write raises for a value the database refuses, rather than for the database
+# itself: psycopg's DataError (a NUL in text, a time out of range), and the
+# UnicodeEncodeError of a lone surrogate, which never reaches the server.
+REFUSED_DATA = (DataError, ValueError)
+
+
 class _GroupCommit:
     """Receipts that arrive while another request's are being written wait, and are
     written together next, in one statement.
@@ -180,7 +224,9 @@ class _GroupCommit:
     queue, and so on: a group forms only when receipts come faster than one
     statement takes. Each write is committed (autocommit) before any of its requests
     answers; a request inside a transaction writes alone, since its commit is not
-    this process's to give. Greenlets under gunicorn's gevent workers, threads
+    this process's to give. A group whose write the database refuses for one
+    request's data is written again request by request: one request's bad data
+    never fails another's. Greenlets under gunicorn's gevent workers, threads
     elsewhere: `threading` is what both wait on.
     """
 
@@ -210,20 +256,34 @@ class _GroupCommit:
         with self._lock:
             group, self._queue = self._queue, []
         try:
+            self._write_group(group)
+        finally:
+            self._pass_on()
+        if mine.error is not None:
+            raise mine.error
+        return mine.results
+
+    def _write_group(self, group: list[_Waiting]) -> None:
+        """Write `group` in one statement and answer each of its requests."""
+        try:
             results = self._write([receipt for waiting in group for receipt in waiting.receipts])
         except BaseException as exc:
+            if len(group) > 1 and isinstance(exc, REFUSED_DATA):
+                # Something one request brought was refused (intake lets nothing such
+                # through; this is the guard behind it): written again one request at a
+                # time, so that only that request fails, not the others of its group.
+                for waiting in group:
+                    self._write_group([waiting])
+                return
             for waiting in group:
                 waiting.error = exc
                 waiting.turn.set()
-            self._pass_on()
-            raise
+            return
         start = 0
         for waiting in group:
             waiting.results, waiting.done = results[start : start + len(waiting.receipts)], True
             start += len(waiting.receipts)
             waiting.turn.set()
-        self._pass_on()
-        return mine.results
 
     def _pass_on(self) -> None:
         with self._lock:

@@ -17,12 +17,10 @@ from django.utils import timezone
 from dispatcher.conf import DispatcherSettings, dispatcher_settings
 from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet
 from messages_app.models import Message
-from messages_app.transitions import AttemptRecord
+from messages_app.transitions import MAX_DELAY_SECONDS, AttemptRecord
 
 logger = logging.getLogger(__name__)
 
-# However long a provider asks us to wait, come back within a day.
-MAX_RETRY_AFTER_SECONDS = 86_400
 # How often sends in flight are collected (and the stop condition checked).
 COLLECT_SECONDS = 0.2
 
@@ -42,6 +40,9 @@ class SendResult:
     # waits without spending an attempt, for `defer_seconds`.
     defer: bool = False
     defer_seconds: float = 0.0
+    # No provider was asked: the worker was told to stop, or may no longer hold the lease,
+    # before the request went out. The message goes back with those never started (`Unsent`).
+    not_started: bool = False
 
     def attempt(self) -> AttemptRecord:
         return AttemptRecord(
@@ -58,10 +59,11 @@ class SendResult:
 
 def retry_delay(*, attempt: int, conf: DispatcherSettings, retry_after: float | None = None) -> float:
     """Seconds before attempt `attempt + 1`: the provider's Retry-After if it gave one,
-    else exponential backoff with jitter (half to all of base x 2^(attempt-1), capped)."""
+    else exponential backoff with jitter (half to all of base x 2^(attempt-1), capped);
+    a day at most, however long the provider asks us to wait."""
     if retry_after is not None:
-        return min(retry_after, MAX_RETRY_AFTER_SECONDS)
-    ceiling = min(conf.retry_max_seconds, conf.retry_base_seconds * 2 ** (attempt - 1))
+        return min(retry_after, MAX_DELAY_SECONDS)
+    ceiling = min(conf.retry_max_seconds, conf.retry_base_seconds * 2 ** (attempt - 1), MAX_DELAY_SECONDS)
     return random.uniform(ceiling / 2, ceiling)
 
 
@@ -188,7 +190,12 @@ def _try_route(
             error = error or ProviderError(f"provider {name}: circuit open, not asked", not_sent=True)
             used = used or name
             continue
-        if not (yield from gate.rate.acquire_steps(should_stop=should_stop)):
+        acquired = yield from gate.rate.acquire_steps(should_stop=should_stop)
+        if should_stop():
+            # Asked right before each request, after any wait for the rate: a worker frozen
+            # past its lease (SIGSTOP, a paused VM) must not send what another now holds.
+            return SendResult(message, started_at, _ms(started), not_started=True)
+        if not acquired:
             defer_seconds.append(max(1.0, gate.rate.paused_for()))
             error = ProviderError(f"provider {name}: over its rate, not asked", not_sent=True)
             used = used or name
@@ -199,9 +206,11 @@ def _try_route(
             gate.circuit.success()
             return SendResult(message, started_at, _ms(started), provider=name, result=result)
         if error.http_status == 429:
-            pause = error.retry_after if error.retry_after is not None else 1.0
-            gate.rate.pause(pause)
-            defer_seconds.append(pause)
+            asked = error.retry_after
+            paused = gate.rate.pause(1.0 if asked is None else asked, reason=_throttled(asked))
+            # The provider as a whole waits PROVIDER_MAX_PAUSE_SECONDS at most (one answer must not
+            # halt every message for long); this message waits what was asked, a day at most.
+            defer_seconds.append(paused if asked is None else min(asked, MAX_DELAY_SECONDS))
         elif error.provider_wide:
             gate.circuit.failure()
             if gate.circuit.state().state != "closed":
@@ -218,8 +227,16 @@ def _try_route(
         provider=used,
         error=error,
         defer=defer,
-        defer_seconds=max(defer_seconds) if defer_seconds else 0.0,
+        defer_seconds=min(max(defer_seconds), MAX_DELAY_SECONDS) if defer_seconds else 0.0,
     )
+
+
+def _throttled(retry_after: float | None) -> str:
+    """Why a provider is paused, as the status pages show it."""
+    if retry_after is None:
+        return "429 without Retry-After"
+    # Whole seconds past a million: `g` would write 1e+09.
+    return f"429 Retry-After {retry_after:g} s" if retry_after < 1e6 else f"429 Retry-After {retry_after:.0f} s"
 
 
 def _defer(error: ProviderError | None, providers: ProviderSet, name: str, conf: DispatcherSettings) -> bool:
@@ -262,7 +279,8 @@ def send_concurrently(
 ) -> Iterator[list[SendResult]]:
     """Send `messages`, `concurrency` at a time, yielding the results completed since the
     last yield (possibly none, at least every COLLECT_SECONDS). Once `should_stop()` turns true no
-    further send starts; those in flight finish, and the rest end up in `unsent`."""
+    further send starts (it is asked again right before each request); those in flight finish,
+    and the rest end up in `unsent`."""
     if concurrency <= 1 or len(messages) <= 1:
         for index, message in enumerate(messages):
             if should_stop():
@@ -271,7 +289,11 @@ def send_concurrently(
             if skip(message):
                 unsent.skipped.append(message)
                 continue
-            yield [send_one(message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset)]
+            result = send_one(message=message, provider=provider, should_stop=should_stop, clock_offset=clock_offset)
+            if result.not_started:
+                unsent.messages = messages[index:]
+                return
+            yield [result]
         return
 
     providers = ProviderSet.of(provider)
@@ -314,6 +336,7 @@ def send_concurrently(
 
     pending_messages = list(reversed(messages))
     in_flight: set = set()
+    not_started: list[Message] = []
     stopping = False
     try:
         while pending_messages or in_flight:
@@ -330,12 +353,14 @@ def send_concurrently(
             if not in_flight:
                 break
             done, in_flight = wait_some(in_flight)
+            results = [handle.result() for handle in done]
+            not_started.extend(r.message for r in results if r.not_started)
             # Yields also when nothing finished, so the caller can flush and check on its lease.
-            yield [handle.result() for handle in done]
+            yield [r for r in results if not r.not_started]
     finally:
         if in_flight:
             abandon(in_flight)
-    unsent.messages = list(reversed(pending_messages))
+    unsent.messages = not_started + list(reversed(pending_messages))
 
 
 async def _settle() -> None:

@@ -33,6 +33,7 @@ from messages_app.selectors import (
     messages_recent_failures,
 )
 from messages_app.services import messages_requeue_failed
+from messages_app.timestamps import relative_time, timestamp_text
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
@@ -179,6 +180,22 @@ def outcome_chart(
     )
 
 
+def next_tick_text(*, running: bool, next_tick_at: datetime | None, now: datetime | None = None) -> str:
+    """When the next tick comes, as the dashboard and the dispatcher's page say it.
+
+    A tick whose time has come is due until a dispatch window takes it: "due now"
+    (with since when, once that is a second or more), never "0 s ago".
+    """
+    if not running:
+        return "none while stopped"
+    now = now or timezone.now()
+    if next_tick_at is None or relative_time(next_tick_at, now=now) == "now":
+        return "due now"
+    if next_tick_at < now:
+        return f"due now, since {timestamp_text(next_tick_at, now=now)}"
+    return timestamp_text(next_tick_at, now=now)
+
+
 def _can_requeue(request: HttpRequest, model_admin: ModelAdmin) -> bool:
     # The same permission as the changelist's requeue action.
     return model_admin.admin_site.get_model_admin(Message).has_requeue_permission(request)
@@ -220,6 +237,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResp
         "title": "Dashboard",
         "opts": model_admin.opts,
         "status": status,
+        "next_tick": next_tick_text(running=status.running, next_tick_at=status.next_tick_at, now=now),
         "counts": [
             {
                 "status": choice.value,

@@ -13,6 +13,12 @@ these, so an anonymous probe gets the status only; the checks (each one's
 result, naming the exception's class of a failure; the details go to the log)
 are for `Authorization: Bearer <METRICS_TOKEN>` or a staff session
 (dispatcher.monitoring.access).
+
+A provider paused after a 429 is shown to them too (`paused_providers`: until
+when, and why), but is no check: readiness says whether this process should take
+requests, and it should. Failing it would take every web process out of its load
+balancer at once, so that a provider's throttling stopped the API from queueing
+messages as well, and the pause ends by itself within PROVIDER_MAX_PAUSE_SECONDS.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.core.cache import caches
 from django.db import connection
@@ -29,6 +35,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from dispatcher.engine.providers.status import provider_pauses
 from dispatcher.models import DispatcherState
 from dispatcher.monitoring.access import MonitoringAccess, monitoring_access
 from restapi.defaults import answers_without_database
@@ -144,4 +151,18 @@ def readyz(request: HttpRequest) -> JsonResponse:
     body: dict = {"status": "ready" if ready else "not ready"}
     if monitoring_access(request) is MonitoringAccess.GRANTED:
         body["checks"] = checks
+        body["paused_providers"] = paused_providers()
     return JsonResponse(body, status=200 if ready else 503)
+
+
+def paused_providers() -> dict[str, dict[str, str]]:
+    """The providers paused after a 429, by name: until when (ISO 8601, UTC) and why. Information, not a check."""
+    try:
+        pauses = provider_pauses()
+    except Exception as exc:  # what it shows must never cost the probe its answer
+        logger.warning("readiness: could not read the providers' pauses: %r", exc)
+        return {}
+    return {
+        name: {"until": datetime.fromtimestamp(pause.until, tz=UTC).isoformat(), "reason": pause.reason}
+        for name, pause in pauses.items()
+    }

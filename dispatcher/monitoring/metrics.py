@@ -75,9 +75,24 @@ class MessagingCollector:
             "1 while a provider's circuit is open or half open (no requests, or only probes), 0 while closed.",
             labels=["provider"],
         )
+        paused = GaugeMetricFamily(
+            "messaging_provider_paused",
+            "1 while a provider is paused after a 429 (no worker asks it), 0 otherwise.",
+            labels=["provider"],
+        )
+        paused_until = GaugeMetricFamily(
+            "messaging_provider_paused_until_seconds",
+            "Unix time until which a provider is paused after a 429 (at most PROVIDER_MAX_PAUSE_SECONDS after it); "
+            "0 while it is not paused.",
+            labels=["provider"],
+        )
         for provider in provider_statuses():
             circuits.add_metric([provider.name], 0 if provider.circuit == "closed" else 1)
+            paused.add_metric([provider.name], 1 if provider.paused_until else 0)
+            paused_until.add_metric([provider.name], provider.paused_until.timestamp() if provider.paused_until else 0)
         yield circuits
+        yield paused
+        yield paused_until
         yield GaugeMetricFamily(
             "messaging_dispatch_behind_seconds",
             "How long the cluster has not held the pace (a due tick waiting for a batch still being sent, "

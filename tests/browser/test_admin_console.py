@@ -150,6 +150,8 @@ def test_dashboard_stops_and_starts_the_dispatcher(page: Page, live_server):
     expect_success(page, "Dispatcher started")
     expect(page).to_have_url(f"{live_server.url}{DASHBOARD}")
     expect(page.locator("#dashboard-running")).to_have_text("Running")
+    # The first tick is due at once (no qcluster runs here to take it): due, not "0 s ago".
+    expect(page.locator("#dashboard-next-tick")).to_contain_text("due now")
     expect(page.locator("#dashboard-start")).to_have_count(0)
     expect(page.locator("#dashboard-stop")).to_be_visible()
     assert is_running() is True
@@ -219,6 +221,134 @@ def test_requeue_a_failed_message_from_the_changelist(page: Page, live_server):
     assert other_failed.status == Status.FAILED  # not selected, not touched
     row = page.locator("#result_list tbody tr", has=page.locator(f"input.action-select[value='{failed.pk}']"))
     expect(row.locator("td.field-status_badge")).to_have_text("Unsent")
+
+
+LONG_CONTENT = "Your verification code is 482193. It expires in ten minutes; do not share it with anyone. " * 3
+LONG_ERROR = "HTTP 400 from the provider: invalid recipient, the number is not a mobile number in any network we reach"
+LONG_PROVIDER_ID = "SM3f2a9c4e1b7d4e8a9c2f6d5e4b3a2c1f0e9d8c7b"
+
+
+def fill_the_message_list() -> dict[str, Message]:
+    now = timezone.now()
+    shown = {
+        "sent": make_message(
+            status=Status.SENT, content=LONG_CONTENT, provider_message_id=LONG_PROVIDER_ID, sent_at=now
+        ),
+        "failed": make_failed(content=LONG_CONTENT, last_error=LONG_ERROR),
+        "scheduled": make_message(content="later", send_after=now + dt.timedelta(days=3)),
+        "multiline": make_message(content="line one\nline two\nline three", priority=Message.Priority.HIGH),
+    }
+    for status in (Status.PROCESSING, Status.CANCELLED, Status.EXPIRED):
+        make_message(status=status, content="short")
+    Message.objects.filter(pk=shown["sent"].pk).update(created_at=now - dt.timedelta(days=12, hours=23))
+    # The widest a row gets: an eight-digit id, both times in minutes, every text cut.
+    almost_an_hour = now - dt.timedelta(minutes=59, seconds=30)
+    shown["widest"] = make_message(
+        pk=12_345_678,
+        status=Status.PROCESSING,
+        content=LONG_CONTENT,
+        provider_message_id=LONG_PROVIDER_ID,
+        sent_at=almost_an_hour,
+        last_error=LONG_ERROR,
+        attempts=10,
+    )
+    Message.objects.filter(pk=shown["widest"].pk).update(created_at=almost_an_hour)
+    return shown
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "sidebar"),
+    [(1366, 768, "open"), (1280, 800, "closed")],
+    ids=["1366-with-the-sidebar", "1280-sidebar-closed"],
+)
+def test_the_message_list_fits_a_laptop_screen_one_line_a_row(
+    page: Page, live_server, tmp_path, width, height, sidebar
+):
+    shown = fill_the_message_list()
+    staff_login(page, live_server)
+    page.set_viewport_size({"width": width, "height": height})
+    page.goto(f"{live_server.url}{MESSAGES}")
+    if sidebar == "closed":
+        page.click("#toggle-nav-sidebar")  # the admin remembers it closed
+    expect(page.locator("#nav-sidebar")).to_be_visible(visible=sidebar == "open")
+    expect(page.locator("#result_list tbody tr")).to_have_count(8)
+    page.screenshot(path=str(tmp_path / f"messages-{width}x{height}.png"))
+
+    # Every column within the window: nothing to scroll sideways.
+    results = page.locator("#changelist .results")
+    assert results.evaluate("el => el.scrollWidth <= el.clientWidth"), "the list scrolls sideways"
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    headers = page.locator("#result_list thead th")
+    for i in range(headers.count()):
+        box = headers.nth(i).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= width, headers.nth(i).inner_text()
+    for column in ("sent", "provider id", "last error"):
+        expect(page.locator("#result_list thead th", has_text=column)).to_be_in_viewport()
+
+    # One line a row, however long the content, the error or the provider's id.
+    heights = page.locator("#result_list tbody tr").evaluate_all("rows => rows.map(r => r.offsetHeight)")
+    assert max(heights) <= 40 and max(heights) == min(heights), heights
+
+    # What is cut short is whole on hover, and on the message's own page.
+    row = page.locator("#result_list tbody tr", has=page.locator(f"input.action-select[value='{shown['failed'].pk}']"))
+    expect(row.locator("td.field-content_preview span")).to_have_attribute("title", LONG_CONTENT)
+    expect(row.locator("td.field-error_preview span")).to_have_attribute("title", LONG_ERROR)
+    sent_row = page.locator(
+        "#result_list tbody tr", has=page.locator(f"input.action-select[value='{shown['sent'].pk}']")
+    )
+    expect(sent_row.locator("td.field-provider_id_preview span")).to_have_attribute("title", LONG_PROVIDER_ID)
+    expect(sent_row.locator("td.field-created_at span")).to_have_text("12 d ago")
+    expect(sent_row.locator("td.field-created_at span")).to_have_attribute(
+        "title", re.compile(r" UTC \(12 d 23 h ago\)$")
+    )
+
+
+def button_look(page: Page, selector: str) -> dict:
+    return page.locator(selector).evaluate(
+        """el => { const s = getComputedStyle(el);
+        return {radius: s.borderTopLeftRadius, transform: s.textTransform, size: s.fontSize, weight: s.fontWeight,
+                padding: s.padding, height: Math.round(el.getBoundingClientRect().height)}; }"""
+    )
+
+
+def test_the_page_buttons_look_like_the_admin_s_own_links_beside_them(page: Page, live_server):
+    set_state(running=True)
+    failed = make_failed()
+    unsent = make_message()
+    staff_login(page, live_server)
+
+    page.goto(f"{live_server.url}{MESSAGES}{failed.pk}/change/")
+    history = button_look(page, ".object-tools a.historylink")
+    assert button_look(page, "#message-requeue") == history
+    page.goto(f"{live_server.url}{MESSAGES}{unsent.pk}/change/")
+    assert button_look(page, "#message-cancel") == history
+    page.goto(f"{live_server.url}{DISPATCHER_CHANGE}")
+    assert button_look(page, "#dispatcher-stop") == button_look(page, "#dispatcher-dashboard-link") == history
+    # Styled from the site's stylesheets: no style attribute on these pages.
+    assert page.locator("#content [style]").count() == 0
+
+    # The dashboard's buttons are the admin's own buttons, as big as "Save pace" below them.
+    page.goto(f"{live_server.url}{DASHBOARD}")
+    save = button_look(page, "#dashboard-pace-save")
+    assert button_look(page, "#dashboard-stop") == save
+    assert button_look(page, "#requeue-all") == save
+    assert page.locator("#content [style], style").count() == 0
+
+
+def test_cancel_an_unsent_message_from_its_own_page(page: Page, live_server):
+    unsent = make_message(send_after=timezone.now() + dt.timedelta(hours=1))
+    staff_login(page, live_server)
+    page.goto(f"{live_server.url}{MESSAGES}{unsent.pk}/change/")
+    expect(page.locator(".field-status .readonly")).to_have_text("Unsent")
+
+    page.click("#message-cancel")
+
+    expect_success(page, f"Cancelled message #{unsent.pk}: it will not be sent.")
+    expect(page).to_have_url(f"{live_server.url}{MESSAGES}{unsent.pk}/change/")
+    expect(page.locator(".field-status .readonly")).to_have_text("Cancelled")
+    expect(page.locator("#message-cancel")).to_have_count(0)
+    unsent.refresh_from_db()
+    assert unsent.status == Status.CANCELLED
 
 
 # --- the dispatcher page ----------------------------------------------------------------------

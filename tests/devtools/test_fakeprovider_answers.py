@@ -59,6 +59,12 @@ def test_errors_carry_retry_after_on_429_and_503_only(status, retry_after):
     assert (failed.headers or {}).get("Retry-After") == retry_after
 
 
+@pytest.mark.parametrize(("retry_after", "header"), [(2, "2"), (0.25, "0.25"), (999_999_999, "999999999")])
+def test_retry_after_is_sent_as_delta_seconds(retry_after, header):
+    state = state_with(error_rate=1.0, error_status=429, retry_after=retry_after)
+    assert answer(state).headers == {"Retry-After": header}
+
+
 def test_a_scripted_status_wins_over_the_error_rate():
     state = state_with(error_rate=1.0, script=[201])
     assert answer(state).status == 201

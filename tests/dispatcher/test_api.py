@@ -1,7 +1,10 @@
 import datetime as dt
+import io
 import json
+import re
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_q.models import OrmQ
@@ -72,7 +75,14 @@ def assert_close_to_now(value: str | None, *, seconds: float = 5) -> None:
 def test_get_returns_state_and_counts(api_client):
     last_tick = timezone.now() - dt.timedelta(seconds=10)
     make_state(batch_size=7, interval_seconds=45, last_tick_at=last_tick)
-    for status, how_many in {"unsent": 3, "processing": 1, "sent": 4, "failed": 2}.items():
+    for status, how_many in {
+        "unsent": 3,
+        "processing": 1,
+        "sent": 4,
+        "failed": 2,
+        "cancelled": 5,
+        "expired": 6,
+    }.items():
         for _ in range(how_many):
             make_message(status=status)
 
@@ -86,7 +96,7 @@ def test_get_returns_state_and_counts(api_client):
     assert body["interval_seconds"] == 45
     assert parse_datetime(body["last_tick_at"]) == last_tick
     assert parse_datetime(body["next_tick_at"]) == DispatcherState.objects.get().next_tick_at
-    assert body["counts"] == {"unsent": 3, "processing": 1, "sent": 4, "failed": 2}
+    assert body["counts"] == {"unsent": 3, "processing": 1, "sent": 4, "failed": 2, "cancelled": 5, "expired": 6}
 
 
 def test_get_counts_zero_for_missing_statuses(api_client):
@@ -95,7 +105,28 @@ def test_get_counts_zero_for_missing_statuses(api_client):
 
     body = api_client.get(URL).json()
 
-    assert body["counts"] == {"unsent": 0, "processing": 0, "sent": 1, "failed": 0}
+    assert body["counts"] == {"unsent": 0, "processing": 0, "sent": 1, "failed": 0, "cancelled": 0, "expired": 0}
+
+
+def test_the_api_the_command_the_admin_and_the_dashboard_count_the_same_statuses(api_client, admin_client):
+    make_state()
+    for status in Message.Status:
+        make_message(status=status)
+    make_message(status=Message.Status.EXPIRED)
+    every = {status.value: 1 for status in Message.Status} | {"expired": 2}
+
+    api = api_client.get(URL).json()["counts"]
+    out = io.StringIO()
+    call_command("dispatcher", "status", stdout=out)
+    command = dict(re.findall(r"(\w+) (\d+)", out.getvalue().split("messages:", 1)[1].splitlines()[0]))
+    admin_page = admin_client.get("/admin/dispatcher/dispatcherstate/1/change/").content.decode()
+    dashboard = admin_client.get("/admin/dispatcher/dispatcherstate/dashboard/").content.decode()
+
+    assert api == every
+    assert {name: int(n) for name, n in command.items()} == every
+    shown_on_admin = re.search(r'field-message_counts.*?<div class="readonly">(.*?)</div>', admin_page, re.S).group(1)
+    assert {name: int(n) for name, n in re.findall(r"(\w+): (\d+)", shown_on_admin)} == every
+    assert {s: int(re.search(rf'id="count-{s}">(\d+)<', dashboard).group(1)) for s in every} == every
 
 
 def test_get_of_a_stopped_dispatcher_has_no_next_tick(api_client):
@@ -118,7 +149,7 @@ def test_get_before_the_state_row_exists_shows_the_configured_pace_and_writes_no
     assert body["batch_size"] == conf.initial_batch_size
     assert body["interval_seconds"] == conf.initial_interval_seconds
     assert body["last_tick_at"] is None
-    assert body["counts"] == {"unsent": 0, "processing": 0, "sent": 0, "failed": 0}
+    assert body["counts"] == {status.value: 0 for status in Message.Status}
     assert DispatcherState.objects.count() == 0
 
 

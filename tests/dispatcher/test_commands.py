@@ -14,7 +14,7 @@ from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.models import DispatcherState
 from messages_app.models import Message
 from tests.factories import make_message
-from tests.processes import free_port
+from tests.processes import child_env, free_port, manage
 
 Status = Message.Status
 
@@ -241,6 +241,41 @@ def test_fakeprovider_rejects_bad_options(args, message, monkeypatch):
     monkeypatch.delenv("FAKE_PROVIDER_RECEIPT_SECRET", raising=False)
     # The port is free: a bad option must stop it before it starts serving.
     assert message in str(fakeprovider_error("--port", str(free_port()), *args))
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        # Issue 20: "OverflowError: bind(): port must be 0-65535." with a traceback.
+        (["fakeprovider", "--port", "99999"], "--port: must be a whole number from 1 to 65,535, got 99999"),
+        (["fakeprovider", "--port", "0"], "--port: must be a whole number from 1 to 65,535, got 0"),
+        # Accepted, then asyncio.sleep(nan) or a 429 saying Retry-After: inf.
+        (["fakeprovider", "--port", "{port}", "--latency-ms", "nan"], "latency_ms must be a finite number"),
+        (["fakeprovider", "--port", "{port}", "--retry-after", "inf"], "retry_after must be a finite number"),
+        # A drain told to stop after nan seconds never stopped; "bigint out of range" from the database.
+        (["dispatcher", "drain", "--max-seconds", "nan"], "--max-seconds: 'nan' is not a finite number"),
+        (["dispatcher", "drain", "--max-seconds", "-1"], "--max-seconds: must be a number from 0 to 604,800"),
+        (["dispatcher", "drain", "--batch-size", "0"], "--batch-size: must be a whole number from 1 to 10,000"),
+        (["dispatcher", "recache", "--since", "2020-01-01", "--batch-size", "1" + "0" * 20], "--batch-size: must be"),
+    ],
+    ids=[
+        "port-too-high",
+        "port-zero",
+        "latency-nan",
+        "retry-after-inf",
+        "drain-nan",
+        "drain-negative",
+        "drain-batch",
+        "recache-batch",
+    ],
+)
+def test_a_number_out_of_range_is_a_one_line_error_not_a_traceback(args, error):
+    done = manage([arg.format(port=free_port()) for arg in args], env=child_env(), timeout=30)
+
+    assert done.returncode != 0
+    assert "Traceback" not in done.stdout, done.stdout
+    assert error in done.stdout.strip().splitlines()[-1], done.stdout
 
 
 # --- dispatcher drain / recache ---------------------------------------------------------

@@ -282,6 +282,19 @@ def test_dispatcher_state_is_shown(admin_client_):
     assert 'id="dashboard-start"' not in html
 
 
+def test_a_due_next_tick_is_due_now_never_0_s_ago(admin_client_):
+    set_state(running=True, next_tick_at=timezone.now())  # what Start leaves
+
+    assert text_of(admin_client_.get(DASHBOARD).content.decode(), "dashboard-next-tick") == "due now"
+
+    overdue = timezone.now().replace(microsecond=0) - dt.timedelta(seconds=12)
+    set_state(running=True, next_tick_at=overdue)  # no dispatch window has taken it yet
+    shown = text_of(admin_client_.get(DASHBOARD).content.decode(), "dashboard-next-tick")
+    assert re.fullmatch(
+        rf"due now, since {timezone.localtime(overdue):%Y-%m-%d %H:%M:%S} UTC \(1[23] s ago\)", shown
+    ), shown
+
+
 def test_the_dashboard_says_when_the_cluster_is_behind_the_pace(admin_client_):
     set_state(running=True, next_tick_at=timezone.now() + dt.timedelta(seconds=30))
     assert text_of(admin_client_.get(DASHBOARD).content.decode(), "dashboard-pace") == "held"

@@ -55,6 +55,7 @@ from messages_app.transitions import database_now
 from tests.factories import phone_number
 from tests.processes import (
     child_env,
+    drain,
     fake_provider,
     logs_of,
     manage,
@@ -683,7 +684,10 @@ class Slow(locmem.LocmemProvider):
 
 
 def test_a_renewal_during_an_outcome_write_is_not_a_lost_lease(stopped_dispatcher, settings, monkeypatch, figures):
-    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 1, "CONCURRENCY": 2}  # renewed every 0.33 s
+    # Renewed every second, each renewal likely to fall in one of the 0.5 s writes. (With a 1 s lease,
+    # a write holding renewals off for 0.5 s leaves the worker unsure its lease still runs: it stops
+    # starting sends and gives the rest back, as it should.)
+    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 3, "CONCURRENCY": 2}
     monkeypatch.setattr(recording, "metrics_record_batch", SlowMetrics(recording.metrics_record_batch, 0.5))
     total = 6
     make_messages(total, "renewal-race")
@@ -1385,4 +1389,91 @@ def test_nothing_is_claimed_once_stop_returns_during_a_batch(tmp_path, stopped_d
         dropped_by_provider=stats["duplicates_dropped"],
         claimed_at_stop=claimed_at_stop,
         sent=count(Status.SENT),
+    )
+
+
+# --- 11. a worker frozen (SIGSTOP) past its lease, resumed after another sender sent its messages ----
+
+
+def test_a_worker_frozen_past_its_lease_starts_no_send_when_it_resumes(tmp_path, stopped_dispatcher, figures):
+    # One chunk of 12, 4 sends at a time, through a provider limited to 2 requests a second (so that sends
+    # wait for their turn in the worker), lease 3 s (renewed every second). Frozen mid-chunk, the worker
+    # holds sends waiting for the rate and messages not started when its lease runs out.
+    total, concurrency, lease, rate = 12, 4, 3, 2
+    make_messages(total, "frozen")
+    dispatcher_start()  # `dispatcher drain` sends only while the dispatcher runs (no qcluster here)
+
+    with fake_provider(tmp_path, "--latency-ms", "200") as provider:
+        env = dispatcher_env(
+            provider.url,
+            PROVIDERS="primary",
+            PROVIDER_PRIMARY_URL=provider.url,
+            PROVIDER_PRIMARY_RATE_PER_SECOND=str(rate),
+            DISPATCH_LEASE_SECONDS=str(lease),
+            DISPATCH_CONCURRENCY=str(concurrency),
+            DISPATCH_CHUNK_SIZE=str(total),
+        )
+        with drain(tmp_path, "stale", "--batch-size", str(total), **env) as stale:
+            wait_or_fail(
+                lambda: count(Status.SENT) >= 2,
+                timeout=30,
+                what="the first sends recorded",
+                processes=(stale, provider),
+            )
+            # Between two outcome writes: a frozen transaction's row locks would keep the other sender from
+            # the messages until the worker resumed.
+            time.sleep(0.2)
+            stale.signal_group(signal.SIGSTOP)
+            frozen_at = database_now()
+            held = Message.objects.filter(status=Status.PROCESSING).count()
+            # Its lease runs out; another sender takes the messages back and sends every one of them.
+            wait_or_fail(
+                lambda: database_now() > frozen_at + timedelta(seconds=lease + 0.5),
+                timeout=10,
+                what="the frozen worker's lease to run out",
+            )
+            with drain(tmp_path, "fresh", "--batch-size", str(total), **env) as fresh:
+                wait_or_fail(
+                    lambda: fresh.popen.poll() is not None,
+                    timeout=30,
+                    what="the other sender to send everything",
+                    processes=(fresh, stale, provider),
+                )
+                assert fresh.popen.returncode == 0, logs_of(fresh)
+            assert count(Status.SENT) == total, logs_of(fresh, stale)
+            before_resume = provider_requests(provider.url)
+
+            stale.signal_group(signal.SIGCONT)
+            resumed = time.monotonic()
+            wait_or_fail(
+                lambda: stale.popen.poll() is not None,
+                timeout=30,
+                what="the resumed worker to finish",
+                processes=(stale, provider),
+            )
+            exited_after = time.monotonic() - resumed
+            time.sleep(0.5)  # a request it started as it exited would be answered (and listed) by now
+            received = provider_requests(provider.url)
+            stats = provider_stats(provider.url)
+            logs = logs_of(stale, fresh, provider)
+
+    after_resume = received[len(before_resume) :]
+    final = list(Message.objects.order_by("id"))
+    assert held >= total - concurrency, logs  # the frozen worker held sends in flight and sends not started
+    # The resumed worker started no send: every request after SIGCONT would be one it made.
+    assert after_resume == [], f"{len(after_resume)} requests after SIGCONT\n{logs}"
+    assert all(m.status == Status.SENT for m in final), logs
+    check_idempotency(received, final, logs)
+    check_attempt_log(final, logs)
+    assert stats["duplicates_dropped"] == repeats(received), stats
+
+    figures(
+        "frozen_past_its_lease",
+        messages=total,
+        lost=total - count(Status.SENT),
+        duplicate_requests=repeats(received),
+        dropped_by_provider=stats["duplicates_dropped"],
+        held_when_frozen=held,
+        requests_after_resume=len(after_resume),
+        exited_after_resume_s=f"{exited_after:.1f}",
     )

@@ -12,16 +12,17 @@ import socket
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from django.core.cache import caches
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet, gate
-from dispatcher.engine.providers.gate import STATE_TTL_SECONDS, Circuit, RateGate
+from dispatcher.engine.providers.gate import STATE_TTL_SECONDS, Circuit, ProviderPause, RateGate
 from dispatcher.providers_conf import BACKEND_ALIASES, ProviderSpec
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import messages_claim
@@ -284,11 +285,37 @@ def test_the_rate_holds_across_two_workers():
 def test_a_429_pause_holds_every_worker():
     first, second = worker("primary").gates["primary"].rate, worker("primary").gates["primary"].rate
     assert second.acquire(should_stop=lambda: False)  # no limit, no pause: at once
-    first.pause(1.0)
+    first.pause(1.0, reason="429 Retry-After 1 s")
     time.sleep(STATE_TTL_SECONDS)  # what the second has read of the shared pause is at most this old
     started = time.monotonic()
     assert second.acquire(should_stop=lambda: False)
     assert 0.3 <= time.monotonic() - started <= 1.5
+
+
+def test_the_pause_lives_in_redis_alone_while_redis_answers():
+    # It was kept in the worker's memory too: Redis forgetting it (or a pause ending early) left
+    # that worker paused until it was restarted.
+    rate = worker("primary").gates["primary"].rate
+    rate.pause(60, reason="429 Retry-After 60 s")
+    assert 59 < rate.paused_for() <= 60
+    caches["default"].clear()
+    time.sleep(STATE_TTL_SECONDS)
+    assert rate.paused_for() == 0
+    started = time.monotonic()
+    assert rate.acquire(should_stop=lambda: False, max_wait=2)
+    assert time.monotonic() - started < 0.1
+
+
+def test_a_pause_is_a_few_minutes_at_most_whatever_was_asked(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_MAX_PAUSE_SECONDS": 120}
+    rate = worker("primary").gates["primary"].rate
+    assert 119 < rate.pause(999_999_999, reason="429 Retry-After 999999999 s") <= 120
+    assert 119 < rate.paused_for() <= 120
+    assert ProviderPause("primary").current().reason == (
+        "429 Retry-After 999999999 s; paused 120 s, the most PROVIDER_MAX_PAUSE_SECONDS allows"
+    )
+    assert rate.pause(30, reason="429 Retry-After 30 s") == pytest.approx(30, abs=0.1)  # the newest answer rules
+    assert ProviderPause("primary").current().reason == "429 Retry-After 30 s"
 
 
 def test_waiting_for_the_rate_gives_up_when_told_to_stop():
@@ -370,6 +397,14 @@ def test_with_redis_down_each_process_keeps_its_own_circuit_and_sending_goes_on(
     assert len(warnings) == 1, warnings  # said once, not per call
 
 
+def test_with_redis_down_a_pause_holds_the_process_that_set_it(redis_down):
+    rate = worker("primary").gates["primary"].rate
+    rate.pause(0.6, reason="429 Retry-After 0.6 s")
+    started = time.monotonic()
+    assert rate.acquire(should_stop=lambda: False)
+    assert 0.4 <= time.monotonic() - started <= 1.2
+
+
 def test_with_redis_down_each_process_sends_its_share_of_the_rate(redis_down, settings):
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 2}
     rate, seconds = 20, 2.0
@@ -439,6 +474,29 @@ def test_get_api_providers(two_providers_with_a_history, api_client, anon_client
     assert "secret" not in json.dumps(response.json())
 
 
+def test_provider_urls_are_shown_without_their_credentials(settings, client_for, no_perms_user):
+    # Issue 20: the URL came back verbatim, user info and ?api_key= included, to any user.
+    settings.DISPATCH_PROVIDERS = (
+        ProviderSpec(
+            name="primary",
+            backend=BACKEND_ALIASES["webhook"],
+            url="http://user:hunter2@sms.example.com/send?api_key=SECRETQ&route=eu",
+        ),
+    )
+    response = client_for(no_perms_user).get("/api/providers/")
+    assert response.status_code == 200
+    [primary] = response.json()
+    assert primary["url"] == "http://sms.example.com/send?api_key=REDACTED&route=REDACTED"
+
+    command = io.StringIO()
+    call_command("providers", "status", stdout=command)
+    admin = Client()
+    admin.force_login(make_user(username="root", superuser=True))
+    dashboard = admin.get("/admin/dispatcher/dispatcherstate/dashboard/").content.decode()
+    for shown in (response.content.decode(), command.getvalue(), dashboard):
+        assert "hunter2" not in shown and "SECRETQ" not in shown
+
+
 def test_manage_py_providers_status(two_providers_with_a_history):
     out = io.StringIO()
     call_command("providers", "status", stdout=out)
@@ -476,3 +534,51 @@ def test_metrics_show_each_providers_circuit(two_providers_with_a_history):
         for sample in family.samples
     }
     assert gauge == {"primary": 1.0, "backup": 0.0}
+
+
+@pytest.fixture
+def primary_paused(two_providers_with_a_history):
+    """primary paused by a 429 with Retry-After 120 s; backup not."""
+    RateGate("primary", 0).pause(120, reason="429 Retry-After 120 s")
+    return time.time() + 120
+
+
+def test_get_api_providers_shows_a_pause_until_when_and_why(primary_paused, api_client):
+    primary, backup = api_client.get("/api/providers/").json()
+    until = datetime.fromisoformat(primary["paused_until"].replace("Z", "+00:00")).timestamp()
+    assert primary_paused - 2 < until <= primary_paused
+    assert primary["pause_reason"] == "429 Retry-After 120 s"
+    assert (backup["paused_until"], backup["pause_reason"]) == (None, "")
+
+
+def test_manage_py_providers_status_shows_a_pause(primary_paused):
+    out = io.StringIO()
+    call_command("providers", "status", stdout=out)
+    _, primary, pause, backup = out.getvalue().splitlines()
+    assert primary.split()[0] == "primary" and backup.split()[0] == "backup"
+    assert pause.startswith("  paused until ")
+    assert pause.endswith(("(in 2 min): 429 Retry-After 120 s", "(in 1 min 59 s): 429 Retry-After 120 s")), pause
+
+
+def test_the_dashboard_shows_a_pause(primary_paused):
+    client = Client()
+    client.force_login(make_user(username="root", superuser=True))
+    html = client.get("/admin/dispatcher/dispatcherstate/dashboard/").content.decode()
+    primary = html.split('id="provider-primary"', 1)[1].split("</tr>", 1)[0]
+    assert 'class="provider-pause state-stopped"' in primary
+    assert "until " in primary and ": 429 Retry-After 120 s</td>" in primary
+    backup = html.split('id="provider-backup"', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="provider-pause ">no</td>' in backup
+
+
+def test_metrics_show_each_providers_pause(primary_paused):
+    operator = Client()
+    operator.force_login(make_user(username="ops", staff=True))
+    families = {
+        family.name: {sample.labels["provider"]: sample.value for sample in family.samples}
+        for family in text_string_to_metric_families(operator.get("/metrics").content.decode())
+        if family.name.startswith("messaging_provider_paused")
+    }
+    assert families["messaging_provider_paused"] == {"primary": 1.0, "backup": 0.0}
+    until = families["messaging_provider_paused_until_seconds"]
+    assert primary_paused - 2 < until["primary"] <= primary_paused and until["backup"] == 0.0

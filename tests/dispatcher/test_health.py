@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.db import connections
@@ -10,8 +10,10 @@ from django.test import Client
 from django.utils import timezone
 
 from dispatcher.engine.pipeline import run_tick_here
+from dispatcher.engine.providers.gate import RateGate
 from dispatcher.models import DispatcherState
 from dispatcher.monitoring.health import STALE_TICK_FLOOR_SECONDS, tick_overdue_after
+from dispatcher.providers_conf import DEFAULT_PROVIDER
 from dispatcher.state import dispatcher_state_ensure
 from tests.factories import make_user
 from tests.processes import free_port
@@ -77,7 +79,25 @@ def test_readyz_is_ready_when_database_cache_and_ticks_are_fine(client):
     assert response.json() == {
         "status": "ready",
         "checks": {"database": "ok", "cache": "ok", "dispatcher": "ok"},
+        "paused_providers": {},
     }
+
+
+@pytest.mark.django_db
+def test_a_paused_provider_is_shown_but_leaves_readyz_ready(client, probe):
+    # Information for operators, not a check: a throttling provider must not take every web process
+    # out of its load balancer (the API would stop queueing too); the pause ends by itself.
+    RateGate(DEFAULT_PROVIDER, 0).pause(120, reason="429 Retry-After 120 s")
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    paused = body["paused_providers"][DEFAULT_PROVIDER]
+    assert paused["reason"] == "429 Retry-After 120 s"
+    assert 115 < (datetime.fromisoformat(paused["until"]) - timezone.now()).total_seconds() <= 120
+    assert probe.get("/readyz").json() == {"status": "ready"}  # an anonymous probe: the status alone
 
 
 @pytest.mark.django_db

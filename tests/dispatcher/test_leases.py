@@ -12,6 +12,7 @@ import time
 import pytest
 from django.db import transaction
 
+from dispatcher.engine import leases, pipeline
 from dispatcher.engine.claiming import Claim, claim_batch, recover_expired_leases
 from dispatcher.engine.leases import LeaseKeeper
 from dispatcher.engine.pipeline import send_chunk
@@ -209,11 +210,9 @@ def test_a_stopping_worker_finishes_the_send_in_flight_and_releases_the_rest(set
     for _ in range(4):
         make_message()
     claimed = claim(4)
-    asked = []
 
     def stop_after_first() -> bool:
-        asked.append(True)
-        return len(asked) > 1
+        return len(locmem.outbox) >= 1
 
     before = database_now()
     report = send_chunk(
@@ -275,6 +274,88 @@ def test_a_stopping_worker_with_concurrent_sends_lets_those_in_flight_finish(set
         **dict.fromkeys(claimed.message_ids[2:], Status.UNSENT),
     }
     assert DeliveryAttempt.objects.filter(outcome="released").count() == 4
+
+
+# --- a worker frozen past its lease ---------------------------------------------------
+
+
+class FrozenDuringItsFirstSend(locmem.LocmemProvider):
+    """The worker is frozen (SIGSTOP, a paused VM) during its first send for longer than the lease:
+    its clocks move on by `seconds` meanwhile, and no renewal of its keeper ran."""
+
+    def __init__(self, freeze) -> None:
+        super().__init__()
+        self.freeze = freeze
+
+    def send(self, message):
+        freeze, self.freeze = self.freeze, None
+        if freeze is not None:
+            freeze()
+        return super().send(message)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_worker_frozen_past_its_lease_starts_no_send_after_it(settings, monkeypatch, concurrency):
+    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 60, "CONCURRENCY": concurrency}
+    total = 6
+    for _ in range(total):
+        make_message()
+    claimed = claim(total)
+    frozen_for = [0.0]
+    real_clock = leases.lease_clock
+    monkeypatch.setattr(leases, "lease_clock", lambda: real_clock() + frozen_for[0])
+    provider = FrozenDuringItsFirstSend(freeze=lambda: frozen_for.__setitem__(0, 60.0))
+
+    report = send_chunk(message_ids=claimed.message_ids, claim_token=claimed.claim_token, provider=provider)
+
+    # The sends already under way when it froze finished (and, the rows still being its own, were
+    # recorded); no other began: they went back to the queue for whoever holds them now.
+    sent = [entry.message_pk for entry in locmem.outbox]
+    assert 1 <= len(sent) <= concurrency, sent
+    assert sorted(o.message_id for o in report.outcomes if o.sent) == sorted(sent)
+    assert report.released == total - len(sent)
+    assert Message.objects.filter(status=Status.UNSENT, attempts=0).count() == total - len(sent)
+    assert DeliveryAttempt.objects.filter(outcome="released").count() == total - len(sent)
+
+
+def test_the_lease_keeper_trusts_its_lease_for_three_quarters_of_it_after_the_last_renewal():
+    make_message()
+    claimed = claim(1)
+    now = leases.lease_clock()
+    fresh = LeaseKeeper(
+        message_ids=claimed.message_ids, claim_token=claimed.claim_token, lease_seconds=8, renewed_at=now
+    )
+    old = LeaseKeeper(
+        message_ids=claimed.message_ids, claim_token=claimed.claim_token, lease_seconds=8, renewed_at=now - 6.5
+    )
+    assert fresh.holds() and not old.holds()
+    fresh.lost = True
+    assert not fresh.holds()
+
+
+@pytest.mark.django_db(transaction=True)  # the keeper renews from its own connection
+def test_messages_given_back_are_not_taken_for_a_lost_lease(settings, monkeypatch):
+    settings.DISPATCHER = {**settings.DISPATCHER, "LEASE_SECONDS": 0.6, "CONCURRENCY": 1}  # renewed every 0.2 s
+    for _ in range(3):
+        make_message()
+    claimed = claim(3)
+    release = pipeline.messages_release_unsent
+
+    def slow_release(**kwargs):
+        released = release(**kwargs)
+        time.sleep(0.5)  # before the chunk notes them done, a renewal comes
+        return released
+
+    monkeypatch.setattr(pipeline, "messages_release_unsent", slow_release)
+
+    report = send_chunk(
+        message_ids=claimed.message_ids,
+        claim_token=claimed.claim_token,
+        provider=locmem.LocmemProvider(),
+        should_stop=lambda: len(locmem.outbox) >= 1,
+    )
+
+    assert (report.released, report.lease_lost) == (2, False)
 
 
 # --- keeping a lease alive -------------------------------------------------------------

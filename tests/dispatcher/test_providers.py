@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import threading
 import time
 import uuid
@@ -11,12 +13,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from dispatcher.engine.pipeline import run_tick_here, send_chunk
 from dispatcher.engine.providers import ProviderError, ProviderResult, ProviderSet, get_provider
 from dispatcher.engine.providers.console import ConsoleProvider
 from dispatcher.engine.providers.locmem import LocmemProvider
 from dispatcher.engine.providers.webhook import WebhookProvider
 from dispatcher.engine.sending import Unsent, send_concurrently
-from messages_app.models import Message
+from dispatcher.providers_conf import BACKEND_ALIASES, ProviderSpec
+from dispatcher.state import dispatcher_state_ensure
+from messages_app.models import DeliveryAttempt, Message
+from messages_app.transitions import messages_claim
+from tests.factories import make_message
 from tests.processes import fake_provider, fake_provider_in_thread, free_port, http_json
 
 AUTH_KEY = "INS.me1x9uMcyYGlhKKQVPoc.bO3j9aZwRTOcA2Ywo"
@@ -283,6 +290,75 @@ def test_webhook_error_body_is_cut_short_in_the_reason(canned_server, webhook_at
     assert len(raised.value.reason) < 300
 
 
+# --- answers PostgreSQL cannot store: the outcome is recorded all the same ----------------------
+
+
+def claimed_chunk(count: int) -> tuple[list[Message], uuid.UUID]:
+    """`count` unsent messages claimed by one tick (one claim token), as a chunk task gets them."""
+    messages = [
+        Message.objects.create(recipient_phone_number=f"+9055511122{n:02d}", content="hi") for n in range(count)
+    ]
+    token = uuid.uuid4()
+    messages_claim(message_ids=[m.pk for m in messages], claim_token=token, lease_seconds=60)
+    return messages, token
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("message_id", "kept"),
+    [("SM-1\x00tail", "SM-1\\u0000tail"), ("SM-1\udc80tail", "SM-1\\udc80tail")],
+    ids=["nul", "lone-surrogate"],
+)
+def test_a_2xx_whose_message_id_postgresql_cannot_store_is_recorded_as_sent_with_it_escaped(
+    canned_server, settings, message_id, kept
+):
+    """The provider took the messages (2xx): they are sent, whatever their id holds. Before, the
+    write of the chunk's outcomes failed: all ten stayed processing until their lease ran out
+    and were sent again."""
+    url = canned_server(200, json.dumps({"messageId": message_id}).encode())
+    settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": url}
+    messages, token = claimed_chunk(10)
+    provider = WebhookProvider()
+    try:
+        report = send_chunk(message_ids=[m.pk for m in messages], claim_token=token, provider=provider)
+    finally:
+        provider.close()
+
+    assert [o.outcome for o in report.outcomes] == ["sent"] * 10
+    stored = Message.objects.filter(pk__in=[m.pk for m in messages])
+    assert {(m.status, m.provider_message_id, m.attempts) for m in stored} == {(Message.Status.SENT, kept, 1)}
+    assert set(DeliveryAttempt.objects.values_list("outcome", "provider_message_id")) == {("sent", kept)}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body", [b"bad\x00gateway", "bad \udc80 gateway".encode("utf-8", "surrogatepass")], ids=["nul", "surrogate-bytes"]
+)
+def test_an_error_answer_holding_a_nul_is_recorded_with_it_escaped(canned_server, settings, body):
+    url = canned_server(502, body)
+    settings.DISPATCHER = {**settings.DISPATCHER, "WEBHOOK_URL": url}
+    messages, token = claimed_chunk(3)
+    provider = WebhookProvider()
+    try:
+        report = send_chunk(message_ids=[m.pk for m in messages], claim_token=token, provider=provider)
+    finally:
+        provider.close()
+
+    assert [o.outcome for o in report.outcomes] == ["retry"] * 3
+    for message in Message.objects.filter(pk__in=[m.pk for m in messages]):
+        assert message.status == Message.Status.UNSENT
+        assert message.last_error.startswith("provider answered HTTP 502: bad")
+        assert "\x00" not in message.last_error
+
+
+def test_provider_answers_keep_nothing_postgresql_cannot_store():
+    """What every backend returns or raises (ProviderResult, ProviderError) is made storable
+    where it is made, so a backend of one's own gets the same."""
+    assert ProviderResult(message_id="a\x00b\ud800c").message_id == "a\\u0000b\\ud800c"
+    assert ProviderError("said \x00 and \udfff").reason == "said \\u0000 and \\udfff"
+    assert ProviderResult(message_id="SM\U0001f600").message_id == "SM\U0001f600"  # a whole character stays
+
+
 def test_webhook_timeout(fake, webhook_at):
     set_faults(fake, latency_ms=2000)
     provider = webhook_at(fake.url, WEBHOOK_TIMEOUT_SECONDS=0.3)
@@ -303,6 +379,58 @@ def test_webhook_connection_refused(webhook_at):
     assert "could not connect" in raised.value.reason
     assert raised.value.permanent is False
     assert raised.value.http_status is None
+
+
+@pytest.fixture
+def garbling_server():
+    """The URL of a server that answers every request with a status line no client can read."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 2x0 WHAT\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stopping.set()
+    thread.join(5)
+    server.close()
+
+
+def test_a_failure_is_told_without_the_credentials_in_the_url(garbling_server, webhook_at):
+    # Issue 20: aiohttp's error text names the URL, and it went into the reason, so into the
+    # dispatcher's log lines and the message's last_error, ?api_key= and all.
+    url = garbling_server.replace("http://", "http://user:hunter2@") + "/send?api_key=SECRETQ"
+    with pytest.raises(ProviderError) as raised:
+        webhook_at(url).send(a_message())
+    assert raised.value.reason
+    assert "hunter2" not in raised.value.reason and "SECRETQ" not in raised.value.reason
+
+
+@pytest.mark.django_db
+def test_the_dispatchers_log_and_the_messages_never_show_the_credentials_in_the_url(garbling_server, settings, caplog):
+    url = garbling_server.replace("http://", "http://user:hunter2@") + "/send?api_key=SECRETQ"
+    settings.DISPATCH_PROVIDERS = (ProviderSpec(name="primary", backend=BACKEND_ALIASES["webhook"], url=url),)
+    dispatcher_state_ensure()
+    messages = [make_message(), make_message()]  # more than one: sent from the event loop, as a chunk is
+
+    with caplog.at_level(logging.INFO, logger="dispatcher"):
+        outcomes = run_tick_here()
+
+    assert sorted((o.message_id, o.outcome) for o in outcomes) == [(m.pk, "retry") for m in messages]
+    last_errors = "".join(Message.objects.values_list("last_error", flat=True))
+    assert f"retrying message id={messages[0].pk} " in caplog.text and "request failed" in last_errors
+    for written in (caplog.text, last_errors):
+        assert "hunter2" not in written and "SECRETQ" not in written
 
 
 # --- the fake provider itself ----------------------------------------------------------
@@ -387,6 +515,18 @@ def test_fake_provider_rejects_bad_faults(fake, faults):
     response = requests.post(fake.url + "_fake/faults", json=faults, timeout=5)
     assert response.status_code == 400
     assert response.json()["message"]
+    assert http_json("GET", fake.url + "_fake/faults") == before
+
+
+# JSON's NaN and Infinity, which Python's json reads: a sleep of nan, Retry-After: inf, int(inf) (a 500).
+@pytest.mark.parametrize("body", ['{"latency_ms": NaN}', '{"retry_after": Infinity}', '{"error_status": -Infinity}'])
+def test_fake_provider_refuses_faults_that_are_not_finite(fake, body):
+    before = http_json("GET", fake.url + "_fake/faults")
+    response = requests.post(
+        fake.url + "_fake/faults", data=body, headers={"Content-Type": "application/json"}, timeout=5
+    )
+    assert response.status_code == 400
+    assert "must be a finite number" in response.json()["message"]
     assert http_json("GET", fake.url + "_fake/faults") == before
 
 

@@ -206,6 +206,31 @@ def test_errors_never_show_a_credential():
     assert "backup-token" not in message and "primary-key" not in message
 
 
+# A provider whose credentials are in its URL: user info, and a key in the query string.
+CREDENTIALED_URL = "http://user:hunter2@sms.example.com/send?api_key=SECRETQ"
+
+
+def test_a_spec_shows_its_url_without_the_credentials_in_it():
+    (primary,), _ = specs({"PROVIDERS": "primary", "PROVIDER_PRIMARY_URL": CREDENTIALED_URL})
+    assert primary.url == CREDENTIALED_URL  # what the backend sends to
+    assert "http://sms.example.com/send?api_key=REDACTED" in repr(primary)
+    assert "hunter2" not in repr(primary) and "SECRETQ" not in repr(primary)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PROVIDERS": "primary", "PROVIDER_PRIMARY_URL": CREDENTIALED_URL.replace("http", "ftp", 1)},
+        {"PROVIDERS": "primary", "PROVIDER_PRIMARY_URL": CREDENTIALED_URL, "ALLOW": ""},
+    ],
+    ids=["not http", "plain http in production"],
+)
+def test_a_url_refused_at_start_up_is_quoted_without_its_credentials(env):
+    message = error_of(env, allow_http="ALLOW" not in env)
+    assert "PROVIDER_PRIMARY_URL" in message
+    assert "hunter2" not in message and "SECRETQ" not in message
+
+
 # --- secrets from the environment or from a file --------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import logging
 import threading
@@ -29,6 +30,7 @@ from dispatcher.engine.providers.webhook import WebhookProvider
 from dispatcher.engine.receipts import (
     WAITING_RECEIPT_HOURS,
     _GroupCommit,
+    _record_now,
     receipts_apply_for_sent,
     receipts_apply_waiting,
 )
@@ -387,6 +389,141 @@ def test_a_signed_body_that_is_not_json_is_400_not_a_signature_failure(client):
     assert_nothing_recorded(message)
 
 
+# --- signed, but holding what PostgreSQL or Python cannot: 400, and the rows stay readable ---------
+
+UNSTORABLE = {
+    # The year 10000 in UTC, and the year 0 (a Go zero time with a positive offset): psycopg
+    # cannot read either back, so the message's pages would answer 500 from then on.
+    "timestamp-year-10000-in-utc": ({"timestamp": "9999-12-31T23:59:59-14:00"}, "timestamp: "),
+    "timestamp-year-0-in-utc": ({"timestamp": "0001-01-01T00:00:00+14:00"}, "timestamp: "),
+    "timestamp-unix-epoch": ({"timestamp": "1970-01-01T00:00:00Z"}, "timestamp: "),
+    "timestamp-offset-23-59": ({"timestamp": "2030-01-01T00:00:00+23:59"}, "timestamp: "),
+    "timestamp-impossible-date": ({"timestamp": "2030-02-30T00:00:00Z"}, "timestamp "),
+    "timestamp-other-digits": ({"timestamp": "\u0662\u0660\u0663\u0660-01-01T00:00:00Z"}, "timestamp "),
+    "messageId-nul": ({"messageId": "p-1\x00"}, "messageId "),
+    "messageId-lone-surrogate": ({"messageId": "p-1\ud800"}, "messageId "),
+    "errorCode-nul": ({"status": "undelivered", "errorCode": "30003\x00"}, "errorCode "),
+    "errorCode-lone-surrogate": ({"status": "undelivered", "errorCode": "\udfff"}, "errorCode "),
+}
+
+
+@pytest.mark.parametrize(("fields", "named"), UNSTORABLE.values(), ids=UNSTORABLE.keys())
+def test_a_receipt_holding_what_the_database_cannot_is_400_naming_the_field(client, api_client, fields, named):
+    message = sent_message(provider_message_id="p-1")
+    body = json.dumps({**json.loads(receipt_body("p-1")), **fields})
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith(named), response.json()
+    assert_nothing_recorded(message)
+    assert api_client.get(f"/api/messages/{message.pk}/").status_code == 200
+
+
+def test_a_webhook_id_holding_a_nul_is_400(client):
+    message = sent_message()
+    body = receipt_body(message.provider_message_id)
+
+    # gunicorn refuses a header holding a NUL before we see it; the service does not count on that.
+    response = post_receipt(client, body, signed(body, receipt_id="r-\x00"))
+
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith("webhook-id ")
+    assert_nothing_recorded(message)
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ({"id": "b-\x00"}, "receipts[1].id "),
+        ({"id": "b-\udc80"}, "receipts[1].id "),
+        ({"messageId": "p-\x00"}, "receipts[1]: messageId "),
+        ({"errorCode": "\x00"}, "receipts[1]: errorCode "),
+        ({"timestamp": "0001-01-01T00:00:00+14:00"}, "receipts[1]: timestamp: "),
+    ],
+    ids=["id-nul", "id-lone-surrogate", "messageId-nul", "errorCode-nul", "timestamp-year-0"],
+)
+def test_a_batch_item_holding_what_the_database_cannot_refuses_the_batch(client, item, named):
+    message = sent_message()
+    body = batch_body(
+        batch_item("b-1", message.provider_message_id), {**batch_item("b-2", message.provider_message_id), **item}
+    )
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith(named), response.json()
+    assert_nothing_recorded(message)
+
+
+@pytest.mark.parametrize("opener", ["[", "{"])
+def test_a_signed_receipt_nested_100000_deep_is_400_not_a_crash(client, opener):
+    message = sent_message()
+    body = ('{"a":' * 100_000 + "1" + "}" * 100_000) if opener == "{" else ("[" * 100_000 + "]" * 100_000)
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.status_code == 400, response.content[:300]
+    assert "nested deeper than" in response.json()["detail"]
+    assert_nothing_recorded(message)
+
+
+def test_a_signed_receipt_with_an_integer_too_long_to_read_is_a_plain_400(client):
+    message = sent_message()
+    body = json.dumps({**json.loads(receipt_body(message.provider_message_id)), "errorCode": 0})
+    body = body.replace('"errorCode": 0', '"errorCode": ' + "9" * 5001)
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.status_code == 400, response.content[:300]
+    assert "set_int_max_str_digits" not in response.json()["detail"]
+    assert_nothing_recorded(message)
+
+
+# --- long receipt ids: kept whole, as their digest --------------------------------------------------
+
+LONG_ID = "msg_" + "x" * 300
+
+
+def test_two_long_receipt_ids_alike_in_their_first_255_characters_are_two_receipts(client):
+    first, second = sent_message(), sent_message()
+    one, two = receipt_body(first.provider_message_id), receipt_body(second.provider_message_id)
+
+    answers = [
+        post_receipt(client, one, signed(one, receipt_id=LONG_ID + "-1")),
+        post_receipt(client, two, signed(two, receipt_id=LONG_ID + "-2")),
+    ]
+
+    assert [(a.status_code, a.json()["outcome"]) for a in answers] == [(200, "applied"), (200, "applied")]
+    assert delivery(first)[1] == delivery(second)[1] == Delivery.DELIVERED
+    assert DeliveryReceipt.objects.count() == 2
+
+
+def test_a_long_receipt_id_sent_again_is_still_a_replay(client):
+    message = sent_message()
+    body = receipt_body(message.provider_message_id)
+    assert post_receipt(client, body, signed(body, receipt_id=LONG_ID)).json()["outcome"] == "applied"
+
+    again = post_receipt(client, body, signed(body, receipt_id=LONG_ID))
+
+    assert again.json() == {"outcome": "replayed", "message_id": None}
+    assert DeliveryReceipt.objects.count() == 1
+    # Kept as its digest: short enough for the column, the same for the same id.
+    assert DeliveryReceipt.objects.get().receipt_id == "sha256:" + hashlib.sha256(LONG_ID.encode()).hexdigest()
+
+
+def test_long_ids_in_a_batch_alike_in_their_first_255_characters_are_two_receipts(client):
+    first, second = sent_message(), sent_message()
+    body = batch_body(
+        batch_item(LONG_ID + "-1", first.provider_message_id), batch_item(LONG_ID + "-2", second.provider_message_id)
+    )
+
+    response = post_receipt(client, body, signed(body))
+
+    assert response.json() == {"outcome": "batch", "applied": 2, "waiting": 0, "replayed": 0}
+    assert DeliveryReceipt.objects.count() == 2
+
+
 # --- replays and duplicates -------------------------------------------------------------------------
 
 
@@ -727,7 +864,7 @@ BAD_BATCHES = {
     "too many": {"type": "message.status.batch", "receipts": [{"id": f"b-{n}"} for n in range(1001)]},
     "not an object": {"type": "message.status.batch", "receipts": ["b-1"]},
     "no id": {"type": "message.status.batch", "receipts": [{"messageId": "p-1", "status": "delivered"}]},
-    "id too long": {"type": "message.status.batch", "receipts": [{"id": "x" * 256}]},
+    "id not a string": {"type": "message.status.batch", "receipts": [{"id": 42}]},
 }
 
 
@@ -922,6 +1059,60 @@ def test_a_failed_group_write_fails_each_of_its_requests_and_the_next_one_writes
     assert outcomes == {"r-1": ["ok"], "r-2": "the database went away", "r-3": "the database went away"}
     assert not group._writing
     assert group.record([receipt_in("r-4")]) == ["ok"]  # nobody is left holding the turn
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("bad_id", "error"), [("p-\x00", "DataError"), ("p-\ud800", "UnicodeEncodeError")], ids=["nul", "lone-surrogate"]
+)
+def test_a_receipt_the_database_refuses_fails_only_its_own_request_not_the_others_of_its_group(bad_id, error):
+    """The real writer (one statement on PostgreSQL): three requests queued behind a first
+    write go together, and the middle one carries text PostgreSQL cannot store (intake
+    refuses it too; this is the write's own guard). The other two are recorded all the same."""
+    messages = {name: sent_message() for name in ("r-1", "r-2", "r-4")}
+    first_write_started, release_first_write = threading.Event(), threading.Event()
+    writes: list[int] = []
+
+    def write(receipts):
+        writes.append(len(receipts))
+        if len(writes) == 1:
+            first_write_started.set()
+            assert release_first_write.wait(10)
+        return _record_now(receipts)
+
+    group = _GroupCommit(write)
+    answers: dict[str, object] = {}
+
+    def request(receipt_id: str, provider_message_id: str) -> None:
+        try:
+            receipt = ReceiptIn(receipt_id, provider_message_id, "delivered", "", timezone.now())
+            answers[receipt_id] = [result.outcome for result in group.record([receipt])]
+        except Exception as exc:  # the refused request's own answer
+            answers[receipt_id] = type(exc).__name__
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=request, args=("r-1", messages["r-1"].provider_message_id))]
+    threads[0].start()
+    assert first_write_started.wait(10)
+    later = [
+        ("r-2", messages["r-2"].provider_message_id),
+        ("r-3", bad_id),
+        ("r-4", messages["r-4"].provider_message_id),
+    ]
+    for queued, (receipt_id, provider_message_id) in enumerate(later, start=1):
+        threads.append(threading.Thread(target=request, args=(receipt_id, provider_message_id)))
+        threads[-1].start()
+        # One at a time, so that the group is written in this order.
+        wait_for(lambda queued=queued: len(group._queue) == queued, timeout=10, what="a queued request")
+    release_first_write.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert answers == {"r-1": ["applied"], "r-2": ["applied"], "r-3": error, "r-4": ["applied"]}
+    assert all(delivery(message)[1] == Delivery.DELIVERED for message in messages.values())
+    assert set(DeliveryReceipt.objects.values_list("receipt_id", flat=True)) == {"r-1", "r-2", "r-4"}
+    assert not group._writing and group._queue == []
 
 
 @pytest.mark.django_db(transaction=True)

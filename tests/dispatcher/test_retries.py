@@ -108,10 +108,49 @@ def test_a_permanent_failure_fails_at_once(policy):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("120", 120.0), ("1.5", 1.5), (None, None), ("", None), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+    [
+        ("120", 120.0),
+        (" 120 ", 120.0),
+        ("1.5", 1.5),
+        ("999999999", 999_999_999.0),  # honoured here; what a pause or a delay takes of it is capped
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        # Nothing a clock can hold, or not delta-seconds at all: refused, as if absent.
+        ("1e999", None),
+        ("inf", None),
+        ("Infinity", None),
+        ("nan", None),
+        ("-5", None),
+        ("+5", None),
+        ("1e3", None),
+        ("9" * 400, None),  # beyond any float
+        ("\uff15", None),  # a fullwidth 5: a digit to str.isdigit(), not to HTTP
+    ],
 )
 def test_parse_retry_after(value, expected):
     assert parse_retry_after(value) == expected
+
+
+def test_a_retry_after_date_far_ahead_is_a_finite_number_of_seconds():
+    assert 2.4e11 < parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") < 2.6e11
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), float("-inf"), float("nan"), -1.0])
+def test_a_provider_error_keeps_no_retry_after_a_clock_cannot_hold(retry_after):
+    # Whatever a backend (ours or one configured by dotted path) puts there.
+    assert ProviderError("throttled", http_status=429, retry_after=retry_after).retry_after is None
+
+
+def test_a_messages_own_delay_is_at_most_a_day(policy):
+    assert retry_delay(attempt=1, conf=policy, retry_after=999_999_999) == 86_400
+    message = claimed_message()
+    locmem.failures.append(ProviderError("provider answered HTTP 503", http_status=503, retry_after=999_999_999))
+    deliver(message, locmem.LocmemProvider())
+    message.refresh_from_db()
+    assert message.status == Status.UNSENT
+    assert message.next_attempt_at <= database_now() + dt.timedelta(days=1)
 
 
 def test_retry_after_as_an_http_date_in_the_future():

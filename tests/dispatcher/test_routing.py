@@ -28,7 +28,7 @@ from django.test import Client
 from django.utils import timezone
 
 from dispatcher.engine.providers import BaseProvider, ProviderResult, ProviderSet, build_provider
-from dispatcher.engine.providers.gate import Circuit
+from dispatcher.engine.providers.gate import Circuit, ProviderPause
 from dispatcher.providers_conf import (
     BACKEND_ALIASES,
     DEFAULT_PROVIDER,
@@ -326,6 +326,43 @@ def test_the_only_provider_answering_429_defers_without_spending_an_attempt(fake
     assert attempts(message) == [(1, "deferred", "primary")]
     # Due again when the provider said, Retry-After: 3.
     assert 2.0 < (message.next_attempt_at - timezone.now()).total_seconds() <= 3.5
+
+
+def test_a_429_asking_for_decades_pauses_the_provider_minutes_and_the_message_a_day(fakes, provider_set):
+    primary, _ = fakes
+    faults(primary, script=[429], retry_after=999_999_999)  # Retry-After: 999999999, 31 years
+    providers = provider_set(primary.url)
+    message = claimed_message()
+
+    outcome = deliver(message, providers)
+
+    message.refresh_from_db()
+    assert outcome.outcome == "deferred"
+    # One answer pauses the provider, for every worker, PROVIDER_MAX_PAUSE_SECONDS (300) at most,
+    # and the pause says why.
+    for worker in (providers, provider_set(primary.url)):
+        assert 295 < worker.gates["primary"].rate.paused_for() <= 300
+    pause = ProviderPause("primary").current()
+    assert pause.reason == "429 Retry-After 999999999 s; paused 300 s, the most PROVIDER_MAX_PAUSE_SECONDS allows"
+    # The message itself waits what the provider asked, a day at most.
+    wait = (message.next_attempt_at - timezone.now()).total_seconds()
+    assert 86_400 - 60 < wait <= 86_400
+
+
+def test_after_a_capped_pause_the_same_worker_sends_again(fakes, provider_set, settings):
+    # The pause lived on in the worker's memory too: a worker that had seen this 429 sent nothing
+    # until it was restarted, whatever Redis said.
+    settings.DISPATCHER = {**settings.DISPATCHER, "PROVIDER_MAX_PAUSE_SECONDS": 1}
+    primary, _ = fakes
+    faults(primary, script=[429], retry_after=999_999_999)
+    providers = provider_set(primary.url)
+    assert deliver(claimed_message(), providers).outcome == "deferred"
+
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert deliver(claimed_message(), providers).outcome == "sent"
+    assert time.monotonic() - started < 2
+    assert [r.status for r in primary.requests()] == [429, 202]
 
 
 def test_a_read_timeout_stays_with_its_provider_and_keeps_its_key(fakes, provider_set):

@@ -22,6 +22,7 @@ from dispatcher.engine.providers import ProviderError, ProviderSet, build_provid
 from dispatcher.engine.providers.twilio import TwilioProvider
 from dispatcher.providers_conf import provider_specs_from_env
 from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
+from messages_app.transitions import database_now
 from tests.factories import claimed_message, deliver, make_message
 from tests.processes import fake_provider_in_thread, free_port
 
@@ -55,6 +56,7 @@ class FakeTwilio:
     # Answers to play first: a status (an error in Twilio's shape), or ("latency", seconds).
     script: list = field(default_factory=list)
     retry_after: str | None = None
+    sid: str | None = None  # the sid to answer instead of a new one each time
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -105,7 +107,7 @@ class _TwilioHandler(BaseHTTPRequestHandler):
         if "To" not in fields or "Body" not in fields or not ({"From", "MessagingServiceSid"} & set(fields)):
             entry.answered = 400
             return self._answer(400, {"code": 21604, "message": "A 'To' phone number is required.", "status": 400})
-        sid = "SM" + uuid.uuid4().hex
+        sid = fake.sid or "SM" + uuid.uuid4().hex
         entry.answered = 201
         self._answer(
             201,
@@ -248,6 +250,18 @@ def test_a_message_sent_through_twilio_is_on_record_with_its_provider(twilio, co
     assert attempt.provider_message_id == message.provider_message_id
 
 
+def test_a_sid_postgresql_cannot_store_is_recorded_as_sent_with_it_escaped(twilio, configure):
+    providers = configure(twilio_env(twilio.url))
+    twilio.sid = "SM\x00" + "a" * 31
+    message = claimed_message(recipient_phone_number="+12025550123")
+
+    outcome = deliver(message, providers)
+
+    message.refresh_from_db()
+    assert outcome.outcome == "sent"
+    assert (message.status, message.provider_message_id) == (Status.SENT, "SM\\u0000" + "a" * 31)
+
+
 # --- Twilio's errors, classified like the webhook's --------------------------------------------
 
 
@@ -282,6 +296,24 @@ def test_a_429_honours_twilios_retry_after_header(twilio, configure):
     twilio.script, twilio.retry_after = [429], "7"
     error = send_error(configure(twilio_env(twilio.url)).providers["backup"])
     assert error.retry_after == 7.0
+
+
+@pytest.mark.parametrize("retry_after", ["1e999", "inf", "nan", "-5", "9" * 400])
+def test_a_retry_after_no_clock_can_hold_is_refused_and_the_429_pauses_a_second(twilio, configure, retry_after):
+    # Infinity, not a number, negative, or beyond any float: the header is dropped where it is read,
+    # and the 429 counts as one without Retry-After. 1e999 used to raise OverflowError as its deferral
+    # was written, leave the message in processing, and keep this worker paused for good.
+    twilio.script, twilio.retry_after = [429], retry_after
+    providers = configure(twilio_env(twilio.url))
+    message = claimed_message()
+
+    outcome = deliver(message, providers)
+
+    message.refresh_from_db()
+    assert outcome.outcome == "deferred"
+    assert (message.status, message.attempts) == (Status.UNSENT, 0)
+    assert 0.5 <= (message.next_attempt_at - database_now()).total_seconds() <= 1.0
+    assert 0.5 <= providers.gates["backup"].rate.paused_for() <= 1.0
 
 
 def test_connection_refused_was_not_taken(configure):
@@ -453,6 +485,26 @@ def test_a_callback_signed_for_another_url_is_401(twilio_configured):
         headers={"X-Twilio-Signature": signature},
     )
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"MessageSid": "SM\x00" + "a" * 31, "SmsSid": "SM\x00" + "a" * 31}, "MessageSid "),
+        ({"MessageStatus": "undelivered", "ErrorCode": "30005\x00"}, "ErrorCode "),
+    ],
+    ids=["MessageSid-nul", "ErrorCode-nul"],
+)
+def test_a_callback_holding_a_nul_is_400_and_changes_nothing(twilio_configured, fields, named):
+    message = make_message(status=Status.SENT, provider_message_id="SM" + "a" * 32)
+
+    response = callback(Client(), {**status_params(message.provider_message_id, "delivered"), **fields})
+
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith(named)
+    message.refresh_from_db()
+    assert message.delivery_status == Delivery.UNKNOWN
+    assert not DeliveryReceipt.objects.exists()
 
 
 def test_an_unknown_provider_is_404(twilio_configured):

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import re
+from html import unescape
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -180,6 +181,34 @@ def test_add_keeps_content_as_given_like_the_api(admin_client_):
         ({"recipient_phone_number": "+905551112233", "content": "\u200b\ufeff"}, "content"),
         ({"recipient_phone_number": "+905551112233", "content": "\x1b[2Jcleared"}, "content"),
         ({"recipient_phone_number": "+905551112233", "content": "a\rb"}, "content"),
+        # times outside the years the service takes (restapi/storable.py)
+        (
+            {
+                "recipient_phone_number": "+905551112233",
+                "content": "hi",
+                "send_after_0": "2200-01-01",
+                "send_after_1": "00:00",
+            },
+            "send_after",
+        ),
+        (
+            {
+                "recipient_phone_number": "+905551112233",
+                "content": "hi",
+                "expires_at_0": "9999-12-31",
+                "expires_at_1": "23:59",
+            },
+            "expires_at",
+        ),
+        (
+            {
+                "recipient_phone_number": "+905551112233",
+                "content": "hi",
+                "send_after_0": "1970-01-01",
+                "send_after_1": "00:00",
+            },
+            "send_after",
+        ),
     ],
 )
 def test_add_with_invalid_input_shows_a_form_error_and_writes_nothing(admin_client_, data, field):
@@ -239,6 +268,64 @@ def test_the_changelist_and_a_message_page_write_times_to_the_second_with_the_ti
         assert shown(created) in html
         assert shown(sent) in html
     assert "a.m." not in listing + page and "p.m." not in listing + page  # Django's English default
+
+
+def test_the_changelist_says_how_long_ago_with_the_full_time_on_hover(admin_client_):
+    created = timezone.now() - dt.timedelta(hours=2, minutes=1)
+    sent = timezone.now() - dt.timedelta(minutes=5)
+    message = make_message(status=Status.SENT, sent_at=sent)
+    Message.objects.filter(pk=message.pk).update(created_at=created)
+
+    listing = admin_client_.get(CHANGELIST).content.decode()
+
+    row = re.search(rf'<tr>(?:(?!</tr>).)*value="{message.pk}"(?:(?!</tr>).)*</tr>', listing, re.S).group(0)
+    assert re.search(rf'<span title="{shown(created)} \(2 h 1 min ago\)">2 h ago</span>', row), row
+    assert re.search(rf'<span title="{shown(sent)} \(5 min ago\)">5 min ago</span>', row), row
+
+
+def test_a_message_page_writes_each_time_with_how_long_ago_or_how_soon(admin_client_):
+    now = timezone.now()
+    created, claimed, sent = (
+        now - dt.timedelta(hours=2, minutes=1),
+        now - dt.timedelta(minutes=3),
+        now - dt.timedelta(seconds=90),
+    )
+    expires = now + dt.timedelta(days=2)
+    message = make_message(status=Status.SENT, claimed_at=claimed, sent_at=sent, expires_at=expires)
+    Message.objects.filter(pk=message.pk).update(created_at=created)
+
+    page = admin_client_.get(f"/admin/messages_app/message/{message.pk}/change/").content.decode()
+
+    def readonly(field: str) -> str:
+        match = re.search(rf'field-{field}\b.*?<div class="readonly">(.*?)</div>', page, re.S)
+        assert match, field
+        return match.group(1).strip()
+
+    assert readonly("created_at") == f"{shown(created)} (2 h 1 min ago)"
+    assert readonly("claimed_at") == f"{shown(claimed)} (3 min ago)"
+    assert readonly("sent_at") == f"{shown(sent)} (1 min 30 s ago)"
+    assert re.fullmatch(rf"{shown(expires)} \(in (2 d|1 d 23 h)\)", readonly("expires_at")), readonly("expires_at")
+    assert readonly("send_after") == "-"
+
+
+@pytest.mark.parametrize(
+    ("status", "delivery", "shown_as"),
+    [
+        (Status.FAILED, "", "— (not sent)"),
+        (Status.UNSENT, "", "— (not sent)"),
+        (Status.CANCELLED, "", "— (not sent)"),
+        (Status.SENT, "", "No receipt yet"),
+        (Status.SENT, Message.Delivery.DELIVERED, "Delivered"),
+        (Status.SENT, Message.Delivery.UNDELIVERED, "Undelivered"),
+    ],
+)
+def test_a_message_page_says_no_receipt_only_for_a_sent_message(admin_client_, status, delivery, shown_as):
+    message = make_message(status=status, delivery_status=delivery)
+
+    page = admin_client_.get(f"/admin/messages_app/message/{message.pk}/change/").content.decode()
+
+    match = re.search(r'field-delivery\b.*?<div class="readonly">(.*?)</div>', page, re.S)
+    assert match and match.group(1).strip() == shown_as
 
 
 # --- requeue_failed action ----------------------------------------------------------------------
@@ -440,6 +527,26 @@ def test_dispatcher_page_writes_its_ticks_in_the_one_format_with_how_long_ago(ad
     assert re.search(rf"{shown(last + dt.timedelta(seconds=60))} \(in (3[0-9]|40) s\)", html), html
 
 
+def test_dispatcher_page_says_a_due_tick_is_due_now_not_how_long_ago(admin_client_):
+    set_state(running=True, next_tick_at=timezone.now())  # as starting it leaves it
+    html = admin_client_.get(dispatcher_change_url()).content.decode()
+    assert re.search(r'field-next_tick\b.*?<div class="readonly">due now</div>', html, re.S), html
+
+    overdue = timezone.now().replace(microsecond=0) - dt.timedelta(seconds=40)
+    set_state(running=True, next_tick_at=overdue)  # no window has taken it yet
+    html = admin_client_.get(dispatcher_change_url()).content.decode()
+    assert f"due now, since {shown(overdue)} (4" in html
+
+
+def test_dispatcher_page_s_breadcrumb_names_it_once(admin_client_):
+    set_state(running=True)
+
+    html = admin_client_.get(dispatcher_change_url()).content.decode()
+
+    crumbs = re.search(r'<div class="breadcrumbs">(.*?)</div>', html, re.S).group(1)
+    assert unescape(re.sub(r"<[^>]+>", " ", crumbs)).split() == ["Home", "\u203a", "Dispatcher"]
+
+
 def test_dispatcher_page_of_a_stopped_dispatcher_shows_the_start_button(admin_client_):
     set_state(running=False)
 
@@ -594,6 +701,44 @@ def test_a_sent_message_can_be_deleted(admin_client_):
     assert not Message.objects.filter(pk=message.pk).exists()
 
 
+def test_deleting_a_queued_message_is_recorded_in_the_audit_log_like_a_cancel(admin_client_):
+    queued = make_message()
+
+    response = admin_client_.post(reverse("admin:messages_app_message_delete", args=[queued.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Message.objects.filter(pk=queued.pk).exists()
+    entry = ControlAction.objects.get()
+    assert (entry.action, entry.via, entry.actor_label) == (
+        ControlAction.Action.DELETE,
+        ControlAction.Via.ADMIN,
+        "root",
+    )
+    assert entry.detail == {"message_ids": [queued.pk], "selected": 1, "count": 1, "statuses": {"unsent": 1}}
+
+
+def test_delete_selected_records_what_went_and_what_was_kept(admin_client_):
+    unsent, sent, failed = make_message(), make_message(status=Status.SENT), make_message(status=Status.FAILED)
+    processing = make_message(status=Status.PROCESSING)
+
+    admin_client_.post(
+        reverse("admin:messages_app_message_changelist"),
+        {
+            "action": "delete_selected",
+            "_selected_action": [unsent.pk, sent.pk, failed.pk, processing.pk],
+            "post": "yes",
+        },
+    )
+
+    assert set(Message.objects.values_list("pk", flat=True)) == {processing.pk}
+    entry = ControlAction.objects.get()
+    assert (entry.action, entry.via) == (ControlAction.Action.DELETE, ControlAction.Via.ADMIN)
+    assert sorted(entry.detail.pop("message_ids")) == sorted([unsent.pk, sent.pk, failed.pk])
+    assert entry.detail == {"selected": 4, "count": 3, "statuses": {"unsent": 1, "sent": 1, "failed": 1}}
+    audit_page = admin_client_.get("/admin/audit/controlaction/").content.decode()
+    assert "Delete messages" in audit_page
+
+
 def test_the_list_shows_status_in_colour_the_provider_id_and_the_last_error(admin_client_):
     make_message(status=Status.FAILED, last_error="provider answered HTTP 400: bad number", attempts=1)
     sent = make_message(status=Status.SENT)
@@ -604,4 +749,4 @@ def test_the_list_shows_status_in_colour_the_provider_id_and_the_last_error(admi
     assert '<span class="message-status status-sent">Sent</span>' in html
     assert "provider answered HTTP 400: bad number" in html
     assert sent.provider_message_id in html
-    assert "white-space: nowrap" in html  # times and ids stay on one line
+    assert "/static/messages_app/message_list.css" in html  # one line a row (tests/browser checks the look)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -148,6 +149,13 @@ ROWS = {
     "send-after-impossible-date": create(message(send_after="2025-13-45T25:61:00Z"), error_at=("send_after",)),
     "send-after-sql": create(message(send_after=SQL), error_at=("send_after",)),
     "send-after-html": create(message(send_after=HTML), error_at=("send_after",)),
+    # times outside the years the service takes (restapi/storable.py), or with an offset no place has
+    "send-after-year-10000-in-utc": create(message(send_after="9999-12-31T23:59:59-14:00"), error_at=("send_after",)),
+    "send-after-year-0-in-utc": create(message(send_after="0001-01-01T00:00:00+14:00"), error_at=("send_after",)),
+    "send-after-offset-23-59": create(message(send_after="2030-01-01T00:00:00+23:59"), error_at=("send_after",)),
+    "send-after-next-century": create(message(send_after="2200-01-01T00:00:00Z"), error_at=("send_after",)),
+    "send-after-unix-epoch": create(message(send_after="1970-01-01T00:00:00Z"), error_at=("send_after",)),
+    "expires-at-year-9999": create(message(expires_at="9999-12-31T00:00:00Z"), error_at=("expires_at",)),
     # --- the body as a whole ---------------------------------------------------------------------
     "create-array-not-object": create([message()], error_at=("non_field_errors",)),
     "create-string-body": create("hi", error_at=("non_field_errors",)),
@@ -188,6 +196,12 @@ ROWS = {
         "post", BULK, {"messages": [message(), message(content=EMOJI * 1001)]}, error_at=("messages", "1", "content")
     ),
     "bulk-item-nul": Bad("post", BULK, {"messages": [message(content="\x00")]}, error_at=("messages", "0", "content")),
+    "bulk-item-send-after-next-century": Bad(
+        "post",
+        BULK,
+        {"messages": [message(), message(send_after="2200-01-01T00:00:00Z")]},
+        error_at=("messages", "1", "send_after"),
+    ),
     # --- dispatcher PATCH --------------------------------------------------------------------------
     "patch-batch-size-zero": patch({"batch_size": 0}, ("batch_size",)),
     "patch-batch-size-negative": patch({"batch_size": -1}, ("batch_size",)),
@@ -229,6 +243,12 @@ ROWS = {
     "seed-content-over-limit": Bad("post", SEED, message(content=EMOJI * 1001), error_at=("fail", "reason")),
     "seed-phone-invalid": Bad("post", SEED, message(phone="+90 123"), error_at=("fail", "reason")),
     "seed-unknown-field": Bad("post", SEED, message(to=PHONE), error_at=("fail", "reason")),
+    "seed-send-after-year-10000-in-utc": Bad(
+        "post", SEED, message(send_after="9999-12-31T23:59:59-14:00"), error_at=("fail", "reason")
+    ),
+    "seed-send-after-offset-23-59": Bad(
+        "post", SEED, message(send_after="2030-01-01T00:00:00+23:59"), error_at=("fail", "reason")
+    ),
     "seed-array-not-object": Bad("post", SEED, [message()], status=422, error_at=("fail", "reason")),
     "seed-malformed-json": Bad("post", SEED, raw=b"{", status=422, error_at=("fail", "reason")),
     "seed-10mb-over-body-limit": Bad(
@@ -294,7 +314,44 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(root_client, settings, row)
     assert dispatcher_rows() == state_before
 
 
+def test_a_time_outside_the_years_taken_is_refused_naming_the_field_and_the_range(root_client):
+    response = root_client.post(CREATE, message(send_after="9999-12-31T23:59:59-14:00"), format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "send_after": [
+            "9999-12-31T23:59:59-14:00 is outside the times this service takes: "
+            "from 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z."
+        ]
+    }
+
+
+def test_an_offset_no_place_uses_is_refused_naming_the_field(root_client):
+    response = root_client.post(CREATE, message(send_after="2030-01-01T00:00:00+23:59"), format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "send_after": ["2030-01-01T00:00:00+23:59 has a UTC offset of +23:59; no place is more than 14 hours from UTC."]
+    }
+
+
 # --- what is accepted, at the limits ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("send_after", "stored"),
+    [
+        ("2000-01-01T00:00:00Z", datetime(2000, 1, 1, tzinfo=UTC)),
+        ("2099-12-31T23:59:59Z", datetime(2099, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        ("2030-01-01T00:00:00+14:00", datetime(2029, 12, 31, 10, tzinfo=UTC)),
+        ("2030-01-01T00:00:00-12:00", datetime(2030, 1, 1, 12, tzinfo=UTC)),
+    ],
+)
+def test_times_at_the_edges_of_what_is_taken_are_stored(root_client, send_after, stored):
+    response = root_client.post(CREATE, message(send_after=send_after), format="json")
+
+    assert response.status_code == 201, response.content[:300]
+    assert Message.objects.get().send_after == stored
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from messages_app.csv_import import (
@@ -17,6 +18,7 @@ from messages_app.errors import MessageImportError, MessageStateError
 from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
 from messages_app.services import messages_prune, messages_requeue_failed
 from tests.factories import make_message
+from tests.processes import child_env, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -195,6 +197,85 @@ def test_import_refuses_invisible_content_and_control_characters_as_the_api_does
     assert "line 2: content: Content must have at least one visible character" in err
     assert "line 3: content: Content must not contain control characters (U+001B at position 1)" in err
     assert list(Message.objects.values_list("content", flat=True)) == ["\u200bfine\u200b"]
+
+
+def test_import_rejects_times_outside_the_years_taken_by_line_and_the_list_stays_readable(tmp_path, api_client):
+    path = csv_file(
+        tmp_path,
+        "recipient_phone_number,content,send_after,expires_at\n"
+        "+905551112233,year 10000 in UTC,9999-12-31T23:59:59-14:00,\n"  # 2
+        "+905551112234,year 0 in UTC,0001-01-01T00:00:00+14:00,\n"  # 3
+        "+905551112235,no such offset,2030-01-01T00:00:00+23:59,\n"  # 4
+        "+905551112236,expiry far ahead,,2200-01-01T00:00:00Z\n"  # 5
+        "+905551112237,fine,2030-01-01T00:00:00+14:00,2099-12-31T00:00:00Z\n",  # 6
+    )
+
+    out, err = run_rejecting("import_messages", path)
+
+    assert out == "Imported 1 message; 4 rows rejected.\n"
+    rejections = [line for line in err.splitlines() if line.startswith("line ")]
+    assert rejections == [
+        "line 2: send_after: 9999-12-31T23:59:59-14:00 is outside the times this service takes: "
+        "from 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z.",
+        "line 3: send_after: 0001-01-01T00:00:00+14:00 is outside the times this service takes: "
+        "from 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z.",
+        "line 4: send_after: 2030-01-01T00:00:00+23:59 has a UTC offset of +23:59; "
+        "no place is more than 14 hours from UTC.",
+        "line 5: expires_at: 2200-01-01T00:00:00+00:00 is outside the times this service takes: "
+        "from 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z.",
+    ]
+    assert Message.objects.get().send_after == datetime(2029, 12, 31, 10, tzinfo=UTC)
+    assert api_client.get("/api/messages/").status_code == 200
+
+
+def test_an_import_of_1601_rows_with_a_bad_offset_on_row_1500_reports_it_and_stores_the_rest(tmp_path):
+    """The issue's file: it stopped with a traceback after committing 1,000 rows, and a re-run
+    stored those again."""
+    rows = [f"+9055511{n:05d},row {n},2030-01-01T00:00:00+03:00\n" for n in range(1601)]
+    rows[1499] = "+905551199999,bad offset,2030-01-01T00:00:00+23:59\n"  # line 1501
+    path = csv_file(tmp_path, HEADER + "".join(rows))
+
+    out, err = run_rejecting("import_messages", path)
+
+    assert out == "Imported 1600 messages; 1 row rejected.\n"
+    assert "line 1501: send_after: 2030-01-01T00:00:00+23:59 has a UTC offset of +23:59" in err
+    assert Message.objects.count() == 1600
+
+
+def test_an_import_the_database_stops_half_way_stores_nothing_and_fails_in_one_line(tmp_path):
+    """All or nothing: the rows go in one transaction, so an import that fails after its first
+    batches (here the database refuses row 1,500 by a constraint of its own) leaves nothing a
+    re-run would store twice."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"ALTER TABLE {Message._meta.db_table} ADD CONSTRAINT test_refuses_poison CHECK (content <> 'poison')"
+        )
+    rows = [f"+9055511{n:05d},row {n},\n" for n in range(1601)]
+    rows[1499] = "+905551199999,poison,\n"
+    path = csv_file(tmp_path, HEADER + "".join(rows))
+
+    with pytest.raises(CommandError) as raised:
+        run("import_messages", path, "--batch-size", "500")
+
+    assert str(raised.value).startswith(
+        f"{path}: stopped by a database error; nothing was stored, so it can be run again: "
+    )
+    assert "test_refuses_poison" in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize("priority", ["HIGH", "High", " high", "high "])
+def test_import_takes_a_priority_only_as_the_api_does(tmp_path, api_client, priority):
+    # Issue 20: the import lower-cased and stripped it, so it stored what the API refuses.
+    body = {"recipient_phone_number": "+905551112233", "content": "hi", "priority": priority}
+    assert api_client.post("/api/messages/", body, format="json").status_code == 400
+    path = csv_file(tmp_path, f"recipient_phone_number,content,priority\n+905551112233,hi,{priority}\n")
+
+    _, err = run_rejecting("import_messages", path)
+
+    assert "line 2: priority: must be one of high, normal, low." in err
+    assert not Message.objects.exists()
 
 
 def test_import_rejects_a_batch_size_below_one(tmp_path):
@@ -400,9 +481,33 @@ def test_prune_service_refuses_live_statuses():
 def test_prune_refuses_fewer_than_one_day(days):
     aged(make_message(status=Status.SENT), days=40)
 
-    with pytest.raises(CommandError, match="--older-than must be at least 1"):
+    with pytest.raises(CommandError, match="--older-than: must be a whole number from 1 to 36,500"):
         run("prune_messages", f"--older-than={days}")
 
+    assert Message.objects.count() == 1
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        # Issue 20: timedelta's OverflowError, then the database's "bigint out of range".
+        (["prune_messages", "--older-than", "99999999999"], "--older-than: must be a whole number from 1 to 36,500"),
+        (["prune_messages", "--older-than", "999999"], "--older-than: must be a whole number from 1 to 36,500"),
+        (["prune_messages", "--older-than", "30", "--batch-size", "1" + "0" * 20], "--batch-size: must be a whole"),
+        (["prune_messages", "--older-than", "\u0663\u0660"], "--older-than: '\u0663\u0660' is not a whole number"),
+        (["import_messages", "-", "--batch-size", "1" + "0" * 20], "--batch-size: must be a whole number from 1 to"),
+    ],
+    ids=["days-past-int", "days-past-year-1", "prune-batch", "arabic-indic-days", "import-batch"],
+)
+def test_a_number_out_of_range_is_a_one_line_error_not_a_traceback(args, error):
+    aged(make_message(status=Status.SENT), days=40)
+
+    done = manage(args, env=child_env())
+
+    assert done.returncode != 0
+    assert "Traceback" not in done.stdout, done.stdout
+    assert error in done.stdout.strip().splitlines()[-1], done.stdout
     assert Message.objects.count() == 1
 
 

@@ -17,6 +17,7 @@ from django.contrib.messages import get_messages
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
+from django.test import Client
 from django.utils import timezone
 
 from audit.models import ControlAction
@@ -170,6 +171,74 @@ def test_the_admin_action_is_not_offered_without_the_cancel_permission(client):
     client.post(CHANGELIST, {"action": "cancel_queued", "_selected_action": [message.pk], "index": "0"})
 
     assert b"cancel_queued" not in page.content
+    assert status_of(message) == Status.UNSENT
+    assert not ControlAction.objects.exists()
+
+
+# --- cancel: a message's own page ----------------------------------------------------------------
+
+
+def change_url(pk) -> str:
+    return f"/admin/messages_app/message/{pk}/change/"
+
+
+def admin_cancel_url(pk) -> str:
+    return f"/admin/messages_app/message/{pk}/cancel/"
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["unsent", "scheduled"])
+def test_an_unsent_or_scheduled_message_s_page_has_a_cancel_button_that_cancels_it(admin_client_, scheduled):
+    message = make_message(send_after=timezone.now() + dt.timedelta(days=1) if scheduled else None)
+
+    page = admin_client_.get(change_url(message.pk)).content.decode()
+    assert f'action="{admin_cancel_url(message.pk)}"' in page
+    assert 'id="message-cancel"' in page
+
+    response = admin_client_.post(admin_cancel_url(message.pk))
+
+    assert response.status_code == 302 and response["Location"] == change_url(message.pk)
+    assert flash_messages(response) == [("success", f"Cancelled message #{message.pk}: it will not be sent.")]
+    assert status_of(message) == Status.CANCELLED
+    entry = ControlAction.objects.get()
+    assert (entry.action, entry.via, entry.actor_label, entry.detail) == (
+        ControlAction.Action.CANCEL,
+        ControlAction.Via.ADMIN,
+        "root",
+        {"message_ids": [message.pk], "count": 1},
+    )
+    assert 'id="message-cancel"' not in admin_client_.get(change_url(message.pk)).content.decode()
+
+
+@pytest.mark.parametrize("status", [Status.SENT, Status.FAILED, Status.CANCELLED, Status.EXPIRED])
+def test_only_an_unsent_message_s_page_offers_cancel(admin_client_, status):
+    message = make_message(status=status)
+    assert 'id="message-cancel"' not in admin_client_.get(change_url(message.pk)).content.decode()
+
+
+def test_cancelling_a_message_a_worker_took_meanwhile_says_why_and_changes_nothing(admin_client_):
+    message = claimed_message()
+
+    response = admin_client_.post(admin_cancel_url(message.pk))
+
+    assert response.status_code == 302
+    assert flash_messages(response) == [
+        ("error", "Only unsent or scheduled messages can be cancelled; this one is processing.")
+    ]
+    assert status_of(message) == Status.PROCESSING
+    assert not ControlAction.objects.exists()
+
+
+def test_the_cancel_button_needs_the_cancel_permission_and_a_post(admin_client_):
+    message = make_message()
+    viewer = make_user(username="viewer", staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_message", "delete_message"]))
+    client = Client()
+    client.force_login(viewer)
+
+    assert 'id="message-cancel"' not in client.get(change_url(message.pk)).content.decode()
+    assert client.post(admin_cancel_url(message.pk)).status_code == 403
+    assert admin_client_.get(admin_cancel_url(message.pk)).status_code == 403
+    assert admin_client_.post(admin_cancel_url(999_999)).status_code == 404
     assert status_of(message) == Status.UNSENT
     assert not ControlAction.objects.exists()
 
@@ -568,7 +637,7 @@ def test_the_import_takes_expires_at_and_priority(tmp_path):
         tmp_path,
         "recipient_phone_number,content,send_after,expires_at,priority\n"
         "+905551112233,one,,2099-01-31T09:00:00+03:00,high\n"  # 2
-        "+905551112234,two,2099-01-01T00:00:00Z,2099-01-02T00:00:00Z,LOW\n"  # 3
+        "+905551112234,two,2099-01-01T00:00:00Z,2099-01-02T00:00:00Z,low\n"  # 3
         "+905551112235,three,,,\n"  # 4: neither
         "+905551112236,four,,2099-02-01 12:00,normal\n"  # 5: no offset, TIME_ZONE
         "+905551112237,past,,2000-01-01T00:00:00Z,high\n"  # 6

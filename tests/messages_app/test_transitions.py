@@ -19,11 +19,13 @@ from django.utils import timezone
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import (
     LEASE_EXPIRED_ERROR,
+    MAX_DELAY_SECONDS,
     MAX_ERROR_LENGTH,
     RELEASED_ERROR,
     AttemptRecord,
     RecoveredLeases,
     database_now,
+    message_defer,
     message_fail,
     message_schedule_retry,
     messages_claim,
@@ -234,6 +236,28 @@ def test_schedule_retry_puts_the_message_back_due_after_the_delay():
     assert before + timedelta(seconds=40) <= stored.next_attempt_at <= database_now() + timedelta(seconds=40)
     assert (stored.claim_token, stored.lease_expires_at, stored.sending_started_at) == (None, None, None)
     assert attempt_rows(message) == [(1, "retry", long_error[:MAX_ERROR_LENGTH])]
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), 1e12, float("nan")])
+def test_a_delay_beyond_a_day_or_not_a_number_is_written_as_a_day(seconds):
+    # timedelta(seconds=inf) raised OverflowError (the outcome went unrecorded); 1e12 s is beyond
+    # timedelta too, and a few years less would be a date no page could show.
+    token, [message] = claimed()
+    before = database_now()
+
+    assert message_schedule_retry(claim_token=token, attempt=attempt(message, error="e"), retry_in_seconds=seconds)
+
+    stored = Message.objects.get(pk=message.pk)
+    day = timedelta(seconds=MAX_DELAY_SECONDS)
+    assert MAX_DELAY_SECONDS == 86_400
+    assert before + day <= stored.next_attempt_at <= database_now() + day
+
+
+def test_a_negative_delay_is_no_delay():
+    token, [message] = claimed()
+    before = database_now()
+    assert message_defer(claim_token=token, attempt=attempt(message, error="e"), retry_in_seconds=-3600)
+    assert before <= Message.objects.get(pk=message.pk).next_attempt_at <= database_now()
 
 
 def test_schedule_retry_under_the_wrong_token_changes_nothing():

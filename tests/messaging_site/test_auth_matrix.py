@@ -11,7 +11,8 @@ Rules (messages_app/permissions.py):
   they describe the API, and every call they describe still needs a token.
 
 Anonymous callers and revoked tokens get 401, a caller without the permission
-403, and a refused call writes nothing.
+403, and a refused call writes nothing. A caller who may requeue or cancel but not
+read messages learns nothing more of them from the action (below the matrix).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Endpoint:
     id: str
     url_name: str  # the route's name, to check that every route is in the matrix
     method: str
-    path: str  # "{pk}" is a failed message's id
+    path: str  # "{pk}" is a failed message's id, "{unsent_pk}" an unsent one's
     rule: str
     success: int = 200
     body: dict | None = None
@@ -87,8 +88,7 @@ ENDPOINTS = [
     Endpoint("retrieve", "message-detail", "get", "/api/messages/{pk}/", READ),
     Endpoint("attempts", "message-attempts", "get", "/api/messages/{pk}/attempts/", READ),
     Endpoint("requeue", "message-requeue", "post", "/api/messages/{pk}/requeue/", REQUEUE),
-    # The message is failed, so a caller who may cancel gets past the permission to the 409.
-    Endpoint("cancel", "message-cancel", "post", "/api/messages/{pk}/cancel/", CANCEL, 409),
+    Endpoint("cancel", "message-cancel", "post", "/api/messages/{unsent_pk}/cancel/", CANCEL),
     Endpoint("dispatcher", "dispatcher", "get", "/api/dispatcher/", LOGIN),
     Endpoint("providers", "providers", "get", "/api/providers/", LOGIN),
     Endpoint("dispatcher-patch", "dispatcher", "patch", "/api/dispatcher/", CONTROL, body={"batch_size": 9}),
@@ -109,6 +109,7 @@ PUBLIC_BY_DESIGN = {
     "seed-swagger": "a redirect to /api/docs/",
     "login": "the browsable API's login form (api-auth/)",
     "logout": "the browsable API's logout (api-auth/)",
+    "redoc-bundle": "Redoc's code for the public docs page (tests/messaging_site/test_docs.py)",
     "healthz": "a probe (tests/dispatcher/test_health.py)",
     "readyz": "a probe: its status only; the checks for METRICS_TOKEN or staff (tests/dispatcher/test_health.py)",
     "metrics": "Prometheus, with METRICS_TOKEN; or staff (tests/dispatcher/test_metrics.py)",
@@ -118,11 +119,13 @@ PUBLIC_BY_DESIGN = {
 
 
 def set_up() -> Message:
-    """A failed message to read and requeue, and a stopped dispatcher to start (or stop again)."""
+    """A failed message to read and requeue, an unsent one to cancel, and a stopped dispatcher
+    to start (or stop again)."""
     DispatcherState.objects.update_or_create(
         pk=DispatcherState.SINGLETON_PK,
         defaults={"running": False, "next_tick_at": None, "batch_size": 3, "interval_seconds": 60},
     )
+    make_message(content="to cancel")
     return make_message(status=Message.Status.FAILED, attempts=5, last_error="HTTP 400")
 
 
@@ -137,7 +140,9 @@ def snapshot() -> dict:
 
 
 def call(client: APIClient, endpoint: Endpoint, message: Message):
-    return getattr(client, endpoint.method)(endpoint.path.format(pk=message.pk), endpoint.body, format="json")
+    unsent = Message.objects.get(content="to cancel")
+    path = endpoint.path.format(pk=message.pk, unsent_pk=unsent.pk)
+    return getattr(client, endpoint.method)(path, endpoint.body, format="json")
 
 
 def client_with_token(user) -> APIClient:
@@ -237,6 +242,60 @@ def test_the_permission_controls_on_every_channel(endpoint: Endpoint, channel: s
         response = call(CHANNELS[channel](operator), endpoint, message)
 
     assert response.status_code == endpoint.success, (endpoint.id, channel, response.content)
+
+
+# --- acting on messages without reading them -------------------------------------------------------
+
+Status = Message.Status
+# action -> (its permission, the status it acts on, a status it refuses)
+ACTIONS = {
+    "requeue": (REQUEUE_MESSAGE, Status.FAILED, Status.SENT),
+    "cancel": (CANCEL_MESSAGE, Status.UNSENT, Status.FAILED),
+}
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_who_may_act_but_not_read_gets_only_the_id_and_the_new_status(action):
+    # Issue 20: the 200 carried the whole message, number and content, to a user without view_message.
+    permission, acts_on, _ = ACTIONS[action]
+    message = make_message(status=acts_on, content="Your code is 4821")
+    client = client_with_token(make_user(username="actor", perms=[permission]))
+
+    response = client.post(f"/api/messages/{message.pk}/{action}/")
+
+    assert response.status_code == 200, response.content
+    message.refresh_from_db()
+    assert response.json() == {"id": message.pk, "status": message.status}
+    assert message.status != acts_on
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_who_may_act_but_not_read_cannot_tell_which_ids_exist(action):
+    # Issue 20: 404 for an id that does not exist, 409 for one that does, so ids could be listed.
+    permission, _, refused = ACTIONS[action]
+    message = make_message(status=refused)
+    client = client_with_token(make_user(username="actor", perms=[permission]))
+    before = snapshot()
+
+    existing = client.post(f"/api/messages/{message.pk}/{action}/")
+    missing = client.post(f"/api/messages/{message.pk + 1000}/{action}/")
+
+    assert (existing.status_code, existing.json()) == (missing.status_code, missing.json())
+    assert existing.status_code == 404
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_who_may_also_read_gets_the_message_and_is_told_why_an_action_is_refused(action):
+    permission, acts_on, refused = ACTIONS[action]
+    done, other = make_message(status=acts_on), make_message(status=refused)
+    client = client_with_token(make_user(username="operator", perms=[permission, VIEW]))
+
+    response = client.post(f"/api/messages/{done.pk}/{action}/")
+    assert response.status_code == 200
+    assert response.json()["recipient_phone_number"] == done.recipient_phone_number
+    assert client.post(f"/api/messages/{other.pk}/{action}/").status_code == 409
+    assert client.post(f"/api/messages/{other.pk + 1000}/{action}/").status_code == 404
 
 
 def test_an_inactive_operator_is_refused_even_with_the_control_permission():

@@ -1,9 +1,13 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
+
+from restapi.docs import REDOC_BUNDLE
 
 pytestmark = pytest.mark.django_db
 
@@ -210,6 +214,8 @@ def test_docs_pages_are_html_and_load_their_code_from_local_static_files(anon_cl
             continue  # Redoc's web font; see the test below
         if url == f"{path}?script=":
             continue  # Swagger UI's start-up script, from the view itself: see the test below
+        if url == "/api/redoc/redoc.standalone.js":
+            continue  # Redoc's bundle less Redocly's logo, from restapi/docs.py: see the test below
         assert url.startswith("/static/"), url
         served = anon_client.get(url)
         assert served.status_code == 200, url
@@ -295,6 +301,25 @@ def test_redoc_shows_the_service_s_logo_and_may_load_images_from_this_site_only(
     assert anon_client.get("/favicon.svg").status_code == 200
 
 
+def test_redoc_s_code_is_the_sidecar_s_without_redocly_s_logo(anon_client):
+    page = anon_client.get("/api/redoc/").content.decode()
+    assert '<script src="/api/redoc/redoc.standalone.js"></script>' in page
+
+    response = anon_client.get("/api/redoc/redoc.standalone.js")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/javascript; charset=utf-8"
+    assert "max-age=" in response["Cache-Control"]
+    bundle = response.content.decode()
+    original = (Path(finders.find(REDOC_BUNDLE))).read_text(encoding="utf-8")
+    assert "cdn.redoc.ly" in original
+    assert "cdn.redoc.ly" not in bundle
+    assert "API docs by Redocly" in bundle  # the credit stays, as text
+    assert len(original) - len(bundle) < 200  # the logo's element, nothing else
+    assert anon_client.get("/api/redoc/redoc.standalone.js", HTTP_IF_NONE_MATCH=response["ETag"]).status_code == 304
+    assert anon_client.post("/api/redoc/redoc.standalone.js").status_code == 405
+
+
 # --- the API's root -----------------------------------------------------------------------------------
 
 
@@ -329,6 +354,20 @@ def test_the_api_root_in_a_browser_is_a_page_about_the_service(user):
     assert "<h1>Message sending service API</h1>" in html
     assert "at a controlled rate" in html
     assert "/api/dispatcher/" in html
+
+
+def test_the_api_root_in_a_browser_shows_code_as_code_not_backticks(user):
+    from rest_framework.test import APIClient
+
+    browser = APIClient()
+    browser.force_login(user)
+
+    html = browser.get("/api/", HTTP_ACCEPT="text/html").content.decode()
+    description = html.split('<div class="pull-left">', 1)[1].split("</div>", 1)[0]
+    assert "at a controlled rate" in description
+
+    assert "<code>Authorization: Token &lt;key&gt;</code>" in description
+    assert "`" not in description
 
 
 def test_the_api_root_needs_a_login_and_is_not_an_operation(anon_client):

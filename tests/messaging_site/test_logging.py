@@ -21,7 +21,7 @@ from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.state import dispatcher_state_ensure
 from messaging_site.logging_config import build_logging
 from tests.factories import make_message
-from tests.processes import free_port, newcomer_env, running, wait_for_log
+from tests.processes import free_port, newcomer_env, production_gunicorn, running, wait_for, wait_for_log
 
 
 @pytest.fixture
@@ -109,9 +109,9 @@ def test_a_malformed_log_format_stops_start_up_naming_the_variable():
 # --- runserver, as `make run` starts it -------------------------------------------------------
 
 
-def get_status(url: str) -> int:
+def get_status(url: str, headers: dict[str, str] | None = None) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -141,3 +141,42 @@ def test_runserver_logs_each_request_once_and_starts_watching_files_once(tmp_pat
         assert not_found["logger"] == "django.server"
         assert not_found["status_code"] == 404
         assert "request" not in not_found  # runserver's socket, as text
+
+
+# --- access logs keep no personal data ------------------------------------------------------------
+
+# A search by number, and the admin page it came from (its own search), as a browser sends them.
+SEARCH = "/api/messages/?recipient_phone_number=%2B905551112233&status=failed&page_size=5"
+REFERER = "/admin/messages_app/message/?q=%2B905551112299&status__exact=sent"
+
+
+def assert_the_search_is_logged_without_the_numbers(log: str) -> None:
+    [line] = [line for line in log.splitlines() if "/api/messages/?" in line]
+    assert "/api/messages/?recipient_phone_number=REDACTED&status=failed&page_size=5 " in line, line
+    assert "905551112233" not in log and "905551112299" not in log, log
+
+
+@pytest.mark.process
+@pytest.mark.django_db(transaction=True)
+def test_gunicorns_access_log_redacts_personal_data_in_queries(tmp_path):
+    # Issue 20: the production access log wrote every ?recipient_phone_number= it was asked.
+    with production_gunicorn(tmp_path) as server:
+        assert get_status(server.base + SEARCH, headers={"Referer": server.base + REFERER}) == 401
+        wait_for(lambda: "/api/messages/?" in (tmp_path / "gunicorn.log").read_text(), timeout=10, what="the line")
+
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert_the_search_is_logged_without_the_numbers(log)
+    assert "/admin/messages_app/message/?q=REDACTED&status__exact=sent" in log  # the Referer
+
+
+@pytest.mark.process
+def test_runservers_access_log_redacts_personal_data_in_queries(tmp_path):
+    env = newcomer_env(tmp_path)
+    env.update(DEBUG="true", SECRET_KEY=secrets.token_urlsafe(50), ENV_FILE="")
+    port = free_port()
+    with running(["runserver", "--noreload", f"127.0.0.1:{port}"], env=env, log_path=tmp_path / "web.log") as web:
+        wait_for_log(web, "Quit the server with CONTROL-C.", timeout=60)
+        assert get_status(f"http://127.0.0.1:{port}{SEARCH}") == 401
+        wait_for_log(web, "/api/messages/?", timeout=10)
+
+    assert_the_search_is_logged_without_the_numbers(web.log())

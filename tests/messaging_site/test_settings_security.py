@@ -243,3 +243,24 @@ def test_webhook_url_of_another_scheme_is_refused_even_in_debug():
     message = refusal(production_env(DEBUG="true", WEBHOOK_URL="ftp://provider.example.com/"))
 
     assert message.startswith("WEBHOOK_URL must be a URL starting with http:// or https://")
+
+
+def test_a_refused_url_is_quoted_without_its_credentials():
+    message = refusal(production_env(DEBUG="true", WEBHOOK_URL="ftp://user:hunter2@provider.example.com/?key=SECRETQ"))
+
+    assert message.startswith("WEBHOOK_URL must be a URL starting with http:// or https://")
+    assert "ftp://provider.example.com/?key=REDACTED" in message
+    assert "hunter2" not in message and "SECRETQ" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PROVIDER_MAX_PAUSE_SECONDS", "nan"),
+        ("PROVIDER_MAX_PAUSE_SECONDS", "inf"),
+        ("DISPATCH_RETRY_MAX_SECONDS", "inf"),
+    ],
+)
+def test_a_number_setting_that_is_not_finite_is_refused(name, value):
+    # NaN passes any range check; a setting with no maximum would take infinity.
+    assert refusal(production_env(**{name: value})) == f"{name} must be a finite number, got {value!r}"

@@ -7,7 +7,7 @@ import pytest
 
 from dispatcher.models import DispatcherState
 from messages_app.models import Message
-from restapi.parsers import JSON_MAX_DEPTH, json_nesting_exceeds
+from restapi.parsers import JSON_MAX_DEPTH, JSON_MAX_INTEGER_DIGITS, json_nesting_exceeds
 from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
@@ -88,3 +88,43 @@ def test_the_token_authenticated_bodies_we_take_are_well_below_the_limit(client)
 )
 def test_json_nesting_exceeds(text, exceeds):
     assert json_nesting_exceeds(text, limit=3) is exceeds
+
+
+# --- integers too long to read -----------------------------------------------------------------
+
+# One digit over what Python's int() reads by default (sys.get_int_max_str_digits(): 4300).
+LONG_INTEGER = "9" * 5001
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ENDPOINTS, ids=lambda v: v)
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_an_integer_too_long_to_read_is_a_plain_400_on_every_api_json_endpoint(client, method, path, sign):
+    state_before = DispatcherState.objects.values().first()
+    body = f'{{"batch_size": {sign}{LONG_INTEGER}, "messages": [], "content": "hi"}}'.encode()
+
+    response = send(client, method, path, body)
+
+    assert response.status_code == 400, response.content[:300]
+    detail = response.json()["detail"]
+    # Python's hint about its own settings means nothing to a client.
+    assert "set_int_max_str_digits" not in detail and "sys." not in detail
+    assert detail == (
+        f"JSON parse error - a number of 5001 digits; numbers of at most {JSON_MAX_INTEGER_DIGITS} digits are read."
+    )
+    assert not Message.objects.exists()
+    assert DispatcherState.objects.values().first() == state_before
+
+
+def test_an_integer_too_long_to_read_is_the_seed_routes_422_envelope(client):
+    response = send(client, "post", "/messages", f'{{"content": {LONG_INTEGER}}}'.encode())
+
+    assert response.status_code == 422, response.content[:300]
+    assert "set_int_max_str_digits" not in response.json()["fail"]["reason"]
+    assert "5001 digits" in response.json()["fail"]["reason"]
+
+
+def test_integers_up_to_the_limit_are_read_and_judged_by_the_serializer(client):
+    response = send(client, "patch", "/api/dispatcher/", f'{{"batch_size": {"9" * JSON_MAX_INTEGER_DIGITS}}}'.encode())
+
+    assert response.status_code == 400
+    assert "batch_size" in response.json()  # the serializer's answer: a number, out of range

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from devtools.fakeprovider.faults import Faults
 from devtools.fakeprovider.requestlog import RequestLog
 from devtools.fakeprovider.server import FakeProvider, make_fake_provider
+from messages_app.management.options import whole_number
 
 RECEIPT_SECRET_ENV = "FAKE_PROVIDER_RECEIPT_SECRET"  # noqa: S105 - the name of a variable, not a secret
 # Beside the service (make run, one .env), the secret the service checks receipts with.
@@ -31,7 +32,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8081)
+        parser.add_argument("--port", type=whole_number(minimum=1, maximum=65_535), default=8081)
         parser.add_argument("--latency-ms", type=float, default=0.0, help="Delay before every answer.")
         parser.add_argument("--error-rate", type=float, default=0.0, help="Share of requests (0..1) that fail.")
         parser.add_argument("--error-status", type=int, default=500, help="Status of the failing answers.")

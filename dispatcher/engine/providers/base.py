@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dispatcher.providers_conf import ProviderSpec, legacy_provider_spec
+from restapi.storable import text_escaped_for_storage
 
 if TYPE_CHECKING:
     from messages_app.models import Message
@@ -25,15 +27,25 @@ def default_provider_spec() -> ProviderSpec:
 
 @dataclass(frozen=True)
 class ProviderResult:
+    """The provider took the message. `message_id` is its id for it, with any NUL or
+    lone surrogate written as its escape (\\u0000), which PostgreSQL could not store:
+    the message was taken all the same, so it is recorded as sent, under the id as
+    the provider's JSON wrote it, rather than refused as failed (which a requeue
+    would send again) or left unrecorded (a lease later, sent again)."""
+
     message_id: str
     http_status: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message_id", text_escaped_for_storage(self.message_id))
 
 
 class ProviderError(Exception):
     """The provider did not accept the message.
 
     `permanent` says a retry cannot help; `retry_after` (seconds) is the
-    provider's own word on when to try again (HTTP Retry-After). `not_sent`
+    provider's own word on when to try again (HTTP Retry-After), kept only if a
+    clock can hold it (finite, not negative). `not_sent`
     says the provider provably did not take the message (the connection was
     refused, DNS or TLS failed before the request went out, a 429), so another
     provider may send it without risking a duplicate; otherwise (a read timeout,
@@ -53,11 +65,15 @@ class ProviderError(Exception):
         not_sent: bool = False,
         provider_wide: bool = False,
     ) -> None:
+        # The reason is kept as the attempt's error: a provider's NUL must not fail that write.
+        reason = text_escaped_for_storage(reason)
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.http_status = http_status
-        self.retry_after = retry_after
+        # Whatever a backend (ours, or one configured by dotted path) puts here, nothing after
+        # it sees infinity, NaN or a negative wait: such a Retry-After counts as none.
+        self.retry_after = retry_after if retry_after is not None and 0 <= retry_after < math.inf else None
         self.not_sent = not_sent
         self.provider_wide = provider_wide
 

@@ -11,8 +11,12 @@ a failure opens it again.
 Rate: at most RATE_PER_SECOND requests a second to the provider, spaced evenly:
 each request takes the provider's next free slot, 1/RATE_PER_SECOND after the
 previous one, reserved in Redis (GCRA), so the limit holds however many workers
-send and the provider never sees a burst. A 429 (with Retry-After, or a second)
-pauses the whole provider, not just one message.
+send and the provider never sees a burst.
+
+Pause: a 429 (with Retry-After, or a second) pauses the whole provider, not just
+one message, for at most PROVIDER_MAX_PAUSE_SECONDS: one answer asking for years
+must not halt sending for years. The pause, until when and why, is one record
+in Redis (`ProviderPause`), read by the workers and by what operators look at.
 
 Fallback when Redis is unreachable (documented in the README): each worker
 process keeps its own circuit and limits itself to its share of the rate
@@ -281,6 +285,66 @@ class _LocalSlots:
             return True, slot - now
 
 
+@dataclass(frozen=True)
+class Pause:
+    """A provider's pause after a 429: no worker asks it before `until` (Unix time); `reason` says why."""
+
+    until: float
+    reason: str
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.until - time.time())
+
+
+class ProviderPause:
+    """One provider's pause: one record in the default cache (Redis) for every worker of every
+    qcluster and for the status pages, with this process's copy of the last pause it set for
+    when Redis is unreachable (never read while Redis answers, so it cannot outlive the shared one)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._key = f"{KEY_PREFIX}{name}:pause"
+        self._local: Pause | None = None
+        self._seen: Pause | None = None
+        self._seen_at = float("-inf")
+
+    def set(self, seconds: float, *, reason: str) -> Pause:
+        """Pause the provider for `seconds`, at most PROVIDER_MAX_PAUSE_SECONDS (the reason then
+        says so); the newest pause replaces the one before. Return the pause set."""
+        most = dispatcher_settings().provider_max_pause_seconds
+        if not seconds <= most:  # NaN included
+            seconds, reason = most, f"{reason}; paused {most:g} s, the most PROVIDER_MAX_PAUSE_SECONDS allows"
+        pause = Pause(until=time.time() + max(0.0, seconds), reason=reason)
+        self._local = pause
+        self._seen, self._seen_at = pause, time.monotonic()
+        _shared.call(
+            lambda: caches[CACHE_ALIAS].set(
+                self._key, {"until": pause.until, "reason": pause.reason}, timeout=max(1, math.ceil(seconds))
+            ),
+            lambda: None,  # the local copy above is the fallback
+        )
+        return pause
+
+    def current(self) -> Pause | None:
+        """The pause in force now, if any (asked of Redis each time)."""
+
+        def shared() -> Pause | None:
+            stored = caches[CACHE_ALIAS].get(self._key)
+            return Pause(until=stored["until"], reason=stored["reason"]) if stored else None
+
+        pause = _shared.call(shared, lambda: self._local)
+        return pause if pause is not None and pause.until > time.time() else None
+
+    def seen(self) -> Pause | None:
+        """`current()` as read at most STATE_TTL_SECONDS ago (or as set here): asked before every
+        request, so that an unpaused provider costs no Redis round trip per message."""
+        now = time.monotonic()
+        if now - self._seen_at >= STATE_TTL_SECONDS:
+            self._seen, self._seen_at = self.current(), now
+        pause = self._seen
+        return pause if pause is not None and pause.until > time.time() else None
+
+
 class RateGate:
     """The provider's cluster-wide rate and its 429 pause.
 
@@ -295,25 +359,20 @@ class RateGate:
         workers = max(1, settings.Q_CLUSTER.get("workers", 1))
         self._local = _LocalSlots(self.interval * workers) if self.interval else None
         self._script = None
-        self._paused_until = 0.0
-        self._pause_checked_at = 0.0
-        self._pause_seen = False
+        self._pause = ProviderPause(name)
 
-    def pause(self, seconds: float) -> None:
-        """A 429: the whole provider waits `seconds` (every worker, through Redis)."""
-        until = time.time() + seconds
-        self._paused_until = max(self._paused_until, until)
-        _shared.call(
-            lambda: caches[CACHE_ALIAS].set(
-                f"{KEY_PREFIX}{self.name}:paused_until", until, timeout=max(1, math.ceil(seconds))
-            ),
-            lambda: None,  # this process's own pause (above) is the fallback
-        )
-        logger.warning("provider %s: throttled; every worker waits %.1f s", self.name, seconds)
+    def pause(self, seconds: float, *, reason: str) -> float:
+        """A 429: the whole provider waits `seconds`, at most PROVIDER_MAX_PAUSE_SECONDS (every
+        worker, through Redis). Return the seconds it waits."""
+        pause = self._pause.set(seconds, reason=reason)
+        waits = pause.seconds_left()
+        logger.warning("provider %s: throttled (%s); every worker waits %.1f s", self.name, pause.reason, waits)
+        return waits
 
     def paused_for(self) -> float:
-        shared = _shared.call(lambda: caches[CACHE_ALIAS].get(f"{KEY_PREFIX}{self.name}:paused_until"), lambda: None)
-        return max(0.0, max(self._paused_until, shared or 0.0) - time.time())
+        """Seconds the provider's pause has left (asked of Redis)."""
+        pause = self._pause.current()
+        return pause.seconds_left() if pause is not None else 0.0
 
     def acquire(self, *, should_stop: Callable[[], bool], max_wait: float = MAX_RATE_WAIT_SECONDS) -> bool:
         """Wait for the provider's pause and for a slot of its rate; False if told to stop or it took too long."""
@@ -329,11 +388,12 @@ class RateGate:
     ) -> Generator[float, None, bool]:
         """`acquire` as a generator that yields the seconds to wait instead of sleeping them,
         so that a thread sleeps them and an event loop awaits them; returns the outcome."""
-        if self.interval is None and self._paused_until <= time.time() and not self._pause_shared():
+        if self.interval is None and self._pause.seen() is None:
             return True  # no limit and no pause: no waiting, nothing to ask
         deadline = time.monotonic() + max_wait
         while True:
-            pause = self.paused_for() if self._paused_until > time.time() or self._pause_shared() else 0.0
+            seen = self._pause.seen()
+            pause = seen.seconds_left() if seen is not None else 0.0
             if pause <= 0:
                 if self.interval is None:
                     return True
@@ -346,14 +406,6 @@ class RateGate:
             if should_stop() or time.monotonic() > deadline:
                 return False
             yield min(max(pause, 0.001), 0.25)
-
-    def _pause_shared(self) -> bool:
-        """Whether another worker paused the provider (read at most every STATE_TTL_SECONDS)."""
-        now = time.monotonic()
-        if now - self._pause_checked_at >= STATE_TTL_SECONDS:
-            self._pause_checked_at = now
-            self._pause_seen = self.paused_for() > 0
-        return self._pause_seen
 
     def _reserve(self) -> tuple[bool, float]:
         def local() -> tuple[bool, float]:

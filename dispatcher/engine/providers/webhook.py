@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
@@ -30,20 +32,24 @@ POOL_SIZE = 32
 MAX_MESSAGE_ID_LENGTH = 255  # the width of Message.provider_message_id
 
 
+# Delta-seconds: ASCII digits (RFC 9110), and a fraction some providers send. Not a sign, an
+# exponent, "inf" or "nan", which float() would read.
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from an HTTP Retry-After header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from an HTTP Retry-After header (delta-seconds or an HTTP date); None
+    when it is neither, or a number no clock can hold (beyond any float). How much of the wait
+    is honoured is the dispatcher's to cap (PROVIDER_MAX_PAUSE_SECONDS, a message's day)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -108,7 +114,7 @@ class WebhookProvider(BaseProvider):
             # The connection broke (reset, closed) after the request went out: the outcome is unknown.
             raise self._broke(exc.args[1] if len(exc.args) > 1 else exc) from None
         except HTTPError as exc:
-            raise ProviderError(f"request failed: {exc}") from None
+            raise self._request_failed(exc) from None
         return self._answer(response.status, response.data, response.headers.get("Retry-After"))
 
     async def send_async(self, message: Message) -> ProviderResult:
@@ -129,7 +135,7 @@ class WebhookProvider(BaseProvider):
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
             raise self._broke(exc) from None
         except aiohttp.ClientError as exc:
-            raise ProviderError(f"request failed: {exc}") from None
+            raise self._request_failed(exc) from None
         return self._answer(status, data, retry_after)
 
     def _async_session(self) -> aiohttp.ClientSession:
@@ -176,6 +182,15 @@ class WebhookProvider(BaseProvider):
         return ProviderError(f"the connection to the provider broke: {type(exc).__name__}", provider_wide=True)
 
     @staticmethod
+    def _request_failed(exc: Exception) -> ProviderError:
+        # Not str(exc): the clients' texts name the URL, and a provider's credentials may be in it
+        # (user info, ?api_key=); the reason goes to the log and to the message's last_error.
+        detail = type(exc).__name__
+        if isinstance(exc, aiohttp.ClientResponseError):  # an answer that could not be read
+            detail += f" {exc.status}: {' '.join(str(exc.message).split())}"[:MAX_ERROR_BODY]
+        return ProviderError(f"request failed: {detail}")
+
+    @staticmethod
     def _answer(status: int, data: bytes, retry_after: str | None) -> ProviderResult:
         """The provider's answer: its messageId, or a ProviderError saying what it means."""
         if not 200 <= status < 300:
@@ -201,14 +216,15 @@ class WebhookProvider(BaseProvider):
             raise ProviderError(
                 f"provider answered HTTP {status} without a messageId", permanent=True, http_status=status
             )
-        if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        result = ProviderResult(message_id=message_id, http_status=status)  # kept storable
+        if len(result.message_id) > MAX_MESSAGE_ID_LENGTH:
             raise ProviderError(
-                f"provider answered HTTP {status} with a messageId of {len(message_id)} characters "
+                f"provider answered HTTP {status} with a messageId of {len(result.message_id)} characters "
                 f"(at most {MAX_MESSAGE_ID_LENGTH} can be stored)",
                 permanent=True,
                 http_status=status,
             )
-        return ProviderResult(message_id=message_id, http_status=status)
+        return result
 
     async def aclose(self) -> None:
         if self._session is not None and self._session_loop is asyncio.get_running_loop():

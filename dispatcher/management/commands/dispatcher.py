@@ -25,9 +25,13 @@ from dispatcher.state import (
     dispatcher_status,
     dispatcher_stop,
 )
+from messages_app.management.options import number, whole_number
 from messages_app.management.progress import progress_bar
 from messages_app.models import Message
 from messages_app.validators import parse_aware_datetime
+
+MAX_RECACHE_BATCH_SIZE = 100_000
+MAX_DRAIN_SECONDS = 7 * 24 * 3600
 
 
 class Command(BaseCommand):
@@ -53,8 +57,17 @@ class Command(BaseCommand):
             help="Claim and send batches back to back, ignoring the pace, until nothing is claimable "
             "(while the dispatcher runs). SIGTERM finishes the send in flight and releases the rest.",
         )
-        drain.add_argument("--batch-size", type=int, default=100)
-        drain.add_argument("--max-seconds", type=float, default=None, help="Stop after this long.")
+        drain.add_argument(
+            "--batch-size",
+            type=whole_number(minimum=int(BATCH_SIZE.minimum), maximum=int(BATCH_SIZE.maximum)),
+            default=100,
+        )
+        drain.add_argument(
+            "--max-seconds",
+            type=number(minimum=0, maximum=MAX_DRAIN_SECONDS),
+            default=None,
+            help="Stop after this long (a week at most).",
+        )
         recache = sub.add_parser(
             "recache",
             help="Write delivery cache records that could not be written (Redis was down); with --since and/or "
@@ -65,7 +78,12 @@ class Command(BaseCommand):
             "--since", help="Rebuild the records of messages sent at or after this time (ISO 8601 date or date-time)."
         )
         recache.add_argument("--until", help="Rebuild the records of messages sent before this time (ISO 8601).")
-        recache.add_argument("--batch-size", type=int, default=1000, help="Records written per round trip.")
+        recache.add_argument(
+            "--batch-size",
+            type=whole_number(minimum=1, maximum=MAX_RECACHE_BATCH_SIZE),
+            default=1000,
+            help="Records written per round trip.",
+        )
         sub.add_parser(
             "cluster-check",
             help="Exit non-zero unless a qcluster on this host reports itself running (a container health check).",
@@ -137,8 +155,6 @@ class Command(BaseCommand):
         return f"failed {who}: {outcome.error}"
 
     def _drain(self, *, batch_size: int, max_seconds: float | None) -> None:
-        if not BATCH_SIZE.minimum <= batch_size <= BATCH_SIZE.maximum:
-            raise CommandError(f"--batch-size must be between {BATCH_SIZE.minimum:g} and {BATCH_SIZE.maximum:g}")
         if not dispatcher_state_read().running:
             raise CommandError("The dispatcher is stopped; start it first.")
         stopping = False
@@ -179,8 +195,6 @@ class Command(BaseCommand):
             raise CommandError(f"--since/--until: {exc.messages[0]}") from None
         if start is not None and end is not None and start >= end:
             raise CommandError("--since must be before --until")
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1")
         total = messages_sent_in(since=start, until=end).count()
         with progress_bar(self.stderr, desc="recache", unit="record", total=total) as bar:
             try:

@@ -3,14 +3,21 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandParser
 
 from dispatcher.engine.providers.status import provider_statuses
+from messages_app.timestamps import timestamp_text
 
 
 class Command(BaseCommand):
-    help = "Show the configured providers in routing order: circuit state, rate limit, and the last hour's sends."
+    help = (
+        "Show the configured providers in routing order: circuit state, rate limit, the last hour's sends, "
+        "and a pause after a 429."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="operation", required=True, metavar="{status}")
-        sub.add_parser("status", help="Each provider's circuit, rate, sent/failed and latency over the last hour.")
+        sub.add_parser(
+            "status",
+            help="Each provider's circuit, rate, sent/failed and latency over the last hour, and its pause if any.",
+        )
 
     def handle(self, *args, operation: str, **options) -> None:
         self.stdout.write(
@@ -27,3 +34,5 @@ class Command(BaseCommand):
                 f"{status.name:<16} {status.backend:<10} {circuit:<10} {rate:>7} "
                 f"{status.sent_last_hour:>8} {status.failed_last_hour:>9} {latency:>9}"
             )
+            if status.paused_until is not None:
+                self.stdout.write(f"  paused until {timestamp_text(status.paused_until)}: {status.pause_reason}")

@@ -7,10 +7,14 @@ from contextlib import ExitStack
 from typing import BinaryIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from messages_app.csv_import import MessageImportRejection, messages_import_csv
 from messages_app.errors import MessageImportError
+from messages_app.management.options import whole_number
 from messages_app.management.progress import progress_bar
+
+MAX_BATCH_SIZE = 100_000
 
 
 class Command(BaseCommand):
@@ -18,18 +22,22 @@ class Command(BaseCommand):
         "Queue messages from a CSV file whose header names the columns recipient_phone_number and content "
         "(and optionally send_after, ISO 8601; other columns are ignored). Each row is checked as the API "
         "checks a message: invalid rows are reported with their line number and skipped, valid ones stored "
-        "in batches. The file is read to its end first: if it is unreadable, not UTF-8, not CSV or lacks a "
-        "required column, nothing is stored and the command fails."
+        "together, in one transaction. The file is read to its end first: if it is unreadable, not UTF-8, not "
+        "CSV or lacks a required column, nothing is stored and the command fails; if the database stops the "
+        "import, nothing is stored either, so it can be run again."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", metavar="FILE.csv", help="The CSV file (UTF-8), or - to read standard input.")
-        parser.add_argument("--batch-size", type=int, default=1000, help="Rows stored per transaction (default 1000).")
+        parser.add_argument(
+            "--batch-size",
+            type=whole_number(minimum=1, maximum=MAX_BATCH_SIZE),
+            default=1000,
+            help=f"Rows inserted per statement (default 1000, at most {MAX_BATCH_SIZE:,}).",
+        )
         parser.add_argument("--dry-run", action="store_true", help="Check and report every row, but store nothing.")
 
     def handle(self, *args, file: str, batch_size: int, dry_run: bool, **options) -> None:
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1")
         name = "standard input" if file == "-" else file
         rejections: list[MessageImportRejection] = []
         with ExitStack() as stack:
@@ -55,6 +63,12 @@ class Command(BaseCommand):
                 raise CommandError(f"{name}: {exc}") from None
             except OSError as exc:
                 raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
+            except DatabaseError as exc:
+                # The import's one transaction was rolled back: a re-run stores no row twice.
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CommandError(
+                    f"{name}: stopped by a database error; nothing was stored, so it can be run again: {reason}"
+                ) from None
         for rejection in rejections:
             self.stderr.write(f"line {rejection.line}: {rejection.reason}")
         imported = f"{result.imported} message{'' if result.imported == 1 else 's'}"

@@ -6,9 +6,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from messages_app.errors import MessageStateError
+from messages_app.management.options import whole_number
 from messages_app.management.progress import progress_bar
 from messages_app.models import Message
 from messages_app.services import messages_prune
+
+# A hundred years: further back than any message, and within what a date can hold.
+MAX_DAYS = 36_500
+MAX_BATCH_SIZE = 100_000
 
 
 class Command(BaseCommand):
@@ -22,10 +27,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--older-than",
-            type=int,
+            type=whole_number(minimum=1, maximum=MAX_DAYS),
             required=True,
             metavar="DAYS",
-            help="Delete messages created more than this many days ago (at least 1).",
+            help=f"Delete messages created more than this many days ago (1 to {MAX_DAYS:,}).",
         )
         parser.add_argument(
             "--status",
@@ -36,17 +41,16 @@ class Command(BaseCommand):
             help="sent (the default) or failed; repeat it for both.",
         )
         parser.add_argument(
-            "--batch-size", type=int, default=5000, help="Messages deleted per transaction (default 5000)."
+            "--batch-size",
+            type=whole_number(minimum=1, maximum=MAX_BATCH_SIZE),
+            default=5000,
+            help=f"Messages deleted per transaction (default 5000, at most {MAX_BATCH_SIZE:,}).",
         )
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
 
     def handle(
         self, *args, older_than: int, statuses: list[str] | None, batch_size: int, dry_run: bool, **options
     ) -> None:
-        if older_than < 1:
-            raise CommandError("--older-than must be at least 1 (days)")
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1")
         created_before = timezone.now() - timedelta(days=older_than)
         with progress_bar(self.stderr, desc="prune", unit="message") as bar:
             try:
