@@ -19,5 +19,6 @@ RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
 
 USER app
 EXPOSE 8000
-# gevent workers, so that slow clients cannot hold them (gunicorn.conf.py says why).
+# gevent workers, so that slow clients cannot hold them, and no control socket
+# (WEB_CONTROL_SOCKET to have one); gunicorn.conf.py says why.
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "messaging_site.wsgi:application"]

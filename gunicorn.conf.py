@@ -12,8 +12,9 @@ WEB_WORKER_CONNECTIONS connections per worker, idle ones included.
 Database connections. A request runs in its own greenlet and could never reuse a
 persistent connection, so each web process keeps a pool of at most
 DATABASE_POOL_MAX_SIZE connections instead (messaging_site/settings.py); a burst
-of requests waits for a free connection rather than opening one each. psycopg
-cooperates with gevent by itself.
+of requests waits for a free connection rather than opening one each, for up to
+DATABASE_POOL_TIMEOUT_SECONDS, and is then answered 503 with Retry-After
+(restapi.defaults). psycopg cooperates with gevent by itself.
 
 Access log. It writes each request line and Referer, whose queries carry personal
 data (`?recipient_phone_number=`, the admin's search `?q=`): their values are written
@@ -27,7 +28,7 @@ from functools import partial
 
 from gunicorn.glogging import Logger
 
-from messaging_site.env import env_int
+from messaging_site.env import env_int, env_str
 from restapi.redaction import LOGGED_QUERY_PARAMETERS, query_redacted, request_line_redacted, url_redacted
 
 _logged_url = partial(url_redacted, values_kept=LOGGED_QUERY_PARAMETERS)
@@ -69,6 +70,16 @@ logger_class = AccessLogWithoutPersonalData
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
+
+# gunicorn's control socket (`gunicornc`: show, add or kill workers, reload, shut down)
+# defaults to one path per user, $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl:
+# a second gunicorn on the host took it over (and the first to stop deleted it), so a
+# command meant for one reached the other. Off, unless WEB_CONTROL_SOCKET gives this
+# instance a path of its own.
+_control_socket = env_str("WEB_CONTROL_SOCKET", "")
+control_socket_disable = not _control_socket
+if _control_socket:
+    control_socket = _control_socket
 
 # Read by messaging_site/settings.py in each worker (forked from this process).
 os.environ.setdefault("DATABASE_POOL_MAX_SIZE", "10")

@@ -34,6 +34,8 @@ from dispatcher.state import (
     dispatcher_stop,
 )
 from messages_app.models import Message
+from restapi.callbacks import SignedCallbackView
+from restapi.schema import callback_throttled_description
 from restapi.storable import text_storable_problem
 
 VIA = ControlAction.Via.API
@@ -128,13 +130,14 @@ class DispatcherViewSet(viewsets.GenericViewSet):
         return self._status_response()
 
 
-class DeliveryReceiptView(APIView):
+class DeliveryReceiptView(SignedCallbackView):
     """POST /api/receipts/: a provider's delivery receipt, trusted by its signature alone."""
 
-    # The signature is the authentication: no session, token or CSRF applies.
+    # The signature is the authentication: no session, token or CSRF applies. The
+    # throttle counts refused callbacks per address (restapi.callbacks), never signed ones.
     authentication_classes: list = []
     permission_classes = [permissions.AllowAny]
-    throttle_classes: list = []
+    signature_headers = RECEIPT_HEADERS
     parser_classes = []  # the body is read raw: the signature covers its exact bytes
 
     @extend_schema(
@@ -156,6 +159,7 @@ class DeliveryReceiptView(APIView):
             202: OpenApiResponse(description="Kept: no sent message has that messageId yet."),
             400: OpenApiResponse(description="Signed, but not a receipt (or a batch) we can read; nothing recorded."),
             401: OpenApiResponse(description="The signature does not check (or receipts are not configured)."),
+            429: OpenApiResponse(description=callback_throttled_description()),
         },
         auth=[],
     )
@@ -188,13 +192,13 @@ class ProviderListView(APIView):
 TWILIO_STATUS = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDELIVERED, "failed": Delivery.UNDELIVERED}
 
 
-class TwilioReceiptView(APIView):
+class TwilioReceiptView(SignedCallbackView):
     """POST /api/receipts/twilio/<provider>/: Twilio's status callback, trusted only when
     its X-Twilio-Signature checks (Twilio's request validator, the provider's auth token)."""
 
     authentication_classes: list = []
     permission_classes = [permissions.AllowAny]
-    throttle_classes: list = []
+    signature_headers = ("x-twilio-signature",)
 
     @extend_schema(
         summary="Receive a Twilio status callback (X-Twilio-Signature)",
@@ -205,6 +209,7 @@ class TwilioReceiptView(APIView):
             400: OpenApiResponse(description="Signed, but holding what cannot be stored (a NUL); nothing recorded."),
             401: OpenApiResponse(description="The signature does not check."),
             404: OpenApiResponse(description="No Twilio provider of that name."),
+            429: OpenApiResponse(description=callback_throttled_description()),
         },
         auth=[],
     )

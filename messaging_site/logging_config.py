@@ -66,6 +66,7 @@ def build_logging(*, log_format: str, level: str) -> dict:
             },
             "dispatcher": {"level": level},
             "messages_app": {"level": level},
+            "restapi": {"level": level},  # the database's outage and its end (restapi.database_outage)
             "django-q": {"level": level},  # django-q2 logs under this name
         },
     }

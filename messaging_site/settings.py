@@ -40,6 +40,7 @@ from messaging_site.env import (
 )
 from messaging_site.formats.en import formats as site_formats
 from messaging_site.logging_config import LOG_FORMATS, build_logging
+from restapi.database_outage import ReachabilityRecordingConnection
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_STATE_DIR = Path(env_str("LOCAL_STATE_DIR", str(BASE_DIR / ".local")))
@@ -155,6 +156,9 @@ MIDDLEWARE = [
     # Content-Security-Policy on every answer (CONTENT_SECURITY_POLICY below).
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # 503 with Retry-After when the database cannot serve a request, never a 500; at once
+    # while PostgreSQL is known to be unreachable (static files above are still served).
+    "restapi.defaults.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -202,16 +206,29 @@ try:
     }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+# A connection attempt to a PostgreSQL that takes connections and never answers (a
+# partition, a hung server) would otherwise wait for ever: a qcluster worker, or the
+# pool's own threads, which then never reconnect. DATABASE_URL's ?connect_timeout= wins.
+DATABASE_CONNECT_TIMEOUT_SECONDS = env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, minimum=2, maximum=600)
 # A pool of connections per process instead of one persistent connection per
 # thread: the web's gevent workers (gunicorn.conf.py sets this) run each request in
 # a greenlet of its own, which could never reuse a connection. 0: no pool.
 DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0, maximum=1000)
+# How long a request waits for a free pooled connection before it is answered 503 with
+# Retry-After (restapi.defaults): a burst beyond what the pool serves is refused, so the
+# client backs off, rather than queued for longer than its own timeout.
+DATABASE_POOL_TIMEOUT_SECONDS = env_float("DATABASE_POOL_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=300.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT_SECONDS)
 if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both at once
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    DATABASES["default"]["OPTIONS"]["pool"] = {
         "min_size": min(2, DATABASE_POOL_MAX_SIZE),
         "max_size": DATABASE_POOL_MAX_SIZE,
-        "timeout": 10,  # waiting longer for a free connection is an error (500), not a hang
+        "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
+        # Notes whether each attempt to connect worked, so that while PostgreSQL is down
+        # requests are refused at once instead of each waiting the timeout (restapi.database_outage).
+        "connection_class": ReachabilityRecordingConnection,
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -409,12 +426,15 @@ REST_FRAMEWORK = {
     # Over the rate: 429 with Retry-After. Counted in the default cache (Redis),
     # so the limit holds across every web process.
     "DEFAULT_THROTTLE_CLASSES": [
-        "restapi.defaults.UserRateThrottle",
-        "restapi.defaults.AnonRateThrottle",
+        "restapi.throttles.UserRateThrottle",
+        "restapi.throttles.AnonRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "user": env_rate("THROTTLE_USER_RATE", "1000/min"),
         "anon": env_rate("THROTTLE_ANON_RATE", "60/min"),
+        # Callbacks refused as not signed by a provider, per client address (restapi.callbacks);
+        # those whose signature checks are never counted.
+        "callback_failure": env_rate("THROTTLE_CALLBACK_FAILURE_RATE", "60/min"),
     },
     # Anonymous clients are told apart by REMOTE_ADDR only; trusting
     # X-Forwarded-For would let any client dodge the limit by sending a new one.

@@ -2,8 +2,9 @@
 
 drf-spectacular documents only what a view declares, usually its success. The
 errors below come from machinery every view shares (authentication, permissions,
-throttling, body parsing, pagination), so they are added here in one place
-rather than repeated on each view; what a view declares itself is kept.
+throttling, body parsing, pagination, a database that cannot serve), so they are
+added here in one place rather than repeated on each view; what a view declares
+itself is kept (given Retry-After, for a 429 or a 503).
 """
 
 from __future__ import annotations
@@ -60,7 +61,13 @@ DESCRIPTIONS = {
         "Too many requests: more than {user} per user ({anon} per address for the anonymous "
         "schema and docs); retry after Retry-After seconds."
     ),
+    "503": "The database is busy or unavailable; retry after Retry-After seconds.",
 }
+# A provider's callback is throttled by its refusals, not by its rate (restapi.callbacks).
+CALLBACK_429 = (
+    "More than {callback_failure} of this address's callbacks were refused (not signed by a provider); "
+    "retry after Retry-After seconds. Callbacks whose signature checks are never throttled."
+)
 
 
 def _description(code: str) -> str:
@@ -70,13 +77,22 @@ def _description(code: str) -> str:
     )
 
 
+def _callback_throttled_description() -> str:
+    return CALLBACK_429.format(callback_failure=api_settings.DEFAULT_THROTTLE_RATES.get("callback_failure"))
+
+
+# The 429 of a provider's callback route, which its view declares; the rate filled in
+# when the schema is generated, as text_with_settings does.
+callback_throttled_description = lazy(_callback_throttled_description, str)
+
+
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before trying again."}}
 
 
 def _error_codes(operation: dict, *, seed: bool) -> list[str]:
     parameters = operation.get("parameters", [])
     locations = {parameter["in"] for parameter in parameters}
-    codes = ["429"]
+    codes = ["429", "503"]
     if operation.get("security") and {} not in operation["security"]:
         codes += ["401", "403"]
     if "requestBody" in operation:
@@ -92,7 +108,7 @@ def _error_codes(operation: dict, *, seed: bool) -> list[str]:
 def _response(code: str, *, seed: bool) -> dict:
     body = SEED_FAIL_REF if seed else (VALIDATION_REF if code == "400" else ERROR_REF)
     response = {"description": _description(code), "content": {"application/json": {"schema": body}}}
-    if code == "429":
+    if code in ("429", "503"):
         response["headers"] = RETRY_AFTER
     return response
 
@@ -108,6 +124,8 @@ def document_error_responses(result: dict, generator, request, public) -> dict:
             responses = operation["responses"]
             for code in _error_codes(operation, seed=seed):
                 responses.setdefault(code, _response(code, seed=seed))
+                if code in ("429", "503"):
+                    responses[code].setdefault("headers", RETRY_AFTER)
             operation["responses"] = dict(sorted(responses.items()))
     return result
 

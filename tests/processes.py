@@ -186,35 +186,47 @@ def running(
             os.killpg(popen.pid, signal.SIGKILL)
 
 
+class RunningGunicorn(RunningProcess):
+    """A gunicorn started by `production_gunicorn`: its process, its log and the base URL it serves."""
+
+    def __init__(self, popen: subprocess.Popen, log_path: Path, base: str) -> None:
+        super().__init__(popen, log_path)
+        self.base = base
+
+
 @contextmanager
-def production_gunicorn(tmp_path: Path, **env_overrides: str):
-    """`gunicorn -c gunicorn.conf.py messaging_site.wsgi:application`, as the Dockerfile runs it, on
-    a free port; yields its base URL. Its output (the access log included) is in tmp_path / "gunicorn.log"."""
+def production_gunicorn(
+    tmp_path: Path, *, log_name: str = "gunicorn.log", extra_args: tuple[str, ...] = (), **env_overrides: str
+) -> Iterator[RunningGunicorn]:
+    """`gunicorn -c gunicorn.conf.py messaging_site.wsgi:application`, as the Dockerfile runs it,
+    on a free port of 127.0.0.1, against the test database; yields once it answers /healthz."""
     port = free_port()
-    log_path = tmp_path / "gunicorn.log"
+    log_path = tmp_path / log_name
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "--bind",
+        f"127.0.0.1:{port}",
+        *extra_args,
+        "messaging_site.wsgi:application",
+    ]
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "messaging_site.wsgi:application",
-            ],
+            command,
             cwd=REPO_ROOT,
             env=child_env(**env_overrides),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
+    server = RunningGunicorn(popen, log_path, f"http://127.0.0.1:{port}")
 
     def up() -> bool:
-        assert popen.poll() is None, log_path.read_text(errors="replace")
-        request = urllib.request.Request(f"{base}/healthz", headers={"Host": "127.0.0.1"})
+        assert popen.poll() is None, server.log()
+        request = urllib.request.Request(f"{server.base}/healthz", headers={"Host": "127.0.0.1"})
         try:
             with urllib.request.urlopen(request, timeout=1) as response:
                 return response.status == 200
@@ -223,14 +235,12 @@ def production_gunicorn(tmp_path: Path, **env_overrides: str):
 
     try:
         wait_for(up, timeout=30, what="gunicorn to answer /healthz")
-        yield base
+        yield server
     finally:
-        popen.terminate()
-        try:
-            popen.wait(15)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(5)
+        server.stop(timeout=15)
+        # Its workers are its children: make sure none outlives the test.
+        with suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
 
 
 def http_json(method: str, url: str, body: object | None = None, timeout: float = 5) -> object:

@@ -45,6 +45,7 @@ os.environ.setdefault("LOG_LEVEL", "INFO")
 # rates of their own.
 os.environ.setdefault("THROTTLE_USER_RATE", "1000000/min")
 os.environ.setdefault("THROTTLE_ANON_RATE", "1000000/min")
+os.environ.setdefault("THROTTLE_CALLBACK_FAILURE_RATE", "1000000/min")
 
 from messaging_site.settings import *  # noqa: E402, F403 (after the environment above is set)
 

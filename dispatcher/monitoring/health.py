@@ -3,7 +3,10 @@
 /healthz answers as long as the process serves requests and touches nothing
 else, so a database outage never gets a healthy process restarted. /readyz
 checks what sending depends on: the database, the cache and, while the
-dispatcher runs, that ticks still happen somewhere in the cluster.
+dispatcher runs, that ticks still happen somewhere in the cluster. Both are
+served while PostgreSQL is known to be down (restapi.defaults refuses other
+requests then), and /readyz waits at most about a second for a database
+connection, so a probe learns of an outage within its own timeout.
 
 Every check is caught: a failing check is a 503, never a 500. Anyone may call
 these, so an anonymous probe gets the status only; the checks (each one's
@@ -35,6 +38,7 @@ from django.views.decorators.http import require_GET
 from dispatcher.engine.providers.status import provider_pauses
 from dispatcher.models import DispatcherState
 from dispatcher.monitoring.access import MonitoringAccess, monitoring_access
+from restapi.defaults import answers_without_database
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,9 @@ CACHE_ALIAS = "default"
 # after a worker restart even with a 1 s interval.
 STALE_TICK_FLOOR_SECONDS = 180
 STALE_TICK_GRACE_SECONDS = 30
+# A probe (docker-compose's gives up after 5 s) gets its answer within this and a little:
+# a database that gives no connection in this long is "not ready".
+READINESS_DATABASE_WAIT_SECONDS = 1.0
 
 
 def tick_overdue_after(interval_seconds: int) -> int:
@@ -54,9 +61,19 @@ def tick_overdue_after(interval_seconds: int) -> int:
 
 
 def check_database() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
+    pool = getattr(connection, "pool", None)  # the web's pool (DATABASE_POOL_MAX_SIZE), or None
+    if pool is None:
+        # No pool (runserver, a test): connecting is bounded by DATABASE_CONNECT_TIMEOUT_SECONDS.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return OK
+    # A request waits up to DATABASE_POOL_TIMEOUT_SECONDS for a pooled connection, which is
+    # longer than a probe waits for its answer: with PostgreSQL down, /readyz took the whole
+    # timeout. The probe asks the same pool, with a deadline of its own.
+    pool.open()  # as Django does before its first connection; a no-op once open
+    with pool.connection(timeout=READINESS_DATABASE_WAIT_SECONDS) as pooled:
+        pooled.execute("SELECT 1")
     return OK
 
 
@@ -110,6 +127,7 @@ def readiness_checks() -> dict[str, str]:
     return checks
 
 
+@answers_without_database
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -117,6 +135,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+# Served while PostgreSQL is known to be down, to say so (within about a second).
+@answers_without_database
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:

@@ -160,8 +160,8 @@ def assert_the_search_is_logged_without_the_numbers(log: str) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_gunicorns_access_log_redacts_personal_data_in_queries(tmp_path):
     # Issue 20: the production access log wrote every ?recipient_phone_number= it was asked.
-    with production_gunicorn(tmp_path) as base:
-        assert get_status(base + SEARCH, headers={"Referer": base + REFERER}) == 401
+    with production_gunicorn(tmp_path) as server:
+        assert get_status(server.base + SEARCH, headers={"Referer": server.base + REFERER}) == 401
         wait_for(lambda: "/api/messages/?" in (tmp_path / "gunicorn.log").read_text(), timeout=10, what="the line")
 
     log = (tmp_path / "gunicorn.log").read_text()

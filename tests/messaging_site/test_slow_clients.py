@@ -47,7 +47,8 @@ def timed_get(url: str, **kwargs) -> tuple[int, float]:
 
 def test_slow_header_connections_do_not_hold_the_web_workers(tmp_path):
     token = token_for(make_user(username="root", superuser=True))
-    with production_gunicorn(tmp_path) as base, ExitStack() as held:
+    with production_gunicorn(tmp_path) as server, ExitStack() as held:
+        base = server.base
         for _ in range(SLOW_CLIENTS):
             held.enter_context(closing(slow_header_connection(base)))
         time.sleep(0.5)  # every worker has taken its share of the slow connections
