@@ -37,14 +37,15 @@ PROBE_EVERY_SECONDS = 1.0
 class DatabaseReachability:
     """The outcome of this process's last attempt to connect: its outage logged once (and its end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, probe_every_seconds: float = PROBE_EVERY_SECONDS) -> None:
+        self.probe_every_seconds = probe_every_seconds
         self.down = False
         self._probe_at = 0.0
         self._connected_at = float("-inf")
         self._lock = threading.Lock()
 
     def connect_failed(self, exc: Exception) -> None:
-        if time.monotonic() - self._connected_at < PROBE_EVERY_SECONDS:
+        if time.monotonic() - self._connected_at < self.probe_every_seconds:
             return  # connections are being given out: PostgreSQL serves
         with self._lock:
             if not self.down:
@@ -53,7 +54,7 @@ class DatabaseReachability:
                     str(exc).strip()[:200],
                 )
             self.down = True
-            self._probe_at = time.monotonic() + PROBE_EVERY_SECONDS
+            self._probe_at = time.monotonic() + self.probe_every_seconds
 
     def connected(self) -> None:
         self._connected_at = time.monotonic()
@@ -66,13 +67,13 @@ class DatabaseReachability:
 
     def refuse_request(self) -> bool:
         """True while the last attempt to connect failed, except for one request every
-        PROBE_EVERY_SECONDS, which is let through to find out."""
+        probe_every_seconds, which is let through to find out."""
         if not self.down:
             return False
         with self._lock:
             now = time.monotonic()
             if not self.down or now >= self._probe_at:
-                self._probe_at = now + PROBE_EVERY_SECONDS
+                self._probe_at = now + self.probe_every_seconds
                 return False
             return True
 
