@@ -6,10 +6,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Where the local settings are written; manage.py reads the same file (ENV_FILE).
 ENV_FILE ?= .env
 export ENV_FILE
-# Where `make run` serves (Procfile.dev reads them), e.g. `make run WEB_PORT=8001`.
-WEB_PORT ?= 8000
-PROVIDER_PORT ?= 8081
-export WEB_PORT PROVIDER_PORT
+# Where `make run` serves: WEB_PORT and PROVIDER_PORT, 8000 and 8081 unless given, e.g.
+# `make run WEB_PORT=8001 PROVIDER_PORT=8082`. Given ports are stored in $(ENV_FILE), so later
+# runs and manage.py use them too (devtools/local_env.py); no default here, or it would win.
+# A value from $(ENV_FILE), in a recipe: $(call env_value,NAME).
+env_value = $$(sed -n 's/^$(1)=//p' $(ENV_FILE))
 # pytest-xdist processes for `make test`: most of the slow tests wait on processes they started,
 # so more workers than cores pays (tests/settings.py gives each its own database and Redis db).
 TEST_WORKERS ?= 4
@@ -24,30 +25,22 @@ $(BIN)/.installed: requirements.txt
 
 # A local .env with fresh secrets, written once. manage.py loads it for every process.
 $(ENV_FILE):
-	@printf '%s\n' \
-		"# Written by 'make run' for local use only; never commit it." \
-		"DEBUG=true" \
-		"SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
-		"DJANGO_SUPERUSER_PASSWORD=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(12))')" \
-		"WEBHOOK_URL=http://127.0.0.1:$(PROVIDER_PORT)/" \
-		"DISPATCH_BATCH_SIZE=2" \
-		"DISPATCH_INTERVAL_SECONDS=10" \
-		"QCLUSTER_WORKERS=2" \
-		"RECEIPT_WEBHOOK_SECRET=whsec_$$($(PYTHON) -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())')" > $@
-	@echo "Wrote $@ with fresh local secrets."
+	@$(PYTHON) -m devtools.local_env create $@
 
 ## run: install, migrate and start web + qcluster + fake provider on SQLite (Ctrl-C stops all, exit status 0)
+# The ports are settled (given ones stored in $(ENV_FILE)) and checked free before anything starts.
 run: $(BIN)/.installed $(ENV_FILE)
+	@$(BIN)/python -m devtools.local_env ports $(ENV_FILE)
 	$(BIN)/python manage.py migrate --no-input
 	@$(BIN)/python manage.py ensure_superuser --username admin > .local-admin-token.txt
 	@echo
-	@echo "  Admin:     http://127.0.0.1:$(WEB_PORT)/admin/  (user admin, password: $$(grep ^DJANGO_SUPERUSER_PASSWORD= $(ENV_FILE) | cut -d= -f2-))"
-	@echo "  API docs:  http://127.0.0.1:$(WEB_PORT)/api/docs/"
+	@echo "  Admin:     http://127.0.0.1:$(call env_value,WEB_PORT)/admin/  (user admin, password: $(call env_value,DJANGO_SUPERUSER_PASSWORD))"
+	@echo "  API docs:  http://127.0.0.1:$(call env_value,WEB_PORT)/api/docs/"
 	@echo "  API token: $$(sed -n 's/^API token for .*: //p' .local-admin-token.txt)  (Authorization: Token <key>)"
-	@echo "  Provider:  http://127.0.0.1:$(PROVIDER_PORT)/  (what it received, live; it sends delivery receipts back)"
+	@echo "  Provider:  http://127.0.0.1:$(call env_value,PROVIDER_PORT)/  (what it received, live; it sends delivery receipts back)"
 	@echo
 	@rm -f .local-admin-token.txt
-	$(BIN)/python -m devtools.run_local Procfile.dev
+	WEB_PORT=$(call env_value,WEB_PORT) PROVIDER_PORT=$(call env_value,PROVIDER_PORT) $(BIN)/python -m devtools.run_local Procfile.dev
 
 ## test: lint, import contracts, Django checks, schema validation and the test suite (needs PostgreSQL and Redis on localhost)
 # The tests set their own environment: ENV_FILE= keeps a local .env out of them.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -10,10 +11,19 @@ from pathlib import Path
 DEFAULT_ENV_FILE = Path(__file__).resolve().parent / ".env"
 
 
-def read_env_file(path: Path) -> dict[str, str]:
+# `${NAME}` in a value: NAME's value, from the environment or an earlier line.
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def read_env_file(path: Path, *, expand: bool = True) -> dict[str, str]:
     """KEY=VALUE lines, as `make run` and .env.example write them: blank lines and
-    `#` comments skipped, an optional `export `, values optionally in quotes."""
-    values = {}
+    `#` comments skipped, an optional `export `, values optionally in quotes.
+
+    With `expand`, `${NAME}` in a value (not in single quotes) becomes NAME's value,
+    the environment's if it has one (it wins, as below), else an earlier line's:
+    `make run`'s `WEBHOOK_URL=http://127.0.0.1:${PROVIDER_PORT}/` follows the port
+    it is given. The same syntax as docker compose's .env."""
+    values: dict[str, str] = {}
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -22,8 +32,18 @@ def read_env_file(path: Path) -> dict[str, str]:
         name, value = name.strip(), value.strip()
         if not sep or not name.isidentifier():
             raise SystemExit(f"{path}, line {number}: expected NAME=value, got {raw!r}")
+        literal = len(value) >= 2 and value[0] == value[-1] == "'"
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        if expand and not literal:
+
+            def resolve(match: re.Match, number: int = number) -> str:
+                found = os.environ.get(match[1], values.get(match[1]))
+                if found is None:
+                    raise SystemExit(f"{path}, line {number}: {match[0]} is not set (in the environment or above)")
+                return found
+
+            value = _REFERENCE.sub(resolve, value)
         values[name] = value
     return values
 

@@ -133,3 +133,26 @@ def test_a_malformed_env_line_names_the_file_and_line(tmp_path):
 
     assert result.returncode != 0
     assert f"{env_file}, line 2: expected NAME=value" in result.stdout
+
+
+def test_a_value_names_another_variable_as_dollar_braces_the_environment_first(tmp_path):
+    env_file = tmp_path / "local.env"
+    env_file.write_text("NAME_A=8081\nNAME_B=http://127.0.0.1:${NAME_A}/\n")
+
+    assert load_in_subprocess(tmp_path, ENV_FILE=str(env_file)).stdout.strip() == "8081 http://127.0.0.1:8081/"
+    # A variable set in the environment wins over the file, in the values that name it too.
+    given = load_in_subprocess(tmp_path, ENV_FILE=str(env_file), NAME_A="8082")
+    assert given.stdout.strip() == "8082 http://127.0.0.1:8082/"
+    # In single quotes it is kept as written.
+    env_file.write_text("NAME_A=1\nNAME_B='${NAME_A}'\n")
+    assert load_in_subprocess(tmp_path, ENV_FILE=str(env_file)).stdout.strip() == "1 ${NAME_A}"
+
+
+def test_a_variable_named_before_it_is_set_is_an_error_naming_the_line(tmp_path):
+    env_file = tmp_path / "local.env"
+    env_file.write_text("NAME_B=http://127.0.0.1:${NAME_A}/\nNAME_A=8081\n")
+
+    result = load_in_subprocess(tmp_path, ENV_FILE=str(env_file))
+
+    assert result.returncode != 0
+    assert result.stdout == f"{env_file}, line 1: ${{NAME_A}} is not set (in the environment or above)\n"
