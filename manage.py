@@ -48,26 +48,39 @@ def read_env_file(path: Path, *, expand: bool = True) -> dict[str, str]:
     return values
 
 
-def load_env_file() -> None:
+def load_env_file() -> Path | None:
     """Load ENV_FILE (default: the .env beside this file) if it exists; ENV_FILE set
-    but empty loads none. The real environment wins over the file."""
+    but empty loads none. The real environment wins over the file. Return the file loaded."""
     configured = os.environ.get("ENV_FILE")
     if configured == "":
-        return
+        return None
     path = Path(configured) if configured else DEFAULT_ENV_FILE
     if path.is_file():
         for name, value in read_env_file(path).items():
             os.environ.setdefault(name, value)
-    elif configured:
+        return path
+    if configured:
         raise SystemExit(f"ENV_FILE names {configured!r}, which is not a file")
+    return None
 
 
 def main() -> None:
-    load_env_file()
+    env_file = load_env_file()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messaging_site.settings")
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+    except ImproperlyConfigured as error:
+        # A setting start-up refused (runserver, qcluster, migrate, any command): one line,
+        # not a traceback; `--traceback` still shows it.
+        if "--traceback" in sys.argv:
+            raise
+        from messaging_site.env import CONFIGURATION_ERROR_EXIT_STATUS, configuration_error_line
+
+        sys.stderr.write(configuration_error_line(error, env_file=env_file and env_file.name) + "\n")
+        sys.exit(CONFIGURATION_ERROR_EXIT_STATUS)
 
 
 if __name__ == "__main__":
