@@ -25,6 +25,7 @@ pytestmark = pytest.mark.process
 
 LOCAL_PYTHON = ".venv/bin/python"
 LONG_RUNNING = {"qcluster", "fakeprovider"}
+README = REPO_ROOT / "README.md"
 
 
 def shell_lines(markdown: str) -> list[str]:
@@ -63,20 +64,32 @@ def test_the_readme_runs_manage_py_through_the_virtualenv():
     assert [line for line in local if not line.startswith(f"{LOCAL_PYTHON} manage.py ")] == []
 
 
-def test_every_readme_command_line_works_as_written_after_make_run(tmp_path):
+def readme_checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A folder holding manage.py, the files the README's commands name (the sample CSV)
+    and the .env the Makefile's own rule writes, migrated with the superuser, as `make run`
+    leaves it before it starts the processes; and the environment to run commands in it."""
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     shutil.copy(REPO_ROOT / "manage.py", workdir / "manage.py")
+    for line in readme_manage_lines():
+        for word in shlex.split(line):
+            if "/" in word and not word.startswith(".venv/") and (REPO_ROOT / word).is_file():
+                (workdir / word).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO_ROOT / word, workdir / word)
     env = newcomer_env(tmp_path)
     # The .env exactly as `make run` writes it (the Makefile's own rule).
     made = run(["make", "--no-print-directory", "-f", str(REPO_ROOT / "Makefile"), ".env"], cwd=workdir, env=env)
     assert made.returncode == 0, made.stdout
     assert "DEBUG=true" in (workdir / ".env").read_text()
-    (workdir / "messages.csv").write_text("recipient_phone_number,content\n+905551112233,hello\n")
     # What `make run` does before it starts the processes.
     for setup in (["migrate", "--no-input"], ["ensure_superuser", "--username", "admin"]):
         done = run([sys.executable, "manage.py", *setup], cwd=workdir, env=env)
         assert done.returncode == 0, done.stdout
+    return workdir, env
+
+
+def test_every_readme_command_line_works_as_written_after_make_run(tmp_path):
+    workdir, env = readme_checkout(tmp_path)
 
     ran = []
     for line in readme_manage_lines():
@@ -156,3 +169,15 @@ def test_a_variable_named_before_it_is_set_is_an_error_naming_the_line(tmp_path)
 
     assert result.returncode != 0
     assert result.stdout == f"{env_file}, line 1: ${{NAME_A}} is not set (in the environment or above)\n"
+
+
+def test_drain_refuses_while_the_dispatcher_is_stopped_as_the_readme_says(tmp_path):
+    workdir, env = readme_checkout(tmp_path)
+    assert run([sys.executable, "manage.py", "dispatcher", "stop"], cwd=workdir, env=env).returncode == 0
+
+    drain = run([sys.executable, "manage.py", "dispatcher", "drain", "--max-seconds", "5"], cwd=workdir, env=env)
+
+    assert drain.returncode == 1
+    said = drain.stdout.strip().removeprefix("CommandError: ")
+    assert said == "The dispatcher is stopped; start it first."
+    assert f'refuses while the dispatcher is stopped ("{said}"' in " ".join(README.read_text().split())
