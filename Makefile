@@ -15,7 +15,7 @@ env_value = $$(sed -n 's/^$(1)=//p' $(ENV_FILE))
 # so more workers than cores pays (tests/settings.py gives each its own database and Redis db).
 TEST_WORKERS ?= 4
 
-.PHONY: run test browser-deps lint format check ci clean
+.PHONY: run test chromium-check browser-deps lint format check ci clean
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,16 +42,25 @@ run: $(BIN)/.installed $(ENV_FILE)
 	@rm -f .local-admin-token.txt
 	WEB_PORT=$(call env_value,WEB_PORT) PROVIDER_PORT=$(call env_value,PROVIDER_PORT) $(BIN)/python -m devtools.run_local Procfile.dev
 
-## test: lint, import contracts, Django checks, schema validation and the test suite (needs PostgreSQL and Redis on localhost)
+## test: lint, import contracts, Django checks, schema validation and the test suite (needs PostgreSQL and Redis on localhost, and Chromium)
 # The tests set their own environment: ENV_FILE= keeps a local .env out of them.
+# chromium-check first: without the browser, the browser tests would fail only at the end of the run.
 test: export ENV_FILE =
-test: $(BIN)/.installed
+test: chromium-check $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py check --fail-level WARNING
 	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The Chromium the browser tests drive (tests/browser/conftest.py): CHROMIUM_PATH, else Debian's.
+chromium-check:
+	@chromium="$${CHROMIUM_PATH:-/usr/bin/chromium}"; \
+	if [ ! -x "$$chromium" ]; then \
+		echo "make test: Chromium not found at $$chromium; the browser tests need it. Run 'make browser-deps' (or set CHROMIUM_PATH to a Chromium binary), then 'make test'." >&2; \
+		exit 1; \
+	fi
 
 ## browser-deps: install Debian's chromium for the browser tests (apt-get, as root or with sudo)
 browser-deps:

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,31 @@ def test_drain_refuses_while_the_dispatcher_is_stopped_as_the_readme_says(tmp_pa
     said = drain.stdout.strip().removeprefix("CommandError: ")
     assert said == "The dispatcher is stopped; start it first."
     assert f'refuses while the dispatcher is stopped ("{said}"' in " ".join(README.read_text().split())
+
+
+# --- make test: the browser first -------------------------------------------------------------
+
+
+def test_the_readme_installs_chromium_before_it_runs_the_tests():
+    lines = shell_lines(README.read_text())
+
+    assert lines.index("make browser-deps") < lines.index("make test")
+
+
+def test_make_test_without_chromium_stops_within_seconds_saying_what_to_run(tmp_path):
+    venv = Path(sys.prefix)
+    # --collect-only: were the check missing, the suite would not run from here either.
+    env = {**os.environ, "CHROMIUM_PATH": str(tmp_path / "no-chromium"), "PYTEST_ADDOPTS": "--collect-only -q"}
+    make_test = ["make", "--no-print-directory", "-o", f"{venv}/bin/.installed", "test", f"VENV={venv}"]
+
+    started = time.monotonic()
+    done = subprocess.run(make_test, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - started
+
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert took < 10
+    assert done.stderr.startswith(
+        f"make test: Chromium not found at {tmp_path / 'no-chromium'}; the browser tests need it. "
+        "Run 'make browser-deps' (or set CHROMIUM_PATH to a Chromium binary), then 'make test'.\n"
+    ), done.stderr
+    assert done.stdout == ""  # nothing else ran: no lint, no pytest
