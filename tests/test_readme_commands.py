@@ -9,6 +9,7 @@ The two long-running servers (qcluster, fakeprovider) are run with `--help` appe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,11 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.processes import REPO_ROOT, newcomer_env
+from tests.processes import REPO_ROOT, free_port, make_run, make_run_env, make_run_ready, newcomer_env
 
 pytestmark = pytest.mark.process
 
@@ -61,8 +63,13 @@ def test_the_readme_runs_manage_py_through_the_virtualenv():
     lines = readme_manage_lines()
 
     assert len(lines) >= 15
-    local = [line for line in lines if not line.startswith("docker compose exec ")]
-    assert [line for line in local if not line.startswith(f"{LOCAL_PYTHON} manage.py ")] == []
+    local = [shlex.split(line) for line in lines if not line.startswith("docker compose exec ")]
+    # `.venv/bin/python manage.py ...`, alone or in `$(...)`: never another python.
+    assert [
+        shlex.join(words)
+        for words in local
+        if any(word == "manage.py" and not words[i - 1].endswith(LOCAL_PYTHON) for i, word in enumerate(words))
+    ] == []
 
 
 def readme_checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -222,3 +229,99 @@ def test_the_readme_names_only_tests_that_exist_and_no_xfail_test_the_suite_lack
     assert set(re.findall(r"\btest_\w+\.py\b", text)) - {path.name for path in test_files} == set()
     if "xfail" in text:  # a known gap "pinned by a test marked xfail" needs such a test
         assert any(re.search(r"^\s*@pytest\.mark\.xfail\b", path.read_text(), re.MULTILINE) for path in test_files)
+
+
+# --- the API and delivery lifecycle examples, against `make run` ----------------------------------
+
+# A shown output: `# {"k":v,...}` under a command (with `...` where it shortens), or `# -> "k": v` beside one.
+_SHOWN_PAIR = re.compile(r'"(\w+)":\s*("(?:[^"\\]|\\.)*"|null|true|false|-?\d+)')
+SEND_BUDGET_SECONDS = 120
+
+
+def section_blocks(title: str) -> list[str]:
+    """The ```sh blocks of the README's section `## title`, as written."""
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"^```sh\n(.*?)^```", text[start:end], flags=re.MULTILINE | re.DOTALL)
+
+
+def shown_output(block: str) -> tuple[str, bool] | None:
+    """What the README shows a block's last command answers: the text, and whether it is whole."""
+    comments = [line.removeprefix("#").strip() for line in block.splitlines() if line.startswith("# ")]
+    if comments and comments[0].startswith("{"):
+        shown = " ".join(comments)
+        return shown, "..." not in shown
+    arrow = re.search(r"# -> (.*)$", block.strip().splitlines()[-1])
+    return (arrow[1], False) if arrow else None
+
+
+def assert_shown(block: str, answered: str) -> None:
+    shown = shown_output(block)
+    if shown is None:
+        return
+    text, whole = shown
+    if whole:
+        assert answered == text, f"the README shows {text}\nthe service answered {answered}"
+        return
+    actual = json.loads(answered)
+    pairs = _SHOWN_PAIR.findall(text)
+    assert pairs, text
+    for key, value in pairs:
+        assert actual.get(key) == json.loads(value), f"the README shows {key}: {value}\nthe service answered {answered}"
+
+
+def test_the_api_and_delivery_lifecycle_examples_answer_what_the_readme_shows_against_make_run(tmp_path):
+    """The README's API block, then (once its messages are sent and the fake provider's own
+    receipts are in) every block of *Delivery lifecycle*, run by bash as written from a
+    checkout where `make run` runs, its port for 8000; each shown answer compared."""
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    shutil.copy(REPO_ROOT / "manage.py", workdir / "manage.py")
+    (workdir / ".venv").symlink_to(sys.prefix)
+    web_port, provider_port = free_port(), free_port()
+    env = make_run_env(tmp_path)
+
+    def bash(script: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + script.replace("localhost:8000", f"localhost:{web_port}")],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    [api] = [block for block in section_blocks("API") if 'H="Authorization: Token $TOKEN"' in block]
+    login = api[: api.index('H="Authorization: Token $TOKEN"')] + 'H="Authorization: Token $TOKEN"\n'
+    with make_run(tmp_path, f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=workdir / ".env") as (
+        terminal
+    ):
+        make_run_ready(terminal)
+        bash(api)
+        token = bash(login + 'printf %s "$TOKEN"')
+
+        def message(number: int) -> dict:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{web_port}/api/messages/{number}/", headers={"Authorization": f"Token {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+
+        deadline = time.monotonic() + SEND_BUDGET_SECONDS
+        while not all(message(n)["delivery_status"] == "delivered" for n in (1, 2, 3)):
+            assert time.monotonic() < deadline, f"messages 1-3 not sent and delivered:\n{terminal.output}"
+            terminal.read(1)
+        time.sleep(1.1)  # the receipts below are stamped to the second: after the fake provider's
+
+        blocks = section_blocks("Delivery lifecycle")
+        marked = "".join(f"printf '\\n@@block@@\\n'\n{block}" for block in blocks)
+        answers = bash(login + marked).split("\n@@block@@\n")[1:]
+
+    assert len(answers) == len(blocks) >= 6
+    for block, answered in zip(blocks, answers, strict=True):
+        assert_shown(block, answered.strip().splitlines()[-1] if answered.strip() else "")
+    # What the examples showed is what the message keeps: the README's receipt for message 1.
+    assert shown_output(blocks[0]) == ('{"outcome":"applied","message_id":1}', True)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import shlex
 import signal
 import socket
@@ -26,7 +24,16 @@ from pathlib import Path
 import pytest
 
 from devtools.run_local import ProcfileEntry, read_procfile
-from tests.processes import REPO_ROOT, free_port, newcomer_env
+from tests.processes import (
+    REPO_ROOT,
+    free_port,
+    group_alive,
+    make_command,
+    make_run,
+    make_run_env,
+    make_run_ready,
+    started_groups,
+)
 
 pytestmark = pytest.mark.process
 
@@ -36,101 +43,10 @@ SEND_BUDGET_SECONDS = 90
 PORT_CHECK_BUDGET_SECONDS = 20
 
 
-class Terminal:
-    """A command run in a new pseudo-terminal; what it printed is kept in `output`."""
-
-    def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: becomes the command
-            os.chdir(cwd)
-            os.execvpe(args[0], args, env)  # noqa: S606 (make, as a developer types it)
-        self.output = ""
-        self.status: int | None = None
-
-    def read(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(self.fd, 65536)
-                except OSError:  # the terminal closed: everything in it has exited
-                    return
-                if not data:
-                    return
-                self.output += data.decode(errors="replace")
-
-    def wait_for(self, text: str, *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output}"
-            assert self.poll() is None, f"exited ({self.status}) before {text!r}:\n{self.output}"
-            self.read(0.5)
-
-    def press_ctrl_c(self) -> None:
-        os.write(self.fd, b"\x03")  # the terminal turns it into SIGINT to its foreground group
-
-    def poll(self) -> int | None:
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-        return self.status
-
-    def wait(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None and time.monotonic() < deadline:
-            self.read(0.2)
-        self.read(0.5)
-        return self.status
-
-    def kill(self) -> None:
-        if self.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        os.close(self.fd)
-
-
-def started_groups(output: str) -> dict[str, int]:
-    return {name: int(pid) for name, pid in re.findall(r"\| (\w+) started \(pid=(\d+)\)", output)}
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def make_run_env(tmp_path: Path) -> dict[str, str]:
-    env = newcomer_env(tmp_path)
-    env.pop("WEBHOOK_URL")  # the .env make writes points at its own provider
-    # The .env's QCLUSTER_WORKERS=2 stays: with one worker, the one pacing the dispatch
-    # window, no worker would be free to send the chunks it hands out.
-    env.update(TERM="dumb")
-    return env
-
-
-def make(*args: str, env_file: Path) -> list[str]:
-    venv = Path(sys.prefix)
-    return [
-        "make",
-        "--no-print-directory",
-        # The shared virtualenv is up to date: never reinstall into it from a test.
-        "-o",
-        f"{venv}/bin/.installed",
-        f"VENV={venv}",
-        f"ENV_FILE={env_file}",
-        *args,
-    ]
-
-
 def write_earlier_env(env_file: Path, *, env: dict[str, str], web_port: int, provider_port: int) -> None:
     """The .env as an earlier `make run WEB_PORT=... PROVIDER_PORT=...` left it (the Makefile's own rule)."""
     done = subprocess.run(
-        make(str(env_file), f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=env_file),
+        make_command(str(env_file), f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=env_file),
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -157,20 +73,12 @@ def provider_accepted(provider_port: int) -> int:
 
 
 def test_make_run_sends_on_the_ports_given_over_an_earlier_env_and_ctrl_c_stops_it_cleanly(tmp_path):
-    env = make_run_env(tmp_path)
     env_file = tmp_path / "local.env"
-    write_earlier_env(env_file, env=env, web_port=free_port(), provider_port=free_port())
+    write_earlier_env(env_file, env=make_run_env(tmp_path), web_port=free_port(), provider_port=free_port())
     web_port, provider_port = free_port(), free_port()
-    terminal = Terminal(
-        make("run", f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=env_file),
-        cwd=REPO_ROOT,
-        env=env,
-    )
-    groups: dict[str, int] = {}
-    try:
-        for ready in ("Quit the server with CONTROL-C", "Q Cluster", "Fake provider listening"):
-            terminal.wait_for(ready, timeout=120)
-        terminal.wait_for("running.", timeout=60)
+
+    with make_run(tmp_path, f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=env_file) as terminal:
+        make_run_ready(terminal)
         groups = started_groups(terminal.output)
         assert set(groups) == {"web", "worker", "provider"}, terminal.output
         # The banner names the ports in use; the provider's address is its live page.
@@ -205,35 +113,25 @@ def test_make_run_sends_on_the_ports_given_over_an_earlier_env_and_ctrl_c_stops_
         assert output.index("| worker exited (rc=0)") < output.index("sending SIGINT to provider"), output
         # Nothing of theirs is left: not qcluster's workers, not runserver's reloader child.
         assert [name for name, pgid in groups.items() if group_alive(pgid)] == []
-    finally:
-        for pgid in groups.values():
-            with suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        terminal.kill()
 
 
 def test_make_run_checks_the_env_files_ports_before_starting_anything_and_names_the_one_in_use(tmp_path):
-    env = make_run_env(tmp_path)
     env_file = tmp_path / "local.env"
     web_port, provider_port = free_port(), free_port()
-    write_earlier_env(env_file, env=env, web_port=web_port, provider_port=provider_port)
+    write_earlier_env(env_file, env=make_run_env(tmp_path), web_port=web_port, provider_port=provider_port)
+
     with socket.socket() as taken:  # another program on the provider's port
         taken.bind(("127.0.0.1", provider_port))
         taken.listen()
-        terminal = Terminal(make("run", env_file=env_file), cwd=REPO_ROOT, env=env)
-        status = terminal.wait(PORT_CHECK_BUDGET_SECONDS)
-    try:
-        output = terminal.output
-        assert status == 2, f"make run went on ({status}) with port {provider_port} taken:\n{output}"
-        # The .env's port (none was given), named with the option that moves it; nothing was started.
-        assert re.search(rf"port {provider_port} \(PROVIDER_PORT\) is in use .*: make run PROVIDER_PORT=\d+", output)
-        assert "WEB_PORT" not in output
-        assert "started (pid=" not in output and "migrate" not in output, output
-    finally:
-        for pgid in started_groups(terminal.output).values():
-            with suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        terminal.kill()
+        with make_run(tmp_path, env_file=env_file) as terminal:
+            status = terminal.wait(PORT_CHECK_BUDGET_SECONDS)
+            output = terminal.output
+
+    assert status == 2, f"make run went on ({status}) with port {provider_port} taken:\n{output}"
+    # The .env's port (none was given), named with the option that moves it; nothing was started.
+    assert re.search(rf"port {provider_port} \(PROVIDER_PORT\) is in use .*: make run PROVIDER_PORT=\d+", output)
+    assert "WEB_PORT" not in output
+    assert "started (pid=" not in output and "migrate" not in output, output
 
 
 # --- the runner on its own ------------------------------------------------------------------------
