@@ -38,13 +38,14 @@ def run(*args: str) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def run_rejecting(*args) -> tuple[str, str]:
-    """Run an import that rejects some rows: the valid ones are stored, but the command
-    fails with exit status 3 (partly imported) so that a script notices; its output as run() gives it."""
+def run_rejecting(*args, exit_status: int = 3) -> tuple[str, str]:
+    """Run an import that rejects rows: the valid ones are stored, but the command fails
+    so that a script notices, with exit status 3 (partly imported), or 1 when it rejected
+    every row; its output as run() gives it."""
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(CommandError, match=r"rejected \(listed above\)") as failed:
         call_command(*args, stdout=out, stderr=err)
-    assert failed.value.returncode == 3
+    assert failed.value.returncode == exit_status
     return out.getvalue(), err.getvalue()
 
 
@@ -277,7 +278,7 @@ def test_import_takes_a_priority_only_as_the_api_does(tmp_path, api_client, prio
     assert api_client.post("/api/messages/", body, format="json").status_code == 400
     path = csv_file(tmp_path, f"recipient_phone_number,content,priority\n+905551112233,hi,{priority}\n")
 
-    _, err = run_rejecting("import_messages", path)
+    _, err = run_rejecting("import_messages", path, exit_status=1)
 
     assert "line 2: priority: must be one of high, normal, low." in err
     assert not Message.objects.exists()
