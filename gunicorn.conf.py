@@ -24,7 +24,10 @@ Every value here can be changed from the environment (README, *Production*).
 """
 
 import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 from gunicorn.glogging import Logger
 
@@ -83,3 +86,16 @@ if _control_socket:
 
 # Read by messaging_site/settings.py in each worker (forked from this process).
 os.environ.setdefault("DATABASE_POOL_MAX_SIZE", "10")
+
+# The settings are read once before any worker starts, so that a setting they refuse stops
+# gunicorn with one line and status 2 (read first by each worker, it cost a traceback per
+# worker and "Worker failed to boot"). In a process of their own: importing Django here,
+# before the gevent workers patch the standard library, would hand every worker database
+# connection state made for threads (their greenlets then shared one connection).
+_settings_check = subprocess.run(
+    [sys.executable, "-c", "from messaging_site.env import settings_check; settings_check()"],
+    cwd=Path(__file__).resolve().parent,
+    check=False,
+)
+if _settings_check.returncode:
+    sys.exit(_settings_check.returncode)

@@ -4,6 +4,13 @@ Starts every process of a Procfile, prints their output line by line with the
 process's name, and on Ctrl-C (or SIGTERM) stops them all and exits 0 if each
 stopped cleanly. If one exits by itself, the others are stopped and the run fails.
 
+Stop order: the reverse of the Procfile's, each process signalled only once the
+one before it has exited (its whole process group). So list a process after
+those it needs: in Procfile.dev the worker comes after the fake provider it
+sends to, and on Ctrl-C finishes its sends in flight while the provider still
+answers. A second Ctrl-C signals every process still running at once; after
+--stop-timeout seconds whatever still runs is killed.
+
 Why not honcho: on Ctrl-C it exits 130 and SIGKILLs whatever is still running
 five seconds after the first process stopped. And whatever the runner does, make
 gets the terminal's SIGINT too (it is in the terminal's foreground process group)
@@ -107,6 +114,7 @@ class Runner:
         self.processes: dict[str, subprocess.Popen] = {}
         self.relays: list[threading.Thread] = []
         self.done: set[str] = set()
+        self.signalled: set[str] = set()
         self.exited: queue.Queue[str] = queue.Queue()
         self.print_lock = threading.Lock()
         self.signals: queue.Queue[int] = queue.Queue()
@@ -150,13 +158,26 @@ class Runner:
     def _running(self) -> list[str]:
         return [name for name in self.processes if name not in self.done]
 
-    def _signal_all(self, signum: int) -> None:
-        names = self._running()
+    def _signal(self, names: list[str], signum: int) -> None:
         if names:
             self.say("system", f"sending {signal.Signals(signum).name} to {', '.join(names)}")
         for name in names:
+            self.signalled.add(name)
             with suppress(ProcessLookupError):
                 os.killpg(self.processes[name].pid, signum)
+
+    def _signal_all(self, signum: int) -> None:
+        self._signal(self._running(), signum)
+
+    def _stop_next(self, signum: int) -> None:
+        """Signal the next process in stop order (the Procfile's, reversed), unless one
+        signalled before it is still stopping: it must be gone before the next is asked."""
+        for name in reversed(self.processes):
+            if name in self.done:
+                continue
+            if name not in self.signalled:
+                self._signal([name], signum)
+            return
 
     def run(self) -> int:
         # SIGHUP: the terminal went away. Each process gets SIGTERM, as from a service manager.
@@ -166,6 +187,7 @@ class Runner:
             self._start(entry)
 
         stopping_since: float | None = None
+        stop_signal = signal.SIGTERM  # what each process is sent in its turn
         asked_to_stop = False  # by a signal to us, not because a process quit
         unexpected_exit = False
         killed = False
@@ -179,15 +201,16 @@ class Runner:
                 if stopping_since is None:
                     unexpected_exit = True
                     stopping_since = time.monotonic()
-                    self._signal_all(signal.SIGTERM)
             while not self.signals.empty():
                 signum = self.signals.get()
                 self.say("system", f"{signal.Signals(signum).name} received")
                 if stopping_since is None:
                     asked_to_stop, stopping_since = True, time.monotonic()
-                    self._signal_all(signal.SIGTERM if signum == signal.SIGHUP else signum)
-                else:  # asked again: no more waiting for them to finish their work
+                    stop_signal = signal.SIGTERM if signum == signal.SIGHUP else signum
+                else:  # asked again: no more waiting for them to finish their work, nor for each other
                     self._signal_all(signal.SIGTERM)
+            if stopping_since is not None and not killed:
+                self._stop_next(stop_signal)
             if stopping_since is not None and not killed and time.monotonic() - stopping_since > self.stop_timeout:
                 killed = True
                 self.say("system", f"still running after {self.stop_timeout:g} s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -194,3 +195,29 @@ def default_qcluster_workers() -> int:
     two, since one of a cluster's workers paces."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(2, cores)
+
+
+# Exit status of a process whose settings start-up refused (manage.py, gunicorn.conf.py):
+# not 1, which a command that ran and failed returns.
+CONFIGURATION_ERROR_EXIT_STATUS = 2
+
+
+def configuration_error_line(error: ImproperlyConfigured, *, env_file: str | None = None) -> str:
+    """A setting start-up refused, as one line for whoever started it: what is wrong
+    (the error names the variable and what it must be) and where to change it. The
+    traceback (40-odd lines of import machinery, the useful line last) says no more."""
+    where = f"the environment or {env_file}" if env_file else "the environment"
+    return f"Configuration error: {' '.join(str(error).split())} (set it in {where}; README, Configuration)"
+
+
+def settings_check() -> None:
+    """Read the settings (DJANGO_SETTINGS_MODULE, messaging_site.settings by default);
+    if start-up refuses one, say so in one line and exit with status 2."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messaging_site.settings")
+    from django.conf import settings
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 (reading a setting imports the settings module)
+    except ImproperlyConfigured as error:
+        sys.stderr.write(configuration_error_line(error) + "\n")
+        sys.exit(CONFIGURATION_ERROR_EXIT_STATUS)

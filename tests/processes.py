@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import signal
 import socket
@@ -697,3 +700,119 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         with suppress(Exception):
             server.stop()
         shutil.rmtree(server.directory, ignore_errors=True)
+
+
+# --- `make run` in a terminal ----------------------------------------------------------------------
+
+
+class Terminal:
+    """A command run in a new pseudo-terminal; what it printed is kept in `output`."""
+
+    def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: becomes the command
+            os.chdir(cwd)
+            os.execvpe(args[0], args, env)  # noqa: S606 (make, as a developer types it)
+        self.output = ""
+        self.status: int | None = None
+
+    def read(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:  # the terminal closed: everything in it has exited
+                    return
+                if not data:
+                    return
+                self.output += data.decode(errors="replace")
+
+    def wait_for(self, text: str, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output}"
+            assert self.poll() is None, f"exited ({self.status}) before {text!r}:\n{self.output}"
+            self.read(0.5)
+
+    def press_ctrl_c(self) -> None:
+        os.write(self.fd, b"\x03")  # the terminal turns it into SIGINT to its foreground group
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            self.read(0.2)
+        self.read(0.5)
+        return self.status
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def started_groups(output: str) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"\| (\w+) started \(pid=(\d+)\)", output)}
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def make_run_env(tmp_path: Path) -> dict[str, str]:
+    """newcomer_env for `make run`: WEBHOOK_URL is the .env's (its own provider)."""
+    env = newcomer_env(tmp_path)
+    env.pop("WEBHOOK_URL")  # the .env make writes points at its own provider
+    # The .env's QCLUSTER_WORKERS=2 stays: with one worker, the one pacing the dispatch
+    # window, no worker would be free to send the chunks it hands out.
+    env.update(TERM="dumb")
+    return env
+
+
+def make_command(*args: str, env_file: Path) -> list[str]:
+    """`make ARGS` with this test run's virtualenv and `env_file` as the .env."""
+    venv = Path(sys.prefix)
+    return [
+        "make",
+        "--no-print-directory",
+        # The shared virtualenv is up to date: never reinstall into it from a test.
+        "-o",
+        f"{venv}/bin/.installed",
+        f"VENV={venv}",
+        f"ENV_FILE={env_file}",
+        *args,
+    ]
+
+
+@contextmanager
+def make_run(tmp_path: Path, *args: str, env_file: Path) -> Iterator[Terminal]:
+    """`make run ARGS` in a terminal of its own; after the block, whatever it started is killed."""
+    terminal = Terminal(make_command("run", *args, env_file=env_file), cwd=REPO_ROOT, env=make_run_env(tmp_path))
+    try:
+        yield terminal
+    finally:
+        for pgid in started_groups(terminal.output).values():
+            with suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        terminal.kill()
+
+
+def make_run_ready(terminal: Terminal, *, timeout: float = 120) -> None:
+    """Wait until the web server, the fake provider and qcluster have all said they are up."""
+    for ready in ("Quit the server with CONTROL-C", "Q Cluster", "Fake provider listening"):
+        terminal.wait_for(ready, timeout=timeout)
+    terminal.wait_for("running.", timeout=60)

@@ -9,22 +9,26 @@ The two long-running servers (qcluster, fakeprovider) are run with `--help` appe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.processes import REPO_ROOT, newcomer_env
+from tests.processes import REPO_ROOT, free_port, make_run, make_run_env, make_run_ready, newcomer_env
 
 pytestmark = pytest.mark.process
 
 LOCAL_PYTHON = ".venv/bin/python"
 LONG_RUNNING = {"qcluster", "fakeprovider"}
+README = REPO_ROOT / "README.md"
 
 
 def shell_lines(markdown: str) -> list[str]:
@@ -59,24 +63,41 @@ def test_the_readme_runs_manage_py_through_the_virtualenv():
     lines = readme_manage_lines()
 
     assert len(lines) >= 15
-    local = [line for line in lines if not line.startswith("docker compose exec ")]
-    assert [line for line in local if not line.startswith(f"{LOCAL_PYTHON} manage.py ")] == []
+    local = [shlex.split(line) for line in lines if not line.startswith("docker compose exec ")]
+    # `.venv/bin/python manage.py ...`, alone or in `$(...)`: never another python.
+    assert [
+        shlex.join(words)
+        for words in local
+        if any(word == "manage.py" and not words[i - 1].endswith(LOCAL_PYTHON) for i, word in enumerate(words))
+    ] == []
 
 
-def test_every_readme_command_line_works_as_written_after_make_run(tmp_path):
+def readme_checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A folder holding manage.py, the files the README's commands name (the sample CSV)
+    and the .env the Makefile's own rule writes, migrated with the superuser, as `make run`
+    leaves it before it starts the processes; and the environment to run commands in it."""
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     shutil.copy(REPO_ROOT / "manage.py", workdir / "manage.py")
+    for line in readme_manage_lines():
+        for word in shlex.split(line):
+            if "/" in word and not word.startswith(".venv/") and (REPO_ROOT / word).is_file():
+                (workdir / word).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO_ROOT / word, workdir / word)
     env = newcomer_env(tmp_path)
     # The .env exactly as `make run` writes it (the Makefile's own rule).
     made = run(["make", "--no-print-directory", "-f", str(REPO_ROOT / "Makefile"), ".env"], cwd=workdir, env=env)
     assert made.returncode == 0, made.stdout
     assert "DEBUG=true" in (workdir / ".env").read_text()
-    (workdir / "messages.csv").write_text("recipient_phone_number,content\n+905551112233,hello\n")
     # What `make run` does before it starts the processes.
     for setup in (["migrate", "--no-input"], ["ensure_superuser", "--username", "admin"]):
         done = run([sys.executable, "manage.py", *setup], cwd=workdir, env=env)
         assert done.returncode == 0, done.stdout
+    return workdir, env
+
+
+def test_every_readme_command_line_works_as_written_after_make_run(tmp_path):
+    workdir, env = readme_checkout(tmp_path)
 
     ran = []
     for line in readme_manage_lines():
@@ -133,3 +154,174 @@ def test_a_malformed_env_line_names_the_file_and_line(tmp_path):
 
     assert result.returncode != 0
     assert f"{env_file}, line 2: expected NAME=value" in result.stdout
+
+
+def test_a_value_names_another_variable_as_dollar_braces_the_environment_first(tmp_path):
+    env_file = tmp_path / "local.env"
+    env_file.write_text("NAME_A=8081\nNAME_B=http://127.0.0.1:${NAME_A}/\n")
+
+    assert load_in_subprocess(tmp_path, ENV_FILE=str(env_file)).stdout.strip() == "8081 http://127.0.0.1:8081/"
+    # A variable set in the environment wins over the file, in the values that name it too.
+    given = load_in_subprocess(tmp_path, ENV_FILE=str(env_file), NAME_A="8082")
+    assert given.stdout.strip() == "8082 http://127.0.0.1:8082/"
+    # In single quotes it is kept as written.
+    env_file.write_text("NAME_A=1\nNAME_B='${NAME_A}'\n")
+    assert load_in_subprocess(tmp_path, ENV_FILE=str(env_file)).stdout.strip() == "1 ${NAME_A}"
+
+
+def test_a_variable_named_before_it_is_set_is_an_error_naming_the_line(tmp_path):
+    env_file = tmp_path / "local.env"
+    env_file.write_text("NAME_B=http://127.0.0.1:${NAME_A}/\nNAME_A=8081\n")
+
+    result = load_in_subprocess(tmp_path, ENV_FILE=str(env_file))
+
+    assert result.returncode != 0
+    assert result.stdout == f"{env_file}, line 1: ${{NAME_A}} is not set (in the environment or above)\n"
+
+
+def test_drain_refuses_while_the_dispatcher_is_stopped_as_the_readme_says(tmp_path):
+    workdir, env = readme_checkout(tmp_path)
+    assert run([sys.executable, "manage.py", "dispatcher", "stop"], cwd=workdir, env=env).returncode == 0
+
+    drain = run([sys.executable, "manage.py", "dispatcher", "drain", "--max-seconds", "5"], cwd=workdir, env=env)
+
+    assert drain.returncode == 1
+    said = drain.stdout.strip().removeprefix("CommandError: ")
+    assert said == "The dispatcher is stopped; start it first."
+    assert f'refuses while the dispatcher is stopped ("{said}"' in " ".join(README.read_text().split())
+
+
+# --- make test: the browser first -------------------------------------------------------------
+
+
+def test_the_readme_installs_chromium_before_it_runs_the_tests():
+    lines = shell_lines(README.read_text())
+
+    assert lines.index("make browser-deps") < lines.index("make test")
+
+
+def test_make_test_without_chromium_stops_within_seconds_saying_what_to_run(tmp_path):
+    venv = Path(sys.prefix)
+    # --collect-only: were the check missing, the suite would not run from here either.
+    env = {**os.environ, "CHROMIUM_PATH": str(tmp_path / "no-chromium"), "PYTEST_ADDOPTS": "--collect-only -q"}
+    make_test = ["make", "--no-print-directory", "-o", f"{venv}/bin/.installed", "test", f"VENV={venv}"]
+
+    started = time.monotonic()
+    done = subprocess.run(make_test, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - started
+
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert took < 10
+    assert done.stderr.startswith(
+        f"make test: Chromium not found at {tmp_path / 'no-chromium'}; the browser tests need it. "
+        "Run 'make browser-deps' (or set CHROMIUM_PATH to a Chromium binary), then 'make test'.\n"
+    ), done.stderr
+    assert done.stdout == ""  # nothing else ran: no lint, no pytest
+
+
+# --- what the README says of the tests ---------------------------------------------------------
+
+
+def test_the_readme_names_only_tests_that_exist_and_no_xfail_test_the_suite_lacks():
+    text = README.read_text()
+    test_files = list((REPO_ROOT / "tests").rglob("test_*.py"))
+
+    assert set(re.findall(r"\btest_\w+\.py\b", text)) - {path.name for path in test_files} == set()
+    if "xfail" in text:  # a known gap "pinned by a test marked xfail" needs such a test
+        assert any(re.search(r"^\s*@pytest\.mark\.xfail\b", path.read_text(), re.MULTILINE) for path in test_files)
+
+
+# --- the API and delivery lifecycle examples, against `make run` ----------------------------------
+
+# A shown output: `# {"k":v,...}` under a command (with `...` where it shortens), or `# -> "k": v` beside one.
+_SHOWN_PAIR = re.compile(r'"(\w+)":\s*("(?:[^"\\]|\\.)*"|null|true|false|-?\d+)')
+SEND_BUDGET_SECONDS = 120
+
+
+def section_blocks(title: str) -> list[str]:
+    """The ```sh blocks of the README's section `## title`, as written."""
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"^```sh\n(.*?)^```", text[start:end], flags=re.MULTILINE | re.DOTALL)
+
+
+def shown_output(block: str) -> tuple[str, bool] | None:
+    """What the README shows a block's last command answers: the text, and whether it is whole."""
+    comments = [line.removeprefix("#").strip() for line in block.splitlines() if line.startswith("# ")]
+    if comments and comments[0].startswith("{"):
+        shown = " ".join(comments)
+        return shown, "..." not in shown
+    arrow = re.search(r"# -> (.*)$", block.strip().splitlines()[-1])
+    return (arrow[1], False) if arrow else None
+
+
+def assert_shown(block: str, answered: str) -> None:
+    shown = shown_output(block)
+    if shown is None:
+        return
+    text, whole = shown
+    if whole:
+        assert answered == text, f"the README shows {text}\nthe service answered {answered}"
+        return
+    actual = json.loads(answered)
+    pairs = _SHOWN_PAIR.findall(text)
+    assert pairs, text
+    for key, value in pairs:
+        assert actual.get(key) == json.loads(value), f"the README shows {key}: {value}\nthe service answered {answered}"
+
+
+def test_the_api_and_delivery_lifecycle_examples_answer_what_the_readme_shows_against_make_run(tmp_path):
+    """The README's API block, then (once its messages are sent and the fake provider's own
+    receipts are in) every block of *Delivery lifecycle*, run by bash as written from a
+    checkout where `make run` runs, its port for 8000; each shown answer compared."""
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    shutil.copy(REPO_ROOT / "manage.py", workdir / "manage.py")
+    (workdir / ".venv").symlink_to(sys.prefix)
+    web_port, provider_port = free_port(), free_port()
+    env = make_run_env(tmp_path)
+
+    def bash(script: str) -> str:
+        done = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + script.replace("localhost:8000", f"localhost:{web_port}")],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    [api] = [block for block in section_blocks("API") if 'H="Authorization: Token $TOKEN"' in block]
+    login = api[: api.index('H="Authorization: Token $TOKEN"')] + 'H="Authorization: Token $TOKEN"\n'
+    with make_run(tmp_path, f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=workdir / ".env") as (
+        terminal
+    ):
+        make_run_ready(terminal)
+        bash(api)
+        token = bash(login + 'printf %s "$TOKEN"')
+
+        def message(number: int) -> dict:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{web_port}/api/messages/{number}/", headers={"Authorization": f"Token {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+
+        deadline = time.monotonic() + SEND_BUDGET_SECONDS
+        while not all(message(n)["delivery_status"] == "delivered" for n in (1, 2, 3)):
+            assert time.monotonic() < deadline, f"messages 1-3 not sent and delivered:\n{terminal.output}"
+            terminal.read(1)
+        time.sleep(1.1)  # the receipts below are stamped to the second: after the fake provider's
+
+        blocks = section_blocks("Delivery lifecycle")
+        marked = "".join(f"printf '\\n@@block@@\\n'\n{block}" for block in blocks)
+        answers = bash(login + marked).split("\n@@block@@\n")[1:]
+
+    assert len(answers) == len(blocks) >= 6
+    for block, answered in zip(blocks, answers, strict=True):
+        assert_shown(block, answered.strip().splitlines()[-1] if answered.strip() else "")
+    # What the examples showed is what the message keeps: the README's receipt for message 1.
+    assert shown_output(blocks[0]) == ('{"outcome":"applied","message_id":1}', True)

@@ -8,11 +8,12 @@ developer's shell), on a scratch SQLite state directory and free ports.
 
 from __future__ import annotations
 
+import json
 import os
-import pty
 import re
-import select
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,114 +24,78 @@ from pathlib import Path
 import pytest
 
 from devtools.run_local import ProcfileEntry, read_procfile
-from tests.processes import REPO_ROOT, free_port, newcomer_env
+from tests.processes import (
+    REPO_ROOT,
+    free_port,
+    group_alive,
+    make_command,
+    make_run,
+    make_run_env,
+    make_run_ready,
+    started_groups,
+)
 
 pytestmark = pytest.mark.process
 
 STOP_BUDGET_SECONDS = 15
+# The first tick after a fresh start can take 30 s more than the .env's 10 s interval (README).
+SEND_BUDGET_SECONDS = 90
+PORT_CHECK_BUDGET_SECONDS = 20
 
 
-class Terminal:
-    """A command run in a new pseudo-terminal; what it printed is kept in `output`."""
-
-    def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: becomes the command
-            os.chdir(cwd)
-            os.execvpe(args[0], args, env)  # noqa: S606 (make, as a developer types it)
-        self.output = ""
-        self.status: int | None = None
-
-    def read(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(self.fd, 65536)
-                except OSError:  # the terminal closed: everything in it has exited
-                    return
-                if not data:
-                    return
-                self.output += data.decode(errors="replace")
-
-    def wait_for(self, text: str, *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output}"
-            assert self.poll() is None, f"exited ({self.status}) before {text!r}:\n{self.output}"
-            self.read(0.5)
-
-    def press_ctrl_c(self) -> None:
-        os.write(self.fd, b"\x03")  # the terminal turns it into SIGINT to its foreground group
-
-    def poll(self) -> int | None:
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-        return self.status
-
-    def wait(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None and time.monotonic() < deadline:
-            self.read(0.2)
-        self.read(0.5)
-        return self.status
-
-    def kill(self) -> None:
-        if self.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        os.close(self.fd)
+def write_earlier_env(env_file: Path, *, env: dict[str, str], web_port: int, provider_port: int) -> None:
+    """The .env as an earlier `make run WEB_PORT=... PROVIDER_PORT=...` left it (the Makefile's own rule)."""
+    done = subprocess.run(
+        make_command(str(env_file), f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=env_file),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
-def started_groups(output: str) -> dict[str, int]:
-    return {name: int(pid) for name, pid in re.findall(r"\| (\w+) started \(pid=(\d+)\)", output)}
+def queue_message(web_port: int, token: str) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{web_port}/api/messages/",
+        data=json.dumps({"recipient_phone_number": "+905551112233", "content": "hello from make run"}).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def provider_accepted(provider_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{provider_port}/_fake/stats", timeout=5) as response:
+        return json.loads(response.read())["accepted"]
 
 
-def test_ctrl_c_stops_make_run_cleanly_and_make_exits_0(tmp_path):
+def test_make_run_sends_on_the_ports_given_over_an_earlier_env_and_ctrl_c_stops_it_cleanly(tmp_path):
+    env_file = tmp_path / "local.env"
+    write_earlier_env(env_file, env=make_run_env(tmp_path), web_port=free_port(), provider_port=free_port())
     web_port, provider_port = free_port(), free_port()
-    venv = Path(sys.prefix)
-    env = newcomer_env(tmp_path)
-    env.pop("WEBHOOK_URL")  # the .env make writes points at its own provider
-    env.update(QCLUSTER_WORKERS="1", TERM="dumb")
-    make = [
-        "make",
-        "--no-print-directory",
-        # The shared virtualenv is up to date: never reinstall into it from a test.
-        "-o",
-        f"{venv}/bin/.installed",
-        "run",
-        f"VENV={venv}",
-        f"ENV_FILE={tmp_path / 'local.env'}",
-        f"WEB_PORT={web_port}",
-        f"PROVIDER_PORT={provider_port}",
-    ]
-    terminal = Terminal(make, cwd=REPO_ROOT, env=env)
-    groups: dict[str, int] = {}
-    try:
-        for ready in ("Quit the server with CONTROL-C", "Q Cluster", "Fake provider listening"):
-            terminal.wait_for(ready, timeout=120)
-        terminal.wait_for("running.", timeout=60)
+
+    with make_run(tmp_path, f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=env_file) as terminal:
+        make_run_ready(terminal)
         groups = started_groups(terminal.output)
         assert set(groups) == {"web", "worker", "provider"}, terminal.output
-        # The banner's provider address is its live page.
+        # The banner names the ports in use; the provider's address is its live page.
         assert f"Provider:  http://127.0.0.1:{provider_port}/  (what it received, live" in terminal.output
-        # The API token is in the banner too.
-        assert re.search(r"API token: [0-9a-f]{40}  \(Authorization: Token <key>\)", terminal.output), terminal.output
+        assert f"Admin:     http://127.0.0.1:{web_port}/admin/" in terminal.output
         with urllib.request.urlopen(f"http://127.0.0.1:{provider_port}/", timeout=5) as page:
             assert page.headers["Content-Type"].startswith("text/html")
-        assert f"Admin:     http://127.0.0.1:{web_port}/admin/" in terminal.output
+        # The API token is in the banner too.
+        token = re.search(r"API token: ([0-9a-f]{40})  \(Authorization: Token <key>\)", terminal.output)
+        assert token, terminal.output
+
+        # The worker sends to the provider on the port given, not to the one the earlier .env named.
+        queue_message(web_port, token[1])
+        deadline = time.monotonic() + SEND_BUDGET_SECONDS
+        while provider_accepted(provider_port) < 1:
+            assert time.monotonic() < deadline, f"nothing sent within {SEND_BUDGET_SECONDS} s:\n{terminal.output}"
+            terminal.read(1)
 
         pressed = time.monotonic()
         terminal.press_ctrl_c()
@@ -143,13 +108,30 @@ def test_ctrl_c_stops_make_run_cleanly_and_make_exits_0(tmp_path):
         for name in ("web", "worker", "provider"):
             assert f"| {name} exited (rc=0)" in terminal.output, terminal.output
         assert "| all stopped" in terminal.output
+        # The provider is told to stop only once the worker, which sends to it, has exited.
+        output = terminal.output
+        assert output.index("| worker exited (rc=0)") < output.index("sending SIGINT to provider"), output
         # Nothing of theirs is left: not qcluster's workers, not runserver's reloader child.
         assert [name for name, pgid in groups.items() if group_alive(pgid)] == []
-    finally:
-        for pgid in groups.values():
-            with suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        terminal.kill()
+
+
+def test_make_run_checks_the_env_files_ports_before_starting_anything_and_names_the_one_in_use(tmp_path):
+    env_file = tmp_path / "local.env"
+    web_port, provider_port = free_port(), free_port()
+    write_earlier_env(env_file, env=make_run_env(tmp_path), web_port=web_port, provider_port=provider_port)
+
+    with socket.socket() as taken:  # another program on the provider's port
+        taken.bind(("127.0.0.1", provider_port))
+        taken.listen()
+        with make_run(tmp_path, env_file=env_file) as terminal:
+            status = terminal.wait(PORT_CHECK_BUDGET_SECONDS)
+            output = terminal.output
+
+    assert status == 2, f"make run went on ({status}) with port {provider_port} taken:\n{output}"
+    # The .env's port (none was given), named with the option that moves it; nothing was started.
+    assert re.search(rf"port {provider_port} \(PROVIDER_PORT\) is in use .*: make run PROVIDER_PORT=\d+", output)
+    assert "WEB_PORT" not in output
+    assert "started (pid=" not in output and "migrate" not in output, output
 
 
 # --- the runner on its own ------------------------------------------------------------------------
@@ -205,7 +187,7 @@ def test_sigterm_to_the_runner_stops_every_process_and_exits_0(tmp_path):
 
     # The sleepers die of the SIGTERM passed on to them, which is not a clean exit of theirs.
     assert "SIGTERM received" in output
-    assert "sending SIGTERM to one, two" in output
+    assert output.index("sending SIGTERM to two") < output.index("sending SIGTERM to one")
     assert returncode == 1
     handles_it = (
         f"{sys.executable} -c 'import signal, sys, time; "
@@ -220,6 +202,31 @@ def test_sigterm_to_the_runner_stops_every_process_and_exits_0(tmp_path):
     )
     assert returncode == 0, output
     assert "SIGHUP received" in output and "sending SIGTERM to polite" in output
+
+
+def stops_after(name: str, seconds: float) -> str:
+    """A process that, told to stop, says so, takes `seconds` to finish its work, and exits 0."""
+    script = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *args: ("
+        f"print('{name} stopping', flush=True), time.sleep({seconds}), print('{name} done', flush=True), "
+        "sys.exit(0))); time.sleep(60)"
+    )
+    return f"{sys.executable} -c {shlex.quote(script)}"
+
+
+def test_processes_stop_in_the_reverse_of_the_procfile_order_each_after_the_one_before(tmp_path):
+    # As Procfile.dev lists them: the provider before the worker that sends to it.
+    procfile = write_procfile(
+        tmp_path, f"provider: {stops_after('provider', 0)}\nworker: {stops_after('worker', 1.5)}\n"
+    )
+
+    returncode, output = run_runner(procfile, signal_after=2)
+
+    assert returncode == 0, output
+    # The worker finishes its work while the provider still answers; only then is the provider stopped.
+    assert output.index("| worker done") < output.index("sending SIGTERM to provider"), output
+    assert output.index("worker exited (rc=0)") < output.index("| provider stopping"), output
+    assert "sending SIGTERM to worker\n" in output
 
 
 def test_a_process_that_ignores_the_stop_signal_is_killed_after_the_timeout(tmp_path):
@@ -240,8 +247,9 @@ def test_a_process_that_ignores_the_stop_signal_is_killed_after_the_timeout(tmp_
 def test_procfile_dev_names_the_three_processes():
     entries = read_procfile(REPO_ROOT / "Procfile.dev")
 
-    assert [entry.name for entry in entries] == ["web", "worker", "provider"]
-    assert entries[1] == ProcfileEntry(name="worker", command="python manage.py qcluster")
+    # Stopped in the reverse order: the worker first, while the provider it sends to still answers.
+    assert [entry.name for entry in entries] == ["web", "provider", "worker"]
+    assert entries[2] == ProcfileEntry(name="worker", command="python manage.py qcluster")
 
 
 def test_a_malformed_procfile_line_is_named(tmp_path):

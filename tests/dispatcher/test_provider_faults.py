@@ -519,8 +519,7 @@ def test_outage_of_the_only_provider_fails_nothing_and_sends_everything_after(di
     check_every_message_sent_once(messages, received, logs=logs)
     assert attempts_max <= 2
     # A few probe requests a cool-off. Not exactly PROVIDER_CIRCUIT_PROBES: a window of one cool-off
-    # can hold two half-open moments, and workers whose 0.5 s view of the circuit is still "half open"
-    # when a probe has just failed start probes of their own (test_gate.py pins that, xfail).
+    # can hold two half-open moments (test_gate.py pins the count within one half-open period).
     assert len(probes) / cooloffs <= 2 * PROBES, per_cooloff
     assert max(per_cooloff) <= 3 * PROBES, per_cooloff
     assert all_sent_after <= 30

@@ -1,4 +1,8 @@
 import io
+import os
+import pty
+import select
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +22,7 @@ from messages_app.errors import MessageImportError, MessageStateError
 from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
 from messages_app.services import messages_prune, messages_requeue_failed
 from tests.factories import make_message
-from tests.processes import child_env, manage
+from tests.processes import REPO_ROOT, child_env, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -34,12 +38,14 @@ def run(*args: str) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def run_rejecting(*args) -> tuple[str, str]:
-    """Run an import that rejects rows: the valid ones are stored, but the command
-    fails (exit status 1) so that a script notices; its output as run() gives it."""
+def run_rejecting(*args, exit_status: int = 3) -> tuple[str, str]:
+    """Run an import that rejects rows: the valid ones are stored, but the command fails
+    so that a script notices, with exit status 3 (partly imported), or 1 when it rejected
+    every row; its output as run() gives it."""
     out, err = io.StringIO(), io.StringIO()
-    with pytest.raises(CommandError, match=r"rejected \(listed above\)"):
+    with pytest.raises(CommandError, match=r"rejected \(listed above\)") as failed:
         call_command(*args, stdout=out, stderr=err)
+    assert failed.value.returncode == exit_status
     return out.getvalue(), err.getvalue()
 
 
@@ -272,7 +278,7 @@ def test_import_takes_a_priority_only_as_the_api_does(tmp_path, api_client, prio
     assert api_client.post("/api/messages/", body, format="json").status_code == 400
     path = csv_file(tmp_path, f"recipient_phone_number,content,priority\n+905551112233,hi,{priority}\n")
 
-    _, err = run_rejecting("import_messages", path)
+    _, err = run_rejecting("import_messages", path, exit_status=1)
 
     assert "line 2: priority: must be one of high, normal, low." in err
     assert not Message.objects.exists()
@@ -635,3 +641,97 @@ def test_requeue_failed_dry_run_lists_the_ids():
 
     ids = ", ".join(str(m.pk) for m in failed)
     assert out == f"Dry run: would requeue 3 failed messages: {ids}. Nothing was changed.\n"
+
+
+def test_import_of_only_rejected_rows_exits_1_having_stored_nothing(tmp_path):
+    path = csv_file(tmp_path, "recipient_phone_number,content\nbad,row\n+905551112233,\n")
+    out = io.StringIO()
+
+    with pytest.raises(CommandError, match=r"^2 rows rejected \(listed above\), every row: nothing was stored\.$") as e:
+        call_command("import_messages", path, stdout=out, stderr=io.StringIO())
+
+    assert e.value.returncode == 1
+    assert out.getvalue() == "Imported 0 messages; 2 rows rejected.\n"
+    assert not Message.objects.exists()
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("rows", "status", "said"),
+    [
+        ("+905551112233,one\n+905551112234,two\n", 0, "Dry run: would import 2 messages; 0 rows rejected."),
+        ("+905551112233,one\nbad,row\n", 3, "CommandError: 1 row rejected (listed above); fix them and import"),
+        ("bad,row\n", 1, "CommandError: 1 row rejected (listed above), every row: nothing would be stored."),
+        ("", 0, "Dry run: would import 0 messages; 0 rows rejected."),
+    ],
+)
+def test_import_exit_status_tells_a_script_whether_all_some_or_none_were_imported(tmp_path, rows, status, said):
+    path = csv_file(tmp_path, "recipient_phone_number,content\n" + rows)
+
+    done = manage(["import_messages", path, "--dry-run"], env=child_env())
+
+    assert done.returncode == status, done.stdout
+    assert said in done.stdout
+
+
+# --- progress bars: in place on a terminal, lines elsewhere ----------------------------------------
+
+
+def test_prune_writes_its_bar_once_as_a_line_where_stderr_is_not_a_terminal():
+    for _ in range(5):
+        aged(make_message(status=Status.SENT), days=40)
+
+    _, err = run("prune_messages", "--older-than", "30", "--batch-size", "2")
+
+    assert "\r" not in err
+    [bar] = [line for line in err.splitlines() if "prune:" in line]
+    assert bar.startswith("prune: 100%") and "5/5" in bar
+
+
+def test_import_writes_its_bar_once_as_a_line_where_stderr_is_not_a_terminal(tmp_path):
+    rows = "".join(f"+9055511{n:05d},hello\n" for n in range(5))
+    path = csv_file(tmp_path, "recipient_phone_number,content\n" + rows)
+
+    _, err = run("import_messages", path, "--batch-size", "2")
+
+    assert "\r" not in err
+    [bar] = [line for line in err.splitlines() if "import:" in line]
+    assert bar.startswith("import: 100%") and "5/5" in bar
+
+
+@pytest.mark.process
+@pytest.mark.django_db(transaction=True)
+def test_prune_on_a_terminal_redraws_one_bar_in_place_from_the_count_it_found():
+    for _ in range(5):
+        aged(make_message(status=Status.SENT), days=40)
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "prune_messages", "--older-than", "30", "--batch-size", "2"],
+            cwd=REPO_ROOT,
+            env=child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            timeout=60,
+        )
+        os.close(terminal)
+        terminal = None
+        drawn = b""
+        while select.select([controller], [], [], 1)[0]:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the other end is closed: all of it was read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(controller)
+        if terminal is not None:
+            os.close(terminal)
+
+    assert done.returncode == 0
+    draws = [part.strip() for part in drawn.decode().split("\r") if part.strip().startswith("prune:")]
+    # Every draw has the count; none before it was known ("prune: 0message [...]" was drawn, then redrawn).
+    assert draws and all("/5" in draw for draw in draws), draws
+    assert draws[-1].startswith("prune: 100%"), draws

@@ -15,16 +15,23 @@ from messages_app.management.options import whole_number
 from messages_app.management.progress import progress_bar
 
 MAX_BATCH_SIZE = 100_000
+# The exit status, for scripts: every row imported (or would be, with --dry-run), 0;
+# some rows rejected and the others imported, PARTIAL; nothing imported because every
+# row was rejected, or the file could not be used at all, 1 (CommandError's); a wrong
+# option, 2 (as for every command).
+PARTIAL_IMPORT_EXIT_STATUS = 3
 
 
 class Command(BaseCommand):
     help = (
         "Queue messages from a CSV file whose header names the columns recipient_phone_number and content "
-        "(and optionally send_after, ISO 8601; other columns are ignored). Each row is checked as the API "
-        "checks a message: invalid rows are reported with their line number and skipped, valid ones stored "
-        "together, in one transaction. The file is read to its end first: if it is unreadable, not UTF-8, not "
-        "CSV or lacks a required column, nothing is stored and the command fails; if the database stops the "
-        "import, nothing is stored either, so it can be run again."
+        "(and optionally send_after and expires_at, ISO 8601, and priority; other columns are ignored). Each "
+        "row is checked as the API checks a message: invalid rows are reported with their line number and "
+        "skipped, valid ones stored together, in one transaction. The file is read to its end first: if it is "
+        "unreadable, not UTF-8, not CSV or lacks a required column, nothing is stored and the command fails; "
+        "if the database stops the import, nothing is stored either, so it can be run again. Exit status: 0 "
+        f"when every row was imported, {PARTIAL_IMPORT_EXIT_STATUS} when some were rejected and the others "
+        "imported, 1 when none was imported (every row rejected, the file unusable, a database error)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -77,9 +84,15 @@ class Command(BaseCommand):
             self.stdout.write(f"Dry run: would import {imported}; {rejected}. Nothing was stored.")
         else:
             self.stdout.write(f"Imported {imported}; {rejected}.")
+        if result.rejected and not result.imported:
+            stored = "nothing would be stored" if dry_run else "nothing was stored"
+            raise CommandError(f"{rejected} (listed above), every row: {stored}.")
         if result.rejected:
-            # The valid rows are stored; the exit status still tells a script that some were not.
-            raise CommandError(f"{rejected} (listed above); fix them and import those rows again.")
+            # The valid rows are stored; the exit status tells a script that some were not.
+            raise CommandError(
+                f"{rejected} (listed above); fix them and import those rows again.",
+                returncode=PARTIAL_IMPORT_EXIT_STATUS,
+            )
 
     @staticmethod
     def _open(file: str, name: str) -> BinaryIO:

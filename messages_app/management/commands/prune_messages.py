@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -52,15 +53,22 @@ class Command(BaseCommand):
         self, *args, older_than: int, statuses: list[str] | None, batch_size: int, dry_run: bool, **options
     ) -> None:
         created_before = timezone.now() - timedelta(days=older_than)
-        with progress_bar(self.stderr, desc="prune", unit="message") as bar:
+        with ExitStack() as stack:
+            bars: list = []
+
+            def start_bar(total: int) -> None:
+                # Drawn once the count is known: a bar drawn before it and redrawn with it
+                # showed twice (three times with the last), and an error came with a bar.
+                bars.append(stack.enter_context(progress_bar(self.stderr, desc="prune", unit="message", total=total)))
+
             try:
                 deleted = messages_prune(
                     created_before=created_before,
                     statuses=statuses or [Message.Status.SENT],
                     batch_size=batch_size,
                     dry_run=dry_run,
-                    on_checked=lambda total: bar.reset(total=total),
-                    on_progress=bar.update,
+                    on_checked=None if dry_run else start_bar,  # a dry run only counts: no bar
+                    on_progress=lambda count: bars[0].update(count),
                 )
             except MessageStateError as exc:
                 raise CommandError(str(exc)) from None
