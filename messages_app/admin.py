@@ -245,34 +245,38 @@ class MessageAdmin(admin.ModelAdmin):
 
     def cancel_view(self, request: HttpRequest, message_id: int) -> HttpResponse:
         """The Cancel button on an unsent (or scheduled) message's page (POST only)."""
-        if request.method != "POST" or not self.has_cancel_permission(request):
-            raise PermissionDenied
-        try:
-            message_cancel_queued(message_id=message_id, actor=request.user, via=ControlAction.Via.ADMIN)
-        except Message.DoesNotExist:
-            raise Http404 from None
-        except MessageStateError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-        else:
-            self.message_user(request, f"Cancelled message #{message_id}: it will not be sent.", messages.SUCCESS)
-        return HttpResponseRedirect(reverse("admin:messages_app_message_change", args=[message_id]))
+        return self._message_button(
+            request,
+            message_id,
+            permitted=self.has_cancel_permission(request),
+            act=message_cancel_queued,
+            done=f"Cancelled message #{message_id}: it will not be sent.",
+        )
 
     def requeue_view(self, request: HttpRequest, message_id: int) -> HttpResponse:
         """The Requeue button on a failed message's page (POST only)."""
-        if request.method != "POST" or not self.has_requeue_permission(request):
+        return self._message_button(
+            request,
+            message_id,
+            permitted=self.has_requeue_permission(request),
+            act=message_requeue,
+            done=f"Requeued message #{message_id}: back in the queue with a fresh budget of attempts.",
+        )
+
+    def _message_button(
+        self, request: HttpRequest, message_id: int, *, permitted: bool, act: Callable[..., object], done: str
+    ) -> HttpResponse:
+        """A button on a message's page: POST only, by who may; the service says why it refuses."""
+        if request.method != "POST" or not permitted:
             raise PermissionDenied
         try:
-            message_requeue(message_id=message_id, actor=request.user, via=ControlAction.Via.ADMIN)
+            act(message_id=message_id, actor=request.user, via=ControlAction.Via.ADMIN)
         except Message.DoesNotExist:
             raise Http404 from None
         except MessageStateError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
-            self.message_user(
-                request,
-                f"Requeued message #{message_id}: back in the queue with a fresh budget of attempts.",
-                messages.SUCCESS,
-            )
+            self.message_user(request, done, messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:messages_app_message_change", args=[message_id]))
 
     def export_csv_view(self, request: HttpRequest) -> HttpResponse:

@@ -197,15 +197,9 @@ class RunningGunicorn(RunningProcess):
         self.base = base
 
 
-@contextmanager
-def production_gunicorn(
-    tmp_path: Path, *, log_name: str = "gunicorn.log", extra_args: tuple[str, ...] = (), **env_overrides: str
-) -> Iterator[RunningGunicorn]:
-    """`gunicorn -c gunicorn.conf.py messaging_site.wsgi:application`, as the Dockerfile runs it,
-    on a free port of 127.0.0.1, against the test database; yields once it answers /healthz."""
-    port = free_port()
-    log_path = tmp_path / log_name
-    command = [
+def gunicorn_command(port: int, *extra_args: str) -> list[str]:
+    """How the Dockerfile runs the web server (gunicorn.conf.py), on 127.0.0.1:`port`."""
+    return [
         sys.executable,
         "-m",
         "gunicorn",
@@ -216,9 +210,19 @@ def production_gunicorn(
         *extra_args,
         "messaging_site.wsgi:application",
     ]
+
+
+@contextmanager
+def production_gunicorn(
+    tmp_path: Path, *, log_name: str = "gunicorn.log", extra_args: tuple[str, ...] = (), **env_overrides: str
+) -> Iterator[RunningGunicorn]:
+    """`gunicorn -c gunicorn.conf.py messaging_site.wsgi:application`, as the Dockerfile runs it,
+    on a free port of 127.0.0.1, against the test database; yields once it answers /healthz."""
+    port = free_port()
+    log_path = tmp_path / log_name
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            command,
+            gunicorn_command(port, *extra_args),
             cwd=REPO_ROOT,
             env=child_env(**env_overrides),
             stdout=log,

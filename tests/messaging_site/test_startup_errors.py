@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.processes import REPO_ROOT, free_port
+from tests.processes import REPO_ROOT, free_port, gunicorn_command
 
 pytestmark = pytest.mark.process
 
@@ -104,16 +104,7 @@ def test_gunicorn_refused_by_the_settings_says_why_in_one_line_before_any_worker
     variables, expected = MISTAKES[mistake]
 
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "messaging_site.wsgi:application",
-        ],
+        gunicorn_command(free_port()),
         cwd=REPO_ROOT,
         env=scratch_env(tmp_path, WEB_WORKERS="1", **variables),
         capture_output=True,
