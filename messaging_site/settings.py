@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     # that runs (a sentinel that stops gracefully on SIGTERM).
     "seed_api",
     "dispatcher",
+    "consent",
     "messages_app",
     "audit",
     "restapi",
@@ -320,6 +321,21 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
 
 # How long an Idempotency-Key is remembered (restapi.idempotency).
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
+
+# --- Consent (read through consent.conf.consent_settings()) ---------------------
+# Keyword lists, courtesy words and replies in other languages are set here in
+# CONSENT (defaults in consent/conf.py); the default language's replies from the
+# environment too.
+CONSENT = {
+    "DEFAULT_LANGUAGE": env_str("CONSENT_DEFAULT_LANGUAGE", "en"),
+    "REPLIES": {
+        env_str("CONSENT_DEFAULT_LANGUAGE", "en"): {
+            "opt_out": env_str("CONSENT_OPT_OUT_REPLY", ""),
+            "opt_in": env_str("CONSENT_OPT_IN_REPLY", ""),
+            "help": env_str("CONSENT_HELP_REPLY", ""),
+        }
+    },
+}
 
 # --- Dispatcher (read through dispatcher.conf.dispatcher_settings()) -----------
 # Phone numbers, message text and WEBHOOK_AUTH_KEY go to the provider, so in
