@@ -27,12 +27,15 @@ class ControlAction(models.Model):
         REQUEUE_ALL = "requeue_all", "Requeue all failed"
         CANCEL = "cancel", "Cancel messages"
         DELETE = "delete", "Delete messages"
+        CONSENT = "consent", "Change consent"
 
     class Via(models.TextChoices):
         API = "api", "REST API"
         SEED_API = "seed-api", "Seed-compatible API"
         ADMIN = "admin", "Admin"
         COMMAND = "command", "manage.py"
+        # A person's reply (STOP) or a provider's report of an opt-out: no user acted.
+        INBOUND = "inbound", "Reply or provider report"
 
     created_at = models.DateTimeField(auto_now_add=True)
     # Kept when the user is deleted: the record outlives the account, and

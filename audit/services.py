@@ -35,10 +35,14 @@ def control_action_record(
     actor: AbstractBaseUser | None,
     via: str,
     detail: dict[str, Any],
+    actor_label: str = "",
 ) -> ControlAction:
-    """Write one audit row. `actor` is the Django user, None for a command run from the shell."""
+    """Write one audit row. `actor` is the Django user, None for a command run from the shell
+    or for what no user did (a reply, a provider's report: `actor_label` says who, e.g. the number)."""
     if actor is not None and actor.is_authenticated:
         label = actor.get_username()
+    elif actor_label:
+        label = actor_label
     elif via == Via.COMMAND:
         label = _command_label()
     else:

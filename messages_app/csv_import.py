@@ -49,7 +49,7 @@ class MessageImportResult:
     rejected: int = 0
 
 
-def _import_lines(stream: BinaryIO) -> Iterator[str]:
+def csv_import_lines(stream: BinaryIO) -> Iterator[str]:
     """The decoded lines of `stream`, line breaks kept for the csv module.
 
     Decoding line by line (a newline byte is never part of a multi-byte UTF-8
@@ -79,7 +79,7 @@ def messages_import_csv_rows(*, stream: BinaryIO) -> Iterator[MessageImportRow]:
     """
     # strict: a quote left open would otherwise swallow every later line into one
     # field, so the rows after it could not be told apart.
-    reader = csv.reader(_import_lines(stream), strict=True)
+    reader = csv.reader(csv_import_lines(stream), strict=True)
     last_line = 0
     try:
         header = next(reader, None)

@@ -11,7 +11,7 @@ from django.db import DataError, transaction
 from django.http import HttpRequest
 
 # App labels first in the index and the sidebar, in this order; the rest follow alphabetically.
-APP_ORDER = ("messages_app", "dispatcher", "audit")
+APP_ORDER = ("messages_app", "dispatcher", "consent", "audit")
 
 
 class RefusedLookupsAreBadFilters:

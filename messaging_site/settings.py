@@ -475,7 +475,10 @@ SPECTACULAR_SETTINGS = {
     # Redoc shows it at the top of its sidebar; served by this site (WHITENOISE_ROOT).
     "EXTENSIONS_INFO": {"x-logo": {"url": "/favicon.svg", "altText": "Message sending service"}},
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"MessageStatusEnum": "messages_app.models.Message.Status"},
+    "ENUM_NAME_OVERRIDES": {
+        "MessageStatusEnum": "messages_app.models.Message.Status",
+        "ConsentStatusEnum": "consent.models.Consent.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",  # drf-spectacular's default
         "restapi.schema.document_error_responses",

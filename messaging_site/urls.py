@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
+from consent.urls import api_urlpatterns as consent_api_urlpatterns
 from dispatcher.monitoring.health import healthz, readyz
 from dispatcher.monitoring.metrics import metrics_view
 from dispatcher.urls import urlpatterns as dispatcher_api_urlpatterns
@@ -21,6 +22,7 @@ api_urlpatterns = [
                 "bulk": "message-bulk",
                 "dispatcher": "dispatcher",
                 "providers": "providers",
+                "consents": "consent-list",
                 "docs": "swagger-ui",
                 "redoc": "redoc",
                 "schema": "schema",
@@ -30,6 +32,7 @@ api_urlpatterns = [
     ),
     *messages_api_urlpatterns,
     *dispatcher_api_urlpatterns,
+    *consent_api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI's start-up script served as a file (docs/?script), not inline: the CSP allows no inline script.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),

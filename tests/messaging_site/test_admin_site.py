@@ -39,7 +39,7 @@ def test_the_index_is_titled_and_lists_messages_first(superuser_client):
 
     assert "<h1>Operator console</h1>" in response.content.decode()
     labels = [app["app_label"] for app in response.context["app_list"]]
-    assert labels[:3] == ["messages_app", "dispatcher", "audit"]
+    assert labels[:4] == ["messages_app", "dispatcher", "consent", "audit"]
     rest = [app["name"] for app in response.context["app_list"][3:]]
     assert rest == sorted(rest, key=lambda name: str(name).lower())  # the others as Django orders them
     html = response.content.decode()

@@ -40,6 +40,7 @@ ADD = "messages_app.add_message"
 
 # What each rule lets through, by the kind of caller (see PRINCIPALS).
 OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE, CANCEL = "open", "login", "read", "write", "control", "requeue", "cancel"
+CONSENT_READ, CONSENT_WRITE = "consent-read", "consent-write"
 
 # name -> keyword arguments of make_user; None: no credentials at all.
 PRINCIPALS: dict[str, dict | None] = {
@@ -51,6 +52,8 @@ PRINCIPALS: dict[str, dict | None] = {
     "controller": {"perms": [CONTROL_DISPATCHER]},
     "requeuer": {"perms": [REQUEUE_MESSAGE]},
     "canceller": {"perms": [CANCEL_MESSAGE]},
+    "consent-reader": {"perms": ["consent.view_consent"]},
+    "consent-editor": {"perms": ["consent.change_consent"]},
     "superuser": {"superuser": True},
 }
 
@@ -62,6 +65,8 @@ ALLOWED: dict[str, set[str]] = {
     CONTROL: {"controller", "superuser"},
     REQUEUE: {"requeuer", "superuser"},
     CANCEL: {"canceller", "superuser"},
+    CONSENT_READ: {"consent-reader", "superuser"},
+    CONSENT_WRITE: {"consent-editor", "superuser"},
 }
 
 NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
@@ -102,6 +107,17 @@ ENDPOINTS = [
     Endpoint("schema", "schema", "get", "/api/schema/", OPEN),
     Endpoint("docs", "swagger-ui", "get", "/api/docs/", OPEN),
     Endpoint("redoc", "redoc", "get", "/api/redoc/", OPEN),
+    Endpoint("consents", "consent-list", "get", "/api/consents/", CONSENT_READ),
+    # Allowed, and no consent is recorded for the number: 404 (nobody opted it out).
+    Endpoint("consent-get", "consent-detail", "get", "/api/consents/+12125550123/", CONSENT_READ, 404),
+    Endpoint(
+        "consent-put",
+        "consent-detail",
+        "put",
+        "/api/consents/+12125550124/",
+        CONSENT_WRITE,
+        body={"status": "opted_out"},
+    ),
 ]
 
 # Routes outside the matrix, public on purpose.

@@ -8,6 +8,7 @@ from django.contrib.staticfiles import finders
 from django.core.management import call_command
 
 from restapi.docs import REDOC_BUNDLE
+from tests.factories import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -169,14 +170,20 @@ EXAMPLE_CALLERS = {
     ("/api/messages/", "post"): 201,
     ("/api/messages/bulk/", "post"): 201,
     ("/api/dispatcher/", "patch"): 200,
+    ("/api/consents/{phone_number}/", "put"): 200,
     ("/messages/", "post"): 200,
 }
+# A path parameter as Swagger UI's "Try it out" would be given it.
+EXAMPLE_PATH_PARAMETERS = {"{phone_number}": "+12125550123"}
 
 
-def test_every_request_body_has_examples_that_succeed_as_they_stand(anon_client, staff_user, operator_client):
+def test_every_request_body_has_examples_that_succeed_as_they_stand(
+    anon_client, staff_user, operator_user, operator_client
+):
     from dispatcher.state import dispatcher_state_ensure
 
     dispatcher_state_ensure()
+    grant(operator_user, "consent.view_consent", "consent.change_consent")
     schema = schema_json(anon_client)
     # Receipt callbacks are signed by the provider: no example can succeed as it stands.
     with_body = {
@@ -191,7 +198,10 @@ def test_every_request_body_has_examples_that_succeed_as_they_stand(anon_client,
         assert examples, path
         for name, example in examples.items():
             # What Swagger UI's "Try it out" sends: the example's JSON, to the documented path.
-            response = getattr(operator_client, method)(path, example["value"], format="json")
+            called = path
+            for parameter, value in EXAMPLE_PATH_PARAMETERS.items():
+                called = called.replace(parameter, value)
+            response = getattr(operator_client, method)(called, example["value"], format="json")
             assert response.status_code == status, (path, name, response.content)
 
 
@@ -335,6 +345,7 @@ def test_the_api_root_describes_the_service_and_links_its_parts(api_client):
         "bulk": "/api/messages/bulk/",
         "dispatcher": "/api/dispatcher/",
         "providers": "/api/providers/",
+        "consents": "/api/consents/",
         "docs": "/api/docs/",
         "redoc": "/api/redoc/",
         "schema": "/api/schema/",

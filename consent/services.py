@@ -1,0 +1,144 @@
+"""Writes of consent: one number's change (API, admin, a keyword reply, a provider's
+report) or a list's (CSV import). Each change is the record's new state, a history
+row and an audit entry, in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import Action, Via, control_action_record
+from consent.models import Consent, ConsentChange, InboundMessage
+from messages_app.validators import normalize_phone_number
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger(__name__)
+
+Status = Consent.Status
+Method = Consent.Method
+# The audit log keeps at most this many of the numbers one import changed (and how many).
+AUDIT_RECORDED_NUMBERS = 1000
+
+
+@dataclass(frozen=True)
+class ConsentChangeResult:
+    consent: Consent
+    changed: bool  # False: the number already had that status, and nothing was written
+
+
+def consent_set(
+    *,
+    phone_number: str,
+    status: str,
+    method: str,
+    via: str,
+    actor: AbstractBaseUser | None = None,
+    note: str = "",
+    inbound_message: InboundMessage | None = None,
+) -> ConsentChangeResult:
+    """Give `phone_number` (any format; stored in E.164, ValidationError otherwise) the
+    consent `status`. A number that already has it keeps its record as it was."""
+    number = normalize_phone_number(phone_number)
+    if status not in Status.values:
+        raise ValueError(f"unknown consent status {status!r}")
+    with transaction.atomic():
+        consent = _locked_or_new(number)
+        if consent.pk is not None and consent.status == status:
+            return ConsentChangeResult(consent=consent, changed=False)
+        audit = control_action_record(
+            action=Action.CONSENT,
+            actor=actor,
+            via=via,
+            actor_label=number if via == Via.INBOUND else "",
+            detail={"phone_number": number, "status": status, "method": method, "note": note[:200]},
+        )
+        consent.status, consent.method, consent.changed_by = status, method, audit.actor_label
+        consent.changed_at, consent.note, consent.inbound_message = audit.created_at, note, inbound_message
+        consent.save()
+        ConsentChange.objects.create(
+            consent=consent,
+            phone_number=number,
+            status=status,
+            method=method,
+            changed_at=consent.changed_at,
+            actor=audit.actor,
+            changed_by=audit.actor_label,
+            inbound_message=inbound_message,
+            note=note,
+        )
+    logger.info("consent of %s is now %s (%s, by %s)", number, status, method, consent.changed_by[:100])
+    return ConsentChangeResult(consent=consent, changed=True)
+
+
+def _locked_or_new(number: str) -> Consent:
+    """The number's record, locked until the transaction ends; an unsaved one if it has none.
+    Two changes of one number wait for each other; a first record written meanwhile by
+    another transaction is found when ours fails to insert it (the savepoint)."""
+    consent = Consent.objects.select_for_update().filter(phone_number=number).first()
+    if consent is not None:
+        return consent
+    try:
+        with transaction.atomic():
+            # A placeholder status the caller overwrites in the same transaction.
+            return Consent.objects.create(phone_number=number, status=Status.OPTED_IN, method=Method.API, changed_by="")
+    except IntegrityError:
+        return Consent.objects.select_for_update().get(phone_number=number)
+
+
+def consents_opt_out_many(
+    *,
+    phone_numbers: Sequence[str],
+    method: str,
+    via: str,
+    actor: AbstractBaseUser | None = None,
+    note: str = "",
+) -> int:
+    """Opt out every number of `phone_numbers` (E.164, already normalised) in one
+    transaction; return how many changed. One audit entry for the lot."""
+    numbers = sorted(set(phone_numbers))
+    if not numbers:
+        return 0
+    with transaction.atomic():
+        now = timezone.now()
+        existing = dict(
+            Consent.objects.select_for_update()
+            .filter(phone_number__in=numbers)
+            .order_by()
+            .values_list("phone_number", "status")
+        )
+        to_change = [n for n in numbers if existing.get(n) != Status.OPTED_OUT]
+        if not to_change:
+            return 0
+        audit = control_action_record(
+            action=Action.CONSENT,
+            actor=actor,
+            via=via,
+            detail={
+                "status": Status.OPTED_OUT,
+                "method": method,
+                "count": len(to_change),
+                "phone_numbers": to_change[:AUDIT_RECORDED_NUMBERS],
+                "note": note[:200],
+            },
+        )
+        fields = {"status": Status.OPTED_OUT, "method": method, "changed_by": audit.actor_label, "note": note}
+        Consent.objects.bulk_create(
+            [Consent(phone_number=n, changed_at=now, **fields) for n in to_change if n not in existing]
+        )
+        Consent.objects.filter(phone_number__in=[n for n in to_change if n in existing]).update(
+            changed_at=now, **fields
+        )
+        ids = dict(Consent.objects.filter(phone_number__in=to_change).values_list("phone_number", "pk"))
+        ConsentChange.objects.bulk_create(
+            ConsentChange(consent_id=ids[n], phone_number=n, changed_at=now, actor=audit.actor, **fields)
+            for n in to_change
+        )
+    logger.info("opted out %d numbers (%s, by %s)", len(to_change), method, audit.actor_label[:100])
+    return len(to_change)
