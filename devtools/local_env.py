@@ -58,6 +58,8 @@ def env_file_create(*, path: Path, environ: dict[str, str]) -> None:
     """Write a new .env with fresh local secrets and the ports (given, else the defaults)."""
     ports = {**DEFAULT_PORTS, **_given_ports(environ)}
     receipt_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    # Its own key for replies (STOP...), as production has: the fake provider signs them with it.
+    inbound_key = base64.b64encode(secrets.token_bytes(32)).decode()
     lines = [
         "# Written by 'make run' for local use only; never commit it.",
         "DEBUG=true",
@@ -71,6 +73,7 @@ def env_file_create(*, path: Path, environ: dict[str, str]) -> None:
         "DISPATCH_INTERVAL_SECONDS=10",
         "QCLUSTER_WORKERS=2",
         f"RECEIPT_WEBHOOK_SECRET=whsec_{receipt_key}",
+        f"INBOUND_WEBHOOK_SECRET=whsec_{inbound_key}",
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -10,10 +10,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from twilio.request_validator import RequestValidator
 
 from audit.models import ControlAction
-from dispatcher.engine.providers import provider_specs
 from dispatcher.engine.providers.status import provider_statuses
 from dispatcher.engine.receipts import (
     MAX_RECEIPTS_PER_BATCH,
@@ -21,6 +19,7 @@ from dispatcher.engine.receipts import (
     receipt_intake,
     receipt_record,
     receipt_verify,
+    twilio_callback_verify,
 )
 from dispatcher.errors import DispatcherConfigError
 from dispatcher.models import MAX_BATCH_SIZE, MAX_INTERVAL_SECONDS
@@ -214,13 +213,18 @@ class TwilioReceiptView(SignedCallbackView):
         auth=[],
     )
     def post(self, request: Request, provider: str) -> Response:
-        spec = next((s for s in provider_specs() if s.name == provider and "auth_token" in s.options), None)
-        if spec is None:
-            return Response({"detail": "No Twilio provider of that name."}, status=status.HTTP_404_NOT_FOUND)
         params = {key: request.POST.get(key) for key in request.POST}
-        signature = request.headers.get("X-Twilio-Signature", "")
-        if not RequestValidator(spec.options["auth_token"]).validate(request.build_absolute_uri(), params, signature):
-            return Response({"detail": "signature check failed"}, status=status.HTTP_401_UNAUTHORIZED)
+        try:
+            twilio_callback_verify(
+                provider=provider,
+                url=request.build_absolute_uri(),
+                params=params,
+                signature=request.headers.get("X-Twilio-Signature", ""),
+            )
+        except LookupError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
+        except ReceiptRejected as exc:
+            return Response({"detail": exc.reason}, status=status.HTTP_401_UNAUTHORIZED)
         sid, twilio_status = params.get("MessageSid") or "", params.get("MessageStatus") or ""
         outcome = TWILIO_STATUS.get(twilio_status)
         if not sid or outcome is None:

@@ -184,6 +184,13 @@ SPECS: tuple[SettingSpec, ...] = (
         "",
         "Standard Webhooks secret (whsec_...) delivery receipts are signed with; unset, receipts are refused",
     ),
+    SettingSpec(
+        "INBOUND_SECRET",
+        "INBOUND_WEBHOOK_SECRET",
+        "secret",
+        "",
+        "Standard Webhooks secret (whsec_...) inbound replies are signed with; unset, replies are refused",
+    ),
 )
 SPECS_BY_KEY = {spec.key: spec for spec in SPECS}
 
@@ -214,6 +221,8 @@ class DispatcherSettings:
     metrics_token: str = ""
     # Empty: POST /api/receipts/ refuses every receipt.
     receipt_secret: str = ""
+    # Empty: POST /api/inbound/ refuses every reply.
+    inbound_secret: str = ""
 
     @property
     def chunk_send_budget_seconds(self) -> float:
@@ -280,4 +289,5 @@ def _read(raw: dict) -> DispatcherSettings:
         provider_max_pause_seconds=float(value("PROVIDER_MAX_PAUSE_SECONDS")),
         metrics_token=value("METRICS_TOKEN") or "",
         receipt_secret=value("RECEIPT_SECRET") or "",
+        inbound_secret=value("INBOUND_SECRET") or "",
     )

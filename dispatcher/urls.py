@@ -1,6 +1,7 @@
 from django.urls import path
 
 from dispatcher.api import DeliveryReceiptView, DispatcherViewSet, ProviderListView, TwilioReceiptView
+from dispatcher.inbound_api import InboundView, TwilioInboundView
 
 urlpatterns = [
     path(
@@ -13,4 +14,6 @@ urlpatterns = [
     path("receipts/", DeliveryReceiptView.as_view(), name="receipts"),
     path("receipts/twilio/<slug:provider>/", TwilioReceiptView.as_view(), name="receipts-twilio"),
     path("providers/", ProviderListView.as_view(), name="providers"),
+    path("inbound/", InboundView.as_view(), name="inbound"),
+    path("inbound/twilio/<slug:provider>/", TwilioInboundView.as_view(), name="inbound-twilio"),
 ]

@@ -23,6 +23,7 @@ api_urlpatterns = [
                 "dispatcher": "dispatcher",
                 "providers": "providers",
                 "consents": "consent-list",
+                "inbound": "inbound",
                 "docs": "swagger-ui",
                 "redoc": "redoc",
                 "schema": "schema",

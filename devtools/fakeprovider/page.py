@@ -14,6 +14,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from itertools import islice
 
+from devtools.fakeprovider.replies import ReplySender
 from devtools.fakeprovider.state import FakeProviderState, ReceivedRequest
 
 # The page re-renders every 2 s; the newest requests are what anyone watches,
@@ -44,7 +45,29 @@ def _row(entry: ReceivedRequest) -> str:
     )
 
 
-def render_requests_page(state: FakeProviderState) -> str:
+def _replies_section(replies: ReplySender | None) -> str:
+    if replies is None or not replies.signing:
+        return (
+            '<p class="quiet" id="replies-off">Replies from a phone: start with --inbound-secret '
+            "(or FAKE_PROVIDER_INBOUND_SECRET) to send the service signed replies.</p>"
+        )
+    rows = "".join(
+        f'<tr class="sent-reply"><td class="time">{datetime.fromtimestamp(r.sent_at, UTC):%Y-%m-%d %H:%M:%S}</td>'
+        f'<td class="from">{_cell(r.from_number)}</td><td class="text">{_cell(r.text)}</td>'
+        f'<td class="status">{r.status or "unreachable"}</td><td class="answer">{_cell(r.answer)}</td></tr>'
+        for r in replies.sent()
+    )
+    return f"""<h2>Reply from a phone</h2>
+<form id="reply-form" method="post" action="/_fake/reply">
+  <label>From <input name="from" required maxlength="32" placeholder="+12125550123"></label>
+  <label>Text <input name="text" maxlength="1600" value="STOP"></label>
+  <button type="submit">Send to {_cell(replies.inbound_url)}</button>
+</form>
+<table id="replies"><thead><tr><th>Time (UTC)</th><th>From</th><th>Text</th><th>Service answered</th>
+<th>Answer</th></tr></thead><tbody>{rows}</tbody></table>"""
+
+
+def render_requests_page(state: FakeProviderState, *, replies: ReplySender | None = None) -> str:
     """The received requests as an HTML page, newest first, every value escaped."""
     stats = state.stats()
     with state.lock:
@@ -85,6 +108,8 @@ def render_requests_page(state: FakeProviderState) -> str:
 <p class="quiet">Faults: <code id="faults">{_cell(json.dumps(faults))}</code></p>
 <p class="quiet">Newest first, {shown}; this page reloads every {PAGE_REFRESH_SECONDS} s.
   As JSON: <a href="/_fake/requests">/_fake/requests</a>, <a href="/_fake/stats">/_fake/stats</a>.</p>
+{_replies_section(replies)}
+<h2>Received</h2>
 <table id="received">
 <thead>
 <tr><th>Time (UTC)</th><th>To</th><th>Content</th><th>Status</th><th>messageId</th><th>Duplicate</th><th>Auth</th></tr>

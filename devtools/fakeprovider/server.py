@@ -12,6 +12,7 @@ Routes:
 - `POST` to any path not under `/_fake` answers like the provider (answers.py);
 - `GET /_fake/requests`, `/_fake/stats`, `/_fake/faults` read it as JSON;
 - `POST /_fake/faults` changes faults, `DELETE /_fake/requests` forgets everything;
+- `POST /_fake/reply` sends the service a signed reply "from a phone" (replies.py);
 - `GET /` (or `/_fake/`) is the page for people (page.py).
 
 The two control routes refuse what a browser would send from another site's
@@ -39,6 +40,7 @@ from devtools.fakeprovider.answers import ProviderRequest, auth_key_matches, dec
 from devtools.fakeprovider.faults import Faults
 from devtools.fakeprovider.page import render_requests_page
 from devtools.fakeprovider.receipts import ReceiptSender, ReceiptSigner
+from devtools.fakeprovider.replies import ReplySender
 from devtools.fakeprovider.requestlog import RequestLog
 from devtools.fakeprovider.state import AUTH_KEY_HEADER, FakeProviderState, ReceivedRequest, redacted_headers
 
@@ -78,10 +80,17 @@ def _under_fake(path: str) -> bool:
 class Endpoints:
     """The route handlers, sharing the state, the receipt sender and the request log."""
 
-    def __init__(self, state: FakeProviderState, receipts: ReceiptSender, request_log: RequestLog | None) -> None:
+    def __init__(
+        self,
+        state: FakeProviderState,
+        receipts: ReceiptSender,
+        request_log: RequestLog | None,
+        replies: ReplySender | None = None,
+    ) -> None:
         self.state = state
         self.receipts = receipts
         self.request_log = request_log
+        self.replies = replies or ReplySender(inbound_url="", signer=None)
         # (method, path without its trailing slash) -> handler; `/` is "" then.
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", ""): self.page,
@@ -91,6 +100,7 @@ class Endpoints:
             ("GET", "/_fake/stats"): self.stats,
             ("GET", "/_fake/faults"): self.faults,
             ("POST", "/_fake/faults"): self.change_faults,
+            ("POST", "/_fake/reply"): self.send_reply,
         }
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -145,7 +155,7 @@ class Endpoints:
 
     async def page(self, request: web.BaseRequest) -> web.Response:
         return web.Response(
-            text=render_requests_page(self.state),
+            text=render_requests_page(self.state, replies=self.replies),
             content_type="text/html",
             charset="utf-8",
             headers={"Cache-Control": "no-store"},
@@ -183,6 +193,34 @@ class Endpoints:
         logger.info("faults now %s", asdict(self.state.faults))
         return _json_response(200, asdict(self.state.faults))
 
+    async def send_reply(self, request: web.BaseRequest) -> web.StreamResponse:
+        """JSON `{"from", "text", "to"?}` (curl, tests), or the page's own form (its Origin
+        must be this page's: a form is what another site's page could send)."""
+        from_page = request.content_type == "application/x-www-form-urlencoded"
+        if _foreign_origin(request) or (from_page and request.headers.get("Origin") is None):
+            return _json_response(403, {"message": "replies cannot be sent from another site's page"})
+        if from_page:
+            fields = dict(await request.post())
+        elif request.content_type == "application/json":
+            try:
+                fields = json.loads(await request.read())
+            except (ValueError, RecursionError):
+                fields = None
+        else:
+            return _json_response(415, {"message": "send the reply as Content-Type: application/json"})
+        if not isinstance(fields, dict):
+            return _json_response(400, {"message": 'send a JSON object: {"from": "+1...", "text": "STOP"}'})
+        try:
+            sent = await self.replies.send(
+                from_number=fields.get("from"), text=fields.get("text", ""), to=fields.get("to") or ""
+            )
+        except ValueError as exc:
+            return _json_response(400, {"message": str(exc)})
+        logger.info("reply from %s sent to the service: %s", sent.from_number, sent.status or "unreachable")
+        if from_page:
+            raise web.HTTPSeeOther("/")
+        return _json_response(200, {"service_status": sent.status, "service_answer": sent.answer})
+
     async def forget(self, request: web.BaseRequest) -> web.Response:
         if _foreign_origin(request):
             return _json_response(403, {"message": "the history cannot be cleared from another site's page"})
@@ -201,13 +239,15 @@ class FakeProvider:
         state: FakeProviderState,
         receipts: ReceiptSender,
         request_log: RequestLog | None = None,
+        replies: ReplySender | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.state = state
         self.receipts = receipts
         self.request_log = request_log
-        self.endpoints = Endpoints(state, receipts, request_log)
+        self.endpoints = Endpoints(state, receipts, request_log, replies)
+        self.replies = self.endpoints.replies
         self._runner: web.ServerRunner | None = None
         self._flushing: asyncio.Task[None] | None = None
 
@@ -256,15 +296,22 @@ def make_fake_provider(
     auth_key: str | None = None,
     receipt_secret: str | None = None,
     request_log: RequestLog | None = None,
+    inbound_url: str = "http://127.0.0.1:8000/api/inbound/",
+    inbound_secret: str | None = None,
 ) -> FakeProvider:
     """A fake provider, not yet listening; it logs a line per request to `request_log` if given.
 
-    ValueError for a malformed receipt secret, or for receipts without one.
+    ValueError for a malformed receipt or inbound secret, or for receipts without one.
     """
+    try:
+        reply_signer = ReceiptSigner(inbound_secret) if inbound_secret else None
+    except ValueError as exc:
+        raise ValueError(f"inbound secret: {exc}".replace("the receipt secret", "it")) from None
+    replies = ReplySender(inbound_url=inbound_url, signer=reply_signer)
     faults = faults or Faults()
     signer = ReceiptSigner(receipt_secret) if receipt_secret else None
     if faults.receipts_url and signer is None:
         raise ValueError("receipts need a secret: --receipt-secret or FAKE_PROVIDER_RECEIPT_SECRET")
     state = FakeProviderState(faults, auth_key)
     receipts = ReceiptSender(state, signer)
-    return FakeProvider(host=host, port=port, state=state, receipts=receipts, request_log=request_log)
+    return FakeProvider(host=host, port=port, state=state, receipts=receipts, request_log=request_log, replies=replies)

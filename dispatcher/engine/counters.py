@@ -116,12 +116,22 @@ def receipt_key(outcome: str) -> str:
     return counter_key(f"{RECEIPTS}:{outcome}")
 
 
+# Replies received, by what they were (a keyword, an ordinary reply) or a replay.
+INBOUND_KINDS = ("opt_out", "opt_in", "help", "reply", "replayed")
+INBOUND = "messaging_inbound_messages"
+
+
+def inbound_key(kind: str) -> str:
+    return counter_key(f"{INBOUND}:{kind}")
+
+
 ALL_KEYS = [
     *(counter_key(name) for name, _ in OUTCOME_COUNTERS.values()),
     *PROVIDER_LATENCY.keys,
     *TICK_DURATION.keys,
     *SENT_TO_DELIVERY.keys,
     *(receipt_key(outcome) for outcome in RECEIPT_OUTCOMES),
+    *(inbound_key(kind) for kind in INBOUND_KINDS),
 ]
 
 
@@ -197,3 +207,8 @@ def metrics_record_receipts(outcomes: Iterable[tuple[str, float | None]]) -> Non
             sent_to_outcome_ms.append(max(0, round(sent_to_outcome_seconds * 1000)))
     deltas.update(SENT_TO_DELIVERY.increments(sent_to_outcome_ms))
     _add(deltas)
+
+
+def metrics_record_inbound(kinds: Iterable[str]) -> None:
+    """Count replies received by kind (INBOUND_KINDS): one cache round trip per callback."""
+    _add(Counter(inbound_key(kind) for kind in kinds if kind in INBOUND_KINDS))

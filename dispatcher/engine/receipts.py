@@ -26,9 +26,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.exceptions import ParseError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from twilio.request_validator import RequestValidator
 
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.counters import metrics_record_receipts
+from dispatcher.engine.providers import provider_specs
 from messages_app.models import DeliveryReceipt, Message
 from messages_app.transitions import ReceiptIn, ReceiptKept, message_record_delivery, messages_record_receipts
 from restapi.parsers import json_decode
@@ -64,9 +66,23 @@ class ReceiptResult:
 
 def receipt_verify(*, body: bytes, headers: dict[str, str]) -> dict:
     """The receipt's JSON if its signature checks; ReceiptRejected otherwise."""
-    secret = dispatcher_settings().receipt_secret
+    return signed_callback_verify(
+        body=body,
+        headers=headers,
+        secret=dispatcher_settings().receipt_secret,
+        unset="receipts",
+        setting=RECEIPT_SETTING,
+    )
+
+
+RECEIPT_SETTING = "RECEIPT_WEBHOOK_SECRET"
+
+
+def signed_callback_verify(*, body: bytes, headers: dict[str, str], secret: str, unset: str, setting: str) -> dict:
+    """A Standard Webhooks callback's JSON object if its signature checks with `secret`
+    (receipts', replies' (`consent`): each its own secret); ReceiptRejected otherwise."""
     if not secret:
-        raise ReceiptRejected("receipts are not configured (RECEIPT_WEBHOOK_SECRET is unset)", unauthorized=True)
+        raise ReceiptRejected(f"{unset} are not configured ({setting} is unset)", unauthorized=True)
     try:
         Webhook(secret).verify(body, headers, json_parse=False)
     except (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError) as exc:
@@ -100,7 +116,7 @@ def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
     """Record a verified callback: one receipt (known by the callback's webhook-id) or a
     batch (each known by its own id). Nothing is recorded if any receipt cannot be read."""
     if payload.get("type") != BATCH_TYPE:
-        receipt = _receipt(payload, receipt_id=_receipt_key(webhook_id, field="webhook-id"))
+        receipt = _receipt(payload, receipt_id=callback_key(webhook_id, field="webhook-id"))
         return ReceiptIntake(batch=False, results=receipts_record([receipt]))
     items = payload.get("receipts")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_RECEIPTS_PER_BATCH:
@@ -111,7 +127,7 @@ def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
     for number, item in enumerate(items):
         if not isinstance(item, dict):
             raise ReceiptRejected(f"receipts[{number}] must be a JSON object", unauthorized=False)
-        receipt_id = _receipt_key(item.get("id"), field=f"receipts[{number}].id")
+        receipt_id = callback_key(item.get("id"), field=f"receipts[{number}].id")
         try:
             receipts.append(_receipt(item, receipt_id=receipt_id))
         except ReceiptRejected as exc:
@@ -119,13 +135,24 @@ def receipt_intake(*, webhook_id: str, payload: dict) -> ReceiptIntake:
     return ReceiptIntake(batch=True, results=receipts_record(receipts))
 
 
+def twilio_callback_verify(*, provider: str, url: str, params: dict[str, str], signature: str) -> None:
+    """Check a Twilio callback (status or inbound) to `url`: LookupError if no Twilio
+    provider has that name, ReceiptRejected (unauthorized) if its X-Twilio-Signature
+    does not check with the provider's auth token (Twilio's own request validator)."""
+    spec = next((s for s in provider_specs() if s.name == provider and "auth_token" in s.options), None)
+    if spec is None:
+        raise LookupError("No Twilio provider of that name.")
+    if not RequestValidator(spec.options["auth_token"]).validate(url, params, signature):
+        raise ReceiptRejected("signature check failed", unauthorized=True)
+
+
 def receipt_record(*, receipt_id: str, payload: dict) -> ReceiptResult:
     """Record one verified receipt (`payload` in our receipt format) under `receipt_id`."""
-    return receipts_record([_receipt(payload, receipt_id=_receipt_key(receipt_id, field="receipt id"))])[0]
+    return receipts_record([_receipt(payload, receipt_id=callback_key(receipt_id, field="receipt id"))])[0]
 
 
-def _receipt_key(receipt_id: object, *, field: str) -> str:
-    """The id a receipt is kept under, by which a replay is known: the provider's own,
+def callback_key(receipt_id: object, *, field: str) -> str:
+    """The id a receipt (or a reply, consent's) is kept under, by which a replay is known: the provider's own,
     or, if longer than the column, its SHA-256 digest. Cutting it short made two long
     ids that begin alike one, and the second receipt a "replay", lost; refusing it
     would lose the receipt too, and the digest is as unique as the id."""

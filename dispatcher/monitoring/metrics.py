@@ -26,6 +26,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from dispatcher.engine.counters import (
     ALL_KEYS,
     CACHE_ALIAS,
+    INBOUND,
+    INBOUND_KINDS,
     OUTCOME_COUNTERS,
     PROVIDER_LATENCY,
     RECEIPT_OUTCOMES,
@@ -33,6 +35,7 @@ from dispatcher.engine.counters import (
     SENT_TO_DELIVERY,
     TICK_DURATION,
     counter_key,
+    inbound_key,
     receipt_key,
 )
 from dispatcher.engine.providers.status import provider_statuses
@@ -124,6 +127,15 @@ class MessagingCollector:
         for outcome in RECEIPT_OUTCOMES:
             receipts.add_metric([outcome], values.get(receipt_key(outcome), 0))
         yield receipts
+        inbound = CounterMetricFamily(
+            INBOUND,
+            "Replies received (POST /api/inbound/, Twilio's inbound webhook), by kind: opt_out, opt_in, help "
+            "(keywords), reply (an ordinary reply), replayed (an id already seen, ignored).",
+            labels=["kind"],
+        )
+        for kind in INBOUND_KINDS:
+            inbound.add_metric([kind], values.get(inbound_key(kind), 0))
+        yield inbound
         yield _up("messaging_metrics_cache_up", help_text, True)
 
 

@@ -40,7 +40,7 @@ ADD = "messages_app.add_message"
 
 # What each rule lets through, by the kind of caller (see PRINCIPALS).
 OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE, CANCEL = "open", "login", "read", "write", "control", "requeue", "cancel"
-CONSENT_READ, CONSENT_WRITE = "consent-read", "consent-write"
+CONSENT_READ, CONSENT_WRITE, REPLIES_READ = "consent-read", "consent-write", "replies-read"
 
 # name -> keyword arguments of make_user; None: no credentials at all.
 PRINCIPALS: dict[str, dict | None] = {
@@ -54,6 +54,7 @@ PRINCIPALS: dict[str, dict | None] = {
     "canceller": {"perms": [CANCEL_MESSAGE]},
     "consent-reader": {"perms": ["consent.view_consent"]},
     "consent-editor": {"perms": ["consent.change_consent"]},
+    "replies-reader": {"perms": ["consent.view_inboundmessage"]},
     "superuser": {"superuser": True},
 }
 
@@ -67,6 +68,7 @@ ALLOWED: dict[str, set[str]] = {
     CANCEL: {"canceller", "superuser"},
     CONSENT_READ: {"consent-reader", "superuser"},
     CONSENT_WRITE: {"consent-editor", "superuser"},
+    REPLIES_READ: {"replies-reader", "superuser"},
 }
 
 NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
@@ -118,6 +120,8 @@ ENDPOINTS = [
         CONSENT_WRITE,
         body={"status": "opted_out"},
     ),
+    # GET only: POST on the same address is the providers' (PUBLIC_BY_DESIGN's "inbound-twilio" beside it).
+    Endpoint("replies", "inbound", "get", "/api/inbound/", REPLIES_READ),
 ]
 
 # Routes outside the matrix, public on purpose.
@@ -131,6 +135,7 @@ PUBLIC_BY_DESIGN = {
     "metrics": "Prometheus, with METRICS_TOKEN; or staff (tests/dispatcher/test_metrics.py)",
     "receipts": "providers' delivery receipts: the signature is the authentication (tests/dispatcher/test_receipts.py)",
     "receipts-twilio": "Twilio's status callbacks: X-Twilio-Signature is the authentication (test_twilio.py)",
+    "inbound-twilio": "Twilio's incoming messages: X-Twilio-Signature is the authentication (test_inbound.py)",
 }
 
 

@@ -17,6 +17,8 @@ from messages_app.management.options import whole_number
 RECEIPT_SECRET_ENV = "FAKE_PROVIDER_RECEIPT_SECRET"  # noqa: S105 - the name of a variable, not a secret
 # Beside the service (make run, one .env), the secret the service checks receipts with.
 SERVICE_RECEIPT_SECRET_ENV = "RECEIPT_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
+INBOUND_SECRET_ENV = "FAKE_PROVIDER_INBOUND_SECRET"  # noqa: S105 - the name of a variable, not a secret
+SERVICE_INBOUND_SECRET_ENV = "INBOUND_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 
 class Command(BaseCommand):
@@ -58,6 +60,17 @@ class Command(BaseCommand):
             f"(default: ${RECEIPT_SECRET_ENV}, else ${SERVICE_RECEIPT_SECRET_ENV}).",
         )
         parser.add_argument("--bad-signature", action="store_true", help="Sign receipts with a wrong key.")
+        parser.add_argument(
+            "--inbound-url",
+            default="http://127.0.0.1:8000/api/inbound/",
+            help="Where replies from a phone (POST /_fake/reply, the page's form) are posted.",
+        )
+        parser.add_argument(
+            "--inbound-secret",
+            default=None,
+            help=f"Standard Webhooks secret (whsec_<base64>) that signs replies "
+            f"(default: ${INBOUND_SECRET_ENV}, else ${SERVICE_INBOUND_SECRET_ENV}).",
+        )
         parser.add_argument(
             "--receipt-batch-size",
             type=int,
@@ -101,6 +114,11 @@ class Command(BaseCommand):
                 or os.environ.get(SERVICE_RECEIPT_SECRET_ENV)
                 or None,
                 request_log=request_log,
+                inbound_url=options["inbound_url"],
+                inbound_secret=options["inbound_secret"]
+                or os.environ.get(INBOUND_SECRET_ENV)
+                or os.environ.get(SERVICE_INBOUND_SECRET_ENV)
+                or None,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
@@ -130,7 +148,8 @@ class Command(BaseCommand):
         receipts = "signed" if provider.receipts.signing else "no secret"
         self.stdout.write(
             f"Fake provider listening on {provider.url} faults={provider.state.faults} "
-            f"auth_key={'required' if provider.state.auth_key else 'any'} receipts={receipts}"
+            f"auth_key={'required' if provider.state.auth_key else 'any'} receipts={receipts} "
+            f"replies={'signed' if provider.replies.signing else 'no secret'}"
         )
         self.stdout.flush()
         try:

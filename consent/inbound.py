@@ -1,0 +1,116 @@
+"""Replies people send back: stored once per id, and a keyword among them acted on.
+
+`inbound_receive` is what every way a reply arrives calls (the Standard Webhooks
+callback, Twilio's inbound webhook), with callbacks already trusted by their
+signature. In one transaction it stores the reply (a replayed id stores nothing
+and does nothing more), changes the number's consent for STOP or START, and
+queues the one confirmation (or HELP answer) through the normal pipeline. So a
+replay, or a retry of a callback whose answer was lost, never sends a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import Via
+from consent.conf import consent_settings
+from consent.keywords import OPT_IN, OPT_OUT, keyword_match
+from consent.models import Consent, InboundMessage
+from consent.services import consent_set
+from messages_app.services import message_create
+from messages_app.validators import normalize_phone_number
+
+logger = logging.getLogger(__name__)
+
+KEYWORD_STATUS = {OPT_OUT: Consent.Status.OPTED_OUT, OPT_IN: Consent.Status.OPTED_IN}
+
+
+@dataclass(frozen=True)
+class InboundIn:
+    """A reply as a provider reported it (checked by the caller: types and lengths)."""
+
+    inbound_id: str
+    provider: str
+    from_number: str
+    to_number: str = ""
+    text: str = ""
+    provider_message_id: str = ""
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    outcome: str  # "stored" or "replayed"
+    inbound_message_id: int | None = None
+    keyword: str = ""  # what it was: opt_out, opt_in, help or "" (an ordinary reply)
+    reply_message_id: int | None = None
+
+
+def inbound_receive_many(*, replies: Sequence[InboundIn]) -> list[InboundResult]:
+    """Receive a provider's batch: all of it, in one transaction, or (on an error) none."""
+    with transaction.atomic():
+        return [inbound_receive(reply=reply) for reply in replies]
+
+
+def inbound_receive(*, reply: InboundIn) -> InboundResult:
+    with transaction.atomic():
+        try:
+            # A savepoint: a replayed id fails only this insert, not a batch around it.
+            with transaction.atomic():
+                inbound = InboundMessage.objects.create(
+                    inbound_id=reply.inbound_id,
+                    provider=reply.provider,
+                    provider_message_id=reply.provider_message_id,
+                    from_number=_number_or_as_sent(reply.from_number),
+                    to_number=reply.to_number,
+                    text=reply.text,
+                    received_at=reply.received_at or timezone.now(),
+                )
+        except IntegrityError:
+            logger.info("inbound %s from %s: a replay, ignored", reply.inbound_id[:80], reply.provider)
+            return InboundResult(outcome="replayed")
+        match = keyword_match(reply.text, rules=consent_settings().rules)
+        if match is None or not inbound.from_number.startswith("+"):
+            # An ordinary reply (or from a sender that is no phone number): kept, nothing else.
+            logger.info("inbound id=%s from %s: an ordinary reply", inbound.pk, reply.provider)
+            return InboundResult(outcome="stored", inbound_message_id=inbound.pk)
+        inbound.keyword = match.kind
+        if match.kind in KEYWORD_STATUS:
+            consent_set(
+                phone_number=inbound.from_number,
+                status=KEYWORD_STATUS[match.kind],
+                method=Consent.Method.KEYWORD,
+                via=Via.INBOUND,
+                note=f"replied {match.keyword}",
+                inbound_message=inbound,
+            )
+        reply_message = message_create(
+            recipient_phone_number=inbound.from_number,
+            content=consent_settings().reply_for(kind=match.kind, language=match.language),
+        )
+        inbound.reply_message = reply_message
+        inbound.save(update_fields=["keyword", "reply_message"])
+    logger.info(
+        "inbound id=%s: %s keyword %s; reply queued as message id=%s",
+        inbound.pk,
+        match.kind,
+        match.keyword,
+        reply_message.pk,
+    )
+    return InboundResult(
+        outcome="stored", inbound_message_id=inbound.pk, keyword=match.kind, reply_message_id=reply_message.pk
+    )
+
+
+def _number_or_as_sent(value: str) -> str:
+    try:
+        return normalize_phone_number(value)
+    except ValidationError:
+        return value.strip()[:32]
