@@ -94,6 +94,8 @@ def inbound_receive(*, reply: InboundIn) -> InboundResult:
         reply_message = message_create(
             recipient_phone_number=inbound.from_number,
             content=consent_settings().reply_for(kind=match.kind, language=match.language),
+            # The one message an opted-out number still gets: the confirmation of its own STOP.
+            recipient_policy_exempt=True,
         )
         inbound.reply_message = reply_message
         inbound.save(update_fields=["keyword", "reply_message"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet, Subquery
 
 from consent.models import Consent, ConsentChange, InboundMessage
+from messages_app.models import Message
 
 
 def consent_list() -> QuerySet[Consent]:
@@ -36,3 +37,46 @@ def numbers_opted_out(*, phone_numbers: Iterable[str]) -> set[str]:
 
 def inbound_list() -> QuerySet[InboundMessage]:
     return InboundMessage.objects.all()
+
+
+def _refusal(consent: Consent) -> str:
+    how = consent.get_method_display().lower()
+    return f"The recipient opted out ({how}, {consent.changed_at:%Y-%m-%d %H:%M} UTC); no message may be sent to it."
+
+
+def recipients_refused(*, phone_numbers: Iterable[str]) -> dict[str, str]:
+    """messages_app's recipient policy (settings.MESSAGE_RECIPIENT_POLICY): the opted-out
+    numbers among `phone_numbers`, each with why. One query."""
+    numbers = sorted(set(phone_numbers))
+    if not numbers:
+        return {}
+    return {
+        consent.phone_number: _refusal(consent)
+        for consent in Consent.objects.filter(phone_number__in=numbers, status=Consent.Status.OPTED_OUT).only(
+            "phone_number", "method", "changed_at"
+        )
+    }
+
+
+def messages_to_suppress(*, message_ids: Iterable[int]) -> dict[int, str]:
+    """Which of these messages (a chunk a worker is about to send) go to a number that
+    opted out, each with why: one query for the chunk. The one answer to a person's own
+    keyword reply (their STOP's confirmation) is not among them."""
+    ids = list(message_ids)
+    if not ids:
+        return {}
+    opted_out = Consent.objects.filter(phone_number=OuterRef("recipient_phone_number"), status=Consent.Status.OPTED_OUT)
+    rows = (
+        Message.objects.filter(pk__in=ids)
+        .annotate(
+            opted_out_at=Subquery(opted_out.values("changed_at")[:1]),
+            opted_out_by=Subquery(opted_out.values("method")[:1]),
+        )
+        .filter(opted_out_at__isnull=False)
+        .exclude(Exists(InboundMessage.objects.filter(reply_message_id=OuterRef("pk"))))
+        .values_list("pk", "opted_out_at", "opted_out_by")
+    )
+    return {
+        pk: _refusal(Consent(method=method, changed_at=changed_at)).replace("may be", "was")
+        for pk, changed_at, method in rows
+    }

@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
 from consent.models import Consent, ConsentChange, InboundMessage
+from messages_app.models import Message
+from messages_app.transitions import messages_suppress_unsent
 from messages_app.validators import normalize_phone_number
 
 if TYPE_CHECKING:
@@ -73,8 +76,25 @@ def consent_set(
             inbound_message=inbound_message,
             note=note,
         )
-    logger.info("consent of %s is now %s (%s, by %s)", number, status, method, consent.changed_by[:100])
+        suppressed = _suppress_queued([number]) if status == Status.OPTED_OUT else 0
+    logger.info(
+        "consent of %s is now %s (%s, by %s)%s",
+        number,
+        status,
+        method,
+        consent.changed_by[:100],
+        f"; {suppressed} queued message(s) suppressed" if suppressed else "",
+    )
     return ConsentChangeResult(consent=consent, changed=True)
+
+
+def _suppress_queued(numbers: list[str]) -> int:
+    """Messages waiting for these numbers (just opted out) end `suppressed` now, except the
+    answers to their own keyword replies. Those already claimed are caught by the worker."""
+    queued = Message.objects.filter(recipient_phone_number__in=numbers).exclude(
+        Exists(InboundMessage.objects.filter(reply_message_id=OuterRef("pk")))
+    )
+    return messages_suppress_unsent(queryset=queued, reason="The recipient opted out after it was queued; not sent.")
 
 
 def _locked_or_new(number: str) -> Consent:
@@ -140,5 +160,12 @@ def consents_opt_out_many(
             ConsentChange(consent_id=ids[n], phone_number=n, changed_at=now, actor=audit.actor, **fields)
             for n in to_change
         )
-    logger.info("opted out %d numbers (%s, by %s)", len(to_change), method, audit.actor_label[:100])
+        suppressed = _suppress_queued(to_change)
+    logger.info(
+        "opted out %d numbers (%s, by %s); %d queued message(s) suppressed",
+        len(to_change),
+        method,
+        audit.actor_label[:100],
+        suppressed,
+    )
     return len(to_change)

@@ -18,6 +18,7 @@ from messages_app.csv_export import messages_csv_lines
 from messages_app.errors import MessageStateError
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
+from messages_app.recipient_policy import recipients_refused
 from messages_app.services import (
     message_cancel_queued,
     message_create,
@@ -92,7 +93,11 @@ class MessageAdminForm(forms.ModelForm):
         }
 
     def clean_recipient_phone_number(self) -> str:
-        return normalize_phone_number(self.cleaned_data["recipient_phone_number"])
+        number = normalize_phone_number(self.cleaned_data["recipient_phone_number"])
+        refused = recipients_refused(phone_numbers=[number])
+        if refused:
+            raise forms.ValidationError(refused[number])
+        return number
 
     def clean_content(self) -> str:
         # Browsers send a textarea's line breaks as CRLF (the HTML form encoding);
@@ -211,6 +216,7 @@ class MessageAdmin(admin.ModelAdmin):
         "delivery",
         "delivery_error_code",
         timestamp_display("delivery_status_at"),
+        "status_reason",
     ]
     actions = ["requeue_failed", "cancel_queued"]
     change_form_template = "admin/messages_app/message/change_form.html"

@@ -110,10 +110,14 @@ ACTIONABLE = {"requeue": selectors.messages_requeueable, "cancel": selectors.mes
         description=text_with_settings(
             "Stores the message as `unsent`; the dispatcher sends it at its pace. The phone number may be "
             "written in any format with its country code and is stored in E.164; the content is 1 to "
-            "{MESSAGE_MAX_LENGTH} characters. With `send_after`, it is not sent before then."
+            "{MESSAGE_MAX_LENGTH} characters. With `send_after`, it is not sent before then. A recipient who "
+            "opted out (STOP) gets no message: 422, naming the reason."
         ),
         request=MessageCreateSerializer,
-        responses={201: MessageSerializer},
+        responses={
+            201: MessageSerializer,
+            422: OpenApiResponse(description="The recipient opted out; nothing stored."),
+        },
         examples=CREATE_EXAMPLES,
     ),
 )
@@ -155,10 +159,12 @@ class MessageViewSet(
         summary=text_with_settings("Queue up to {MESSAGE_BULK_MAX_ITEMS} messages, all or nothing"),
         description=text_with_settings(
             "Up to {MESSAGE_BULK_MAX_ITEMS} messages, each checked as `POST /api/messages/` checks one: "
-            "either all are stored, in order, or none is, and the 400 names each invalid item by its index."
+            "either all are stored, in order, or none is, and the 400 names each invalid item by its index. "
+            "An item to a recipient who opted out is not stored and is listed in `refused` (its index and why), "
+            "the others are; if none can be, the answer is 422 with the same body."
         ),
         request=MessageBulkCreateSerializer,
-        responses={201: MessageBulkResultSerializer},
+        responses={201: MessageBulkResultSerializer, 422: MessageBulkResultSerializer},
         examples=BULK_EXAMPLES,
     )
     # JSON only: a list of objects has no form encoding, and the schema says so.
@@ -167,9 +173,17 @@ class MessageViewSet(
         def queue() -> Response:
             serializer = MessageBulkCreateSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
+            refused: list[dict] = []
             with transaction.atomic():
-                messages = services.messages_bulk_create(items=serializer.validated_data["messages"])
-            return Response({"messages": MessageSerializer(messages, many=True).data}, status=status.HTTP_201_CREATED)
+                messages = services.messages_bulk_create(
+                    items=serializer.validated_data["messages"],
+                    on_refused=lambda index, number, reason: refused.append(
+                        {"index": index, "recipient_phone_number": number, "reason": reason}
+                    ),
+                )
+            # Some queued: 201, the refused listed; none could be: 422, the same body.
+            code = status.HTTP_201_CREATED if messages else status.HTTP_422_UNPROCESSABLE_ENTITY
+            return Response({"messages": MessageSerializer(messages, many=True).data, "refused": refused}, status=code)
 
         return idempotent(request, queue)
 

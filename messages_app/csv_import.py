@@ -18,6 +18,7 @@ from django.db import transaction
 
 from messages_app.errors import MessageImportError
 from messages_app.models import Message
+from messages_app.recipient_policy import recipients_refused
 from messages_app.services import message_new
 from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content, validate_priority
 
@@ -168,14 +169,25 @@ def messages_import_rows(
     pending = iter(rows)
     with nullcontext() if dry_run else transaction.atomic():
         while batch := list(itertools.islice(pending, batch_size)):
-            messages: list[Message] = []
+            checked: list[tuple[MessageImportRow, Message]] = []
             for row in batch:
                 try:
-                    messages.append(_message_from_import_row(row))
+                    checked.append((row, _message_from_import_row(row)))
                 except ValidationError as exc:
                     result.rejected += 1
                     if on_rejected is not None:
                         on_rejected(MessageImportRejection(line=row.line, reason=exc.messages[0]))
+            # Recipients who opted out: one question per batch, their rows rejected, the rest queued.
+            refused = recipients_refused(phone_numbers=[message.recipient_phone_number for _, message in checked])
+            messages: list[Message] = []
+            for row, message in checked:
+                if message.recipient_phone_number not in refused:
+                    messages.append(message)
+                    continue
+                result.rejected += 1
+                if on_rejected is not None:
+                    reason = f"recipient_phone_number: {refused[message.recipient_phone_number]}"
+                    on_rejected(MessageImportRejection(line=row.line, reason=reason))
             if messages and not dry_run:
                 Message.objects.bulk_create(messages)
             result.imported += len(messages)

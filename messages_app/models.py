@@ -17,6 +17,8 @@ class Message(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
         EXPIRED = "expired", "Expired"
+        # Never sent: its recipient opted out after it was queued (status_reason says when and how).
+        SUPPRESSED = "suppressed", "Suppressed"
 
     class Priority(models.TextChoices):
         HIGH = "high", "High"
@@ -72,6 +74,8 @@ class Message(models.Model):
     delivery_status = models.CharField(max_length=16, choices=Delivery.choices, blank=True, default="", db_default="")
     delivery_error_code = models.CharField(max_length=64, blank=True, default="", db_default="")
     delivery_status_at = models.DateTimeField(null=True, blank=True)
+    # Why it is not sent: suppressed (its recipient opted out), or held for now (quiet hours).
+    status_reason = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     class Meta:
         ordering = ["-id"]
@@ -115,7 +119,9 @@ class Message(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=Q(status__in=["unsent", "processing", "sent", "failed", "cancelled", "expired"]),
+                condition=Q(
+                    status__in=["unsent", "processing", "sent", "failed", "cancelled", "expired", "suppressed"]
+                ),
                 name="message_status_valid",
             ),
         ]
@@ -141,6 +147,7 @@ class DeliveryAttempt(models.Model):
         RELEASED = "released", "Released unsent (worker stopping)"
         EXPIRED = "expired", "Expired (not sent after its expiry)"
         DEFERRED = "deferred", "Deferred (provider unavailable; not counted)"
+        SUPPRESSED = "suppressed", "Suppressed (the recipient opted out; not sent)"
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="delivery_attempts")
     provider = models.CharField(max_length=32, blank=True, default="", db_default="")

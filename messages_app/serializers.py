@@ -74,6 +74,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "delivery_status",
             "delivery_error_code",
             "delivery_status_at",
+            "status_reason",
         ]
         read_only_fields = fields
 
@@ -161,5 +162,12 @@ class MessageBulkCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializ
         return fields
 
 
+class RefusedItemSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="The item's position in the request, from 0.")
+    recipient_phone_number = serializers.CharField()
+    reason = serializers.CharField()
+
+
 class MessageBulkResultSerializer(serializers.Serializer):
     messages = MessageSerializer(many=True)
+    refused = RefusedItemSerializer(many=True, help_text="The items not stored: their recipient opted out.")

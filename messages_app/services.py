@@ -16,8 +16,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
-from messages_app.errors import MessageStateError
+from messages_app.errors import MessageStateError, RecipientRefused
 from messages_app.models import DeliveryReceipt, Message
+from messages_app.recipient_policy import recipients_refused
 from messages_app.segments import sms_segments
 from messages_app.transitions import message_cancel, messages_cancel, messages_requeue
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
@@ -55,9 +56,16 @@ def message_new(
     )
 
 
-def message_create(**fields: Any) -> Message:
-    """Queue one message (fields as message_new takes them)."""
+def message_create(*, recipient_policy_exempt: bool = False, **fields: Any) -> Message:
+    """Queue one message (fields as message_new takes them); RecipientRefused if its
+    recipient may not be sent messages (opted out). `recipient_policy_exempt` is for the
+    one answer to a person's own keyword reply (the confirmation of their STOP)."""
     message = message_new(**fields)
+    if not recipient_policy_exempt:
+        refused = recipients_refused(phone_numbers=[message.recipient_phone_number])
+        if refused:
+            logger.info("refused a message: its recipient %s", refused[message.recipient_phone_number][:100])
+            raise RecipientRefused(refused[message.recipient_phone_number])
     message.save()
     logger.info(
         "queued message id=%s uuid=%s%s",
@@ -68,9 +76,24 @@ def message_create(**fields: Any) -> Message:
     return message
 
 
-def messages_bulk_create(*, items: Sequence[dict[str, Any]]) -> list[Message]:
-    """Create all messages or none. Callers validate first to report per-item errors."""
+def messages_bulk_create(
+    *, items: Sequence[dict[str, Any]], on_refused: Callable[[int, str, str], None] | None = None
+) -> list[Message]:
+    """Create all messages or none. Callers validate first to report per-item errors.
+
+    An item whose recipient may not be sent messages (opted out) is left out and given
+    to `on_refused(index, number, reason)`; without it, the first such item refuses the
+    lot (RecipientRefused). One question for all the recipients."""
     messages = [message_new(**item) for item in items]
+    refused = recipients_refused(phone_numbers=[m.recipient_phone_number for m in messages])
+    if refused:
+        for index, message in enumerate(messages):
+            reason = refused.get(message.recipient_phone_number)
+            if reason is not None and on_refused is None:
+                raise RecipientRefused(reason)
+            if reason is not None:
+                on_refused(index, message.recipient_phone_number, reason)
+        messages = [m for m in messages if m.recipient_phone_number not in refused]
     with transaction.atomic():
         created = Message.objects.bulk_create(messages)
     logger.info(

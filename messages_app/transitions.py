@@ -556,6 +556,46 @@ def messages_expire_claimed(*, claim_token: uuid.UUID, message_ids: Sequence[int
     return held
 
 
+# --- unsent / processing -> suppressed (the recipient opted out) ----------------------------
+
+MAX_REASON_LENGTH = 200
+
+
+def messages_suppress_unsent(*, queryset: QuerySet[Message], reason: str) -> int:
+    """unsent -> suppressed for the unsent messages among `queryset` (their recipient
+    opted out while they waited); return how many moved. Never sent: nothing is due."""
+    return queryset.filter(status=Status.UNSENT).update(
+        status=Status.SUPPRESSED, next_attempt_at=None, status_reason=reason[:MAX_REASON_LENGTH]
+    )
+
+
+def messages_suppress_claimed(*, claim_token: uuid.UUID, reasons: dict[int, str]) -> set[int]:
+    """processing -> suppressed for held messages a worker found, just before sending them,
+    addressed to a number that opted out (`reasons`: message id -> why). Never sent, no
+    provider asked; an attempt row says so. Return the ids that moved."""
+    with transaction.atomic():
+        held = _lock_held(reasons, claim_token)
+        if held:
+            rows = list(Message.objects.filter(pk__in=held).values_list("pk", "attempts"))
+            for pk, _ in rows:
+                Message.objects.filter(pk=pk).update(
+                    status=Status.SUPPRESSED,
+                    status_reason=reasons[pk][:MAX_REASON_LENGTH],
+                    next_attempt_at=None,
+                    claim_token=None,
+                    lease_expires_at=None,
+                    sending_started_at=None,
+                )
+            now = database_now()
+            DeliveryAttempt.objects.bulk_create(
+                AttemptRecord(message_id=pk, number=attempts + 1, started_at=now, error=reasons[pk]).row(
+                    Outcome.SUPPRESSED
+                )
+                for pk, attempts in rows
+            )
+    return held
+
+
 # --- sent: the delivery receipt -----------------------------------------------------------
 
 

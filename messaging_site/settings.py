@@ -323,6 +323,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
 
 # --- Consent (read through consent.conf.consent_settings()) ---------------------
+# Whom messages_app refuses to queue a message for: the consent app's opted-out numbers
+# (a dotted path: messages_app is below the consent app and cannot import it).
+MESSAGE_RECIPIENT_POLICY = "consent.selectors.recipients_refused"
 # Keyword lists, courtesy words and replies in other languages are set here in
 # CONSENT (defaults in consent/conf.py); the default language's replies from the
 # environment too.

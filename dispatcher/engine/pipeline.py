@@ -27,6 +27,7 @@ from datetime import timedelta
 from django.db import close_old_connections
 from django.utils import timezone
 
+from consent.selectors import messages_to_suppress
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, recover_expired_leases
 from dispatcher.engine.counters import metrics_record_tick
@@ -42,6 +43,7 @@ from messages_app.transitions import (
     messages_expire_claimed,
     messages_release_unsent,
     messages_start_sending,
+    messages_suppress_claimed,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,10 +62,13 @@ class ChunkReport:
     outcomes: list[DeliveryOutcome] = field(default_factory=list)
     released: int = 0
     expired: int = 0
+    suppressed: int = 0
     lease_lost: bool = False
 
     def counts(self) -> Counter[str]:
         counts = Counter(o.outcome for o in self.outcomes)
+        if self.suppressed:
+            counts["suppressed"] += self.suppressed
         if self.released:
             counts["released"] += self.released
         if self.expired:
@@ -92,6 +97,21 @@ def send_chunk(
     if not started:
         logger.info("chunk %s: none of its %d messages is still ours; nothing to send", claim_token, len(message_ids))
         return report
+    # Just before sending: recipients who opted out since these were queued (one query
+    # for the chunk). Their messages end suppressed, and no provider is asked.
+    to_suppress = messages_to_suppress(message_ids=[m.pk for m in started])
+    if to_suppress:
+        report.suppressed = len(messages_suppress_claimed(claim_token=claim_token, reasons=to_suppress))
+        started = [m for m in started if m.pk not in to_suppress]
+        logger.info(
+            "chunk %s: %d messages suppressed, their recipients opted out (ids %s..%s)",
+            claim_token,
+            report.suppressed,
+            min(to_suppress),
+            max(to_suppress),
+        )
+        if not started:
+            return report
     position = {pk: index for index, pk in enumerate(message_ids)}  # the claim's order: priority, then due
     messages = sorted(started, key=lambda m: position[m.pk])
     held = [m.pk for m in messages]

@@ -96,7 +96,15 @@ def test_get_returns_state_and_counts(api_client):
     assert body["interval_seconds"] == 45
     assert parse_datetime(body["last_tick_at"]) == last_tick
     assert parse_datetime(body["next_tick_at"]) == DispatcherState.objects.get().next_tick_at
-    assert body["counts"] == {"unsent": 3, "processing": 1, "sent": 4, "failed": 2, "cancelled": 5, "expired": 6}
+    assert body["counts"] == {
+        "unsent": 3,
+        "processing": 1,
+        "sent": 4,
+        "failed": 2,
+        "cancelled": 5,
+        "expired": 6,
+        "suppressed": 0,
+    }
 
 
 def test_get_counts_zero_for_missing_statuses(api_client):
@@ -105,7 +113,15 @@ def test_get_counts_zero_for_missing_statuses(api_client):
 
     body = api_client.get(URL).json()
 
-    assert body["counts"] == {"unsent": 0, "processing": 0, "sent": 1, "failed": 0, "cancelled": 0, "expired": 0}
+    assert body["counts"] == {
+        "unsent": 0,
+        "processing": 0,
+        "sent": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "expired": 0,
+        "suppressed": 0,
+    }
 
 
 def test_the_api_the_command_the_admin_and_the_dashboard_count_the_same_statuses(api_client, admin_client):

@@ -160,6 +160,7 @@ def test_counts_per_status(admin_client_):
         "failed": "2",
         "cancelled": "0",
         "expired": "0",
+        "suppressed": "0",
     }
     assert 'href="/admin/messages_app/message/?status__exact=failed"' in html
 

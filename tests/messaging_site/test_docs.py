@@ -95,6 +95,7 @@ def test_schema_documents_the_message_fields_and_statuses(anon_client):
         "delivery_status",
         "delivery_error_code",
         "delivery_status_at",
+        "status_reason",
     }
     assert set(components["MessageStatusEnum"]["enum"]) == {
         "unsent",
@@ -103,6 +104,7 @@ def test_schema_documents_the_message_fields_and_statuses(anon_client):
         "failed",
         "cancelled",
         "expired",
+        "suppressed",
     }
     # The seed routes keep the Go service's shape.
     assert "priority" not in components["SeedMessage"]["properties"]
