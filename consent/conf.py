@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.core.exceptions import ImproperlyConfigured
+
 from consent.keywords import HELP, OPT_IN, OPT_OUT, KeywordRules, keyword_rules
+from consent.quiet_hours import QuietHoursRules, quiet_hours_rules
 
 # Keywords by kind and language. The carriers' and the FCC's lists in English,
 # and the common words of the languages our users' customers write in.
@@ -56,6 +59,7 @@ class ConsentSettings:
     # replies[language][kind]; a language without a reply for a kind uses the default language's.
     replies: dict[str, dict[str, str]]
     default_language: str
+    quiet_hours: QuietHoursRules
 
     def reply_for(self, *, kind: str, language: str) -> str:
         return self.replies.get(language, {}).get(kind) or self.replies[self.default_language][kind]
@@ -92,4 +96,16 @@ def _read(raw: dict) -> ConsentSettings:
         ),
         replies=replies,
         default_language=default_language,
+        quiet_hours=_quiet_hours(raw),
     )
+
+
+def _quiet_hours(raw: dict) -> QuietHoursRules:
+    try:
+        return quiet_hours_rules(
+            window=raw.get("QUIET_HOURS_WINDOW", "08:00-21:00"),
+            overrides=raw.get("QUIET_HOURS_OVERRIDES", ""),
+            unknown_zone=raw.get("QUIET_HOURS_UNKNOWN_ZONE", "UTC"),
+        )
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None

@@ -83,10 +83,15 @@ class MessageAdminForm(forms.ModelForm):
         required=False,
         help_text="Higher goes first; lower keeps a share of every tick.",
     )
+    category = forms.ChoiceField(
+        choices=[("", "The default"), *Message.Category.choices],
+        required=False,
+        help_text="Marketing messages are held outside quiet hours in the recipient's local time.",
+    )
 
     class Meta:
         model = Message
-        fields = ["recipient_phone_number", "content", "send_after", "expires_at", "priority"]
+        fields = ["recipient_phone_number", "content", "send_after", "expires_at", "priority", "category"]
         help_texts = {
             "send_after": "Optional: not sent before this time.",
             "expires_at": "Optional: never sent after this time (it becomes expired).",
@@ -191,7 +196,7 @@ class MessageAdmin(admin.ModelAdmin):
         "provider_id_preview",
         "error_preview",
     ]
-    list_filter = ["status", "delivery_status", "priority", "created_at", "sent_at", AttemptsFilter]
+    list_filter = ["status", "category", "delivery_status", "priority", "created_at", "sent_at", AttemptsFilter]
     search_fields = ["recipient_phone_number", "content", "=uuid", "=provider_message_id"]
     date_hierarchy = "created_at"
     ordering = ["-id"]
@@ -216,6 +221,7 @@ class MessageAdmin(admin.ModelAdmin):
         "delivery",
         "delivery_error_code",
         timestamp_display("delivery_status_at"),
+        "category",
         "status_reason",
     ]
     actions = ["requeue_failed", "cancel_queued"]
@@ -310,7 +316,7 @@ class MessageAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
         if obj is None:
-            return ["recipient_phone_number", "content", "send_after", "expires_at", "priority"]
+            return ["recipient_phone_number", "content", "send_after", "expires_at", "priority", "category"]
         return ["recipient_phone_number", "content", *self.readonly_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
@@ -396,6 +402,7 @@ class MessageAdmin(admin.ModelAdmin):
             send_after=form.cleaned_data.get("send_after"),
             expires_at=form.cleaned_data.get("expires_at"),
             priority=form.cleaned_data.get("priority") or Message.Priority.NORMAL,
+            category=form.cleaned_data.get("category") or None,
         )
         obj.pk = created.pk
 

@@ -20,12 +20,18 @@ from messages_app.errors import MessageImportError
 from messages_app.models import Message
 from messages_app.recipient_policy import recipients_refused
 from messages_app.services import message_new
-from messages_app.validators import normalize_phone_number, parse_aware_datetime, validate_content, validate_priority
+from messages_app.validators import (
+    normalize_phone_number,
+    parse_aware_datetime,
+    validate_category,
+    validate_content,
+    validate_priority,
+)
 
 logger = logging.getLogger(__name__)
 
 MESSAGE_IMPORT_REQUIRED_COLUMNS = ("recipient_phone_number", "content")
-MESSAGE_IMPORT_OPTIONAL_COLUMNS = ("send_after", "expires_at", "priority")
+MESSAGE_IMPORT_OPTIONAL_COLUMNS = ("send_after", "expires_at", "priority", "category")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class MessageImportRow:
     send_after: str = ""
     expires_at: str = ""
     priority: str = ""
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,8 @@ def _message_from_import_row(row: MessageImportRow) -> Message:
             checks.append((optional, check))
     if row.priority.strip():
         checks.append(("priority", validate_priority))
+    if row.category.strip():
+        checks.append(("category", validate_category))
     for field, check in checks:
         try:
             values[field] = check(getattr(row, field))

@@ -25,6 +25,12 @@ class Message(models.Model):
         NORMAL = "normal", "Normal"
         LOW = "low", "Low"
 
+    class Category(models.TextChoices):
+        # One-time codes, alerts: never held.
+        TRANSACTIONAL = "transactional", "Transactional"
+        # Held outside quiet hours in the recipient's local time.
+        MARKETING = "marketing", "Marketing"
+
     class Delivery(models.TextChoices):
         """What the provider's receipt said happened after it accepted the message."""
 
@@ -74,6 +80,9 @@ class Message(models.Model):
     delivery_status = models.CharField(max_length=16, choices=Delivery.choices, blank=True, default="", db_default="")
     delivery_error_code = models.CharField(max_length=64, blank=True, default="", db_default="")
     delivery_status_at = models.DateTimeField(null=True, blank=True)
+    category = models.CharField(
+        max_length=16, choices=Category.choices, default=Category.TRANSACTIONAL, db_default=Category.TRANSACTIONAL
+    )
     # Why it is not sent: suppressed (its recipient opted out), or held for now (quiet hours).
     status_reason = models.CharField(max_length=200, blank=True, default="", db_default="")
 

@@ -74,6 +74,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "delivery_status",
             "delivery_error_code",
             "delivery_status_at",
+            "category",
             "status_reason",
         ]
         read_only_fields = fields
@@ -128,6 +129,14 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         choices=Message.Priority.choices,
         default=Message.Priority.NORMAL,
         help_text="high, normal (default) or low: higher goes first, lower keeps a share of every tick.",
+    )
+    category = serializers.ChoiceField(
+        choices=Message.Category.choices,
+        required=False,
+        help_text=text_with_settings(
+            "transactional (codes, alerts: never held) or marketing (held outside quiet hours in the "
+            "recipient's local time). Default: {MESSAGE_DEFAULT_CATEGORY}."
+        ),
     )
 
     def validate(self, attrs: dict) -> dict:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -18,7 +19,7 @@ from django.utils import timezone
 from audit.services import Action, Via, control_action_record
 from messages_app.errors import MessageStateError, RecipientRefused
 from messages_app.models import DeliveryReceipt, Message
-from messages_app.recipient_policy import recipients_refused
+from messages_app.recipient_policy import quiet_hours_opening, recipients_refused
 from messages_app.segments import sms_segments
 from messages_app.transitions import message_cancel, messages_cancel, messages_requeue
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
@@ -39,20 +40,30 @@ def message_new(
     send_after: datetime | None = None,
     expires_at: datetime | None = None,
     priority: str = Message.Priority.NORMAL,
+    category: str | None = None,
 ) -> Message:
     """An unsaved message, validated and normalised as every way of queueing one needs
-    it (API, bulk, seed route, admin, CSV import); raise ValidationError otherwise."""
+    it (API, bulk, seed route, admin, CSV import); raise ValidationError otherwise.
+
+    A marketing message due in its recipient's quiet hours is due at the window's
+    opening instead, the reason in `status_reason`; a transactional one is never held."""
     content = validate_content(content)
     # Each entry point checks its times already, naming the field; this holds for any caller.
     send_after, expires_at = (None if moment is None else time_in_range(moment) for moment in (send_after, expires_at))
+    number = normalize_phone_number(recipient_phone_number)
+    category = category or settings.MESSAGE_DEFAULT_CATEGORY
+    due = send_after or timezone.now()
+    held = quiet_hours_opening(phone_number=number, at=due) if category == Message.Category.MARKETING else None
     return Message(
-        recipient_phone_number=normalize_phone_number(recipient_phone_number),
+        recipient_phone_number=number,
         content=content,
         send_after=send_after,
-        next_attempt_at=send_after or timezone.now(),
+        next_attempt_at=held[0] if held else due,
         expires_at=validate_expiry(expires_at=expires_at, send_after=send_after),
         priority=priority,
         segments=sms_segments(content),
+        category=category,
+        status_reason=held[1] if held else "",
     )
 
 
@@ -73,6 +84,8 @@ def message_create(*, recipient_policy_exempt: bool = False, **fields: Any) -> M
         message.uuid,
         f" to send after {message.send_after}" if message.send_after else "",
     )
+    if message.status_reason:
+        logger.info("message id=%s held: %s", message.pk, message.status_reason[:150])
     return message
 
 

@@ -169,7 +169,7 @@ def messages_renew_lease(
 # What a worker reads of a message it sends: the request, the provider it stays with,
 # the attempt count, the expiry. Any other field would be loaded by a query per
 # message, from inside the send (tests/dispatcher/test_sending.py checks there is none).
-SENDING_FIELDS = ("id", "uuid", "recipient_phone_number", "content", "provider", "attempts", "expires_at")
+SENDING_FIELDS = ("id", "uuid", "recipient_phone_number", "content", "provider", "attempts", "expires_at", "category")
 
 
 def messages_start_sending(
@@ -592,6 +592,29 @@ def messages_suppress_claimed(*, claim_token: uuid.UUID, reasons: dict[int, str]
                     Outcome.SUPPRESSED
                 )
                 for pk, attempts in rows
+            )
+    return held
+
+
+# --- processing -> unsent (held for quiet hours) -------------------------------------------
+
+
+def messages_hold_claimed(*, claim_token: uuid.UUID, holds: dict[int, tuple[datetime, str]]) -> set[int]:
+    """processing -> unsent for held marketing messages a worker found, just before
+    sending them, inside their recipient's quiet hours (`holds`: message id -> (when the
+    window opens, why)): due then, the attempt not counted, no provider asked. Return
+    the ids that moved."""
+    with transaction.atomic():
+        held = _lock_held(holds, claim_token)
+        for pk in held:
+            opening, reason = holds[pk]
+            Message.objects.filter(pk=pk).update(
+                status=Status.UNSENT,
+                next_attempt_at=opening,
+                status_reason=reason[:MAX_REASON_LENGTH],
+                claim_token=None,
+                lease_expires_at=None,
+                sending_started_at=None,
             )
     return held
 

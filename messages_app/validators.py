@@ -35,6 +35,13 @@ def normalize_phone_number(value: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+def validate_category(value: str) -> str:
+    """A category as the API takes it (transactional or marketing, exactly as written)."""
+    if value not in Message.Category.values:
+        raise ValidationError(f"must be one of {', '.join(Message.Category.values)}.", code="invalid_choice")
+    return value
+
+
 def validate_priority(value: str) -> str:
     """A priority as the API takes it (its ChoiceField over the same Message.Priority): one
     of the values exactly as written, lower case, no spaces around it; return it unchanged.

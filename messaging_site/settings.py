@@ -329,7 +329,20 @@ MESSAGE_RECIPIENT_POLICY = "consent.selectors.recipients_refused"
 # Keyword lists, courtesy words and replies in other languages are set here in
 # CONSENT (defaults in consent/conf.py); the default language's replies from the
 # environment too.
+# When a marketing message may go: the consent app's quiet hours (a dotted path, as above).
+MESSAGE_QUIET_HOURS = "consent.policy.marketing_opening"
+# A message's category when its creator gives none: transactional (codes, alerts: never
+# held) or marketing (held outside quiet hours).
+MESSAGE_DEFAULT_CATEGORY = env_choice(
+    "MESSAGE_DEFAULT_CATEGORY", "transactional", choices=("transactional", "marketing")
+)
 CONSENT = {
+    # Marketing messages go only inside this window of the recipient's local time;
+    # overrides by E.164 prefix ("+1205=08:00-20:00,..."); a number whose zone is
+    # unknown is judged in this zone (or "none": not held).
+    "QUIET_HOURS_WINDOW": env_str("QUIET_HOURS_WINDOW", "08:00-21:00"),
+    "QUIET_HOURS_OVERRIDES": env_str("QUIET_HOURS_OVERRIDES", ""),
+    "QUIET_HOURS_UNKNOWN_ZONE": env_str("QUIET_HOURS_UNKNOWN_ZONE", "UTC"),
     "DEFAULT_LANGUAGE": env_str("CONSENT_DEFAULT_LANGUAGE", "en"),
     "REPLIES": {
         env_str("CONSENT_DEFAULT_LANGUAGE", "en"): {

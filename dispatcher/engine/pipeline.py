@@ -27,6 +27,7 @@ from datetime import timedelta
 from django.db import close_old_connections
 from django.utils import timezone
 
+from consent.policy import marketing_opening as quiet_hours_opening
 from consent.selectors import messages_to_suppress
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, recover_expired_leases
@@ -41,6 +42,7 @@ from messages_app.models import Message
 from messages_app.transitions import (
     database_now,
     messages_expire_claimed,
+    messages_hold_claimed,
     messages_release_unsent,
     messages_start_sending,
     messages_suppress_claimed,
@@ -63,12 +65,15 @@ class ChunkReport:
     released: int = 0
     expired: int = 0
     suppressed: int = 0
+    held: int = 0
     lease_lost: bool = False
 
     def counts(self) -> Counter[str]:
         counts = Counter(o.outcome for o in self.outcomes)
         if self.suppressed:
             counts["suppressed"] += self.suppressed
+        if self.held:
+            counts["held"] += self.held
         if self.released:
             counts["released"] += self.released
         if self.expired:
@@ -110,6 +115,21 @@ def send_chunk(
             min(to_suppress),
             max(to_suppress),
         )
+        if not started:
+            return report
+    # Marketing messages claimed inside their recipient's quiet hours (due by then, or
+    # sent after a retry): back to the queue, due when the window opens. No query.
+    now = timezone.now()
+    holds = {
+        m.pk: opening
+        for m in started
+        if m.category == Message.Category.MARKETING
+        and (opening := quiet_hours_opening(phone_number=m.recipient_phone_number, at=now)) is not None
+    }
+    if holds:
+        report.held = len(messages_hold_claimed(claim_token=claim_token, holds=holds))
+        started = [m for m in started if m.pk not in holds]
+        logger.info("chunk %s: %d marketing messages held for quiet hours", claim_token, report.held)
         if not started:
             return report
     position = {pk: index for index, pk in enumerate(message_ids)}  # the claim's order: priority, then due

@@ -141,6 +141,7 @@ def test_add_page_loads(admin_client_):
         "send_after",
         "expires_at",
         "priority",
+        "category",
     }
 
 

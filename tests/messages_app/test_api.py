@@ -35,6 +35,7 @@ MESSAGE_FIELDS = {
     "delivery_status",
     "delivery_error_code",
     "delivery_status_at",
+    "category",
     "status_reason",
 }
 

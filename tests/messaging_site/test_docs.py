@@ -95,6 +95,7 @@ def test_schema_documents_the_message_fields_and_statuses(anon_client):
         "delivery_status",
         "delivery_error_code",
         "delivery_status_at",
+        "category",
         "status_reason",
     }
     assert set(components["MessageStatusEnum"]["enum"]) == {
