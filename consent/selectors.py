@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 
-from django.db.models import Exists, OuterRef, QuerySet, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
 from consent.models import Consent, ConsentChange, InboundMessage
 from messages_app.models import Message
@@ -80,3 +84,63 @@ def messages_to_suppress(*, message_ids: Iterable[int]) -> dict[int, str]:
         pk: _refusal(Consent(method=method, changed_at=changed_at)).replace("may be", "was")
         for pk, changed_at, method in rows
     }
+
+
+@dataclass(frozen=True)
+class ConsentDay:
+    day: date
+    opted_out: int
+    opted_in: int
+
+
+@dataclass(frozen=True)
+class ConsentSummary:
+    """What the dashboard and /metrics show of consent: changes per day (UTC), the numbers
+    opted out now, marketing messages held for quiet hours, replies received."""
+
+    days: list[ConsentDay]
+    opted_out_numbers: int
+    held_for_quiet_hours: int
+    replies_last_day: int
+    keywords_last_day: int
+
+
+def consent_summary(*, days: int = 7, now: datetime | None = None) -> ConsentSummary:
+    now = now or timezone.now()
+    first = (now - timedelta(days=days - 1)).date()
+    per_day: dict[tuple[date, str], int] = {
+        (row["day"], row["status"]): row["n"]
+        for row in ConsentChange.objects.filter(changed_at__date__gte=first)
+        .annotate(day=TruncDate("changed_at"))
+        .order_by()
+        .values("day", "status")
+        .annotate(n=Count("id"))
+    }
+    replies = InboundMessage.objects.filter(received_at__gte=now - timedelta(days=1)).aggregate(
+        all=Count("id"), keywords=Count("id", filter=~Q(keyword=""))
+    )
+    return ConsentSummary(
+        days=[
+            ConsentDay(
+                day=first + timedelta(days=offset),
+                opted_out=per_day.get((first + timedelta(days=offset), Consent.Status.OPTED_OUT), 0),
+                opted_in=per_day.get((first + timedelta(days=offset), Consent.Status.OPTED_IN), 0),
+            )
+            for offset in range(days)
+        ],
+        opted_out_numbers=Consent.objects.filter(status=Consent.Status.OPTED_OUT).count(),
+        held_for_quiet_hours=messages_held_for_quiet_hours(),
+        replies_last_day=replies["all"],
+        keywords_last_day=replies["keywords"],
+    )
+
+
+def messages_held_for_quiet_hours() -> int:
+    """Marketing messages waiting for their recipient's window to open."""
+    return (
+        Message.objects.filter(
+            status=Message.Status.UNSENT, category=Message.Category.MARKETING, next_attempt_at__gt=timezone.now()
+        )
+        .exclude(status_reason="")
+        .count()
+    )

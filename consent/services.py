@@ -52,8 +52,8 @@ def consent_set(
     if status not in Status.values:
         raise ValueError(f"unknown consent status {status!r}")
     with transaction.atomic():
-        consent = _locked_or_new(number)
-        if consent.pk is not None and consent.status == status:
+        consent, created = _locked_or_new(number)
+        if not created and consent.status == status:
             return ConsentChangeResult(consent=consent, changed=False)
         audit = control_action_record(
             action=Action.CONSENT,
@@ -97,19 +97,22 @@ def _suppress_queued(numbers: list[str]) -> int:
     return messages_suppress_unsent(queryset=queued, reason="The recipient opted out after it was queued; not sent.")
 
 
-def _locked_or_new(number: str) -> Consent:
-    """The number's record, locked until the transaction ends; an unsaved one if it has none.
+def _locked_or_new(number: str) -> tuple[Consent, bool]:
+    """The number's record, locked until the transaction ends, and whether it was just
+    created (with a placeholder status the caller overwrites in the same transaction).
     Two changes of one number wait for each other; a first record written meanwhile by
     another transaction is found when ours fails to insert it (the savepoint)."""
     consent = Consent.objects.select_for_update().filter(phone_number=number).first()
     if consent is not None:
-        return consent
+        return consent, False
     try:
         with transaction.atomic():
-            # A placeholder status the caller overwrites in the same transaction.
-            return Consent.objects.create(phone_number=number, status=Status.OPTED_IN, method=Method.API, changed_by="")
+            created = Consent.objects.create(
+                phone_number=number, status=Status.OPTED_IN, method=Method.API, changed_by=""
+            )
+            return created, True
     except IntegrityError:
-        return Consent.objects.select_for_update().get(phone_number=number)
+        return Consent.objects.select_for_update().get(phone_number=number), False
 
 
 def consents_opt_out_many(

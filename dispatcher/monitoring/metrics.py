@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from consent.selectors import consent_summary
 from dispatcher.engine.counters import (
     ALL_KEYS,
     CACHE_ALIAS,
@@ -101,6 +102,23 @@ class MessagingCollector:
             "How long the cluster has not held the pace (a due tick waiting for a batch still being sent, "
             "or that no dispatch window has taken); 0 while it holds.",
             value=dispatcher_behind_seconds(),
+        )
+        summary = consent_summary(days=1)
+        yield GaugeMetricFamily(
+            "messaging_consent_opted_out_numbers", "Numbers opted out now.", value=summary.opted_out_numbers
+        )
+        changes = GaugeMetricFamily(
+            "messaging_consent_changes_today",
+            "Consent changes since midnight UTC, by the status they set (opted_out, opted_in).",
+            labels=["status"],
+        )
+        changes.add_metric(["opted_out"], summary.days[-1].opted_out)
+        changes.add_metric(["opted_in"], summary.days[-1].opted_in)
+        yield changes
+        yield GaugeMetricFamily(
+            "messaging_quiet_hours_held_messages",
+            "Marketing messages waiting for their recipient's quiet hours to end.",
+            value=summary.held_for_quiet_hours,
         )
         yield _up("messaging_metrics_database_up", "Whether this scrape could count the queue.", True)
 

@@ -184,3 +184,10 @@ def test_export_then_import_round_trips(tmp_path):
     Consent.objects.all().delete()
     call_command("import_opt_outs", str(path), stdout=io.StringIO())
     assert numbers_opted_out(phone_numbers=[NUMBER, "+12125550124"]) == {NUMBER}
+
+
+def test_a_first_record_that_opts_in_is_written_with_its_history():
+    # A number nobody had recorded, opted in (e.g. consent collected on a web form).
+    assert consent_set(phone_number=NUMBER, status=OPTED_IN, method=Consent.Method.API, via="api").changed
+    assert list(ConsentChange.objects.values_list("status", flat=True)) == [OPTED_IN]
+    assert Consent.objects.get().changed_by != ""
