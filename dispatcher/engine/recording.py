@@ -15,6 +15,9 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from audit.services import Via
+from consent.models import Consent
+from consent.services import consent_set
 from dispatcher.conf import DispatcherSettings
 from dispatcher.engine.counters import metrics_record_batch
 from dispatcher.engine.delivery_cache import delivery_cache_record_many
@@ -91,6 +94,8 @@ def record_results(
         for r in results:
             if r.error is not None:
                 outcomes[r.message.pk] = _record_unsuccessful(r, claim_token=claim_token, conf=conf)
+                if r.error.recipient_opted_out:
+                    _record_provider_opt_out(r)
     # After the commit: only outcomes on record count. A few cache calls, never raises.
     metrics_record_batch(
         outcomes=[o.outcome for o in outcomes.values()], provider_latencies_ms=[r.duration_ms for r in results]
@@ -125,6 +130,18 @@ def _sent_outcome(r: SendResult, *, moved: bool, cached: bool) -> DeliveryOutcom
     )
     return DeliveryOutcome(
         message.pk, str(message.uuid), Outcome.SENT, provider_message_id=r.result.message_id, cached=cached
+    )
+
+
+def _record_provider_opt_out(r: SendResult) -> None:
+    """The provider says the recipient opted out with it: the number's opt-out, as a
+    provider report (its queued messages end suppressed, the next create is refused)."""
+    consent_set(
+        phone_number=r.message.recipient_phone_number,
+        status=Consent.Status.OPTED_OUT,
+        method=Consent.Method.PROVIDER_REPORT,
+        via=Via.INBOUND,
+        note=f"the provider refused message id={r.message.pk}: {r.error.reason}"[:500],
     )
 
 

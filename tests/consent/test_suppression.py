@@ -168,3 +168,27 @@ def test_the_api_and_the_admin_show_why(api_client, client):
         "opted out after it was queued"
         in client.get(f"/admin/messages_app/message/{message.pk}/change/").content.decode()
     )
+
+
+def test_a_provider_s_report_that_the_recipient_opted_out_is_recorded_as_its_opt_out():
+    from dispatcher.engine.providers import ProviderError
+
+    refused = make_message(recipient_phone_number=NUMBER)
+    waiting = make_message(recipient_phone_number=NUMBER)
+    locmem.failures.append(
+        ProviderError(
+            "Twilio answered HTTP 400 (code 21610): unsubscribed",
+            permanent=True,
+            http_status=400,
+            recipient_opted_out=True,
+        )
+    )
+    token = claim(refused)
+    send_chunk(message_ids=[refused.pk], claim_token=token, provider=locmem.LocmemProvider())
+
+    consent = Consent.objects.get(phone_number=NUMBER)
+    assert (consent.status, consent.method) == (Consent.Status.OPTED_OUT, Consent.Method.PROVIDER_REPORT)
+    assert "21610" in consent.note
+    refused.refresh_from_db()
+    waiting.refresh_from_db()
+    assert (refused.status, waiting.status) == (Status.FAILED, Status.SUPPRESSED)

@@ -90,6 +90,9 @@ class _TwilioHandler(BaseHTTPRequestHandler):
         with fake.lock:
             fake.requests.append(entry)
             step = fake.script.pop(0) if fake.script else None
+        if isinstance(step, tuple) and step[0] == "error":  # ("error", status, Twilio's code)
+            entry.answered = step[1]
+            return self._answer(step[1], {"code": step[2], "message": f"error {step[2]}", "status": step[1]})
         if isinstance(step, tuple):  # ("latency", seconds): answer late, the message taken all the same
             time.sleep(step[1])
             step = None
@@ -277,6 +280,14 @@ def test_an_invalid_number_is_permanent(twilio, configure):
     error = send_error(configure(twilio_env(twilio.url)).providers["backup"])
     assert (error.http_status, error.permanent, error.provider_wide) == (400, True, False)
     assert "21211" in error.reason
+
+
+def test_an_unsubscribed_recipient_is_permanent_and_says_so(twilio, configure):
+    twilio.script = [("error", 400, 21610)]
+    error = send_error(configure(twilio_env(twilio.url)).providers["backup"])
+    assert (error.http_status, error.permanent, error.recipient_opted_out) == (400, True, True)
+    twilio.script = [400]  # any other refusal is not an opt-out
+    assert send_error(configure(twilio_env(twilio.url)).providers["backup"]).recipient_opted_out is False
 
 
 @pytest.mark.parametrize("status", [500, 503])

@@ -64,6 +64,7 @@ class ProviderError(Exception):
         retry_after: float | None = None,
         not_sent: bool = False,
         provider_wide: bool = False,
+        recipient_opted_out: bool = False,
     ) -> None:
         # The reason is kept as the attempt's error: a provider's NUL must not fail that write.
         reason = text_escaped_for_storage(reason)
@@ -76,6 +77,9 @@ class ProviderError(Exception):
         self.retry_after = retry_after if retry_after is not None and 0 <= retry_after < math.inf else None
         self.not_sent = not_sent
         self.provider_wide = provider_wide
+        # The provider refused it because the recipient opted out with it (Twilio's 21610:
+        # a STOP sent to the provider, not to us): recorded as the number's opt-out.
+        self.recipient_opted_out = recipient_opted_out
 
 
 class BaseProvider:

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 TWILIO_API = "https://api.twilio.com"
 
 
+# "Attempt to send to unsubscribed recipient": the person replied STOP to Twilio.
+TWILIO_RECIPIENT_UNSUBSCRIBED = 21610
+
+
 class _HttpClient(TwilioHttpClient):
     """Twilio's HTTP client, pointed at the configured base URL, with our Idempotency-Key."""
 
@@ -95,6 +99,7 @@ class TwilioProvider(BaseProvider):
                 retry_after=parse_retry_after(getattr(self._local, "retry_after", None)),
                 not_sent=status == 429,
                 provider_wide=status >= 500 or status == 429,
+                recipient_opted_out=exc.code == TWILIO_RECIPIENT_UNSUBSCRIBED,
             ) from None
         except requests.ConnectTimeout:
             raise ProviderError(
