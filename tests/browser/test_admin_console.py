@@ -457,6 +457,6 @@ def test_the_admin_is_the_message_sending_service_s_with_messages_first(page: Pa
     apps = [
         text.strip() for text in page.locator("#content-main div.module[class*='app-'] caption").all_text_contents()
     ]
-    assert apps[:3] == ["Messages", "Dispatcher", "Audit log"], apps
+    assert apps[:4] == ["Messages", "Dispatcher", "Consent", "Audit log"], apps
     icon = page.request.get(f"{live_server.url}/favicon.ico")
     assert icon.ok and icon.headers["content-type"] in ("image/x-icon", "image/vnd.microsoft.icon")
