@@ -238,6 +238,9 @@ _SHOWN_PAIR = re.compile(r'"(\w+)":\s*("(?:[^"\\]|\\.)*"|null|true|false|-?\d+)'
 SEND_BUDGET_SECONDS = 120
 
 
+CONSENT_SECTION = "Consent: STOP, START, HELP and quiet hours"
+
+
 def section_blocks(title: str) -> list[str]:
     """The ```sh blocks of the README's section `## title`, as written."""
     text = README.read_text()
@@ -271,10 +274,11 @@ def assert_shown(block: str, answered: str) -> None:
         assert actual.get(key) == json.loads(value), f"the README shows {key}: {value}\nthe service answered {answered}"
 
 
-def test_the_api_and_delivery_lifecycle_examples_answer_what_the_readme_shows_against_make_run(tmp_path):
+def test_the_api_lifecycle_and_consent_examples_answer_what_the_readme_shows_against_make_run(tmp_path):
     """The README's API block, then (once its messages are sent and the fake provider's own
-    receipts are in) every block of *Delivery lifecycle*, run by bash as written from a
-    checkout where `make run` runs, its port for 8000; each shown answer compared."""
+    receipts are in) every block of *Delivery lifecycle*, then those of *Consent* (a STOP
+    through the fake provider), run by bash as written from a checkout where `make run` runs,
+    its ports for 8000 and 8081; each shown answer compared, and what the consent blocks did."""
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     shutil.copy(REPO_ROOT / "manage.py", workdir / "manage.py")
@@ -303,12 +307,15 @@ def test_the_api_and_delivery_lifecycle_examples_answer_what_the_readme_shows_ag
         bash(api)
         token = bash(login + 'printf %s "$TOKEN"')
 
-        def message(number: int) -> dict:
+        def api_get(path: str) -> dict:
             request = urllib.request.Request(
-                f"http://127.0.0.1:{web_port}/api/messages/{number}/", headers={"Authorization": f"Token {token}"}
+                f"http://127.0.0.1:{web_port}{path}", headers={"Authorization": f"Token {token}"}
             )
             with urllib.request.urlopen(request, timeout=10) as response:
                 return json.loads(response.read())
+
+        def message(number: int) -> dict:
+            return api_get(f"/api/messages/{number}/")
 
         deadline = time.monotonic() + SEND_BUDGET_SECONDS
         while not all(message(n)["delivery_status"] == "delivered" for n in (1, 2, 3)):
@@ -319,9 +326,21 @@ def test_the_api_and_delivery_lifecycle_examples_answer_what_the_readme_shows_ag
         blocks = section_blocks("Delivery lifecycle")
         marked = "".join(f"printf '\\n@@block@@\\n'\n{block}" for block in blocks)
         answers = bash(login + marked).split("\n@@block@@\n")[1:]
+        # *Consent*: a STOP through the fake provider, the 422 it causes, START; records by hand.
+        consent = bash(login + "\n".join(section_blocks(CONSENT_SECTION)).replace(":8081/", f":{provider_port}/"))
+        after = {number: api_get(f"/api/consents/{number}/") for number in ("+12125550123", "+12125550124")}
 
     assert len(answers) == len(blocks) >= 6
     for block, answered in zip(blocks, answers, strict=True):
         assert_shown(block, answered.strip().splitlines()[-1] if answered.strip() else "")
     # What the examples showed is what the message keeps: the README's receipt for message 1.
     assert shown_output(blocks[0]) == ('{"outcome":"applied","message_id":1}', True)
+    # The STOP was heard, the message to the number refused, START heard; the hand-made opt-out kept.
+    assert '"keyword\\":\\"opt_out\\"' in consent, consent
+    assert "The recipient opted out" in consent, consent
+    assert after["+12125550123"]["status"] == "opted_in", after
+    assert [change["status"] for change in after["+12125550123"]["history"]][:2] in (
+        ["opted_out", "opted_in"],
+        ["opted_in", "opted_out"],
+    ), after
+    assert after["+12125550124"]["status"] == "opted_out", after
