@@ -60,6 +60,10 @@ class ConsentSettings:
     replies: dict[str, dict[str, str]]
     default_language: str
     quiet_hours: QuietHoursRules
+    # How long an opt-out stays among the recent ones the workers check just before each
+    # send (consent/recent_opt_outs.py): longer than any chunk can go on sending after its
+    # own check at the start, which django-q2's task timeout bounds.
+    recent_opt_out_seconds: int
 
     def reply_for(self, *, kind: str, language: str) -> str:
         return self.replies.get(language, {}).get(kind) or self.replies[self.default_language][kind]
@@ -97,7 +101,14 @@ def _read(raw: dict) -> ConsentSettings:
         replies=replies,
         default_language=default_language,
         quiet_hours=_quiet_hours(raw),
+        recent_opt_out_seconds=raw.get("RECENT_OPT_OUT_SECONDS") or 2 * _task_timeout_seconds(),
     )
+
+
+def _task_timeout_seconds() -> int:
+    from django.conf import settings
+
+    return int(settings.Q_CLUSTER["timeout"])
 
 
 def _quiet_hours(raw: dict) -> QuietHoursRules:

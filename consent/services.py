@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
 from consent.models import Consent, ConsentChange, InboundMessage
+from consent.recent_opt_outs import recent_opt_outs_add
 from messages_app.models import Message
 from messages_app.transitions import messages_suppress_unsent
 from messages_app.validators import normalize_phone_number
@@ -76,7 +77,11 @@ def consent_set(
             inbound_message=inbound_message,
             note=note,
         )
-        suppressed = _suppress_queued([number]) if status == Status.OPTED_OUT else 0
+        suppressed = 0
+        if status == Status.OPTED_OUT:
+            # Before the commit: a send that starts once the opt-out is on record finds it.
+            recent_opt_outs_add(phone_numbers=[number])
+            suppressed = _suppress_queued([number])
     logger.info(
         "consent of %s is now %s (%s, by %s)%s",
         number,
@@ -163,6 +168,7 @@ def consents_opt_out_many(
             ConsentChange(consent_id=ids[n], phone_number=n, changed_at=now, actor=audit.actor, **fields)
             for n in to_change
         )
+        recent_opt_outs_add(phone_numbers=to_change)  # before the commit, as in consent_set
         suppressed = _suppress_queued(to_change)
     logger.info(
         "opted out %d numbers (%s, by %s); %d queued message(s) suppressed",

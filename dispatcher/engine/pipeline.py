@@ -155,12 +155,33 @@ def send_chunk(
             # it was frozen, before the keeper's next renewal can tell.
             return not keeper.holds() or should_stop() or time.monotonic() > deadline
 
+        def suppress_found_before_send(reasons: dict[int, str]) -> None:
+            moved = messages_suppress_claimed(claim_token=claim_token, reasons=reasons)
+            report.suppressed += len(moved)
+            logger.info(
+                "chunk %s: %d messages suppressed just before their send, their recipients opted out "
+                "during the chunk (ids %s..%s)",
+                claim_token,
+                len(moved),
+                min(reasons),
+                max(reasons),
+            )
+
         def flush() -> None:
             nonlocal waiting, flushed_at
             if waiting and not keeper.lost:
                 with keeper.recording():
+                    # Numbers that opted out after the check above, found just before their send.
+                    opted_out = {r.message.pk: r.suppressed for r in waiting if r.suppressed}
+                    if opted_out:
+                        suppress_found_before_send(opted_out)
                     report.outcomes.extend(
-                        _record(waiting, claim_token=claim_token, conf=conf, clock_offset=clock_offset)
+                        _record(
+                            [r for r in waiting if not r.suppressed],
+                            claim_token=claim_token,
+                            conf=conf,
+                            clock_offset=clock_offset,
+                        )
                     )
                     keeper.done(r.message.pk for r in waiting)
             waiting, flushed_at = [], time.monotonic()

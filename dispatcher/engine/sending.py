@@ -12,10 +12,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.utils import timezone
 
+from consent.recent_opt_outs import number_recently_opted_out
+from consent.selectors import messages_to_suppress
 from dispatcher.conf import DispatcherSettings, dispatcher_settings
 from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet
+from dispatcher.engine.providers.gate import shared_state_call
 from messages_app.models import Message
 from messages_app.transitions import MAX_DELAY_SECONDS, AttemptRecord
 
@@ -43,6 +47,9 @@ class SendResult:
     # No provider was asked: the worker was told to stop, or may no longer hold the lease,
     # before the request went out. The message goes back with those never started (`Unsent`).
     not_started: bool = False
+    # No provider was asked: the number opted out after the chunk's check at its start (why).
+    # The message ends `suppressed`.
+    suppressed: str = ""
 
     def attempt(self) -> AttemptRecord:
         return AttemptRecord(
@@ -104,8 +111,17 @@ class _Call:
     message: Message
 
 
-# What `_try_route` yields: a provider to call, or seconds to wait (for the provider's rate).
-_Step = _Call | float
+@dataclass(frozen=True)
+class _ConfirmOptOut:
+    """A step of `_try_route`: the message's number is among the recent opt-outs; ask the
+    database why it may not be sent, and send back the reason, "" (it may), or None (no answer)."""
+
+    message: Message
+
+
+# What `_try_route` yields: a provider to call, an opt-out to confirm, or seconds to wait (for
+# the provider's rate).
+_Step = _Call | _ConfirmOptOut | float
 
 
 def send_one(
@@ -123,6 +139,8 @@ def send_one(
     while not isinstance(step, SendResult):
         if isinstance(step, _Call):
             step = _advance(steps, _call(step.provider, step.message))
+        elif isinstance(step, _ConfirmOptOut):
+            step = _advance(steps, _opt_out_reason(step.message))
         else:
             time.sleep(step)
             step = _advance(steps, None)
@@ -142,10 +160,35 @@ async def send_one_async(
     while not isinstance(step, SendResult):
         if isinstance(step, _Call):
             step = _advance(steps, await _call_async(step.provider, step.message))
+        elif isinstance(step, _ConfirmOptOut):
+            # The ORM refuses a running event loop: the query (the rare path) from a thread.
+            step = _advance(steps, await asyncio.to_thread(_opt_out_reason, step.message))
         else:
             await asyncio.sleep(step)
             step = _advance(steps, None)
     return step
+
+
+def _recently_opted_out(message: Message) -> bool:
+    """One Redis lookup before each send; False while Redis is unreachable (the chunk's
+    check at its start is then the only one)."""
+    return shared_state_call(
+        lambda: number_recently_opted_out(phone_number=message.recipient_phone_number), lambda: False
+    )
+
+
+def _opt_out_reason(message: Message) -> str | None:
+    """Why `message` may not be sent, as the database says now ("" if it may: its number
+    opted in again, or it answers the person's own STOP); None if the database cannot say."""
+    opened_here = connection.connection is None
+    try:
+        return messages_to_suppress(message_ids=[message.pk]).get(message.pk, "")
+    except Exception:
+        logger.warning("could not confirm the opt-out of message id=%s; not sent", message.pk, exc_info=True)
+        return None
+    finally:
+        if opened_here:
+            connection.close()  # a send thread's connection: not held for the thread's life
 
 
 def _advance(steps: Generator[_Step, object, SendResult], reply: object) -> _Step | SendResult:
@@ -175,6 +218,10 @@ def _try_route(
     without spending an attempt while the outage lasts less than
     PROVIDER_OUTAGE_GRACE_SECONDS. `clock_offset` (the database's clock minus
     ours) stamps the attempt by the database's clock.
+
+    Right before a request, a number among the recent opt-outs (an opt-out recorded
+    after the chunk's own check) is confirmed with the database: the message then
+    ends suppressed, no provider asked.
     """
     conf = dispatcher_settings()
     started_at = timezone.now() + clock_offset
@@ -182,6 +229,7 @@ def _try_route(
     error: ProviderError | None = None
     used = ""
     defer_seconds: list[float] = []
+    may_send = False  # the database said so, after a recent opt-out of the number
     for name in providers.route(message):
         gate = providers.gates[name]
         if not gate.circuit.allows():
@@ -200,6 +248,13 @@ def _try_route(
             error = ProviderError(f"provider {name}: over its rate, not asked", not_sent=True)
             used = used or name
             continue
+        if not may_send and _recently_opted_out(message):
+            reason = yield _ConfirmOptOut(message)
+            if reason is None:  # the database cannot say: not sent, given back with the unstarted
+                return SendResult(message, started_at, _ms(started), not_started=True)
+            if reason:
+                return SendResult(message, started_at, _ms(started), suppressed=reason)
+            may_send = True
         result, error = yield _Call(providers.providers[name], message)
         used = name
         if result is not None:

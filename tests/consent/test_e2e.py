@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from audit.services import Via
 from consent.models import Consent, InboundMessage
+from consent.services import consent_set
+from dispatcher.engine.providers.webhook import WebhookProvider
 from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_stop
 from messages_app.models import Message
 from tests.factories import MESSAGE_CLIENT_PERMS, make_user, token_for
-from tests.processes import fake_provider, http_json, logs_of, qcluster_running, wait_for
+from tests.processes import drain, fake_provider, http_json, logs_of, provider_requests, qcluster_running, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.django_db(transaction=True)]
 
@@ -134,3 +139,49 @@ def test_stop_through_the_live_server_suppresses_and_confirms_once_and_start_ree
                 what="the message after START to be sent",
             )
             dispatcher_stop()
+
+
+class ThreadedWebhookProvider(WebhookProvider):
+    """The webhook backend sending from threads (`send`), as the other backends do: the
+    check just before each send is carried out by both of the chunk's drivers."""
+
+    sends_async = False
+
+
+@pytest.mark.parametrize("backend", ["webhook", f"{__name__}.ThreadedWebhookProvider"])
+def test_a_stop_recorded_mid_chunk_lets_no_later_send_of_that_chunk_through(tmp_path, backend):
+    # One chunk of 40 messages to one number, 2 at a time through a provider that takes
+    # 0.3 s a request: about 6 s of sending, its opt-out check at the start long past
+    # when the STOP is recorded, a second in.
+    total, latency = 40, 0.3
+    Message.objects.bulk_create(Message(recipient_phone_number=NUMBER, content=f"mid-chunk {i}") for i in range(total))
+    dispatcher_start()  # `dispatcher drain` sends only while the dispatcher runs
+    with fake_provider(tmp_path, "--latency-ms", str(int(latency * 1000))) as provider:
+        env = {
+            "PROVIDERS": "primary",
+            "PROVIDER_PRIMARY_BACKEND": backend,
+            "PROVIDER_PRIMARY_URL": provider.url,
+            "WEBHOOK_TIMEOUT_SECONDS": "5",
+            "DISPATCH_CONCURRENCY": "2",
+            "DISPATCH_CHUNK_SIZE": str(total),
+            "DISPATCH_WINDOW_SECONDS": "60",
+        }
+        with drain(tmp_path, "drain", "--batch-size", str(total), **env) as sender:
+            wait_for(
+                lambda: Message.objects.filter(status=Status.SENT).count() >= 2,
+                timeout=30,
+                what="the chunk's first sends",
+            )
+            consent_set(phone_number=NUMBER, status=Consent.Status.OPTED_OUT, method=Consent.Method.API, via=Via.API)
+            committed_at = time.time()  # the service returns after its commit: on this host's clock
+            wait_for(lambda: sender.popen.poll() is not None, timeout=60, what="the drain")
+            assert sender.popen.returncode == 0, logs_of(sender)
+        received = provider_requests(provider.url)
+
+    # A request's start is its answer's time less the provider's latency; 50 ms of margin
+    # for the check just before a send that the STOP's commit overtook.
+    started_after = [r for r in received if r["received_at"] - latency > committed_at + 0.05]
+    assert started_after == [], logs_of(sender)
+    statuses = Counter(Message.objects.values_list("status", flat=True))
+    assert statuses[Status.SENT] == len(received) and statuses[Status.SENT] < total / 2, statuses
+    assert statuses[Status.SENT] + statuses[Status.SUPPRESSED] == total, statuses

@@ -98,6 +98,12 @@ class _SharedStateDown:
 _shared = _SharedStateDown()
 
 
+def shared_state_call(ask_redis: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """Ask Redis something a worker needs before each send (the gates, the recent opt-outs)
+    with the gates' handling of its outage: `fallback()` while it is unreachable."""
+    return _shared.call(ask_redis, fallback)
+
+
 @dataclass(frozen=True)
 class CircuitState:
     state: str  # closed, open or half_open
