@@ -12,14 +12,16 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from consent.api import InboundMessageListView
 from consent.inbound import InboundIn, InboundResult, inbound_receive, inbound_receive_many
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.counters import metrics_record_inbound
 from dispatcher.engine.receipts import ReceiptRejected, callback_key, signed_callback_verify, twilio_callback_verify
+from restapi.callbacks import SignedCallbackView
+from restapi.schema import callback_throttled_description
 from restapi.storable import text_storable_problem, time_in_range
+from restapi.throttles import CallbackFailureThrottle
 
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 BATCH_TYPE = "message.inbound.batch"
@@ -104,25 +106,23 @@ def _result(result: InboundResult) -> dict:
     }
 
 
-class InboundView(InboundMessageListView):
+class InboundView(SignedCallbackView, InboundMessageListView):
     """GET: the replies received (a user with view_inboundmessage). POST: a provider's
-    reply, trusted by its Standard Webhooks signature alone (INBOUND_WEBHOOK_SECRET)."""
+    reply, trusted by its Standard Webhooks signature alone (INBOUND_WEBHOOK_SECRET), its
+    refusals throttled per address like the receipts' (restapi.callbacks)."""
 
     parser_classes: list = []  # a POST body is read raw: the signature covers its exact bytes
-
-    def _posting(self) -> bool:
-        # No request while the schema is generated: the GET's rules, and POST's own are in its extend_schema.
-        request = getattr(self, "request", None)
-        return request is not None and request.method == "POST"
+    signature_headers = SIGNATURE_HEADERS
+    throttle_classes = InboundMessageListView.throttle_classes  # GET's; POST's are the callbacks'
 
     def get_authenticators(self):
-        return [] if self._posting() else super().get_authenticators()
+        return [] if self._is_callback() else super().get_authenticators()
 
     def get_permissions(self):
-        return [permissions.AllowAny()] if self._posting() else super().get_permissions()
+        return [permissions.AllowAny()] if self._is_callback() else super().get_permissions()
 
     def get_throttles(self):
-        return [] if self._posting() else super().get_throttles()
+        return [CallbackFailureThrottle()] if self._is_callback() else super().get_throttles()
 
     @extend_schema(
         summary="Receive a reply (Standard Webhooks signature)",
@@ -139,6 +139,7 @@ class InboundView(InboundMessageListView):
             200: OpenApiResponse(description="Stored, or a replay ignored; or a batch recorded."),
             400: OpenApiResponse(description="Signed, but not a reply (or a batch) we can read; nothing recorded."),
             401: OpenApiResponse(description="The signature does not check (or replies are not configured)."),
+            429: OpenApiResponse(description=callback_throttled_description()),
         },
         auth=[],
     )
@@ -169,13 +170,13 @@ class InboundView(InboundMessageListView):
         )
 
 
-class TwilioInboundView(APIView):
+class TwilioInboundView(SignedCallbackView):
     """POST /api/inbound/twilio/<provider>/: Twilio's incoming-message webhook, trusted
     only when its X-Twilio-Signature checks (as its status callbacks are)."""
 
     authentication_classes: list = []
     permission_classes = [permissions.AllowAny]
-    throttle_classes: list = []
+    signature_headers = ("x-twilio-signature",)
 
     @extend_schema(
         summary="Receive a reply through Twilio (X-Twilio-Signature)",
@@ -185,6 +186,7 @@ class TwilioInboundView(APIView):
             400: OpenApiResponse(description="No From or MessageSid."),
             401: OpenApiResponse(description="The signature does not check."),
             404: OpenApiResponse(description="No Twilio provider of that name."),
+            429: OpenApiResponse(description=callback_throttled_description()),
         },
         auth=[],
     )

@@ -1,4 +1,4 @@
-"""Views that providers call back (delivery receipts), trusted by the signature a
+"""Views that providers call back (delivery receipts, replies), trusted by the signature a
 callback carries rather than by a user.
 
 Anyone can post to them, and refusing a forged callback is the only work a forger can
@@ -34,20 +34,28 @@ class SignatureMissing(APIException):
 
 
 class SignedCallbackView(APIView):
-    """An APIView for a provider's callbacks: `signature_headers` (lower case) must all be
-    present, and every refusal counts against the client's address (CallbackFailureThrottle)."""
+    """An APIView for a provider's callbacks (its POSTs): `signature_headers` (lower case)
+    must all be present, and every refusal counts against the client's address
+    (CallbackFailureThrottle). A view that also lists what it received (GET) keeps the
+    API's own authentication, permissions and throttles for that (`callback_methods`)."""
 
     throttle_classes = [CallbackFailureThrottle]
     signature_headers: tuple[str, ...] = ()
+    callback_methods: tuple[str, ...] = ("POST",)
+
+    def _is_callback(self) -> bool:
+        # No request while the schema is generated: each method's own rules apply there.
+        request = getattr(self, "request", None)
+        return request is not None and request.method in self.callback_methods
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)  # the throttle first: a refused address is not read
         missing = [name for name in self.signature_headers if not request.headers.get(name)]
-        if missing:
+        if missing and self._is_callback():
             raise SignatureMissing(f"signature check failed: missing {', '.join(missing)}")
 
     def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
-        if response.status_code in REFUSED:
+        if response.status_code in REFUSED and self._is_callback():
             for throttle in self.get_throttles():
                 if isinstance(throttle, CallbackFailureThrottle):
                     throttle.record_failure(request, self)

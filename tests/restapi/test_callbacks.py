@@ -184,3 +184,44 @@ def test_with_the_cache_down_callbacks_are_neither_counted_nor_throttled(setting
     forger = Client(REMOTE_ADDR=FORGER)
     assert [forged(forger).status_code for _ in range(5)] == [401] * 5
     assert post_receipt(forger, receipt("provider-4")).status_code == 202
+
+
+# --- the replies' routes (issue 22), refused the same way ----------------------------------------
+
+
+def post_reply(client: Client, *, secret: str = SECRET):
+    body = json.dumps({"from": "+12125550123", "text": "hello"})
+    return client.post("/api/inbound/", data=body, content_type="application/json", headers=signed(body, secret=secret))
+
+
+def test_forged_replies_are_throttled_like_receipts_and_a_provider_s_replies_never(settings):
+    settings.DISPATCHER = {**settings.DISPATCHER, "INBOUND_SECRET": SECRET}
+    forger = Client(REMOTE_ADDR=FORGER)
+    assert [post_reply(forger, secret=FORGED_SECRET).status_code for _ in range(3)] == [401] * 3
+
+    assert_throttled(post_reply(forger))  # signed right, but refused before it is checked
+    provider = Client(REMOTE_ADDR=PROVIDER)
+    assert [post_reply(provider).status_code for _ in range(10)] == [200] * 10
+    # The list of replies keeps the API's own rules: a token, no signature, and the API's throttle.
+    assert Client(REMOTE_ADDR=FORGER).get("/api/inbound/").status_code == 401
+
+
+def test_the_twilio_reply_webhook_counts_forged_and_unsigned_callbacks(twilio_provider):
+    forger = Client(REMOTE_ADDR=FORGER)
+    params = {"From": "+12125550123", "Body": "hello", "MessageSid": "SM" + "1" * 32}
+    answers = [
+        forger.post(
+            "/api/inbound/twilio/backup/",
+            data=urlencode(params),
+            content_type="application/x-www-form-urlencoded",
+            headers={"X-Twilio-Signature": "forged"},
+        )
+        for _ in range(3)
+    ]
+    assert [response.status_code for response in answers] == [401] * 3
+
+    assert_throttled(
+        forger.post(
+            "/api/inbound/twilio/backup/", data=urlencode(params), content_type="application/x-www-form-urlencoded"
+        )
+    )
