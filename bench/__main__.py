@@ -20,6 +20,7 @@
               (wrk; no database).
   receipts    post N signed delivery receipts through gunicorn and compare the
               receipts/s with the messages/s of sending N in the same run.
+  inbound     post N signed replies in batches through gunicorn: replies/s.
 
 Each run needs PostgreSQL (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/messaging_bench, created if missing and
@@ -36,7 +37,7 @@ import json
 import signal
 import sys
 
-from bench import cluster, fakeprovider, inprocess, pacing, providers, receipts, throughput
+from bench import cluster, fakeprovider, inbound, inprocess, pacing, providers, receipts, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -79,6 +80,7 @@ COMMANDS = {
         receipts.add_arguments,
         "POST /api/receipts/ receipts/s through gunicorn, against the sending rate of the same run",
     ),
+    "inbound": (inbound.inbound, inbound.add_arguments, "POST /api/inbound/ replies/s in batches through gunicorn"),
 }
 
 
