@@ -10,6 +10,9 @@ real fake provider, or bench/stub_provider.py), queues N messages through
   (`PATCH /api/dispatcher/`, then `POST /api/dispatcher/start/`);
 - `cluster-compare`: the same with another K (1 by default), for the scaling ratio;
 - `cluster-latency`: the same K with a slow provider (50 ms by default);
+- `cluster-opt-outs` (only when named in --phases): the same K with --opt-outs numbers
+  opted out (none of them a recipient), loaded in one statement before the messages are
+  queued, so that every chunk's consent check looks among them;
 - `baseline-fakeprovider`, `baseline-stub`: bench/baseline.py (one asyncio
   process doing the same claim, send, Redis write and mark-sent) against the
   fake provider, then against the aiohttp stub.
@@ -53,7 +56,16 @@ from bench.common import (
 from bench.throughput import delivery_checks, wait_for_provider, work_left
 from messaging_site.env import default_qcluster_workers
 
-PHASES = ("cluster", "cluster-compare", "baseline-fakeprovider", "baseline-stub", "cluster-latency")
+PHASES = (
+    "cluster",
+    "cluster-opt-outs",
+    "cluster-compare",
+    "baseline-fakeprovider",
+    "baseline-stub",
+    "cluster-latency",
+)
+# cluster-opt-outs loads a million consent records: run only when asked for.
+DEFAULT_PHASES = tuple(p for p in PHASES if p != "cluster-opt-outs")
 BENCH_USERNAME = "bench-cluster"
 POLL_SECONDS = 0.2
 STATUS_POLL_SECONDS = 1.0
@@ -65,6 +77,8 @@ TARGETS = {
     "baseline_fakeprovider_over_stub": {"target": 0.9},
     "qclusters_over_compare": {"target": 1.6},
     "slow_provider_messages_per_s": {"target": 1000},
+    # Issue 22: with 1,000,000 numbers opted out and every message checked.
+    "opt_outs_over_cluster": {"target": 0.95},
 }
 
 
@@ -515,8 +529,11 @@ def _run_cluster_phase(
 ) -> dict:
     phase = Phase(name, options=options, env=env, api=api, logs=logs)
     print(f"cluster: {name}: {qclusters} qcluster(s), provider latency {latency_ms:g} ms", file=sys.stderr, flush=True)
+    opt_outs = None
     with phase.stack:
         phase.reset()
+        if name == "cluster-opt-outs":
+            opt_outs = _load_opt_outs(options.opt_outs)
         phase.start_provider("fakeprovider", latency_ms)
         enqueue = phase.queue_messages() if options.feed == "before" else None
         qenv = dict(env, WEBHOOK_URL=phase.provider_url)
@@ -564,6 +581,7 @@ def _run_cluster_phase(
         "worker_peak_rss_mib": memory["worker_peak_rss_mib_max"],
         "behind": pace["behind"],
         "enqueue": enqueue,
+        "opt_outs": opt_outs,
         "memory": memory,
         "cpu": _cpu_report(rss, cpu_groups, options.messages),
         "database": _db_report(db_before, db_after, options.messages),
@@ -575,6 +593,29 @@ def _run_cluster_phase(
         },
     }
     return phase.result(started_wall=started_wall, stats=stats, extra=extra)
+
+
+def _load_opt_outs(count: int) -> dict:
+    """`count` numbers opted out, none of them a recipient of the benchmark's (+9055500...):
+    +1 200 000 0001 onwards, one INSERT ... SELECT generate_series (the reset emptied the
+    consent tables with the messages)."""
+    started = time.perf_counter()
+    with connect() as conn:
+        conn.execute(
+            "INSERT INTO consent_consent (phone_number, status, changed_at, method, changed_by, note) "
+            "SELECT '+1' || (2000000000 + n)::text, 'opted_out', now(), 'csv_import', 'bench', '' "
+            "FROM generate_series(1, %s) AS n",
+            [count],
+        )
+        # As a table that grew over months would be: vacuumed (else autovacuum's insert
+        # threshold starts a VACUUM of a million rows during the phase) and its pages written
+        # out (else the checkpoint writes them while the cluster sends).
+        conn.execute("VACUUM (ANALYZE) consent_consent")
+        conn.execute("CHECKPOINT")
+        opted_out = conn.execute("SELECT count(*) FROM consent_consent WHERE status = 'opted_out'").fetchone()[0]
+    seconds = time.perf_counter() - started
+    print(f"  loaded {opted_out} opt-outs in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return {"numbers_opted_out": opted_out, "load_seconds": round(seconds, 2)}
 
 
 def _watch(phase: Phase, procs: list, rss: Processes, *, feeding=None) -> dict:
@@ -752,6 +793,7 @@ def _ratios(rates: dict[str, float | None]) -> dict:
         "baseline_fakeprovider_over_stub": _ratio(rates.get("baseline-fakeprovider"), rates.get("baseline-stub")),
         "qclusters_over_compare": _ratio(rates.get("cluster"), rates.get("cluster-compare")),
         "slow_provider_messages_per_s": rates.get("cluster-latency"),
+        "opt_outs_over_cluster": _ratio(rates.get("cluster-opt-outs"), rates.get("cluster")),
     }
     out = {}
     for name, value in values.items():
@@ -772,6 +814,8 @@ def _phases(options: argparse.Namespace) -> list[str]:
         chosen = [p for p in chosen if p != "cluster-compare"]
     if options.slow_latency_ms <= 0:
         chosen = [p for p in chosen if p != "cluster-latency"]
+    if options.opt_outs < 1:
+        chosen = [p for p in chosen if p != "cluster-opt-outs"]
     return [p for p in PHASES if p in chosen]
 
 
@@ -918,7 +962,8 @@ def _report(options: argparse.Namespace, phases: list[str], runs: list[dict]) ->
         f"{options.qclusters} qclusters at {options.slow_latency_ms:g} ms {rate('cluster-latency')}; "
         f"cluster/baseline {show('cluster_over_baseline')}, fakeprovider/stub "
         f"{show('baseline_fakeprovider_over_stub')}, {options.qclusters}/{options.compare_qclusters} qclusters "
-        f"{show('qclusters_over_compare')}, slow provider {show('slow_provider_messages_per_s')}; "
+        f"{show('qclusters_over_compare')}, slow provider {show('slow_provider_messages_per_s')}, "
+        f"{options.opt_outs} opted out {rate('cluster-opt-outs')} ({show('opt_outs_over_cluster')} of without); "
         f"sender CPU per message cluster/baseline {cpu_ratio or '-'}; "
         f"duplicates {sum(m['duplicates_total'] for m in medians.values())}"
         f" ({len(runs)} run(s){'' if ok else '; SOME PHASES FAILED'})"
@@ -937,6 +982,7 @@ def _report(options: argparse.Namespace, phases: list[str], runs: list[dict]) ->
         "baseline_concurrency": options.baseline_concurrency,
         "provider_latency_ms": options.latency_ms,
         "slow_latency_ms": options.slow_latency_ms,
+        "opt_outs": options.opt_outs if "cluster-opt-outs" in phases else 0,
         "web_workers": options.web_workers,
         "feed": options.feed,
         "log_level": options.log_level,
@@ -979,7 +1025,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="before",
         help="queue the messages before the cluster starts (default), or while it sends (cluster phases)",
     )
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of: {', '.join(PHASES)}")
+    parser.add_argument("--phases", default=",".join(DEFAULT_PHASES), help=f"comma-separated, of: {', '.join(PHASES)}")
+    parser.add_argument(
+        "--opt-outs",
+        type=int,
+        default=1_000_000,
+        help="numbers opted out in the cluster-opt-outs phase (not recipients; 0: skip it)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="repeat every phase R times; medians are reported")
     parser.add_argument("--timeout", type=float, default=900, help="give up on a phase after this many seconds")
     parser.add_argument(

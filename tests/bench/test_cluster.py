@@ -60,13 +60,39 @@ def test_cluster_sends_every_message_once_in_every_phase(bench_lock, tmp_path):
         "baseline_fakeprovider_over_stub",
         "qclusters_over_compare",
         "slow_provider_messages_per_s",
+        "opt_outs_over_cluster",
     }
     for name in ("cluster_over_baseline", "baseline_fakeprovider_over_stub"):
         assert ratios[name]["value"] > 0 and ratios[name]["met"] in (True, False), name
-    for name in ("qclusters_over_compare", "slow_provider_messages_per_s"):  # their phases were skipped
+    # Their phases were skipped (cluster-opt-outs runs only when named).
+    for name in ("qclusters_over_compare", "slow_provider_messages_per_s", "opt_outs_over_cluster"):
         assert ratios[name]["value"] is None and ratios[name]["met"] is None, name
     assert result["targets_apply"] is False  # not the conditions at this size
     assert "cluster/baseline" in result["summary"]
+
+
+def test_cluster_with_opt_outs_checks_every_message_against_them_and_sends_all(bench_lock, tmp_path):
+    result = run_bench(
+        tmp_path,
+        "cluster",
+        *("--phases", "cluster,cluster-opt-outs", "--opt-outs", "5000"),
+        *("--messages", str(MESSAGES), "--qclusters", "1", "--workers", "2"),
+        *("--batch-size", "100", "--interval", "1", "--per-request", "100", "--log-level", "WARNING"),
+        timeout=300,
+    )
+
+    assert result["ok"] is True and result["opt_outs"] == 5000
+    (run,) = result["runs"]
+    assert tuple(run["phases"]) == ("cluster", "cluster-opt-outs")
+    assert run["phases"]["cluster"]["opt_outs"] is None
+    opted_out = run["phases"]["cluster-opt-outs"]
+    assert opted_out["opt_outs"]["numbers_opted_out"] == 5000
+    # None of the opted-out numbers is a recipient: every message is sent, once.
+    assert opted_out["checks"]["sent_exactly_once"] is True
+    assert opted_out["provider"] == {"accepted": MESSAGES, "duplicates_dropped": 0}
+    ratio = result["ratios"]["opt_outs_over_cluster"]
+    assert ratio["value"] > 0 and ratio["target"] == 0.95 and ratio["met"] in (True, False)
+    assert "5000 opted out" in result["summary"]
 
 
 def test_claim_due_compares_the_claim_with_and_without_messages_not_yet_due(bench_lock, tmp_path):
