@@ -54,9 +54,59 @@ class InboundResult:
 
 
 def inbound_receive_many(*, replies: Sequence[InboundIn]) -> list[InboundResult]:
-    """Receive a provider's batch: all of it, in one transaction, or (on an error) none."""
+    """Receive a provider's batch: all of it, in one transaction, or (on an error) none.
+
+    Its replies are stored in one statement, and only the keywords among them (a few in
+    a hundred) are acted on one by one. Should another request store one of the same ids
+    meanwhile, the batch is taken again a reply at a time, each replay known as such."""
     with transaction.atomic():
-        return [inbound_receive(reply=reply) for reply in replies]
+        try:
+            with transaction.atomic():  # a savepoint: the batch's insert alone is undone
+                return _receive_together(replies)
+        except IntegrityError:
+            return [inbound_receive(reply=reply) for reply in replies]
+
+
+def _receive_together(replies: Sequence[InboundIn]) -> list[InboundResult]:
+    ids = [reply.inbound_id for reply in replies]
+    seen = set(InboundMessage.objects.filter(inbound_id__in=ids).values_list("inbound_id", flat=True))
+    new: dict[str, InboundMessage] = {}
+    for reply in replies:
+        if reply.inbound_id not in seen and reply.inbound_id not in new:
+            new[reply.inbound_id] = _inbound_row(reply)
+    InboundMessage.objects.bulk_create(new.values())  # PostgreSQL returns their ids
+    results, ordinary, taken = [], [], set()
+    for reply in replies:
+        inbound = new.get(reply.inbound_id)
+        if inbound is None or reply.inbound_id in taken:
+            results.append(InboundResult(outcome="replayed"))
+            continue
+        taken.add(reply.inbound_id)
+        result = _act_on_keyword(inbound, reply)
+        if not result.keyword:
+            ordinary.append(inbound.pk)
+        results.append(result)
+    logger.info(
+        "inbound batch: %d stored (%d ordinary replies, ids %s..%s), %d replays ignored",
+        len(new),
+        len(ordinary),
+        min(ordinary, default="-"),
+        max(ordinary, default="-"),
+        len(replies) - len(new),
+    )
+    return results
+
+
+def _inbound_row(reply: InboundIn) -> InboundMessage:
+    return InboundMessage(
+        inbound_id=reply.inbound_id,
+        provider=reply.provider,
+        provider_message_id=reply.provider_message_id,
+        from_number=_number_or_as_sent(reply.from_number),
+        to_number=reply.to_number,
+        text=reply.text,
+        received_at=reply.received_at or timezone.now(),
+    )
 
 
 def inbound_receive(*, reply: InboundIn) -> InboundResult:
@@ -64,41 +114,43 @@ def inbound_receive(*, reply: InboundIn) -> InboundResult:
         try:
             # A savepoint: a replayed id fails only this insert, not a batch around it.
             with transaction.atomic():
-                inbound = InboundMessage.objects.create(
-                    inbound_id=reply.inbound_id,
-                    provider=reply.provider,
-                    provider_message_id=reply.provider_message_id,
-                    from_number=_number_or_as_sent(reply.from_number),
-                    to_number=reply.to_number,
-                    text=reply.text,
-                    received_at=reply.received_at or timezone.now(),
-                )
+                inbound = _inbound_row(reply)
+                inbound.save(force_insert=True)
         except IntegrityError:
             logger.info("inbound %s from %s: a replay, ignored", reply.inbound_id[:80], reply.provider)
             return InboundResult(outcome="replayed")
-        match = keyword_match(reply.text, rules=consent_settings().rules)
-        if match is None or not inbound.from_number.startswith("+"):
-            # An ordinary reply (or from a sender that is no phone number): kept, nothing else.
-            logger.info("inbound id=%s from %s: an ordinary reply", inbound.pk, reply.provider)
-            return InboundResult(outcome="stored", inbound_message_id=inbound.pk)
-        inbound.keyword = match.kind
-        if match.kind in KEYWORD_STATUS:
-            consent_set(
-                phone_number=inbound.from_number,
-                status=KEYWORD_STATUS[match.kind],
-                method=Consent.Method.KEYWORD,
-                via=Via.INBOUND,
-                note=f"replied {match.keyword}",
-                inbound_message=inbound,
-            )
-        reply_message = message_create(
-            recipient_phone_number=inbound.from_number,
-            content=consent_settings().reply_for(kind=match.kind, language=match.language),
-            # The one message an opted-out number still gets: the confirmation of its own STOP.
-            recipient_policy_exempt=True,
+        result = _act_on_keyword(inbound, reply)
+    if not result.keyword:
+        logger.info("inbound id=%s from %s: an ordinary reply", inbound.pk, reply.provider)
+    return result
+
+
+def _act_on_keyword(inbound: InboundMessage, reply: InboundIn) -> InboundResult:
+    """A stored reply that is a keyword: its number's consent changed (STOP, START) and its
+    one answer queued. Any other reply is kept as it is."""
+    match = keyword_match(reply.text, rules=consent_settings().rules)
+    if match is None or not inbound.from_number.startswith("+"):
+        # An ordinary reply (or from a sender that is no phone number): kept, nothing else.
+        return InboundResult(outcome="stored", inbound_message_id=inbound.pk)
+    # In the transaction that stored the reply (both callers): a replay finds it, and does nothing.
+    inbound.keyword = match.kind
+    if match.kind in KEYWORD_STATUS:
+        consent_set(
+            phone_number=inbound.from_number,
+            status=KEYWORD_STATUS[match.kind],
+            method=Consent.Method.KEYWORD,
+            via=Via.INBOUND,
+            note=f"replied {match.keyword}",
+            inbound_message=inbound,
         )
-        inbound.reply_message = reply_message
-        inbound.save(update_fields=["keyword", "reply_message"])
+    reply_message = message_create(
+        recipient_phone_number=inbound.from_number,
+        content=consent_settings().reply_for(kind=match.kind, language=match.language),
+        # The one message an opted-out number still gets: the confirmation of its own STOP.
+        recipient_policy_exempt=True,
+    )
+    inbound.reply_message = reply_message
+    inbound.save(update_fields=["keyword", "reply_message"])
     logger.info(
         "inbound id=%s: %s keyword %s; reply queued as message id=%s",
         inbound.pk,

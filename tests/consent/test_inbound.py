@@ -172,6 +172,23 @@ def test_a_batch_is_recorded_as_one_and_its_replays_known_by_their_ids():
     assert Message.objects.count() == 2  # the STOP's confirmation and the HELP's answer, once each
 
 
+def test_a_batch_takes_an_id_it_holds_twice_once_and_its_keywords_in_order():
+    items = [
+        {"id": "r-1", "from": NUMBER, "text": "STOP"},
+        {"id": "r-1", "from": NUMBER, "text": "STOP"},  # the provider's retry inside its own batch
+        {"id": "r-2", "from": "+12125550124", "text": "see you"},
+        {"id": "r-3", "from": NUMBER, "text": "start"},
+    ]
+    body = json.dumps({"type": "message.inbound.batch", "messages": items})
+    assert post_reply("", body=body).json() == {"outcome": "batch", "stored": 3, "replayed": 1}
+    assert Consent.objects.get(phone_number=NUMBER).status == Consent.Status.OPTED_IN
+    assert list(
+        ConsentChange.objects.filter(consent__phone_number=NUMBER).order_by("pk").values_list("status", flat=True)
+    ) == [Consent.Status.OPTED_OUT, Consent.Status.OPTED_IN]
+    assert len(replies_to(NUMBER)) == 2  # the STOP's confirmation, then the START's
+    assert InboundMessage.objects.get(inbound_id="r-2").keyword == ""
+
+
 def test_the_list_needs_the_view_permission(client_for, api_client):
     post_reply("STOP")
     assert api_client.get("/api/inbound/").status_code == 403
