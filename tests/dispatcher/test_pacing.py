@@ -86,11 +86,13 @@ def test_a_window_ticks_once_per_interval(caplog):
     assert len(locmem.outbox) == ticks  # one message per tick
     assert Message.objects.filter(status=Status.SENT).count() == ticks
     assert Message.objects.filter(status=Status.PROCESSING).count() == 0
-    # sent oldest first, about a second apart
-    sent = list(Message.objects.filter(status=Status.SENT).order_by("sent_at"))
+    # sent oldest first, taken about a second apart: judged by when each tick claimed its message
+    # (sent_at also carries how soon the send went), and a tick taken late on a loaded machine is
+    # followed by one on the schedule, so a gap may be short by that lateness, never a burst's ~0
+    sent = list(Message.objects.filter(status=Status.SENT).order_by("claimed_at"))
     assert [m.pk for m in sent] == sorted(m.pk for m in sent)
-    gaps = [(b.sent_at - a.sent_at).total_seconds() for a, b in itertools.pairwise(sent)]
-    assert all(0.7 <= gap <= 1.5 for gap in gaps), gaps  # no burst, no skipped tick
+    gaps = [(b.claimed_at - a.claimed_at).total_seconds() for a, b in itertools.pairwise(sent)]
+    assert all(0.5 <= gap <= 1.5 for gap in gaps), gaps  # no burst, no skipped tick
     assert any("window elapsed" in m for m in closing_reason(caplog))
 
 
