@@ -6,7 +6,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,7 +33,7 @@ from dispatcher.state import (
     dispatcher_stop,
 )
 from messages_app.models import Message
-from restapi.callbacks import SignedCallbackView
+from restapi.callbacks import SignatureRejected, SignedCallbackView
 from restapi.schema import callback_throttled_description
 from restapi.storable import text_storable_problem
 
@@ -191,13 +191,34 @@ class ProviderListView(APIView):
 TWILIO_STATUS = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDELIVERED, "failed": Delivery.UNDELIVERED}
 
 
-class TwilioReceiptView(SignedCallbackView):
-    """POST /api/receipts/twilio/<provider>/: Twilio's status callback, trusted only when
-    its X-Twilio-Signature checks (Twilio's request validator, the provider's auth token)."""
+class TwilioCallbackView(SignedCallbackView):
+    """A Twilio webhook (a status callback, an incoming message), trusted only when its
+    X-Twilio-Signature checks (Twilio's request validator, the provider's auth token)."""
 
     authentication_classes: list = []
     permission_classes = [permissions.AllowAny]
     signature_headers = ("x-twilio-signature",)
+
+    def verified_params(self, request: Request, provider: str) -> dict[str, str]:
+        """The callback's form fields once its signature checks: 404 for a provider this
+        service does not have, 401 for a signature that does not check."""
+        params = {key: request.POST.get(key) for key in request.POST}
+        try:
+            twilio_callback_verify(
+                provider=provider,
+                url=request.build_absolute_uri(),
+                params=params,
+                signature=request.headers.get("X-Twilio-Signature", ""),
+            )
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        except ReceiptRejected as exc:
+            raise SignatureRejected(exc.reason) from None
+        return params
+
+
+class TwilioReceiptView(TwilioCallbackView):
+    """POST /api/receipts/twilio/<provider>/: Twilio's status callback."""
 
     @extend_schema(
         summary="Receive a Twilio status callback (X-Twilio-Signature)",
@@ -213,18 +234,7 @@ class TwilioReceiptView(SignedCallbackView):
         auth=[],
     )
     def post(self, request: Request, provider: str) -> Response:
-        params = {key: request.POST.get(key) for key in request.POST}
-        try:
-            twilio_callback_verify(
-                provider=provider,
-                url=request.build_absolute_uri(),
-                params=params,
-                signature=request.headers.get("X-Twilio-Signature", ""),
-            )
-        except LookupError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
-        except ReceiptRejected as exc:
-            return Response({"detail": exc.reason}, status=status.HTTP_401_UNAUTHORIZED)
+        params = self.verified_params(request, provider)
         sid, twilio_status = params.get("MessageSid") or "", params.get("MessageStatus") or ""
         outcome = TWILIO_STATUS.get(twilio_status)
         if not sid or outcome is None:

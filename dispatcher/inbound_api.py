@@ -15,9 +15,10 @@ from rest_framework.response import Response
 
 from consent.api import InboundMessageListView
 from consent.inbound import InboundIn, InboundResult, inbound_receive, inbound_receive_many
+from dispatcher.api import TwilioCallbackView
 from dispatcher.conf import dispatcher_settings
 from dispatcher.engine.counters import metrics_record_inbound
-from dispatcher.engine.receipts import ReceiptRejected, callback_key, signed_callback_verify, twilio_callback_verify
+from dispatcher.engine.receipts import ReceiptRejected, callback_key, signed_callback_verify
 from restapi.callbacks import SignedCallbackView
 from restapi.schema import callback_throttled_description
 from restapi.storable import text_storable_problem, time_in_range
@@ -170,13 +171,9 @@ class InboundView(SignedCallbackView, InboundMessageListView):
         )
 
 
-class TwilioInboundView(SignedCallbackView):
+class TwilioInboundView(TwilioCallbackView):
     """POST /api/inbound/twilio/<provider>/: Twilio's incoming-message webhook, trusted
     only when its X-Twilio-Signature checks (as its status callbacks are)."""
-
-    authentication_classes: list = []
-    permission_classes = [permissions.AllowAny]
-    signature_headers = ("x-twilio-signature",)
 
     @extend_schema(
         summary="Receive a reply through Twilio (X-Twilio-Signature)",
@@ -191,18 +188,7 @@ class TwilioInboundView(SignedCallbackView):
         auth=[],
     )
     def post(self, request: Request, provider: str) -> Response | HttpResponse:
-        params = {key: request.POST.get(key) for key in request.POST}
-        try:
-            twilio_callback_verify(
-                provider=provider,
-                url=request.build_absolute_uri(),
-                params=params,
-                signature=request.headers.get("X-Twilio-Signature", ""),
-            )
-        except LookupError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
-        except ReceiptRejected as exc:
-            return Response({"detail": exc.reason}, status=status.HTTP_401_UNAUTHORIZED)
+        params = self.verified_params(request, provider)
         sid = params.get("MessageSid") or params.get("SmsSid") or ""
         try:
             reply = _reply(

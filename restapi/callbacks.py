@@ -26,10 +26,14 @@ from restapi.throttles import CallbackFailureThrottle
 REFUSED = (status.HTTP_401_UNAUTHORIZED, status.HTTP_404_NOT_FOUND)
 
 
-class SignatureMissing(APIException):
-    # 401 as a failed signature check is, not REST framework's 403 for a view without
-    # authentication classes (which it gives NotAuthenticated there).
+class SignatureRejected(APIException):
+    # 401, not REST framework's 403 for a view without authentication classes (which it
+    # gives NotAuthenticated there).
     status_code = status.HTTP_401_UNAUTHORIZED
+    default_code = "signature_rejected"
+
+
+class SignatureMissing(SignatureRejected):
     default_code = "signature_missing"
 
 
