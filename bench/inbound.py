@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench.common import BenchError, connect, flush_redis, prepare_database, refuse_if_in_use, service_env
 from bench.receipts import TABLES as MESSAGE_TABLES
-from bench.receipts import WRK_SCRIPT, _r, _web, _wrk_latency_ms
+from bench.receipts import _r, _web, _wrk_latency_ms, wrk_player
 
 POLL_SECONDS = 0.05
 MAX_REPLIES_PER_BATCH = 1000  # what POST /api/inbound/ takes in one callback
@@ -148,24 +148,14 @@ def _write_callbacks(logs: Path, *, secret: str, n: int, per_batch: int, stop_ev
         }
         for i in range(n)
     ]
-    lines = ["local f = wrk.format", "return {"]
-    for start in range(0, n, per_batch):
-        callback_id = f"bench-inbound-callback-{start}"
-        body = json.dumps({"type": "message.inbound.batch", "messages": replies[start : start + per_batch]})
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": callback_id,
-            "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": webhook.sign(callback_id, signed_at, body),
-        }
-        lua_headers = ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in headers.items())
-        lines.append(f'f("POST", "/api/inbound/", {{{lua_headers}}}, [==[{body}]==]),')
-    lines.append("}")
-    callbacks_file = logs / "inbound-callbacks.lua"
-    callbacks_file.write_text("\n".join(lines))
-    script = logs / "inbound-wrk.lua"
-    script.write_text(WRK_SCRIPT % {"callbacks": callbacks_file})
-    return script
+    callbacks = [
+        (
+            f"bench-inbound-callback-{start}",
+            json.dumps({"type": "message.inbound.batch", "messages": replies[start : start + per_batch]}),
+        )
+        for start in range(0, n, per_batch)
+    ]
+    return wrk_player(logs, "inbound", path="/api/inbound/", callbacks=callbacks, webhook=webhook, signed_at=signed_at)
 
 
 def _wait_for_replies(n: int, wrk: subprocess.Popen, *, timeout: float) -> int:

@@ -75,7 +75,8 @@ COPY_DEFAULTS = {"priority": "'normal'", "segments": "1", "delivery_status": "''
 
 def _empty(conn) -> None:
     refuse_if_in_use(conn)
-    conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+    # CASCADE: tables that refer to messages (the replies' answers) go with them.
+    conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
 
 
 @contextmanager
@@ -241,7 +242,7 @@ def _intake(options: argparse.Namespace, env: dict[str, str], secret: str, logs:
         }
         for i, provider_message_id in enumerate(provider_ids)
     ]
-    lines = ["local f = wrk.format", "return {"]
+    callbacks = []
     for start in range(0, n, per_callback):
         group = receipts[start : start + per_callback]
         if per_callback == 1:
@@ -250,19 +251,10 @@ def _intake(options: argparse.Namespace, env: dict[str, str], secret: str, logs:
         else:
             callback_id = f"bench-callback-{start}"
             body = json.dumps({"type": "message.status.batch", "receipts": group})
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": callback_id,
-            "webhook-timestamp": str(int(signed_at.timestamp())),
-            "webhook-signature": webhook.sign(callback_id, signed_at, body),
-        }
-        lua_headers = ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in headers.items())
-        lines.append(f'f("POST", "/api/receipts/", {{{lua_headers}}}, [==[{body}]==]),')
-    lines.append("}")
-    callbacks_file = logs / "receipts-callbacks.lua"
-    callbacks_file.write_text("\n".join(lines))
-    script = logs / "receipts-wrk.lua"
-    script.write_text(WRK_SCRIPT % {"callbacks": callbacks_file})
+        callbacks.append((callback_id, body))
+    script = wrk_player(
+        logs, "receipts", path="/api/receipts/", callbacks=callbacks, webhook=webhook, signed_at=signed_at
+    )
 
     with _web(env, logs / "receipts-gunicorn.log") as url:
         wrk = subprocess.Popen(
@@ -466,3 +458,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="INFO", help="LOG_LEVEL of gunicorn and the drains (INFO, the default, logs each one)"
     )
+
+
+def wrk_player(
+    logs: Path, name: str, *, path: str, callbacks: list[tuple[str, str]], webhook, signed_at: datetime
+) -> Path:
+    """The callbacks (id, body), each signed per Standard Webhooks, as a Lua table that
+    WRK_SCRIPT plays to `path`; the path of that script (`<name>-wrk.lua` in `logs`)."""
+    lines = ["local f = wrk.format", "return {"]
+    for callback_id, body in callbacks:
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": callback_id,
+            "webhook-timestamp": str(int(signed_at.timestamp())),
+            "webhook-signature": webhook.sign(callback_id, signed_at, body),
+        }
+        lua_headers = ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in headers.items())
+        lines.append(f'f("POST", "{path}", {{{lua_headers}}}, [==[{body}]==]),')
+    lines.append("}")
+    callbacks_file = logs / f"{name}-callbacks.lua"
+    callbacks_file.write_text("\n".join(lines))
+    script = logs / f"{name}-wrk.lua"
+    script.write_text(WRK_SCRIPT % {"callbacks": callbacks_file})
+    return script
