@@ -143,6 +143,8 @@ INSTALLED_APPS = [
     # that runs (a sentinel that stops gracefully on SIGTERM).
     "seed_api",
     "dispatcher",
+    "callbacks",
+    "message_templates",
     "consent",
     "messages_app",
     "audit",
