@@ -24,6 +24,7 @@ from consent.conf import consent_settings
 from consent.keywords import OPT_IN, OPT_OUT, keyword_match
 from consent.models import Consent, InboundMessage
 from consent.services import consent_set
+from messages_app.models import Message
 from messages_app.services import message_create
 from messages_app.validators import normalize_phone_number
 
@@ -168,3 +169,29 @@ def _number_or_as_sent(value: str) -> str:
         return normalize_phone_number(value)
     except ValidationError:
         return value.strip()[:32]
+
+
+def inbound_prune_batch(*, received_before: datetime, batch_size: int) -> int:
+    """Delete up to `batch_size` of the oldest replies received before `received_before`,
+    in one short transaction; return how many went (0: none left). The retention
+    schedule calls it (retention.services).
+
+    A reply whose answer is still queued (unsent or processing) stays: that answer is the
+    one message to an opted-out number the dispatcher lets through, and it is known by its
+    reply. The consent records and history that name a reply keep their change and lose
+    the link (their foreign key sets it to NULL). Rows are locked with SKIP LOCKED, so a
+    reply being written is left for a later batch.
+    """
+    live = (Message.Status.UNSENT, Message.Status.PROCESSING)
+    with transaction.atomic():
+        ids = list(
+            InboundMessage.objects.filter(received_at__lt=received_before)
+            .exclude(reply_message__status__in=live)
+            .select_for_update(skip_locked=True, of=("self",))
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            return 0
+        _, per_model = InboundMessage.objects.filter(pk__in=ids).delete()
+    return per_model.get(InboundMessage._meta.label, 0)

@@ -24,6 +24,7 @@ from django.db import close_old_connections
 from django.db.models.functions import Now
 
 from messages_app.transitions import database_now
+from retention.conf import SCHEDULE_MINUTES as RETENTION_SCHEDULE_MINUTES
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,23 @@ SEND_CHUNK_TASK = "dispatcher.tasks.send_chunk"
 DISPATCH_SCHEDULE_NAME = "dispatcher: pace dispatch ticks"
 PRUNE_KEYS_TASK = "restapi.idempotency.idempotency_keys_prune"
 PRUNE_KEYS_SCHEDULE_NAME = "prune expired idempotency keys"
+RETENTION_TASK = "retention.tasks.retention_run"
+RETENTION_SCHEDULE_NAME = "delete messages past their retention"
 TASK_GROUP = "dispatcher"
 
 # The dispatcher's django-q2 schedules: name, task, every how many minutes.
 DISPATCHER_SCHEDULES = (
     (DISPATCH_SCHEDULE_NAME, DISPATCH_WINDOW_TASK, 1),
     (PRUNE_KEYS_SCHEDULE_NAME, PRUNE_KEYS_TASK, 60),
+    # Deletes nothing unless MESSAGE_RETENTION_DAYS (or one status's) is set.
+    (RETENTION_SCHEDULE_NAME, RETENTION_TASK, RETENTION_SCHEDULE_MINUTES),
 )
 
 
 def dispatcher_schedule_ensure(*, using: str = "default") -> None:
-    """Make sure django-q2 starts a dispatch window every minute, and prunes expired
-    idempotency keys every hour (created once, kept as is), due from now by the database's clock."""
+    """Make sure django-q2 starts a dispatch window every minute, prunes expired
+    idempotency keys every hour and applies the messages' retention every
+    RETENTION_SCHEDULE_MINUTES (created once, kept as is), due from now by the database's clock."""
     from django_q.models import Schedule
 
     for name, func, minutes in DISPATCHER_SCHEDULES:

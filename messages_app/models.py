@@ -124,6 +124,15 @@ class Message(models.Model):
                 condition=Q(delivery_cache_pending=True),
             ),
             models.Index(fields=["status", "-id"], name="message_status_recent"),
+            # Retention (and prune_messages) deletes the oldest final messages first: this
+            # finds them, and finds at once that none is left, whatever the history.
+            # Final rows only, so the sending path writes it once per message, when the
+            # message ends (an update that rewrites every index entry anyway).
+            models.Index(
+                fields=["created_at", "id"],
+                name="message_final_created",
+                condition=Q(status__in=["sent", "failed", "cancelled", "expired", "suppressed"]),
+            ),
             models.Index(fields=["recipient_phone_number", "-id"], name="message_recipient_recent"),
         ]
         constraints = [

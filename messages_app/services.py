@@ -262,8 +262,55 @@ def messages_delete(
 
 # --- Prune old messages -------------------------------------------------------------
 
-# History that is safe to drop: messages still on their way are live work.
-MESSAGE_PRUNABLE_STATUSES = (Status.SENT, Status.FAILED)
+# History that is safe to drop: a message in any other status is still on its way.
+MESSAGE_PRUNABLE_STATUSES = (Status.SENT, Status.FAILED, Status.CANCELLED, Status.EXPIRED, Status.SUPPRESSED)
+
+
+def _prunable_statuses(statuses: Iterable[str]) -> list[str]:
+    chosen = list(dict.fromkeys(statuses))
+    live = [status for status in chosen if status not in MESSAGE_PRUNABLE_STATUSES]
+    if live or not chosen:
+        raise MessageStateError(
+            f"Only final messages ({', '.join(MESSAGE_PRUNABLE_STATUSES)}) can be pruned; "
+            f"{', '.join(live) or 'no status'} given (unsent and processing messages are still being delivered)."
+        )
+    return chosen
+
+
+def messages_prune_batch(*, created_before: datetime, statuses: Iterable[str], batch_size: int) -> Counter[str]:
+    """Delete up to `batch_size` of the oldest messages (by id) created before
+    `created_before` in the final `statuses`, with everything that belongs to them
+    (delivery attempts, receipts; models of apps above that refer to a message go or
+    let go as their foreign key says), in one short transaction of its own. Return the
+    rows deleted per model label (`messages_app.Message` for the messages): none left
+    when that is 0. The one home of deleting history: `messages_prune` (the
+    `prune_messages` command) and the retention schedule (`retention.services`) call it.
+
+    Only final rows are read and locked (`FOR UPDATE SKIP LOCKED`), so the batch never
+    waits for, nor holds, a lock the sending path takes: a claim locks unsent rows, a
+    worker writes processing ones. A failed message requeued meanwhile (failed ->
+    unsent) is live again: the requeue waits for this commit and then finds nothing,
+    or this batch skips its locked row. Deleting a batch by id leaves each row's
+    dependents to their foreign key: one DELETE per dependent table for the batch.
+    """
+    chosen = _prunable_statuses(statuses)
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    with transaction.atomic():
+        ids = list(
+            # Oldest first, from the index of final messages by creation time: a batch reads
+            # what it deletes, however much younger history there is, and a run that finds
+            # nothing left reads nothing.
+            Message.objects.filter(created_at__lt=created_before, status__in=chosen)
+            .select_for_update(skip_locked=True)
+            .order_by("created_at", "pk")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            return Counter()
+        # only("pk"): the delete needs the ids, not the content of every message.
+        _, per_model = Message.objects.filter(pk__any=ids).only("pk").delete()
+    return Counter({label: count for label, count in per_model.items() if count})
 
 
 def messages_prune(
@@ -275,49 +322,31 @@ def messages_prune(
     on_checked: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Delete the messages created before `created_before` in `statuses` (sent and/or
-    failed), with their delivery attempts and receipts, and the receipts received
-    before then that never matched a message; return how many messages went (in a
-    dry run: would go). Raise MessageStateError for a status that is not final.
+    """Delete the messages created before `created_before` in `statuses` (final ones:
+    sent by default), with their delivery attempts and receipts, and the receipts
+    received before then that never matched a message; return how many messages went
+    (in a dry run: would go). Raise MessageStateError for a status that is not final.
 
-    Deletes `batch_size` at a time, each batch its own short transaction, so a
-    large prune neither holds locks for long nor builds one huge transaction.
-    `on_checked` gets the count found at the start; `on_progress` the count
-    deleted by each batch.
+    Deletes `batch_size` at a time (`messages_prune_batch`), each batch its own short
+    transaction, so a large prune neither holds locks for long nor builds one huge
+    transaction. `on_checked` gets the count found at the start; `on_progress` the
+    count deleted by each batch.
     """
-    chosen = list(dict.fromkeys(statuses))
-    live = [status for status in chosen if status not in MESSAGE_PRUNABLE_STATUSES]
-    if live or not chosen:
-        raise MessageStateError(
-            f"Only sent and failed messages can be pruned; {', '.join(live) or 'no status'} given "
-            "(unsent and processing messages are still being delivered)."
-        )
+    chosen = _prunable_statuses(statuses)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    prunable = Message.objects.filter(created_at__lt=created_before, status__in=chosen)
-    total = prunable.count()
+    total = Message.objects.filter(created_at__lt=created_before, status__in=chosen).count()
     if on_checked is not None:
         on_checked(total)
     if dry_run:
         return total
     deleted = 0
-    while True:
-        with transaction.atomic():
-            # Lock the batch: a failed message requeued meanwhile (failed -> unsent) is
-            # live again and must not be deleted as history; the requeue waits for this
-            # commit and then finds nothing. Rows someone else holds are left for now.
-            ids = list(
-                prunable.select_for_update(skip_locked=True).order_by("pk").values_list("pk", flat=True)[:batch_size]
-            )
-            if not ids:
-                break
-            # only("pk"): the delete needs the ids, not the content of every message.
-            _, per_model = Message.objects.filter(pk__in=ids).only("pk").delete()
-        batch_deleted = per_model.get(Message._meta.label, 0)
+    while batch := messages_prune_batch(created_before=created_before, statuses=chosen, batch_size=batch_size):
+        batch_deleted = batch[Message._meta.label]
         deleted += batch_deleted
         if on_progress is not None:
             on_progress(batch_deleted)
-    unmatched = _prune_unmatched_receipts(received_before=created_before, batch_size=batch_size)
+    unmatched = receipts_unmatched_prune(received_before=created_before, batch_size=batch_size)
     logger.info(
         "pruned %d %s messages created before %s, and %d receipts that never matched a message",
         deleted,
@@ -328,7 +357,7 @@ def messages_prune(
     return deleted
 
 
-def _prune_unmatched_receipts(*, received_before: datetime, batch_size: int) -> int:
+def receipts_unmatched_prune(*, received_before: datetime, batch_size: int) -> int:
     """Receipts for a messageId no sent message had (kept so a replay is known, and in
     case the send was recorded later): history once as old as the pruned messages."""
     old = DeliveryReceipt.objects.filter(message__isnull=True, received_at__lt=received_before)

@@ -41,6 +41,9 @@ from messaging_site.env import (
 from messaging_site.formats.en import formats as site_formats
 from messaging_site.logging_config import LOG_FORMATS, build_logging
 from restapi.database_outage import ReachabilityRecordingConnection
+from retention.conf import MAX_DAYS as RETENTION_MAX_DAYS
+from retention.conf import MAX_RUN_SECONDS as RETENTION_MAX_RUN_SECONDS
+from retention.conf import RETENTION_STATUSES
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_STATE_DIR = Path(env_str("LOCAL_STATE_DIR", str(BASE_DIR / ".local")))
@@ -145,6 +148,7 @@ INSTALLED_APPS = [
     "dispatcher",
     "callbacks",
     "message_templates",
+    "retention",
     "consent",
     "messages_app",
     "audit",
@@ -323,6 +327,24 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
 
 # How long an Idempotency-Key is remembered (restapi.idempotency).
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
+
+# --- Retention (read through retention.conf.retention_settings()) ---------------
+# Days final messages are kept before the retention schedule deletes them (0: kept for
+# good, the default); MESSAGE_RETENTION_DAYS_<STATUS> sets one final status apart.
+_RETENTION_DAYS = env_int("MESSAGE_RETENTION_DAYS", 0, minimum=0, maximum=RETENTION_MAX_DAYS)
+MESSAGE_RETENTION = {
+    "DAYS_BY_STATUS": {
+        status: env_int(
+            f"MESSAGE_RETENTION_DAYS_{status.upper()}", _RETENTION_DAYS, minimum=0, maximum=RETENTION_MAX_DAYS
+        )
+        for status in RETENTION_STATUSES
+    },
+    "INBOUND_DAYS": env_int("MESSAGE_RETENTION_DAYS_INBOUND", _RETENTION_DAYS, minimum=0, maximum=RETENTION_MAX_DAYS),
+    "BATCH_SIZE": env_int("MESSAGE_RETENTION_BATCH_SIZE", 1000, minimum=1, maximum=10_000),
+    "RUN_SECONDS": env_int(
+        "MESSAGE_RETENTION_RUN_SECONDS", RETENTION_MAX_RUN_SECONDS, minimum=1, maximum=RETENTION_MAX_RUN_SECONDS
+    ),
+}
 
 # --- Consent (read through consent.conf.consent_settings()) ---------------------
 # Whom messages_app refuses to queue a message for: the consent app's opted-out numbers

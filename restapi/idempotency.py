@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -85,9 +85,14 @@ def idempotent(
     return response
 
 
-def idempotency_keys_prune() -> int:
-    """Delete keys older than IDEMPOTENCY_KEY_TTL_HOURS (a django-q2 schedule runs this hourly)."""
-    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - _ttl()).delete()
+def idempotency_keys_prune(*, created_before: datetime | None = None) -> int:
+    """Delete keys older than IDEMPOTENCY_KEY_TTL_HOURS (a django-q2 schedule runs this
+    hourly), or created before `created_before` when that cutoff is the later one: the
+    retention schedule passes its own, so no key outlives the messages its answer names."""
+    cutoff = timezone.now() - _ttl()
+    if created_before is not None:
+        cutoff = max(cutoff, created_before)
+    deleted, _ = IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
     if deleted:
-        logger.info("pruned %d expired idempotency keys", deleted)
+        logger.info("pruned %d idempotency keys created before %s", deleted, cutoff.isoformat())
     return deleted

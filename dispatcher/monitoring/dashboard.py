@@ -35,6 +35,7 @@ from messages_app.selectors import (
 )
 from messages_app.services import messages_requeue_failed
 from messages_app.timestamps import relative_time, timestamp_text
+from retention.selectors import retention_summary
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
@@ -250,6 +251,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResp
         ],
         "funnel": delivery_funnel(since=now - timedelta(days=1)),
         "consent": consent_summary(now=now),
+        "retention": retention_summary(),
         "held_changelist_url": f"{changelist_url}?status__exact=unsent&category__exact=marketing",
         "providers": provider_statuses(),
         "chart": outcome_chart(per_minute=delivery_outcomes_per_minute(since=first_minute), last_minute=last_minute),

@@ -43,6 +43,7 @@ from dispatcher.engine.providers.status import provider_statuses
 from dispatcher.monitoring.access import MonitoringAccess, monitoring_access
 from dispatcher.state import dispatcher_behind_seconds
 from messages_app.selectors import message_status_counts
+from retention.selectors import retention_summary
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,28 @@ class MessagingCollector:
             "Marketing messages waiting for their recipient's quiet hours to end.",
             value=summary.held_for_quiet_hours,
         )
+        retention = retention_summary()
+        yield GaugeMetricFamily(
+            "messaging_message_table_rows_estimate",
+            "Rows in the messages table, as PostgreSQL estimates them (pg_class.reltuples).",
+            value=retention.message_rows_estimate,
+        )
+        yield GaugeMetricFamily(
+            "messaging_oldest_message_created_seconds",
+            "Unix time the oldest message kept was created; 0 with no messages.",
+            value=retention.oldest_message_at.timestamp() if retention.oldest_message_at else 0,
+        )
+        if retention.last_run is not None:
+            yield GaugeMetricFamily(
+                "messaging_retention_last_run_seconds",
+                "Unix time the retention schedule's last run finished.",
+                value=retention.last_run.finished_at.timestamp(),
+            )
+            yield GaugeMetricFamily(
+                "messaging_retention_last_run_deleted_messages",
+                "Messages the retention schedule's last run deleted.",
+                value=retention.last_run.messages_total,
+            )
         yield _up("messaging_metrics_database_up", "Whether this scrape could count the queue.", True)
 
     def _shared(self) -> Iterator[Metric]:

@@ -18,6 +18,7 @@ from dispatcher.models import DispatcherState
 from dispatcher.monitoring.dashboard import outcome_chart
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.selectors import delivery_outcomes_per_minute
+from retention.services import retention_apply
 from tests.factories import make_message, make_user
 
 pytestmark = pytest.mark.django_db
@@ -544,3 +545,38 @@ def test_no_failures_is_not_shown_in_red_and_requeue_all_is_disabled(admin_clien
     html = admin_client_.get(DASHBOARD).content.decode()
     assert 'class="count-failed nonzero"' in html
     assert 'id="requeue-all">Requeue all failed (1)</a>' in html
+
+
+def test_history_and_retention_show_the_oldest_message_and_the_last_run(admin_client_, settings):
+    set_state()
+    oldest = make_message(status=Message.Status.SENT)
+    Message.objects.filter(pk=oldest.pk).update(created_at=timezone.now() - dt.timedelta(days=40))
+    make_message(status=Message.Status.SENT)
+    settings.MESSAGE_RETENTION = {
+        "DAYS_BY_STATUS": {"sent": 30, "failed": 90},
+        "INBOUND_DAYS": 30,
+        "BATCH_SIZE": 1000,
+        "RUN_SECONDS": 30,
+    }
+
+    before = admin_client_.get(DASHBOARD).content.decode()
+    retention_apply()
+    after = admin_client_.get(DASHBOARD).content.decode()
+
+    assert "No run yet (every 10 minutes)." in text_of(before, "retention-last-run")
+    assert text_of(before, "retention-oldest") != "-"
+    settings_text = " ".join(text_of(after, "retention-settings").split())
+    assert "sent 30 days, failed 90 days, cancelled for good" in settings_text
+    assert "inbound replies 30 days" in settings_text
+    last_run = text_of(after, "retention-last-run")
+    assert last_run.startswith("Last run ") and "deleted 1 messages (1 sent)" in last_run
+    assert int(text_of(after, "retention-rows")) >= 0
+
+
+def test_retention_off_says_how_to_turn_it_on(admin_client_):
+    set_state()
+
+    html = admin_client_.get(DASHBOARD).content.decode()
+
+    assert "Retention is off: set MESSAGE_RETENTION_DAYS" in text_of(html, "retention-last-run")
+    assert text_of(html, "retention-oldest") == "-"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import pytest
@@ -17,6 +18,7 @@ from dispatcher.engine.providers import ProviderError, locmem
 from dispatcher.models import DispatcherState
 from dispatcher.state import dispatcher_state_ensure
 from messages_app.models import DeliveryAttempt, Message
+from retention.services import retention_apply
 from tests.factories import make_message, make_user
 from tests.processes import free_port
 
@@ -278,3 +280,20 @@ def test_metrics_show_a_due_tick_no_window_has_taken_as_behind_the_pace(client):
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").content.decode())}
     [sample] = families["messaging_dispatch_behind_seconds"].samples
     assert 240 <= sample.value <= 300
+
+
+def test_the_history_and_the_last_retention_run_are_scraped(client, settings):
+    old = make_message(status=Message.Status.SENT)
+    Message.objects.filter(pk=old.pk).update(created_at=timezone.now() - dt.timedelta(days=40))
+    kept = make_message(status=Message.Status.SENT)
+    settings.MESSAGE_RETENTION = {"DAYS_BY_STATUS": {"sent": 30}, "INBOUND_DAYS": 0, "BATCH_SIZE": 10, "RUN_SECONDS": 5}
+
+    assert "messaging_retention_last_run_seconds" not in {name for name, _ in scrape(client)}
+    run = retention_apply()
+    samples = scrape(client)
+
+    assert value(samples, "messaging_retention_last_run_deleted_messages") == 1
+    assert value(samples, "messaging_retention_last_run_seconds") == pytest.approx(run.finished_at.timestamp())
+    kept.refresh_from_db()
+    assert value(samples, "messaging_oldest_message_created_seconds") == pytest.approx(kept.created_at.timestamp())
+    assert value(samples, "messaging_message_table_rows_estimate") >= 0

@@ -17,6 +17,7 @@ from dispatcher.schedule import (
     DISPATCH_WINDOW_TASK,
     PRUNE_KEYS_SCHEDULE_NAME,
     PRUNE_KEYS_TASK,
+    RETENTION_SCHEDULE_NAME,
     dispatcher_schedules_bring_back,
     scheduler_pass_on_database_clock,
 )
@@ -49,7 +50,7 @@ def test_a_scheduler_pass_on_a_host_whose_clock_runs_ahead_keeps_to_the_database
     Schedule.objects.filter(name=DISPATCH_SCHEDULE_NAME).update(next_run=due)
     # Due by this host's clock, not by the database's.
     not_due = now + dt.timedelta(minutes=5)
-    Schedule.objects.filter(name=PRUNE_KEYS_SCHEDULE_NAME).update(next_run=not_due)
+    Schedule.objects.filter(name__in=[PRUNE_KEYS_SCHEDULE_NAME, RETENTION_SCHEDULE_NAME]).update(next_run=not_due)
 
     scheduler_pass_on_database_clock()
 

@@ -19,7 +19,7 @@ MAX_BATCH_SIZE = 100_000
 
 class Command(BaseCommand):
     help = (
-        "Delete messages created more than DAYS days ago that are sent (the default) or failed, with their "
+        "Delete messages created more than DAYS days ago that are in a final status (sent by default), with their "
         "delivery attempts and receipts, in batches of ids, and the delivery receipts received before then "
         "that never matched a message. Unsent and processing messages are never deleted: they are still "
         "being delivered."
@@ -37,9 +37,9 @@ class Command(BaseCommand):
             "--status",
             action="append",
             dest="statuses",
-            choices=Message.Status.values,
+            choices=Message.Status.values,  # a live one is refused with the reason, not by argparse
             metavar="STATUS",
-            help="sent (the default) or failed; repeat it for both.",
+            help="A final status: sent (the default), failed, cancelled, expired or suppressed; repeat it for more.",
         )
         parser.add_argument(
             "--batch-size",
