@@ -22,6 +22,11 @@ class RetentionSummary:
     message_table_bytes: int
     oldest_message_at: datetime | None
     last_run: RetentionRun | None
+    # How long the oldest transaction on the database has been open (None: none is), and its
+    # state: while it stays open, vacuum keeps every row version the queue leaves dead
+    # after it began, and the claim's index scan walks them (docs/RELIABILITY.md).
+    oldest_transaction_seconds: float | None
+    oldest_transaction_state: str
 
     @property
     def schedule_minutes(self) -> int:
@@ -43,8 +48,24 @@ def message_table_size() -> tuple[int, int]:
     return int(rows), int(size)
 
 
+def oldest_transaction() -> tuple[float | None, str]:
+    """(seconds, state) of the oldest open transaction that holds back vacuum on this
+    database (one with a snapshot or a transaction id), this session's own left out."""
+    with connection.cursor() as cursor:
+        # Statistics views are read once per transaction: a second read in one would repeat the first.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT greatest(extract(epoch FROM clock_timestamp() - xact_start), 0), state FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+            " AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) ORDER BY xact_start LIMIT 1"
+        )
+        row = cursor.fetchone()
+    return (float(row[0]), row[1] or "") if row else (None, "")
+
+
 def retention_summary() -> RetentionSummary:
     rows, size = message_table_size()
+    oldest_seconds, oldest_state = oldest_transaction()
     # The first message by id: ids grow with creation, and the primary key finds it at once.
     oldest = Message.objects.order_by("pk").values_list("created_at", flat=True).first()
     return RetentionSummary(
@@ -53,4 +74,6 @@ def retention_summary() -> RetentionSummary:
         message_table_bytes=size,
         oldest_message_at=oldest,
         last_run=RetentionRun.objects.order_by("-pk").first(),
+        oldest_transaction_seconds=oldest_seconds,
+        oldest_transaction_state=oldest_state,
     )

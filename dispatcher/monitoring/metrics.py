@@ -132,6 +132,12 @@ class MessagingCollector:
             "Unix time the oldest message kept was created; 0 with no messages.",
             value=retention.oldest_message_at.timestamp() if retention.oldest_message_at else 0,
         )
+        yield GaugeMetricFamily(
+            "messaging_database_oldest_transaction_seconds",
+            "How long the oldest open transaction on the database has held back vacuum (0: none open); "
+            "alert well before minutes: the queue's dead rows stay until it ends.",
+            value=retention.oldest_transaction_seconds or 0,
+        )
         if retention.last_run is not None:
             yield GaugeMetricFamily(
                 "messaging_retention_last_run_seconds",

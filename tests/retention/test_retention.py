@@ -21,6 +21,7 @@ from messages_app.transitions import database_now
 from restapi.models import IdempotencyKey
 from retention.conf import RETENTION_STATUSES, RetentionSettings, retention_settings
 from retention.models import RetentionRun
+from retention.selectors import retention_summary
 from retention.services import retention_apply
 from retention.tasks import retention_run
 from tests.factories import make_message, make_user
@@ -299,3 +300,20 @@ def test_a_failed_message_requeued_while_a_batch_holds_it_is_not_deleted_afterwa
     assert ids(Message) == {failed.pk}
     assert Message.objects.get(pk=failed.pk).status == Status.UNSENT
     assert other.pk not in ids(Message)
+
+
+@pytest.mark.django_db
+def test_the_summary_names_a_transaction_held_open_on_the_database():
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    assert retention_summary().oldest_transaction_seconds is None
+    with psycopg.connect(**params) as other:  # not autocommit: the first statement begins
+        other.execute("SELECT txid_current()")
+        summary = retention_summary()
+        other.rollback()
+
+    assert summary.oldest_transaction_seconds is not None and summary.oldest_transaction_seconds >= 0
+    assert summary.oldest_transaction_state == "idle in transaction"
