@@ -467,6 +467,19 @@ def test_prune_of_failed_only_keeps_sent():
     assert list(Message.objects.values_list("pk", flat=True)) == [old_sent.pk]
 
 
+def test_prune_takes_every_final_status_asked_for():
+    gone = [aged(make_message(status=status), days=40) for status in ("cancelled", "expired", "suppressed")]
+    kept = aged(make_message(status=Status.SENT), days=40)
+
+    out, _ = run(
+        "prune_messages", "--older-than", "30", "--status", "cancelled", "--status", "expired", "--status", "suppressed"
+    )
+
+    assert out == "Deleted 3 messages.\n"
+    assert list(Message.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert not Message.objects.filter(pk__in=[m.pk for m in gone]).exists()
+
+
 @pytest.mark.parametrize("status", ["unsent", "processing"])
 def test_prune_refuses_live_statuses(status):
     aged(make_message(status=status), days=40)
