@@ -16,6 +16,10 @@
               2x of its time without them.
   sentlist    time GET /api/messages/sent/ and /api/messages/, first and deep pages.
   bulk        time POST /api/messages/bulk/.
+  idle-xact   a paced run with one transaction held idle against the same without it:
+              throughput ratio (at least 0.95) and claim p99 ratio (at most 2).
+  history     the claim and the sent list's first page with N final messages in
+              history against none (same run): ratios, at most 1.2.
   fakeprovider  requests/s of the fake provider next to a minimal aiohttp stub
               (wrk; no database).
   receipts    post N signed delivery receipts through gunicorn and compare the
@@ -37,7 +41,7 @@ import json
 import signal
 import sys
 
-from bench import cluster, fakeprovider, inbound, inprocess, pacing, providers, receipts, throughput
+from bench import cluster, fakeprovider, history, idle_xact, inbound, inprocess, pacing, providers, receipts, throughput
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -67,6 +71,16 @@ COMMANDS = {
         inprocess.sentlist,
         inprocess.add_sentlist_arguments,
         "GET /api/messages/sent/ and /api/messages/, first and deep pages",
+    ),
+    "history": (
+        history.history,
+        history.add_arguments,
+        "check: claim and sent list's first page with N final messages in history within 1.2 x of none",
+    ),
+    "idle-xact": (
+        idle_xact.idle_xact,
+        idle_xact.add_arguments,
+        "check: paced run with one transaction held idle vs without: throughput >= 0.95 x, claim p99 <= 2 x",
     ),
     "bulk": (inprocess.bulk, inprocess.add_bulk_arguments, "POST /api/messages/bulk/ messages/s"),
     "providers": (providers.providers, providers.add_arguments, "rate-limit accuracy; failover and outage runs"),
