@@ -137,6 +137,27 @@ def _server_side(sqls: list[str], *, repeat: int) -> dict:
     return {**timing_summary(times), "pages_p50": sorted(pages)[len(pages) // 2], "pages_max": max(pages)}
 
 
+def _retention_batches(*, batches: int, batch_size: int) -> dict:
+    """Time `batches` batches of the retention schedule's delete (messages_prune_batch, every
+    final status, cutoff 30 days ago: in the history) after everything else is measured."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from messages_app.services import MESSAGE_PRUNABLE_STATUSES, messages_prune_batch
+
+    cutoff = timezone.now() - timedelta(days=30)
+    times, deleted = [], 0
+    for _ in range(batches):
+        started = time.perf_counter()
+        batch = messages_prune_batch(created_before=cutoff, statuses=MESSAGE_PRUNABLE_STATUSES, batch_size=batch_size)
+        times.append(time.perf_counter() - started)
+        if not batch:
+            break
+        deleted += batch["messages_app.Message"]
+    return {"batch_size": batch_size, "deleted": deleted, **timing_summary(times)}
+
+
 def _ratio(loaded: float | None, empty: float | None) -> float | None:
     return round(loaded / empty, 2) if loaded is not None and empty else None
 
@@ -155,7 +176,11 @@ def history(options: argparse.Namespace) -> dict:
         claim["server_side"] = _server_side([e["sql"] for e in claim["explain"]], repeat=options.repeat)
         sent_list = _sent_list_timings(client, repeat=options.repeat, warmup=options.warmup)
         sent_list["server_side"] = _server_side([e["sql"] for e in sent_list["explain"]], repeat=options.repeat)
-        cases.append({"history": rows, "load": load, "claim": claim, "sent_list": sent_list})
+        case = {"history": rows, "load": load, "claim": claim, "sent_list": sent_list}
+        if rows and options.retention_batches:
+            # Last: it deletes some of the history the figures above were measured with.
+            case["retention_batches"] = _retention_batches(batches=options.retention_batches, batch_size=1000)
+        cases.append(case)
     empty, loaded = cases
     ratios = {
         "claim_server_p50": _ratio(loaded["claim"]["server_side"]["p50_ms"], empty["claim"]["server_side"]["p50_ms"]),
@@ -193,6 +218,12 @@ def history(options: argparse.Namespace) -> dict:
             f"x {ratios['sent_list_pages']}; from the client x {ratios['sent_list_statements_p50']}, whole request "
             f"x {ratios['sent_list_request_p50']}); "
             f"at most {options.max_ratio:g}: {'PASS' if passed else 'FAIL'}"
+            + (
+                f"; retention: {loaded['retention_batches']['deleted']} deleted in batches of 1,000, median "
+                f"{loaded['retention_batches']['p50_ms']} ms a batch"
+                if "retention_batches" in loaded
+                else ""
+            )
         ),
         "ok": passed,
         "ratios": ratios,
@@ -215,4 +246,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=300, help="timed claims and timed sent-list requests per case")
     parser.add_argument("--warmup", type=int, default=20, help="untimed ones first")
+    parser.add_argument(
+        "--retention-batches",
+        type=int,
+        default=20,
+        help="then time this many of the retention schedule's batches of 1,000 in the history (0: none)",
+    )
     parser.add_argument("--max-ratio", type=float, default=1.2, help="the check: loaded / empty median at most this")
