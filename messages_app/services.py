@@ -278,7 +278,7 @@ def _prunable_statuses(statuses: Iterable[str]) -> list[str]:
 
 
 def messages_prune_batch(*, created_before: datetime, statuses: Iterable[str], batch_size: int) -> Counter[str]:
-    """Delete up to `batch_size` of the oldest messages (by id) created before
+    """Delete up to `batch_size` of the oldest messages (by creation time) created before
     `created_before` in the final `statuses`, with everything that belongs to them
     (delivery attempts, receipts; models of apps above that refer to a message go or
     let go as their foreign key says), in one short transaction of its own. Return the
