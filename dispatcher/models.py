@@ -36,6 +36,11 @@ class DispatcherState(models.Model):
     # Since when the cluster has not kept up with the pace: a due tick waited
     # because a whole batch from before was still being sent. None: on pace.
     behind_since = models.DateTimeField(null=True, blank=True, editable=False)
+    # The pace as a budget: the claims of the last interval, [database time as Unix
+    # seconds, messages claimed], oldest first. A claim takes at most batch_size minus
+    # what these add up to, so no window of interval_seconds holds more than batch_size
+    # claims, cluster-wide (dispatcher.state).
+    recent_claims = models.JSONField(default=list, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -1,17 +1,23 @@
 """The dispatcher's state, in one place: the one lock on its row, the reads, the
-writes (start, stop, pace, taking a tick, falling behind the pace) and the
-next-tick rule.
+writes (start, stop, pace, taking a tick, falling behind the pace, the claims of the
+last interval) and the next-tick and budget rules.
 
 The state is one row (pk=1) that every web and worker process obeys, so start
 and stop are cluster-wide and survive restarts. Writes take the row's lock;
 taking a tick holds it while the tick claims its messages, so once stop()
 returns nothing further is claimed. Tick times come from the database's clock.
+
+The pace "N every T" is a budget: at most N messages claimed in any T seconds,
+cluster-wide. Every paced claim (a tick, or a wake when a due message is created)
+takes at most N minus what the claims of the last T seconds add up to
+(`recent_claims`, read and written under the row's lock), so within the budget a
+due message goes at once, and a backlog still goes N every T on the ticks.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -48,6 +54,29 @@ def next_tick_after(*, scheduled_at: datetime | None, interval_seconds: int, now
     if scheduled_at is not None and scheduled_at + interval > now:
         return scheduled_at + interval
     return now + interval
+
+
+# --- the budget rule ----------------------------------------------------------------------
+
+
+def _claims_in_window(recent_claims: list, *, now: datetime, interval_seconds: int) -> list[list[float]]:
+    """The claims of `recent_claims` made in the last `interval_seconds` before `now`:
+    (now - T, now], so a claim exactly T ago has left the window and a backlog's tick,
+    taken T after the one before, finds its whole budget."""
+    since = now.timestamp() - interval_seconds
+    return [[at, count] for at, count in recent_claims if at > since]
+
+
+def _budget_left(state: DispatcherState, now: datetime) -> tuple[int, list[list[float]]]:
+    window = _claims_in_window(state.recent_claims or [], now=now, interval_seconds=state.interval_seconds)
+    return state.batch_size - sum(count for _at, count in window), window
+
+
+def _budget_frees_in(window: list[list[float]], *, now: datetime, interval_seconds: int) -> float:
+    """Seconds until the oldest claim of the window leaves it (0 with none)."""
+    if not window:
+        return 0.0
+    return max(window[0][0] + interval_seconds - now.timestamp(), 0.0)
 
 
 # --- the lock and the reads ----------------------------------------------------------------
@@ -97,19 +126,31 @@ class PaceCheck:
     running: bool
     window_id: object
     due_in_seconds: float
+    # How many messages may be claimed now without exceeding the pace, and (when none)
+    # in how many seconds the oldest claim of the last interval leaves the window.
+    budget_left: int = 0
+    budget_frees_in_seconds: float = 0.0
 
 
 def dispatcher_pace_check() -> PaceCheck | None:
     row = (
         DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK)
         .annotate(db_now=Now())
-        .values("running", "next_tick_at", "window_id", "db_now")
+        .values("running", "next_tick_at", "window_id", "db_now", "batch_size", "interval_seconds", "recent_claims")
         .first()
     )
     if row is None:
         return None
-    due_in = (row["next_tick_at"] - row["db_now"]).total_seconds() if row["next_tick_at"] else 0.0
-    return PaceCheck(running=row["running"], window_id=row["window_id"], due_in_seconds=due_in)
+    now, interval = row["db_now"], row["interval_seconds"]
+    due_in = (row["next_tick_at"] - now).total_seconds() if row["next_tick_at"] else 0.0
+    window = _claims_in_window(row["recent_claims"] or [], now=now, interval_seconds=interval)
+    return PaceCheck(
+        running=row["running"],
+        window_id=row["window_id"],
+        due_in_seconds=due_in,
+        budget_left=row["batch_size"] - sum(count for _at, count in window),
+        budget_frees_in_seconds=_budget_frees_in(window, now=now, interval_seconds=interval),
+    )
 
 
 @dataclass(frozen=True)
@@ -296,9 +337,15 @@ def dispatcher_window_open(*, window_id: object) -> None:
 
 @dataclass(frozen=True)
 class TakenTick:
+    """A paced claim allowed under the state row's lock: a tick, or a wake."""
+
     batch_size: int
     interval_seconds: int
     now: datetime
+    # How many messages this claim may take (batch_size for a manual tick).
+    budget: int = 0
+    # The claims of the last interval, to which dispatcher_claims_record adds this one.
+    recent_claims: list = field(default_factory=list)
 
 
 def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_flight: int = 0) -> TakenTick | None:
@@ -316,9 +363,14 @@ def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_fl
     if not (state.running or even_if_stopped):
         return None
     now = database_now()
+    budget, window = _budget_left(state, now)
     update_fields = ["last_tick_at", "updated_at"]
     if due_only:
         if state.next_tick_at is not None and state.next_tick_at > now:
+            return None
+        if budget <= 0:
+            # The last interval's claims used the pace (the last tick taken a moment later
+            # than this one, or wakes): the tick waits until the oldest leaves the window.
             return None
         if in_flight >= state.batch_size:
             if state.behind_since is None:
@@ -343,4 +395,41 @@ def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_fl
         update_fields.append("next_tick_at")
     state.last_tick_at = now
     state.save(update_fields=update_fields)
-    return TakenTick(batch_size=state.batch_size, interval_seconds=state.interval_seconds, now=now)
+    return TakenTick(
+        batch_size=state.batch_size,
+        interval_seconds=state.interval_seconds,
+        now=now,
+        budget=budget if due_only else state.batch_size,
+        recent_claims=window,
+    )
+
+
+def dispatcher_wake_take() -> TakenTick | None:
+    """What a wake (a due message created) may claim now, under the state row's lock (call
+    inside the transaction that then claims): the pace's budget left. None when the
+    dispatcher is stopped or the last interval's claims used the budget; the schedule of
+    ticks is left alone."""
+    state = dispatcher_state_lock()
+    if not state.running:
+        return None
+    now = database_now()
+    budget, window = _budget_left(state, now)
+    if budget <= 0:
+        return None
+    return TakenTick(
+        batch_size=state.batch_size,
+        interval_seconds=state.interval_seconds,
+        now=now,
+        budget=budget,
+        recent_claims=window,
+    )
+
+
+def dispatcher_claims_record(*, taken: TakenTick, count: int) -> None:
+    """Add a claim of `count` messages at `taken.now` to the last interval's claims (in the
+    transaction that took it, under the row's lock)."""
+    if count <= 0:
+        return
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(
+        recent_claims=[*taken.recent_claims, [taken.now.timestamp(), count]]
+    )

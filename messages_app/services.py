@@ -17,6 +17,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
+from messages_app.due_signal import messages_due_announce
 from messages_app.errors import MessageStateError, RecipientRefused
 from messages_app.models import DeliveryReceipt, Message
 from messages_app.recipient_policy import quiet_hours_opening, recipients_refused
@@ -78,6 +79,8 @@ def message_create(*, recipient_policy_exempt: bool = False, **fields: Any) -> M
             logger.info("refused a message: its recipient %s", refused[message.recipient_phone_number][:100])
             raise RecipientRefused(refused[message.recipient_phone_number])
     message.save()
+    if message.next_attempt_at <= timezone.now():
+        messages_due_announce()
     logger.info(
         "queued message id=%s uuid=%s%s",
         message.pk,
@@ -109,6 +112,9 @@ def messages_bulk_create(
         messages = [m for m in messages if m.recipient_phone_number not in refused]
     with transaction.atomic():
         created = Message.objects.bulk_create(messages)
+        now = timezone.now()
+        if any(m.next_attempt_at <= now for m in created):
+            messages_due_announce()
     logger.info(
         "queued %d messages in bulk (ids %s..%s)",
         len(created),

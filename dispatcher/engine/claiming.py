@@ -22,7 +22,12 @@ from django.db.models.functions import Now
 
 from dispatcher.conf import BATCH_SIZE, dispatcher_settings
 from dispatcher.engine.providers import provider_specs
-from dispatcher.state import dispatcher_state_lock, dispatcher_tick_take
+from dispatcher.state import (
+    dispatcher_claims_record,
+    dispatcher_state_lock,
+    dispatcher_tick_take,
+    dispatcher_wake_take,
+)
 from messages_app.models import Message
 from messages_app.transitions import database_now, messages_claim, messages_expire, messages_recover_expired
 
@@ -129,7 +134,22 @@ def claim_tick(*, due_only: bool, even_if_stopped: bool = False) -> Claim | None
         tick = dispatcher_tick_take(due_only=due_only, even_if_stopped=even_if_stopped, in_flight=in_flight)
         if tick is None:
             return None
-        return claim_batch(batch_size=min(tick.batch_size, providers_capacity(tick.interval_seconds)))
+        claim = claim_batch(batch_size=min(tick.budget, providers_capacity(tick.interval_seconds)))
+        dispatcher_claims_record(taken=tick, count=len(claim.message_ids))
+        return claim
+
+
+def claim_wake() -> Claim | None:
+    """Claim the due messages the pace's budget allows now, without waiting for the tick
+    (a due message was created). None when the dispatcher is stopped or the budget is used;
+    the claim may be empty (another qcluster's wake took them)."""
+    with transaction.atomic():
+        allowed = dispatcher_wake_take()
+        if allowed is None:
+            return None
+        claim = claim_batch(batch_size=min(allowed.budget, providers_capacity(allowed.interval_seconds)))
+        dispatcher_claims_record(taken=allowed, count=len(claim.message_ids))
+        return claim
 
 
 def providers_capacity(interval_seconds: int) -> int:

@@ -12,6 +12,13 @@ older one, which then ends, so normally one worker is busy pacing.
 The window paces and hands out; it does not send. Each tick's messages go to
 django-q2 as chunk tasks (dispatcher.engine.pipeline), which every worker of
 every qcluster takes from the shared queue.
+
+Between ticks the window does not just sleep: on PostgreSQL it waits on
+LISTEN for a due message being created (messages_app.due_signal), and then claims
+at once what the pace's budget allows (`hand_out_wake`; dispatcher.state says
+what the budget is), so a lone message does not wait for the next tick. The
+ticks remain for a backlog, for messages that fall due later (send_after,
+retries) and where there is no LISTEN (SQLite).
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from collections.abc import Callable
 from django.db import close_old_connections
 
 from dispatcher.engine.claiming import expire_overdue, recover_expired_leases
-from dispatcher.engine.pipeline import hand_out_tick
+from dispatcher.engine.listening import open_listener
+from dispatcher.engine.pipeline import hand_out_tick, hand_out_wake
 from dispatcher.engine.receipts import receipts_apply_waiting
 from dispatcher.engine.recording import delivery_cache_catch_up
 from dispatcher.state import dispatcher_pace_check, dispatcher_window_open
+from messages_app.due_signal import MESSAGES_DUE_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -120,47 +129,89 @@ def run_dispatch_window(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Take due ticks for up to `window_seconds`, handing each tick's messages out as
-    chunk tasks; return how many ticks this window took. Between ticks it returns
+    chunk tasks, and between ticks hand out at once, within the pace's budget, messages
+    created due; return how many ticks this window took. Between ticks it also returns
     expired leases to the queue and writes delivery records Redis missed."""
     should_stop = should_stop or ShutdownWatch()
     window_id = uuid.uuid4()
     deadline = time.monotonic() + window_seconds
     dispatcher_window_open(window_id=window_id)
-    logger.info("dispatch window %s opened for %g s", window_id, window_seconds)
+    listener = open_listener(MESSAGES_DUE_CHANNEL)
+    logger.info(
+        "dispatch window %s opened for %g s%s",
+        window_id,
+        window_seconds,
+        ", woken by due messages" if listener else ", ticks only",
+    )
     ticks = 0
     upkeep_at = 0.0
     reason = "window elapsed"
-    while (remaining := deadline - time.monotonic()) > 0:
-        close_old_connections()
-        try:
-            pace = dispatcher_pace_check()
-            if pace is None or not pace.running:
-                reason = "dispatcher stopped"
-                break
-            if pace.window_id != window_id:
-                reason = "a newer window took over"
-                break
-            if should_stop():
-                reason = "qcluster is shutting down"
-                break
-            if time.monotonic() >= upkeep_at:
-                upkeep_at = time.monotonic() + UPKEEP_SECONDS
-                recover_expired_leases()
-                expire_overdue()
-                receipts_apply_waiting()
-                delivery_cache_catch_up()
-            if pace.due_in_seconds <= 0:
-                if hand_out_tick():
-                    ticks += 1
-                    continue
-                # Due but not taken: the cluster is behind (dispatcher.state); look again shortly.
-                sleep(min(HELD_POLL_SECONDS, max(remaining, 0)))
-                continue
-        except Exception:
-            logger.exception("dispatch window %s: tick failed; retrying", window_id)
+    # Whether a due message may be waiting that the budget left for later: the wake comes
+    # back when the budget frees, rather than waiting for the next tick.
+    wake_pending = False
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
             close_old_connections()
-            sleep(min(ERROR_BACKOFF_SECONDS, max(remaining, 0)))
-            continue
-        sleep(max(0.0, min(pace.due_in_seconds, POLL_SECONDS, remaining)))
+            try:
+                pace = dispatcher_pace_check()
+                if pace is None or not pace.running:
+                    reason = "dispatcher stopped"
+                    break
+                if pace.window_id != window_id:
+                    reason = "a newer window took over"
+                    break
+                if should_stop():
+                    reason = "qcluster is shutting down"
+                    break
+                if time.monotonic() >= upkeep_at:
+                    upkeep_at = time.monotonic() + UPKEEP_SECONDS
+                    recover_expired_leases()
+                    expire_overdue()
+                    receipts_apply_waiting()
+                    delivery_cache_catch_up()
+                    if listener is None:
+                        listener = open_listener(MESSAGES_DUE_CHANNEL)  # after a lost connection
+                if pace.due_in_seconds <= 0 and pace.budget_left <= 0:
+                    # Due, but the last interval's claims used the pace: wait until the oldest
+                    # leaves the window (a backlog's tick is taken then, not a poll later).
+                    sleep(min(pace.budget_frees_in_seconds + 0.001, POLL_SECONDS, max(remaining, 0)))
+                    continue
+                if pace.due_in_seconds <= 0:
+                    if hand_out_tick():
+                        ticks += 1
+                        wake_pending = False
+                        continue
+                    # Due but not taken: the cluster is behind (dispatcher.state); look again shortly.
+                    sleep(min(HELD_POLL_SECONDS, max(remaining, 0)))
+                    continue
+                if wake_pending and pace.budget_left > 0:
+                    # A claim the budget cut short may have left due messages: wake again
+                    # once it frees.
+                    wake_pending = hand_out_wake() >= pace.budget_left
+                    continue
+            except Exception:
+                logger.exception("dispatch window %s: tick failed; retrying", window_id)
+                close_old_connections()
+                sleep(min(ERROR_BACKOFF_SECONDS, max(remaining, 0)))
+                continue
+            wait = max(0.0, min(pace.due_in_seconds, POLL_SECONDS, remaining))
+            if wake_pending and pace.budget_left <= 0:
+                wait = min(wait, pace.budget_frees_in_seconds + 0.001)
+            if listener is None:
+                sleep(wait)
+                continue
+            try:
+                woken = listener.wait(wait)
+            except Exception as exc:
+                logger.warning("dispatch window %s: lost its LISTEN connection, ticking only: %r", window_id, exc)
+                listener.close()
+                listener = None
+                continue
+            if woken:
+                # Handed out on the next turn, after the checks above (stopped, a newer window).
+                wake_pending = True
+    finally:
+        if listener is not None:
+            listener.close()
     logger.info("dispatch window %s closed after %d ticks: %s", window_id, ticks, reason)
     return ticks

@@ -30,7 +30,7 @@ from django.utils import timezone
 from consent.policy import marketing_opening as quiet_hours_opening
 from consent.selectors import messages_to_suppress
 from dispatcher.conf import dispatcher_settings
-from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, recover_expired_leases
+from dispatcher.engine.claiming import Claim, claim_drain_batch, claim_tick, claim_wake, recover_expired_leases
 from dispatcher.engine.counters import metrics_record_tick
 from dispatcher.engine.leases import LeaseKeeper, lease_clock
 from dispatcher.engine.providers import BaseProvider, ProviderSet, provider_session
@@ -292,6 +292,18 @@ def hand_out_tick() -> bool:
         enqueue_chunk(message_ids=chunk, claim_token=claim.claim_token)
     metrics_record_tick(duration_seconds=time.monotonic() - started)
     return True
+
+
+def hand_out_wake() -> int:
+    """A due message was created: claim what the pace's budget allows now and enqueue it
+    as chunk tasks, like a tick; return how many messages were handed out."""
+    claim = claim_wake()
+    if not claim or not claim.message_ids:
+        return 0
+    _log_claim("wake", claim)
+    for chunk in claim.chunks(dispatcher_settings().chunk_size):
+        enqueue_chunk(message_ids=chunk, claim_token=claim.claim_token)
+    return len(claim.message_ids)
 
 
 def _send_claim_here(claim: Claim, *, provider: ProviderSet, should_stop: Callable[[], bool]) -> list[DeliveryOutcome]:

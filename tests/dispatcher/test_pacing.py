@@ -218,3 +218,52 @@ def test_a_window_without_a_state_row_ends_at_once():
     assert run_dispatch_window(window_seconds=10, should_stop=never_stop) == 0
     assert time.monotonic() - started < 1
     assert locmem.outbox == []
+
+
+# --- the pace as a budget, woken by due messages ------------------------------------------
+
+
+def queue_one() -> Message:
+    from messages_app.services import message_create
+
+    return message_create(recipient_phone_number=phone_number(), content="your code is 123456")
+
+
+def test_a_message_created_due_is_sent_at_once_not_at_the_next_tick():
+    # Ticks a minute apart: only the wake on the message's creation can send it within seconds.
+    DispatcherState.objects.update(batch_size=5, interval_seconds=60, next_tick_at=timezone.now())
+    window = WindowThread(window_seconds=6)
+    window.start()
+    wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=3, what="the first tick")
+    time.sleep(0.3)
+    created = [queue_one() for _ in range(3)]
+    wait_for(lambda: len(locmem.outbox) == 3, timeout=3, what="the three new messages to be sent")
+    assert sorted(m.pk for m in Message.objects.filter(status=Status.SENT)) == [m.pk for m in created]
+    assert window.finish(8) == 1  # no further tick: the wakes sent them
+
+
+def test_wakes_stay_within_the_pace_and_the_rest_waits_for_the_budget():
+    # 2 every 3 s: of five messages created at once, two go at once and the rest two at a
+    # time as the budget frees, never more than two in any 3 s.
+    DispatcherState.objects.update(batch_size=2, interval_seconds=3, next_tick_at=timezone.now())
+    window = WindowThread(window_seconds=7.5)
+    window.start()
+    wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=3, what="the first tick")
+    for _ in range(5):
+        queue_one()
+    wait_for(lambda: len(locmem.outbox) == 2, timeout=2, what="the first two")
+    window.finish(10)
+    claimed = sorted(Message.objects.filter(status=Status.SENT).values_list("claimed_at", flat=True))
+    assert len(claimed) == 5
+    for index in range(len(claimed) - 2):
+        assert (claimed[index + 2] - claimed[index]).total_seconds() >= 3, claimed  # no three within 3 s
+
+
+def test_a_backlog_still_goes_batch_size_every_interval():
+    DispatcherState.objects.update(batch_size=3, interval_seconds=1, next_tick_at=timezone.now())
+    make_messages(30)
+    ticks = run_dispatch_window(window_seconds=3.5, should_stop=never_stop)
+    assert 3 <= ticks <= 4
+    assert len(locmem.outbox) == 3 * ticks
+    claims = list(Message.objects.filter(status=Status.SENT).order_by().values_list("claimed_at", flat=True).distinct())
+    assert len(claims) == ticks  # one claim of three per tick

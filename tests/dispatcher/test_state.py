@@ -564,3 +564,53 @@ def test_pace_check_and_read_without_a_state_row_write_nothing(settings):
     state = dispatcher_state_read()
     assert (state.running, state.batch_size, state.interval_seconds) == (True, 4, 9)
     assert not DispatcherState.objects.exists()
+
+
+# --- the pace as a budget ------------------------------------------------------------------
+
+
+def claims_ago(*seconds_and_counts) -> list:
+    now = database_now().timestamp()
+    return [[now - ago, count] for ago, count in seconds_and_counts]
+
+
+@pytest.mark.django_db
+def test_a_due_tick_takes_only_what_the_last_interval_left_of_the_pace():
+    set_state(
+        running=True, batch_size=5, interval_seconds=10, next_tick_at=database_now(), recent_claims=claims_ago((4, 2))
+    )
+    tick = take(due_only=True)
+    assert tick is not None and tick.budget == 3
+
+
+@pytest.mark.django_db
+def test_a_due_tick_waits_while_the_last_interval_used_the_pace():
+    set_state(
+        running=True, batch_size=5, interval_seconds=10, next_tick_at=database_now(), recent_claims=claims_ago((9.5, 5))
+    )
+    assert take(due_only=True) is None
+    assert get_state().behind_since is None  # waiting for the budget is not falling behind
+    pace = dispatcher_pace_check()
+    assert pace.budget_left == 0
+    assert 0 < pace.budget_frees_in_seconds <= 0.5
+    time.sleep(pace.budget_frees_in_seconds + 0.01)
+    assert take(due_only=True).budget == 5  # a claim exactly an interval old has left the window
+
+
+@pytest.mark.django_db
+def test_a_wake_claims_the_budget_left_and_records_it():
+    from dispatcher.engine.claiming import claim_wake
+
+    set_state(running=True, batch_size=3, interval_seconds=60, next_tick_at=database_now() + timedelta(seconds=60))
+    for _ in range(5):
+        make_message()
+
+    first = claim_wake()
+    assert len(first.message_ids) == 3
+    assert claim_wake() is None  # the pace is used for the next minute
+    assert sum(count for _at, count in get_state().recent_claims) == 3
+    assert get_state().next_tick_at > database_now()  # the ticks' schedule is left alone
+
+    set_state(running=False)
+    set_state(recent_claims=[])
+    assert claim_wake() is None  # stopped

@@ -1,0 +1,47 @@
+"""A message created due is announced on PostgreSQL's NOTIFY, only once its transaction commits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from dispatcher.engine.listening import open_listener
+from messages_app.due_signal import MESSAGES_DUE_CHANNEL
+from messages_app.services import message_create, messages_bulk_create
+from tests.factories import phone_number
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def listener():
+    listening = open_listener(MESSAGES_DUE_CHANNEL)
+    assert listening is not None
+    yield listening
+    listening.close()
+
+
+def test_a_message_created_due_wakes_the_listener(listener):
+    message_create(recipient_phone_number=phone_number(), content="code 1")
+    assert listener.wait(2)
+    assert not listener.wait(0.1)  # one creation, one wake
+
+
+def test_a_rolled_back_creation_wakes_nobody(listener):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        message_create(recipient_phone_number=phone_number(), content="code 2")
+        raise RuntimeError("rolled back")
+    assert not listener.wait(0.3)
+
+
+def test_a_message_for_later_wakes_nobody_and_a_bulk_create_wakes_once(listener):
+    message_create(
+        recipient_phone_number=phone_number(), content="later", send_after=timezone.now() + timedelta(hours=1)
+    )
+    assert not listener.wait(0.3)
+    messages_bulk_create(items=[{"recipient_phone_number": phone_number(), "content": f"b{i}"} for i in range(5)])
+    assert listener.wait(2)
+    assert not listener.wait(0.1)
