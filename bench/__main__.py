@@ -5,6 +5,8 @@
               qcluster, with a 50 ms provider, and an asyncio baseline against
               the fake provider and a stub: messages/s, latency, RSS, duplicates
               and their ratios.
+  latency     lone messages created through the API one every 0.37 s: created to
+              provider p50/p99, and the most sends in any interval <= the pace.
   pacing      run qcluster + the fake provider for some minutes and compare the
               number of messages sent with batch_size x ticks.
   pace-held   the same as a check: 4 qclusters at 50 every 2 s, within one batch.
@@ -41,7 +43,19 @@ import json
 import signal
 import sys
 
-from bench import cluster, fakeprovider, history, idle_xact, inbound, inprocess, pacing, providers, receipts, throughput
+from bench import (
+    cluster,
+    fakeprovider,
+    history,
+    idle_xact,
+    inbound,
+    inprocess,
+    latency,
+    pacing,
+    providers,
+    receipts,
+    throughput,
+)
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
@@ -49,6 +63,11 @@ COMMANDS = {
         cluster.cluster,
         cluster.add_arguments,
         "the paced mode as run for real (gunicorn, K qclusters, the API) against an asyncio baseline",
+    ),
+    "latency": (
+        latency.latency,
+        latency.add_arguments,
+        "lone messages at light load: created to provider p50/p99, and the pace held at the provider",
     ),
     "pacing": (pacing.pacing, pacing.add_arguments, "messages sent over some minutes vs batch size x ticks"),
     "pace-held": (

@@ -103,8 +103,11 @@ def dispatcher_state_ensure(*, using: str = "default") -> DispatcherState:
 def dispatcher_state_lock() -> DispatcherState:
     """The state row, locked until the transaction ends: ticks, drains, start, stop
     and pace changes queue on it. Call inside transaction.atomic()."""
-    dispatcher_state_ensure()
-    return DispatcherState.objects.select_for_update().get(pk=DispatcherState.SINGLETON_PK)
+    state = DispatcherState.objects.select_for_update().filter(pk=DispatcherState.SINGLETON_PK).first()
+    if state is None:  # before migrate made it, or deleted: made as a deploy makes it, then locked
+        dispatcher_state_ensure()
+        state = DispatcherState.objects.select_for_update().get(pk=DispatcherState.SINGLETON_PK)
+    return state
 
 
 def dispatcher_state_read() -> DispatcherState:

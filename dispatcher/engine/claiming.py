@@ -84,7 +84,7 @@ def _reserve(share_of_remaining: float) -> int:
     return whole + (1 if random.random() < share_of_remaining - whole else 0)
 
 
-def claim_batch(*, batch_size: int) -> Claim:
+def claim_batch(*, batch_size: int, claimed_at: datetime | None = None) -> Claim:
     """Lease up to `batch_size` due messages, higher priority first, earliest due first
     within a priority.
 
@@ -102,19 +102,25 @@ def claim_batch(*, batch_size: int) -> Claim:
     """
     conf = dispatcher_settings()
     token = uuid.uuid4()
-    claimed_at = database_now()  # one time for the whole claim, however many statements it takes
+    # One time for the whole claim, however many statements it takes (the tick's, when given).
+    claimed_at = claimed_at or database_now()
     ids: list[int] = []
     remaining = batch_size
+    exhausted: set[str] = set()
     for index, priority in enumerate(PRIORITIES):
         below = index < len(PRIORITIES) - 1
         cap = remaining - (_reserve(remaining * conf.lower_priority_share) if below else 0)
         taken = _claim_level(priority, cap, token, conf.lease_seconds, claimed_at)
+        if len(taken) < cap:
+            exhausted.add(priority)  # fewer than asked: nothing more of it to take in this claim
         ids.extend(taken)
         remaining -= len(taken)
     # What the lower levels left of their share, the higher ones may have.
     for priority in PRIORITIES:
         if remaining <= 0:
             break
+        if priority in exhausted:
+            continue
         taken = _claim_level(priority, remaining, token, conf.lease_seconds, claimed_at)
         ids.extend(taken)
         remaining -= len(taken)
@@ -134,7 +140,7 @@ def claim_tick(*, due_only: bool, even_if_stopped: bool = False) -> Claim | None
         tick = dispatcher_tick_take(due_only=due_only, even_if_stopped=even_if_stopped, in_flight=in_flight)
         if tick is None:
             return None
-        claim = claim_batch(batch_size=min(tick.budget, providers_capacity(tick.interval_seconds)))
+        claim = claim_batch(batch_size=min(tick.budget, providers_capacity(tick.interval_seconds)), claimed_at=tick.now)
         dispatcher_claims_record(taken=tick, count=len(claim.message_ids))
         return claim
 
@@ -147,7 +153,9 @@ def claim_wake() -> Claim | None:
         allowed = dispatcher_wake_take()
         if allowed is None:
             return None
-        claim = claim_batch(batch_size=min(allowed.budget, providers_capacity(allowed.interval_seconds)))
+        claim = claim_batch(
+            batch_size=min(allowed.budget, providers_capacity(allowed.interval_seconds)), claimed_at=allowed.now
+        )
         dispatcher_claims_record(taken=allowed, count=len(claim.message_ids))
         return claim
 
