@@ -7,6 +7,8 @@
               and their ratios.
   latency     lone messages created through the API one every 0.37 s: created to
               provider p50/p99, and the most sends in any interval <= the pace.
+  scale       1, 2, 4 and 8 qclusters, each in a CPU cgroup held to 0.2 core (a small
+              host of its own): messages/s and CPU-s per 1,000 messages each.
   pacing      run qcluster + the fake provider for some minutes and compare the
               number of messages sent with batch_size x ticks.
   pace-held   the same as a check: 4 qclusters at 50 every 2 s, within one batch.
@@ -54,6 +56,7 @@ from bench import (
     pacing,
     providers,
     receipts,
+    scale,
     throughput,
 )
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
@@ -68,6 +71,11 @@ COMMANDS = {
         latency.latency,
         latency.add_arguments,
         "lone messages at light load: created to provider p50/p99, and the pace held at the provider",
+    ),
+    "scale": (
+        scale.scale,
+        scale.add_arguments,
+        "1, 2, 4, 8 qclusters each in a CPU cgroup of 0.2 core: messages/s and CPU-s per 1,000",
     ),
     "pacing": (pacing.pacing, pacing.add_arguments, "messages sent over some minutes vs batch size x ticks"),
     "pace-held": (

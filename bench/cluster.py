@@ -525,8 +525,18 @@ def _r(value: float | None, digits: int = 1) -> float | None:
 
 
 def _run_cluster_phase(
-    name: str, *, qclusters: int, latency_ms: float, options: argparse.Namespace, env: dict[str, str], api: Api, logs
+    name: str,
+    *,
+    qclusters: int,
+    latency_ms: float,
+    options: argparse.Namespace,
+    env: dict[str, str],
+    api: Api,
+    logs,
+    cgroups=None,
 ) -> dict:
+    """One cluster phase; with `cgroups` (bench.cgroups.CpuCgroups, one group per qcluster)
+    each qcluster and every process it forks runs in its own group."""
     phase = Phase(name, options=options, env=env, api=api, logs=logs)
     print(f"cluster: {name}: {qclusters} qcluster(s), provider latency {latency_ms:g} ms", file=sys.stderr, flush=True)
     opt_outs = None
@@ -540,12 +550,20 @@ def _run_cluster_phase(
         q_logs = [phase.log(f"qcluster-{i}") for i in range(qclusters)]
         procs = [start_process(["qcluster"], qenv, log) for log in q_logs]
         phase.stack.callback(stop_processes, procs)
+        if cgroups is not None:
+            # Before the qcluster forks its sentinel (it sets Django up first): its children are born in it.
+            for index, proc in enumerate(procs):
+                cgroups.add(index, proc.pid)
         _wait_qclusters_ready(procs, options.workers, phase.logs)
+        if cgroups is not None:
+            for index, proc in enumerate(procs):  # any process forked before the move
+                cgroups.add_tree(index, proc.pid)
         rss = Processes()
         roots = [p.pid for p in procs]
         with connect() as conn:
             rss.sample(roots, others=[phase.provider.pid, *_backends(conn)], force=True)
         rss.start_cpu()
+        cgroup_usage_before = cgroups.usage_seconds() if cgroups is not None else None
         db_before = _db_counters()
 
         api.call("PATCH", "/api/dispatcher/", {"batch_size": options.batch_size, "interval_seconds": options.interval})
@@ -563,6 +581,11 @@ def _run_cluster_phase(
         if feeder:
             enqueue = feeding.result()
             feeder.shutdown()
+        cgroup_usage = (
+            [after - before for after, before in zip(cgroups.usage_seconds(), cgroup_usage_before, strict=True)]
+            if cgroups is not None
+            else None
+        )
         stop_started = time.monotonic()
         stop_processes(procs)
         stop_s = time.monotonic() - stop_started
@@ -585,6 +608,7 @@ def _run_cluster_phase(
         "memory": memory,
         "cpu": _cpu_report(rss, cpu_groups, options.messages),
         "database": _db_report(db_before, db_after, options.messages),
+        "cgroups": cgroups.report(cgroup_usage, options.messages) if cgroups is not None else None,
         "detail": {
             "timed_out": pace["timed_out"],
             "qcluster_stop_s": round(stop_s, 2),
@@ -823,6 +847,33 @@ def cluster(options: argparse.Namespace) -> dict:
     if options.messages < 1 or options.qclusters < 1 or options.batch_size < 1 or options.interval < 1:
         raise BenchError("--messages, --qclusters, --batch-size and --interval must be at least 1")
     phases = _phases(options)
+    runs = []
+    with ExitStack() as stack:
+        env, api, logs = service_for_phases(options, stack)
+        for index in range(options.runs):
+            print(f"cluster: run {index + 1} of {options.runs}", file=sys.stderr, flush=True)
+            run: dict[str, dict] = {}
+            for name in phases:
+                if name.startswith("baseline-"):
+                    provider = name.removeprefix("baseline-")
+                    run[name] = _run_baseline_phase(
+                        name, provider=provider, options=options, env=env, api=api, logs=logs
+                    )
+                else:
+                    qclusters = options.compare_qclusters if name == "cluster-compare" else options.qclusters
+                    latency = options.slow_latency_ms if name == "cluster-latency" else options.latency_ms
+                    run[name] = _run_cluster_phase(
+                        name, qclusters=qclusters, latency_ms=latency, options=options, env=env, api=api, logs=logs
+                    )
+            runs.append({"phases": run, "ratios": _ratios({k: v["messages_per_s"] for k, v in run.items()})})
+        with suppress(BenchError):
+            api.call("POST", "/api/dispatcher/stop/")
+    return _report(options, phases, runs)
+
+
+def service_for_phases(options: argparse.Namespace, stack: ExitStack) -> tuple[dict[str, str], Api, Path]:
+    """The environment of the service's processes, gunicorn serving the API (stopped with
+    `stack`) and the API's client, and the log folder: what every phase shares."""
     env = service_env(
         DISPATCH_PROVIDER_BACKEND="webhook",
         LOG_LEVEL=options.log_level,
@@ -848,48 +899,27 @@ def cluster(options: argparse.Namespace) -> dict:
     token = _api_token(env)
     logs = Path(options.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
-
-    runs = []
-    with ExitStack() as stack:
-        port = free_port()
-        web_argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "messaging_site.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(options.web_workers),
-            "--timeout",
-            "120",
-            # gunicorn 27 otherwise listens on one control socket per user (~/.gunicorn/), shared with any other.
-            "--no-control-socket",
-        ]
-        web = start_command(web_argv, env, logs / "cluster-gunicorn.log")
-        stack.callback(stop_process, web)
-        _wait_for_log(web, logs / "cluster-gunicorn.log", r"Booting worker", timeout=60, what="gunicorn")
-        api = Api(f"http://127.0.0.1:{port}", token)
-        _wait_for_api(api, web)
-        for index in range(options.runs):
-            print(f"cluster: run {index + 1} of {options.runs}", file=sys.stderr, flush=True)
-            run: dict[str, dict] = {}
-            for name in phases:
-                if name.startswith("baseline-"):
-                    provider = name.removeprefix("baseline-")
-                    run[name] = _run_baseline_phase(
-                        name, provider=provider, options=options, env=env, api=api, logs=logs
-                    )
-                else:
-                    qclusters = options.compare_qclusters if name == "cluster-compare" else options.qclusters
-                    latency = options.slow_latency_ms if name == "cluster-latency" else options.latency_ms
-                    run[name] = _run_cluster_phase(
-                        name, qclusters=qclusters, latency_ms=latency, options=options, env=env, api=api, logs=logs
-                    )
-            runs.append({"phases": run, "ratios": _ratios({k: v["messages_per_s"] for k, v in run.items()})})
-        with suppress(BenchError):
-            api.call("POST", "/api/dispatcher/stop/")
-    return _report(options, phases, runs)
+    port = free_port()
+    web_argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "messaging_site.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(options.web_workers),
+        "--timeout",
+        "120",
+        # gunicorn 27 otherwise listens on one control socket per user (~/.gunicorn/), shared with any other.
+        "--no-control-socket",
+    ]
+    web = start_command(web_argv, env, logs / "cluster-gunicorn.log")
+    stack.callback(stop_process, web)
+    _wait_for_log(web, logs / "cluster-gunicorn.log", r"Booting worker", timeout=60, what="gunicorn")
+    api = Api(f"http://127.0.0.1:{port}", token)
+    _wait_for_api(api, web)
+    return env, api, logs
 
 
 def _wait_for_api(api: Api, web, timeout: float = 60) -> None:
