@@ -5,7 +5,8 @@ A chunk asks the database once, when it starts, which of its recipients opted ou
 (`selectors.messages_to_suppress`); it may then send for minutes. An opt-out is put
 here before its transaction commits and kept for `recent_opt_out_seconds` (longer than
 any chunk sends), so a send that starts after the commit finds its number here (one
-key lookup, no query) and asks the database before going on.
+key lookup, no query; a worker asks for a whole wave of sends it is about to start at
+once) and asks the database before going on.
 
 Redis unreachable: the opt-out is recorded all the same (logged), and the workers keep
 to the check at the chunk's start (docs/RELIABILITY.md).
@@ -50,6 +51,15 @@ def recent_opt_outs_add(*, phone_numbers: Sequence[str]) -> bool:
         )
         return False
     return True
+
+
+def numbers_recently_opted_out(*, phone_numbers: Sequence[str]) -> set[str]:
+    """Which of `phone_numbers` (E.164) opted out in the last `recent_opt_out_seconds`, in
+    one round trip (MGET) for a wave of sends about to start. Raises if Redis is unreachable."""
+    if not phone_numbers:
+        return set()
+    found = caches[CACHE_ALIAS].get_many([_key(number) for number in phone_numbers])
+    return {key.removeprefix(KEY_PREFIX) for key in found}
 
 
 def number_recently_opted_out(*, phone_number: str) -> bool:

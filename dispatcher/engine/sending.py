@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from django.db import connection
 from django.utils import timezone
 
-from consent.recent_opt_outs import number_recently_opted_out
+from consent.recent_opt_outs import number_recently_opted_out, numbers_recently_opted_out
 from consent.selectors import messages_to_suppress
 from dispatcher.conf import DispatcherSettings, dispatcher_settings
 from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet
@@ -130,10 +130,15 @@ def send_one(
     provider: BaseProvider | ProviderSet,
     should_stop: Callable[[], bool] = lambda: False,
     clock_offset: timedelta = timedelta(0),
+    opted_out_known: bool | None = None,
 ) -> SendResult:
     """Try `message` through its route of providers (`_try_route`) from this thread; never raises."""
     steps = _try_route(
-        message=message, providers=ProviderSet.of(provider), should_stop=should_stop, clock_offset=clock_offset
+        message=message,
+        providers=ProviderSet.of(provider),
+        should_stop=should_stop,
+        clock_offset=clock_offset,
+        opted_out_known=opted_out_known,
     )
     step = _advance(steps, None)
     while not isinstance(step, SendResult):
@@ -153,9 +158,16 @@ async def send_one_async(
     providers: ProviderSet,
     should_stop: Callable[[], bool],
     clock_offset: timedelta = timedelta(0),
+    opted_out_known: bool | None = None,
 ) -> SendResult:
     """`send_one` in an event loop, for providers that send without a thread (`send_async`)."""
-    steps = _try_route(message=message, providers=providers, should_stop=should_stop, clock_offset=clock_offset)
+    steps = _try_route(
+        message=message,
+        providers=providers,
+        should_stop=should_stop,
+        clock_offset=clock_offset,
+        opted_out_known=opted_out_known,
+    )
     step = _advance(steps, None)
     while not isinstance(step, SendResult):
         if isinstance(step, _Call):
@@ -175,6 +187,13 @@ def _recently_opted_out(message: Message) -> bool:
     return shared_state_call(
         lambda: number_recently_opted_out(phone_number=message.recipient_phone_number), lambda: False
     )
+
+
+def _recently_opted_out_among(messages: list[Message]) -> set[str]:
+    """The numbers of `messages` among the recent opt-outs, in one Redis round trip for a
+    wave of sends about to start; none while Redis is unreachable (as `_recently_opted_out`)."""
+    numbers = list({m.recipient_phone_number for m in messages})
+    return shared_state_call(lambda: numbers_recently_opted_out(phone_numbers=numbers), set)
 
 
 def _opt_out_reason(message: Message) -> str | None:
@@ -206,6 +225,7 @@ def _try_route(
     providers: ProviderSet,
     should_stop: Callable[[], bool],
     clock_offset: timedelta,
+    opted_out_known: bool | None = None,
 ) -> Generator[_Step, tuple[ProviderResult | None, ProviderError | None] | None, SendResult]:
     """Try `message` through its route of providers: the one rule, whether a thread
     (`send_one`) or an event loop (`send_one_async`) carries out its steps.
@@ -221,7 +241,10 @@ def _try_route(
 
     Right before a request, a number among the recent opt-outs (an opt-out recorded
     after the chunk's own check) is confirmed with the database: the message then
-    ends suppressed, no provider asked.
+    ends suppressed, no provider asked. `opted_out_known` is that lookup made for the
+    wave of sends this one started with (`send_concurrently`: one round trip for them
+    all instead of one each); it stands only while the route has not waited (for a
+    rate, or for a provider that refused it), after which the number is looked up again.
     """
     conf = dispatcher_settings()
     started_at = timezone.now() + clock_offset
@@ -238,7 +261,15 @@ def _try_route(
             error = error or ProviderError(f"provider {name}: circuit open, not asked", not_sent=True)
             used = used or name
             continue
-        acquired = yield from gate.rate.acquire_steps(should_stop=should_stop)
+        rate_steps = gate.rate.acquire_steps(should_stop=should_stop)
+        try:
+            wait = next(rate_steps)
+            opted_out_known = None  # waited for the rate: looked up again after the wait
+            while True:
+                yield wait
+                wait = next(rate_steps)
+        except StopIteration as done:
+            acquired = done.value
         if should_stop():
             # Asked right before each request, after any wait for the rate: a worker frozen
             # past its lease (SIGSTOP, a paused VM) must not send what another now holds.
@@ -248,7 +279,8 @@ def _try_route(
             error = ProviderError(f"provider {name}: over its rate, not asked", not_sent=True)
             used = used or name
             continue
-        if not may_send and _recently_opted_out(message):
+        recently = _recently_opted_out(message) if opted_out_known is None else opted_out_known
+        if not may_send and recently:
             reason = yield _ConfirmOptOut(message)
             if reason is None:  # the database cannot say: not sent, given back with the unstarted
                 return SendResult(message, started_at, _ms(started), not_started=True)
@@ -256,6 +288,7 @@ def _try_route(
                 return SendResult(message, started_at, _ms(started), suppressed=reason)
             may_send = True
         result, error = yield _Call(providers.providers[name], message)
+        opted_out_known = None  # time passed: a next provider's try looks it up again
         used = name
         if result is not None:
             gate.circuit.success()
@@ -358,9 +391,15 @@ def send_concurrently(
         loop = providers.event_loop()
         loop.run_until_complete(_settle())
 
-        def start(message: Message) -> asyncio.Task:
+        def start(message: Message, opted_out: bool) -> asyncio.Task:
             return loop.create_task(
-                send_one_async(message=message, providers=providers, should_stop=should_stop, clock_offset=clock_offset)
+                send_one_async(
+                    message=message,
+                    providers=providers,
+                    should_stop=should_stop,
+                    clock_offset=clock_offset,
+                    opted_out_known=opted_out,
+                )
             )
 
         def wait_some(in_flight: set) -> tuple[set, set]:
@@ -378,9 +417,14 @@ def send_concurrently(
     else:
         pool = providers.executor(concurrency)
 
-        def start(message: Message) -> Future:
+        def start(message: Message, opted_out: bool) -> Future:
             return pool.submit(
-                send_one, message=message, provider=providers, should_stop=should_stop, clock_offset=clock_offset
+                send_one,
+                message=message,
+                provider=providers,
+                should_stop=should_stop,
+                clock_offset=clock_offset,
+                opted_out_known=opted_out,
             )
 
         def wait_some(in_flight: set) -> tuple[set, set]:
@@ -399,12 +443,18 @@ def send_concurrently(
                 stopping = True
             # Keep `concurrency` sends in flight: starting more as others finish (rather
             # than all at once) means a stop leaves nothing queued.
-            while not stopping and pending_messages and len(in_flight) < concurrency:
+            wave: list[Message] = []
+            while not stopping and pending_messages and len(in_flight) + len(wave) < concurrency:
                 message = pending_messages.pop()
                 if skip(message):
                     unsent.skipped.append(message)
                     continue
-                in_flight.add(start(message))
+                wave.append(message)
+            if wave:
+                # The recent opt-outs, for the whole wave in one round trip, right before it starts.
+                opted_out = _recently_opted_out_among(wave)
+                for message in wave:
+                    in_flight.add(start(message, message.recipient_phone_number in opted_out))
             if not in_flight:
                 break
             done, in_flight = wait_some(in_flight)
