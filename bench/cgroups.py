@@ -41,6 +41,14 @@ def _v1_dirs() -> tuple[Path, Path | None] | None:
     return cpu, acct
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle or waiting), from
+    /proc/stat: over a phase, divided by its wall time, how many cores were in use."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -141,10 +149,14 @@ class CpuCgroups:
                 used.append(int(path.read_text()) * unit)
         return used
 
-    def report(self, used: list[float] | None, messages: int) -> dict:
+    def report(self, used: list[float] | None, messages: int, *, machine_busy_cores: float | None = None) -> dict:
         used = used or []
         total = sum(used)
         return {
+            # The whole machine's cores in use over the phase (every process, other work included):
+            # near the core count, the cores themselves are what is saturated.
+            "machine_busy_cores": None if machine_busy_cores is None else round(machine_busy_cores, 2),
+            "machine_cores": os.cpu_count(),
             "version": self.version,
             "cpus_each": self.cpus,
             "groups": len(self.groups),

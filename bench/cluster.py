@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from bench.cgroups import machine_busy_seconds
 from bench.common import (
     BenchError,
     connect,
@@ -564,6 +565,7 @@ def _run_cluster_phase(
             rss.sample(roots, others=[phase.provider.pid, *_backends(conn)], force=True)
         rss.start_cpu()
         cgroup_usage_before = cgroups.usage_seconds() if cgroups is not None else None
+        busy_before, busy_wall = machine_busy_seconds(), time.monotonic()
         db_before = _db_counters()
 
         api.call("PATCH", "/api/dispatcher/", {"batch_size": options.batch_size, "interval_seconds": options.interval})
@@ -586,6 +588,7 @@ def _run_cluster_phase(
             if cgroups is not None
             else None
         )
+        busy_cores = (machine_busy_seconds() - busy_before) / max(time.monotonic() - busy_wall, 1e-6)
         stop_started = time.monotonic()
         stop_processes(procs)
         stop_s = time.monotonic() - stop_started
@@ -608,7 +611,11 @@ def _run_cluster_phase(
         "memory": memory,
         "cpu": _cpu_report(rss, cpu_groups, options.messages),
         "database": _db_report(db_before, db_after, options.messages),
-        "cgroups": cgroups.report(cgroup_usage, options.messages) if cgroups is not None else None,
+        "cgroups": (
+            cgroups.report(cgroup_usage, options.messages, machine_busy_cores=busy_cores)
+            if cgroups is not None
+            else None
+        ),
         "detail": {
             "timed_out": pace["timed_out"],
             "qcluster_stop_s": round(stop_s, 2),

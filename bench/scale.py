@@ -72,6 +72,7 @@ def _summary(phase: dict) -> dict:
         "messages_per_s_from_start": phase["messages_per_s_from_start"],
         "cgroup_cpu_s_per_1000_messages": cpu["cpu_s_per_1000_messages"],
         "cgroup_cpu_s_each": cpu["cpu_s_each"],
+        "machine_busy_cores": cpu["machine_busy_cores"],
         "process_cpu_s_per_1000_messages": phase["cpu"]["per_1000_messages_s"],
         "postgresql_cpu_s_per_1000": phase["cpu"]["per_1000_messages_s"].get("postgresql"),
         "fakeprovider_cpu_s_per_1000": phase["cpu"]["per_1000_messages_s"].get("fakeprovider"),
@@ -86,6 +87,7 @@ def _report(options: argparse.Namespace, counts: list[int], runs: list[dict[int,
         count: {
             "messages_per_s": median([run[count]["messages_per_s"] for run in runs]),
             "cgroup_cpu_s_per_1000_messages": median([run[count]["cgroup_cpu_s_per_1000_messages"] for run in runs]),
+            "machine_busy_cores": median([run[count]["machine_busy_cores"] for run in runs]),
         }
         for count in counts
     }
@@ -106,7 +108,9 @@ def _report(options: argparse.Namespace, counts: list[int], runs: list[dict[int,
         "summary": (
             f"scale: qclusters at {options.cpus_per_qcluster:g} core each (cgroup {version}), "
             f"{options.messages} messages at {options.batch_size} every {options.interval} s: messages/s {rates}; "
-            f"CPU-s per 1,000 in the cgroups {cpu}; "
+            f"CPU-s per 1,000 in the cgroups {cpu}; machine cores busy "
+            + ", ".join(f"{c}: {medians[c]['machine_busy_cores']}" for c in counts)
+            + "; "
             + ", ".join(f"{name} {r['ratio']}" for name, r in ratios.items())
             + f"; duplicates {duplicates}"
         ),
@@ -129,7 +133,18 @@ def _cluster_options(options: argparse.Namespace) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     cluster.add_arguments(parser)
     merged = parser.parse_args([])
-    for name in ("messages", "workers", "batch_size", "interval", "latency_ms", "log_level", "timeout", "log_dir"):
+    names = (
+        "messages",
+        "workers",
+        "batch_size",
+        "interval",
+        "chunk_size",
+        "latency_ms",
+        "log_level",
+        "timeout",
+        "log_dir",
+    )
+    for name in names:
         setattr(merged, name, getattr(options, name))
     merged.per_request = min(merged.per_request, options.messages)
     merged.feed = "before"
@@ -143,6 +158,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="QCLUSTER_WORKERS of each qcluster")
     parser.add_argument("--batch-size", type=int, default=5000, help="the pace: messages per tick")
     parser.add_argument("--interval", type=int, default=1, help="the pace: seconds between ticks")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=100,
+        help="DISPATCH_CHUNK_SIZE: a tick's chunks spread over every qcluster's workers (the service's 500 "
+        "gives 8 qclusters fewer chunks than workers)",
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the fake provider's latency")
     parser.add_argument("--runs", type=int, default=1, help="repeat every count R times; medians are reported")
     parser.add_argument("--timeout", type=float, default=900, help="give up on a count after this many seconds")

@@ -208,8 +208,17 @@ def run_dispatch_window(
                 listener = None
                 continue
             if woken:
-                # Handed out on the next turn, after the checks above (stopped, a newer window).
-                wake_pending = True
+                if pace.budget_left <= 0:
+                    wake_pending = True  # handed out once the budget frees (the turns above)
+                    continue
+                # Claimed at once, before the turn's own reads: the claim itself checks under the
+                # state row's lock that the dispatcher runs and what the budget allows; a stop
+                # or a newer window is seen on the next turn.
+                try:
+                    wake_pending = hand_out_wake() >= pace.budget_left
+                except Exception:
+                    logger.exception("dispatch window %s: wake failed; the ticks will find the message", window_id)
+                    close_old_connections()
     finally:
         if listener is not None:
             listener.close()

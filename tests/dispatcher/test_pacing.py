@@ -232,14 +232,14 @@ def queue_one() -> Message:
 def test_a_message_created_due_is_sent_at_once_not_at_the_next_tick():
     # Ticks a minute apart: only the wake on the message's creation can send it within seconds.
     DispatcherState.objects.update(batch_size=5, interval_seconds=60, next_tick_at=timezone.now())
-    window = WindowThread(window_seconds=6)
+    window = WindowThread(window_seconds=12)
     window.start()
-    wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=3, what="the first tick")
+    wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=8, what="the first tick")
     time.sleep(0.3)
     created = [queue_one() for _ in range(3)]
-    wait_for(lambda: len(locmem.outbox) == 3, timeout=3, what="the three new messages to be sent")
+    wait_for(lambda: len(locmem.outbox) == 3, timeout=5, what="the three new messages to be sent")
     assert sorted(m.pk for m in Message.objects.filter(status=Status.SENT)) == [m.pk for m in created]
-    assert window.finish(8) == 1  # no further tick: the wakes sent them
+    assert window.finish(15) == 1  # no further tick: the wakes sent them
 
 
 def test_wakes_stay_within_the_pace_and_the_rest_waits_for_the_budget():
@@ -248,7 +248,7 @@ def test_wakes_stay_within_the_pace_and_the_rest_waits_for_the_budget():
     DispatcherState.objects.update(batch_size=2, interval_seconds=3, next_tick_at=timezone.now())
     window = WindowThread(window_seconds=7.5)
     window.start()
-    wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=3, what="the first tick")
+    wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=5, what="the first tick")
     for _ in range(5):
         queue_one()
     wait_for(lambda: len(locmem.outbox) == 2, timeout=2, what="the first two")
