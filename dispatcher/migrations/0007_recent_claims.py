@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dispatcher", "0005_grant_operator_permissions_to_staff"),
+        ("dispatcher", "0006_hot_tables_autovacuum"),
     ]
 
     operations = [
