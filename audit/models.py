@@ -28,6 +28,7 @@ class ControlAction(models.Model):
         CANCEL = "cancel", "Cancel messages"
         DELETE = "delete", "Delete messages"
         CONSENT = "consent", "Change consent"
+        TEMPLATE = "template", "Change a template"
 
     class Via(models.TextChoices):
         API = "api", "REST API"

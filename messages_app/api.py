@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
@@ -27,10 +27,12 @@ from messages_app.serializers import (
     DeliveryAttemptSerializer,
     MessageActionResultSerializer,
     MessageBulkCreateSerializer,
+    MessageBulkDryRunSerializer,
     MessageBulkResultSerializer,
     MessageCreateSerializer,
     MessageSerializer,
 )
+from messages_app.template_source import TemplateLookup
 from restapi.idempotency import idempotent
 from restapi.pagination import SentMessageCursorPagination
 from restapi.parsers import JSONParser
@@ -148,7 +150,7 @@ class MessageViewSet(
 
     def create(self, request: Request, *args, **kwargs) -> Response:
         def queue() -> Response:
-            serializer = MessageCreateSerializer(data=request.data)
+            serializer = MessageCreateSerializer(data=request.data, context={"template_lookup": TemplateLookup()})
             serializer.is_valid(raise_exception=True)
             message = services.message_create(**serializer.validated_data)
             return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
@@ -164,15 +166,32 @@ class MessageViewSet(
             "the others are; if none can be, the answer is 422 with the same body."
         ),
         request=MessageBulkCreateSerializer,
-        responses={201: MessageBulkResultSerializer, 422: MessageBulkResultSerializer},
+        parameters=[
+            OpenApiParameter(
+                "dry_run",
+                bool,
+                description="true: check and render every item (templates too) and answer 200 with how many "
+                "messages would be queued and their total SMS segments; nothing is stored.",
+            )
+        ],
+        responses={
+            201: MessageBulkResultSerializer,
+            200: OpenApiResponse(MessageBulkDryRunSerializer, description="A dry run: nothing stored."),
+            422: MessageBulkResultSerializer,
+        },
         examples=BULK_EXAMPLES,
     )
     # JSON only: a list of objects has no form encoding, and the schema says so.
     @action(detail=False, methods=["post"], parser_classes=[JSONParser])
     def bulk(self, request: Request) -> Response:
+        dry_run = request.query_params.get("dry_run", "").lower() in ("1", "true", "yes")
+
         def queue() -> Response:
-            serializer = MessageBulkCreateSerializer(data=request.data)
+            # One lookup for the request: each template named is read once, not once per item.
+            serializer = MessageBulkCreateSerializer(data=request.data, context={"template_lookup": TemplateLookup()})
             serializer.is_valid(raise_exception=True)
+            if dry_run:
+                return self._bulk_dry_run(serializer.validated_data["messages"])
             refused: list[dict] = []
             with transaction.atomic():
                 messages = services.messages_bulk_create(
@@ -185,7 +204,26 @@ class MessageViewSet(
             code = status.HTTP_201_CREATED if messages else status.HTTP_422_UNPROCESSABLE_ENTITY
             return Response({"messages": MessageSerializer(messages, many=True).data, "refused": refused}, status=code)
 
-        return idempotent(request, queue)
+        # A dry run stores nothing, so it is not remembered under an Idempotency-Key either:
+        # the real request with the same key must still queue.
+        return queue() if dry_run else idempotent(request, queue)
+
+    @staticmethod
+    def _bulk_dry_run(items: list[dict]) -> Response:
+        refused: list[dict] = []
+        messages = services.messages_bulk_checked(
+            items=items,
+            on_refused=lambda index, number, reason: refused.append(
+                {"index": index, "recipient_phone_number": number, "reason": reason}
+            ),
+        )
+        return Response(
+            {
+                "messages": len(messages),
+                "segments": sum(message.segments for message in messages),
+                "refused": refused,
+            }
+        )
 
     @extend_schema(
         summary="Sent messages, most recently sent first",

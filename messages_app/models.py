@@ -85,6 +85,14 @@ class Message(models.Model):
     )
     # Why it is not sent: suppressed (its recipient opted out), or held for now (quiet hours).
     status_reason = models.CharField(max_length=200, blank=True, default="", db_default="")
+    # Made from a template (the message_templates app): which one, its version and language,
+    # and the personalisation it was filled with, kept with the message (and pruned with it:
+    # they are its columns, not rows elsewhere). Plain values, no foreign key: messages_app
+    # sits below that app, and a message outlives any later edit of its template.
+    template_id = models.PositiveBigIntegerField(null=True, blank=True)
+    template_version = models.PositiveIntegerField(null=True, blank=True)
+    template_language = models.CharField(max_length=16, blank=True, default="", db_default="")
+    personalisation = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

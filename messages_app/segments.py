@@ -49,3 +49,16 @@ def sms_segments(text: str) -> int:
 
 def sms_encoding(text: str) -> str:
     return "GSM-7" if _gsm7_septets(text) is not None else "UCS-2"
+
+
+def sms_ucs2_characters(text: str) -> list[tuple[int, str]]:
+    """The characters that make `text` UCS-2 (none if it is GSM-7), each with its position
+    (1 for the first character, counted in characters as the length limit is)."""
+    encode = codecs.getencoder("gsm03.38")
+    found = []
+    for position, char in enumerate(text, start=1):
+        try:
+            encode(char)
+        except UnicodeEncodeError:
+            found.append((position, char))
+    return found

@@ -4,11 +4,13 @@ from collections.abc import Mapping
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from messages_app.models import DeliveryAttempt, Message
+from messages_app.template_source import TemplateLookup
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
-from restapi.fields import AsciiDateTimeField
+from restapi.fields import AsciiDateTimeField, AsciiIntegerField
 from restapi.schema import text_with_settings
 
 
@@ -106,13 +108,55 @@ class DeliveryAttemptSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"}]})
+class TemplateRefField(serializers.Field):
+    """A template by its name (text) or its id (a number)."""
+
+    default_error_messages = {"invalid": "A template's name (text) or id (a number)."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, str | int) or (isinstance(data, str) and not data.strip()):
+            self.fail("invalid")
+        if isinstance(data, str) and len(data) > 100:
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
 class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     recipient_phone_number = StrictCharField(
         max_length=64, help_text="International format with country code; stored in E.164, e.g. +905551112233."
     )
     content = StrictCharField(
         trim_whitespace=False,
-        help_text=text_with_settings("1 to {MESSAGE_MAX_LENGTH} characters (an emoji counts as one)."),
+        required=False,
+        help_text=text_with_settings(
+            "1 to {MESSAGE_MAX_LENGTH} characters (an emoji counts as one). Required unless `template` is given."
+        ),
+    )
+    template = TemplateRefField(
+        required=False,
+        help_text="Instead of `content`: the template (its name or id) whose text, filled from "
+        "`personalisation`, is the message's content.",
+    )
+    version = AsciiIntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="With `template`: the version to use (default: its current one).",
+    )
+    language = StrictCharField(
+        required=False,
+        max_length=16,
+        help_text="With `template`: the language wanted (e.g. tr, pt-br); a template without it uses its base "
+        "language (pt), else its default language. The message records the language used.",
+    )
+    personalisation = serializers.DictField(
+        required=False,
+        help_text="With `template`: a value (text, number or true/false) for each ((placeholder)), names in any "
+        "case. A missing one is a 400 naming every missing placeholder; extra ones are ignored.",
     )
     send_after = AsciiDateTimeField(
         required=False,
@@ -139,11 +183,42 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         ),
     )
 
+    def to_internal_value(self, data):
+        # content is required unless the item names a template. The fields are the
+        # serializer's (one instance for every item of a bulk), set before each item.
+        if "content" in self.fields:
+            self.fields["content"].required = not (
+                "template" in self.fields and isinstance(data, Mapping) and "template" in data
+            )
+        return super().to_internal_value(data)
+
     def validate(self, attrs: dict) -> dict:
         try:
             validate_expiry(expires_at=attrs.get("expires_at"), send_after=attrs.get("send_after"))
         except DjangoValidationError as exc:
             raise serializers.ValidationError({"expires_at": exc.messages}) from None
+        template = attrs.pop("template", None)
+        if template is None:
+            stray = [name for name in ("version", "language", "personalisation") if name in attrs]
+            if stray:
+                raise serializers.ValidationError({name: ["Only with a template."] for name in stray})
+            return attrs
+        if "content" in attrs:
+            raise serializers.ValidationError({"content": ["Give content or a template, not both."]})
+        # One lookup for a whole request (the bulk view passes it): its template is read once.
+        lookup = self.context.get("template_lookup") or TemplateLookup()
+        try:
+            attrs.update(
+                lookup.message_fields(
+                    template=template,
+                    version=attrs.pop("version", None),
+                    language=attrs.pop("language", None),
+                    personalisation=attrs.pop("personalisation", None),
+                    category=attrs.get("category"),
+                )
+            )
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
         return attrs
 
     def validate_recipient_phone_number(self, value: str) -> str:
@@ -180,3 +255,9 @@ class RefusedItemSerializer(serializers.Serializer):
 class MessageBulkResultSerializer(serializers.Serializer):
     messages = MessageSerializer(many=True)
     refused = RefusedItemSerializer(many=True, help_text="The items not stored: their recipient opted out.")
+
+
+class MessageBulkDryRunSerializer(serializers.Serializer):
+    messages = serializers.IntegerField(help_text="How many messages the request would queue.")
+    segments = serializers.IntegerField(help_text="Their SMS segments in all (what sending them costs).")
+    refused = RefusedItemSerializer(many=True, help_text="The items that would not be stored: opted out.")

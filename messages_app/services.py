@@ -42,9 +42,15 @@ def message_new(
     expires_at: datetime | None = None,
     priority: str = Message.Priority.NORMAL,
     category: str | None = None,
+    template_id: int | None = None,
+    template_version: int | None = None,
+    template_language: str = "",
+    personalisation: dict[str, Any] | None = None,
 ) -> Message:
     """An unsaved message, validated and normalised as every way of queueing one needs
     it (API, bulk, seed route, admin, CSV import); raise ValidationError otherwise.
+    One made from a template has its content rendered already (messages_app.template_source)
+    and records what it was made from.
 
     A marketing message due in its recipient's quiet hours is due at the window's
     opening instead, the reason in `status_reason`; a transactional one is never held."""
@@ -65,6 +71,10 @@ def message_new(
         segments=sms_segments(content),
         category=category,
         status_reason=held[1] if held else "",
+        template_id=template_id,
+        template_version=template_version,
+        template_language=template_language,
+        personalisation=personalisation,
     )
 
 
@@ -92,14 +102,11 @@ def message_create(*, recipient_policy_exempt: bool = False, **fields: Any) -> M
     return message
 
 
-def messages_bulk_create(
+def messages_bulk_checked(
     *, items: Sequence[dict[str, Any]], on_refused: Callable[[int, str, str], None] | None = None
 ) -> list[Message]:
-    """Create all messages or none. Callers validate first to report per-item errors.
-
-    An item whose recipient may not be sent messages (opted out) is left out and given
-    to `on_refused(index, number, reason)`; without it, the first such item refuses the
-    lot (RecipientRefused). One question for all the recipients."""
+    """The unsaved messages `items` ask for, less those whose recipient may not be sent
+    messages (see messages_bulk_create): what a bulk would store, for its dry run too."""
     messages = [message_new(**item) for item in items]
     refused = recipients_refused(phone_numbers=[m.recipient_phone_number for m in messages])
     if refused:
@@ -110,6 +117,18 @@ def messages_bulk_create(
             if reason is not None:
                 on_refused(index, message.recipient_phone_number, reason)
         messages = [m for m in messages if m.recipient_phone_number not in refused]
+    return messages
+
+
+def messages_bulk_create(
+    *, items: Sequence[dict[str, Any]], on_refused: Callable[[int, str, str], None] | None = None
+) -> list[Message]:
+    """Create all messages or none. Callers validate first to report per-item errors.
+
+    An item whose recipient may not be sent messages (opted out) is left out and given
+    to `on_refused(index, number, reason)`; without it, the first such item refuses the
+    lot (RecipientRefused). One question for all the recipients."""
+    messages = messages_bulk_checked(items=items, on_refused=on_refused)
     with transaction.atomic():
         created = Message.objects.bulk_create(messages)
         now = timezone.now()

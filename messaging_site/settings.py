@@ -346,6 +346,11 @@ MESSAGE_RETENTION = {
     ),
 }
 
+# --- Templates ---------------------------------------------------------------------
+# Where a message that names a template gets its text: the message_templates app (a dotted
+# path, as MESSAGE_RECIPIENT_POLICY: messages_app is below it).
+MESSAGE_TEMPLATE_SOURCE = "message_templates.for_messages.template_for_message"
+
 # --- Consent (read through consent.conf.consent_settings()) ---------------------
 # Whom messages_app refuses to queue a message for: the consent app's opted-out numbers
 # (a dotted path: messages_app is below the consent app and cannot import it).

@@ -7,6 +7,7 @@ from consent.urls import api_urlpatterns as consent_api_urlpatterns
 from dispatcher.monitoring.health import healthz, readyz
 from dispatcher.monitoring.metrics import metrics_view
 from dispatcher.urls import urlpatterns as dispatcher_api_urlpatterns
+from message_templates.urls import api_urlpatterns as templates_api_urlpatterns
 from messages_app.urls import api_urlpatterns as messages_api_urlpatterns
 from restapi.docs import redoc_bundle_view
 from restapi.root import ApiRootView
@@ -24,6 +25,7 @@ api_urlpatterns = [
                 "providers": "providers",
                 "consents": "consent-list",
                 "inbound": "inbound",
+                "templates": "template-list",
                 "docs": "swagger-ui",
                 "redoc": "redoc",
                 "schema": "schema",
@@ -34,6 +36,7 @@ api_urlpatterns = [
     *messages_api_urlpatterns,
     *dispatcher_api_urlpatterns,
     *consent_api_urlpatterns,
+    *templates_api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI's start-up script served as a file (docs/?script), not inline: the CSP allows no inline script.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),

@@ -63,6 +63,11 @@ class SeedMessageCreateSerializer(MessageCreateSerializer):
 
     expires_at = None
     priority = None
+    # Templates are this API's own too: the seed route takes finished content.
+    template = None
+    version = None
+    language = None
+    personalisation = None
 
 
 FailSerializer = inline_serializer(
