@@ -121,6 +121,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         "the default language's); the rest is copied. Earlier versions stay as they were. PUT and PATCH alike.",
         request=TemplateWriteSerializer,
         responses={200: TemplateSerializer},
+        examples=[OpenApiExample("A new text", value={"body": "Hi ((name)), see you at ((time))."}, request_only=True)],
     )
     def update(self, request: Request, pk: str | None = None) -> Response:
         template = self.get_object()
@@ -159,6 +160,7 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         summary="Restore a version: a new version copying it (change_template)",
         request=TemplateRestoreSerializer,
         responses={201: TemplateVersionSerializer, 400: OpenApiResponse(description="No such version.")},
+        examples=[OpenApiExample("Back to version 1", value={"version": 1}, request_only=True)],
     )
     @action(detail=True, methods=["post"], permission_classes=[CanChangeTemplates])
     def restore(self, request: Request, pk: str | None = None) -> Response:
@@ -175,9 +177,22 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return Response(TemplateVersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        summary="Set or remove a language's variant: a new version (change_template)",
-        description="PUT adds or replaces the body in `language`; DELETE removes it (not the default language).",
+        methods=["PUT"],
+        summary="Set a language's variant: a new version (change_template)",
+        description="Adds or replaces the body in `language` (e.g. tr, pt-br).",
         request=TemplateVariantSerializer,
+        responses={200: TemplateVersionSerializer},
+        examples=[
+            OpenApiExample(
+                "Turkish", value={"body": "Merhaba ((name)), saat ((time)) için görüşürüz."}, request_only=True
+            )
+        ],
+    )
+    @extend_schema(
+        methods=["DELETE"],
+        summary="Remove a language's variant: a new version (change_template)",
+        description="Not the default language: it is every other language's fallback.",
+        request=None,
         responses={200: TemplateVersionSerializer},
     )
     @action(
@@ -235,6 +250,13 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         operation_id="api_templates_body_preview",
         request=TemplatePreviewSerializer,
         responses=PREVIEW_RESPONSES,
+        examples=[
+            OpenApiExample(
+                "A draft",
+                value={"body": "Your code is ((code)) 🔑", "personalisation": {"code": "4821"}},
+                request_only=True,
+            )
+        ],
     )
     @action(detail=False, methods=["post"], url_path="preview", permission_classes=[CanViewTemplates])
     def preview_body(self, request: Request) -> Response:

@@ -59,3 +59,14 @@ def templates_current_versions(*, templates) -> dict[int, TemplateVersion]:
     for template in templates:
         wanted |= Q(template_id=template.pk, number=template.current_version)
     return {version.template_id: version for version in TemplateVersion.objects.filter(wanted)}
+
+
+def template_placeholders(*, template: Template) -> list[str]:
+    """The placeholders of the template's current version, in every language."""
+    from message_templates.rendering import TemplateBody
+
+    version = template_version_get(template=template)
+    names: dict[str, None] = {}
+    for body in version.bodies.values():
+        names.update(dict.fromkeys(TemplateBody(body).placeholders))
+    return list(names)

@@ -39,7 +39,7 @@ def language_normalised(value: Any, *, field: str = "language") -> str:
     return value.strip().lower()
 
 
-def _name_checked(name: Any) -> str:
+def template_name_checked(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError({"name": ["A template needs a name."]})
     name = name.strip()
@@ -52,7 +52,7 @@ def _name_checked(name: Any) -> str:
     return name
 
 
-def _bodies_checked(bodies: Any, default_language: str) -> dict[str, str]:
+def template_bodies_checked(bodies: Any, default_language: str) -> dict[str, str]:
     """{language: body}, each body a message's content as it may be written (placeholders
     included), the default language among them; ValidationError naming each problem."""
     if not isinstance(bodies, Mapping) or not bodies:
@@ -84,7 +84,7 @@ def _bodies_checked(bodies: Any, default_language: str) -> dict[str, str]:
     return checked
 
 
-def _category_checked(category: Any) -> str:
+def template_category_checked(category: Any) -> str:
     if category in (None, ""):
         return ""
     if category not in Message.Category.values:
@@ -124,10 +124,10 @@ def template_create(
     via: str = Via.COMMAND,
 ) -> Template:
     """A new template with its version 1; ValidationError for a bad or taken name, a bad body."""
-    name = _name_checked(name)
+    name = template_name_checked(name)
     default_language = language_normalised(default_language, field="default_language")
-    checked = _bodies_checked(bodies, default_language)
-    category = _category_checked(category)
+    checked = template_bodies_checked(bodies, default_language)
+    category = template_category_checked(category)
     try:
         with transaction.atomic():
             template = Template.objects.create(name=name, current_version=1)
@@ -189,9 +189,9 @@ def template_edit(
             else language_normalised(default_language, field="default_language")
         )
         return {
-            "bodies": _bodies_checked(latest.bodies if bodies is None else bodies, language),
+            "bodies": template_bodies_checked(latest.bodies if bodies is None else bodies, language),
             "default_language": language,
-            "category": latest.category if category is None else _category_checked(category),
+            "category": latest.category if category is None else template_category_checked(category),
         }
 
     return _new_version(template_id=template_id, change="edit", edit=edit, actor=actor, via=via)
@@ -205,7 +205,7 @@ def template_variant_set(
 
     def edit(latest: TemplateVersion) -> dict[str, Any]:
         return {
-            "bodies": _bodies_checked({**latest.bodies, tag: body}, latest.default_language),
+            "bodies": template_bodies_checked({**latest.bodies, tag: body}, latest.default_language),
             "default_language": latest.default_language,
             "category": latest.category,
         }

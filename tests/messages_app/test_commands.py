@@ -317,7 +317,7 @@ def test_import_dry_run_stores_nothing_but_reports(tmp_path):
 
     out, err = run_rejecting("import_messages", path, "--dry-run")
 
-    assert out == "Dry run: would import 2 messages; 1 row rejected. Nothing was stored.\n"
+    assert out == "Dry run: would import 2 messages (2 SMS segments); 1 row rejected. Nothing was stored.\n"
     assert "line 3: recipient_phone_number:" in err
     assert not Message.objects.exists()
 
@@ -672,10 +672,14 @@ def test_import_of_only_rejected_rows_exits_1_having_stored_nothing(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "status", "said"),
     [
-        ("+905551112233,one\n+905551112234,two\n", 0, "Dry run: would import 2 messages; 0 rows rejected."),
+        (
+            "+905551112233,one\n+905551112234,two\n",
+            0,
+            "Dry run: would import 2 messages (2 SMS segments); 0 rows rejected.",
+        ),
         ("+905551112233,one\nbad,row\n", 3, "CommandError: 1 row rejected (listed above); fix them and import"),
         ("bad,row\n", 1, "CommandError: 1 row rejected (listed above), every row: nothing would be stored."),
-        ("", 0, "Dry run: would import 0 messages; 0 rows rejected."),
+        ("", 0, "Dry run: would import 0 messages (0 SMS segments); 0 rows rejected."),
     ],
 )
 def test_import_exit_status_tells_a_script_whether_all_some_or_none_were_imported(tmp_path, rows, status, said):

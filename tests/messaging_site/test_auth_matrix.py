@@ -29,6 +29,7 @@ from rest_framework.test import APIClient
 from audit.models import ControlAction
 from dispatcher.models import DispatcherState
 from dispatcher.permissions import CONTROL_DISPATCHER
+from message_templates.models import Template, TemplateVersion
 from messages_app.models import Message
 from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
 from tests.factories import make_message, make_user, token_for
@@ -41,6 +42,7 @@ ADD = "messages_app.add_message"
 # What each rule lets through, by the kind of caller (see PRINCIPALS).
 OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE, CANCEL = "open", "login", "read", "write", "control", "requeue", "cancel"
 CONSENT_READ, CONSENT_WRITE, REPLIES_READ = "consent-read", "consent-write", "replies-read"
+TEMPLATE_READ, TEMPLATE_WRITE = "template-read", "template-write"
 
 # name -> keyword arguments of make_user; None: no credentials at all.
 PRINCIPALS: dict[str, dict | None] = {
@@ -55,6 +57,14 @@ PRINCIPALS: dict[str, dict | None] = {
     "consent-reader": {"perms": ["consent.view_consent"]},
     "consent-editor": {"perms": ["consent.change_consent"]},
     "replies-reader": {"perms": ["consent.view_inboundmessage"]},
+    "template-reader": {"perms": ["message_templates.view_template"]},
+    "template-editor": {
+        "perms": [
+            "message_templates.view_template",
+            "message_templates.add_template",
+            "message_templates.change_template",
+        ]
+    },
     "superuser": {"superuser": True},
 }
 
@@ -69,6 +79,8 @@ ALLOWED: dict[str, set[str]] = {
     CONSENT_READ: {"consent-reader", "superuser"},
     CONSENT_WRITE: {"consent-editor", "superuser"},
     REPLIES_READ: {"replies-reader", "superuser"},
+    TEMPLATE_READ: {"template-reader", "template-editor", "superuser"},
+    TEMPLATE_WRITE: {"template-editor", "superuser"},
 }
 
 NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
@@ -122,6 +134,48 @@ ENDPOINTS = [
     ),
     # GET only: POST on the same address is the providers' (PUBLIC_BY_DESIGN's "inbound-twilio" beside it).
     Endpoint("replies", "inbound", "get", "/api/inbound/", REPLIES_READ),
+    Endpoint("templates", "template-list", "get", "/api/templates/", TEMPLATE_READ),
+    Endpoint(
+        "template-create", "template-list", "post", "/api/templates/", TEMPLATE_WRITE, 201, {"name": "new", "body": "x"}
+    ),
+    Endpoint("template-get", "template-detail", "get", "/api/templates/{template_pk}/", TEMPLATE_READ),
+    Endpoint(
+        "template-put", "template-detail", "put", "/api/templates/{template_pk}/", TEMPLATE_WRITE, body={"body": "y"}
+    ),
+    Endpoint("template-versions", "template-versions", "get", "/api/templates/{template_pk}/versions/", TEMPLATE_READ),
+    Endpoint(
+        "template-restore",
+        "template-restore",
+        "post",
+        "/api/templates/{template_pk}/restore/",
+        TEMPLATE_WRITE,
+        201,
+        {"version": 1},
+    ),
+    Endpoint(
+        "template-variant",
+        "template-variant",
+        "put",
+        "/api/templates/{template_pk}/variants/tr/",
+        TEMPLATE_WRITE,
+        body={"body": "merhaba ((name))"},
+    ),
+    Endpoint(
+        "template-preview",
+        "template-preview",
+        "post",
+        "/api/templates/{template_pk}/preview/",
+        TEMPLATE_READ,
+        body={"personalisation": {"name": "Ada"}},
+    ),
+    Endpoint(
+        "template-body-preview",
+        "template-preview-body",
+        "post",
+        "/api/templates/preview/",
+        TEMPLATE_READ,
+        body={"body": "x"},
+    ),
 ]
 
 # Routes outside the matrix, public on purpose.
@@ -147,6 +201,10 @@ def set_up() -> Message:
         defaults={"running": False, "next_tick_at": None, "batch_size": 3, "interval_seconds": 60},
     )
     make_message(content="to cancel")
+    if not Template.objects.exists():
+        # Written directly, not by the service: the audit log starts empty.
+        template = Template.objects.create(name="matrix")
+        TemplateVersion.objects.create(template=template, number=1, bodies={"en": "hi ((name))"}, default_language="en")
     return make_message(status=Message.Status.FAILED, attempts=5, last_error="HTTP 400")
 
 
@@ -157,12 +215,13 @@ def snapshot() -> dict:
         "state": DispatcherState.objects.values().get(),
         "audit": ControlAction.objects.count(),
         "queued_tasks": OrmQ.objects.count(),
+        "template_versions": list(TemplateVersion.objects.order_by("pk").values()),
     }
 
 
 def call(client: APIClient, endpoint: Endpoint, message: Message):
     unsent = Message.objects.get(content="to cancel")
-    path = endpoint.path.format(pk=message.pk, unsent_pk=unsent.pk)
+    path = endpoint.path.format(pk=message.pk, unsent_pk=unsent.pk, template_pk=Template.objects.get().pk)
     return getattr(client, endpoint.method)(path, endpoint.body, format="json")
 
 

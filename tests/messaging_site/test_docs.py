@@ -7,6 +7,7 @@ import yaml
 from django.contrib.staticfiles import finders
 from django.core.management import call_command
 
+from message_templates.services import template_create
 from restapi.docs import REDOC_BUNDLE
 from tests.factories import grant
 
@@ -175,9 +176,15 @@ EXAMPLE_CALLERS = {
     ("/api/dispatcher/", "patch"): 200,
     ("/api/consents/{phone_number}/", "put"): 200,
     ("/messages/", "post"): 200,
+    ("/api/templates/", "post"): 201,
+    ("/api/templates/{id}/", "put"): 200,
+    ("/api/templates/{id}/restore/", "post"): 201,
+    ("/api/templates/{id}/variants/{language}/", "put"): 200,
+    ("/api/templates/{id}/preview/", "post"): 200,
+    ("/api/templates/preview/", "post"): 200,
 }
-# A path parameter as Swagger UI's "Try it out" would be given it.
-EXAMPLE_PATH_PARAMETERS = {"{phone_number}": "+12125550123"}
+# A path parameter as Swagger UI's "Try it out" would be given it ({id}: the template the test makes).
+EXAMPLE_PATH_PARAMETERS = {"{phone_number}": "+12125550123", "{language}": "tr"}
 
 
 def test_every_request_body_has_examples_that_succeed_as_they_stand(
@@ -187,6 +194,13 @@ def test_every_request_body_has_examples_that_succeed_as_they_stand(
 
     dispatcher_state_ensure()
     grant(operator_user, "consent.view_consent", "consent.change_consent")
+    grant(operator_user, *(f"message_templates.{perm}_template" for perm in ("view", "add", "change")))
+    template = template_create(
+        name="reminder",
+        bodies={"en": "Hi ((name)), see you at ((time)).((vip?? Free parking.))"},
+        default_language="en",
+    )
+    path_parameters = {**EXAMPLE_PATH_PARAMETERS, "{id}": str(template.pk)}
     schema = schema_json(anon_client)
     # Receipt and reply callbacks are signed by the provider: no example can succeed as it stands.
     with_body = {
@@ -202,7 +216,7 @@ def test_every_request_body_has_examples_that_succeed_as_they_stand(
         for name, example in examples.items():
             # What Swagger UI's "Try it out" sends: the example's JSON, to the documented path.
             called = path
-            for parameter, value in EXAMPLE_PATH_PARAMETERS.items():
+            for parameter, value in path_parameters.items():
                 called = called.replace(parameter, value)
             response = getattr(operator_client, method)(called, example["value"], format="json")
             assert response.status_code == status, (path, name, response.content)
@@ -348,6 +362,7 @@ def test_the_api_root_describes_the_service_and_links_its_parts(api_client):
         "bulk": "/api/messages/bulk/",
         "dispatcher": "/api/dispatcher/",
         "providers": "/api/providers/",
+        "templates": "/api/templates/",
         "consents": "/api/consents/",
         "inbound": "/api/inbound/",
         "docs": "/api/docs/",

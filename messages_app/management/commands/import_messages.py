@@ -9,7 +9,7 @@ from typing import BinaryIO
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from messages_app.csv_import import MessageImportRejection, messages_import_csv
+from messages_app.csv_import import MessageImportRejection, MessageImportTemplate, messages_import_csv
 from messages_app.errors import MessageImportError
 from messages_app.management.options import whole_number
 from messages_app.management.progress import progress_bar
@@ -31,7 +31,10 @@ class Command(BaseCommand):
         "unreadable, not UTF-8, not CSV or lacks a required column, nothing is stored and the command fails; "
         "if the database stops the import, nothing is stored either, so it can be run again. Exit status: 0 "
         f"when every row was imported, {PARTIAL_IMPORT_EXIT_STATUS} when some were rejected and the others "
-        "imported, 1 when none was imported (every row rejected, the file unusable, a database error)."
+        "imported, 1 when none was imported (every row rejected, the file unusable, a database error). With "
+        "--template, each row's content is the template filled from the row: no content column, a column per "
+        "placeholder (its header the placeholder's name; an empty cell is a missing value, so write no for a "
+        "((name??text)) to leave out) and optionally a language column."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -42,10 +45,40 @@ class Command(BaseCommand):
             default=1000,
             help=f"Rows inserted per statement (default 1000, at most {MAX_BATCH_SIZE:,}).",
         )
-        parser.add_argument("--dry-run", action="store_true", help="Check and report every row, but store nothing.")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Check and report every row, and the SMS segments they would take, but store nothing.",
+        )
+        parser.add_argument("--template", help="Make every message from this template (its name or id).")
+        parser.add_argument(
+            "--template-version",
+            type=whole_number(minimum=1, maximum=2**31 - 1),
+            help="With --template: this version (default: its current one).",
+        )
+        parser.add_argument(
+            "--language", help="With --template: for rows without a language column (default: its default language)."
+        )
 
-    def handle(self, *args, file: str, batch_size: int, dry_run: bool, **options) -> None:
+    def handle(
+        self,
+        *args,
+        file: str,
+        batch_size: int,
+        dry_run: bool,
+        template: str | None = None,
+        template_version: int | None = None,
+        language: str | None = None,
+        **options,
+    ) -> None:
         name = "standard input" if file == "-" else file
+        if template is None and (template_version is not None or language is not None):
+            raise CommandError("--template-version and --language go with --template.")
+        from_template = (
+            MessageImportTemplate(template=template, version=template_version, language=language)
+            if template is not None
+            else None
+        )
         rejections: list[MessageImportRejection] = []
         with ExitStack() as stack:
             stream = stack.enter_context(self._open(file, name))
@@ -65,6 +98,7 @@ class Command(BaseCommand):
                     # Listed after the bar is done, so the two never interleave.
                     on_rejected=rejections.append,
                     on_progress=lambda rows: bars[0].update(rows),
+                    template=from_template,
                 )
             except MessageImportError as exc:
                 raise CommandError(f"{name}: {exc}") from None
@@ -81,7 +115,9 @@ class Command(BaseCommand):
         imported = f"{result.imported} message{'' if result.imported == 1 else 's'}"
         rejected = f"{result.rejected} row{'' if result.rejected == 1 else 's'} rejected"
         if dry_run:
-            self.stdout.write(f"Dry run: would import {imported}; {rejected}. Nothing was stored.")
+            self.stdout.write(
+                f"Dry run: would import {imported} ({result.segments} SMS segments); {rejected}. Nothing was stored."
+            )
         else:
             self.stdout.write(f"Imported {imported}; {rejected}.")
         if result.rejected and not result.imported:
