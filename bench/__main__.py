@@ -29,6 +29,8 @@
   receipts    post N signed delivery receipts through gunicorn and compare the
               receipts/s with the messages/s of sending N in the same run.
   inbound     post N signed replies in batches through gunicorn: replies/s.
+  templates   POST /api/messages/bulk/ from a template against the same bulk with the
+              finished content, in the same run: messages/s of each and their ratio.
 
 Each run needs PostgreSQL (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/messaging_bench, created if missing and
@@ -57,6 +59,7 @@ from bench import (
     providers,
     receipts,
     scale,
+    templates,
     throughput,
 )
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
@@ -110,6 +113,11 @@ COMMANDS = {
         "check: paced run with one transaction held idle vs without: throughput >= 0.95 x, claim p99 <= 2 x",
     ),
     "bulk": (inprocess.bulk, inprocess.add_bulk_arguments, "POST /api/messages/bulk/ messages/s"),
+    "templates": (
+        templates.templates,
+        templates.add_arguments,
+        "check: bulk from a template at least 0.8 x the same bulk with finished content",
+    ),
     "providers": (providers.providers, providers.add_arguments, "rate-limit accuracy; failover and outage runs"),
     "fakeprovider": (
         fakeprovider.fakeprovider,

@@ -78,6 +78,11 @@ class MessageSerializer(serializers.ModelSerializer):
             "delivery_status_at",
             "category",
             "status_reason",
+            # Made from a template: which, its version and language, and the values it was given.
+            "template_id",
+            "template_version",
+            "template_language",
+            "personalisation",
         ]
         read_only_fields = fields
 

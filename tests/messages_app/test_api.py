@@ -37,6 +37,10 @@ MESSAGE_FIELDS = {
     "delivery_status_at",
     "category",
     "status_reason",
+    "template_id",
+    "template_version",
+    "template_language",
+    "personalisation",
 }
 
 

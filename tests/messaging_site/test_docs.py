@@ -98,6 +98,10 @@ def test_schema_documents_the_message_fields_and_statuses(anon_client):
         "delivery_status_at",
         "category",
         "status_reason",
+        "template_id",
+        "template_version",
+        "template_language",
+        "personalisation",
     }
     assert set(components["MessageStatusEnum"]["enum"]) == {
         "unsent",
