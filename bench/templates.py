@@ -13,6 +13,7 @@ the shared machine falls on both alike.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from bench.common import BenchError, connect, empty_tables, timing_summary
@@ -102,16 +103,22 @@ def templates(options: argparse.Namespace) -> dict:
     if mismatched:
         raise BenchError(f"{mismatched} messages from the template differ from the content ones")
     rate = {kind: options.messages / sum(seconds) for kind, seconds in times.items()}
-    ratio = rate["template"] / rate["content"]
+    # Judged on the median of each round's pair (the same messages both ways, one request
+    # right after the other): a burst of the shared machine's other work lands on single
+    # requests, and would tilt a ratio of totals towards whichever kind it hit.
+    paired = [content / template for content, template in zip(times["content"], times["template"], strict=True)]
+    ratio = statistics.median(paired)
     passed = ratio >= TARGET_RATIO
     return {
         "summary": (
             f"bulk from a template {round(rate['template'])} messages/s vs finished content "
             f"{round(rate['content'])} messages/s ({options.per_request} per request, {options.messages} each): "
-            f"ratio {ratio:.2f} (target >= {TARGET_RATIO})"
+            f"ratio {ratio:.2f}, the median of {len(paired)} paired requests (target >= {TARGET_RATIO})"
         ),
         "ok": passed,
         "ratio": round(ratio, 3),
+        "ratio_of_totals": round(rate["template"] / rate["content"], 3),
+        "paired_ratios": [round(r, 3) for r in paired],
         "target_ratio": TARGET_RATIO,
         "messages_each": options.messages,
         "per_request": options.per_request,

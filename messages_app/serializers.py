@@ -130,6 +130,27 @@ class TemplateRefField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
+    }
+)
+class PersonalisationField(serializers.Field):
+    """An object of values by placeholder name, taken as it is: the renderer checks each value
+    (text, a number or true/false) and names the wrong ones, once, without a field per value."""
+
+    default_error_messages = {"invalid": 'An object of values by placeholder name: {"name": "Ada"}.'}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, Mapping):
+            self.fail("invalid")
+        return dict(data)
+
+    def to_representation(self, value):
+        return value
+
+
 class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     recipient_phone_number = StrictCharField(
         max_length=64, help_text="International format with country code; stored in E.164, e.g. +905551112233."
@@ -158,7 +179,7 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         help_text="With `template`: the language wanted (e.g. tr, pt-br); a template without it uses its base "
         "language (pt), else its default language. The message records the language used.",
     )
-    personalisation = serializers.DictField(
+    personalisation = PersonalisationField(
         required=False,
         help_text="With `template`: a value (text, number or true/false) for each ((placeholder)), names in any "
         "case. A missing one is a 400 naming every missing placeholder; extra ones are ignored.",
