@@ -260,14 +260,14 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     )
     @action(detail=False, methods=["post"], url_path="preview", permission_classes=[CanViewTemplates])
     def preview_body(self, request: Request) -> Response:
-        if "body" not in request.data:
-            raise ValidationError({"body": ["The body to preview (or preview a saved template at its address)."]})
         return self._preview(request, template_id=None)
 
     def _preview(self, request: Request, *, template_id: int | None) -> Response:
         serializer = TemplatePreviewSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        if template_id is None and "body" not in data:
+            raise ValidationError({"body": ["The body to preview (or preview a saved template at its address)."]})
         preview = _call(
             template_preview,
             template_id=template_id,

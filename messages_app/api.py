@@ -8,7 +8,7 @@ from django.db import transaction
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -74,6 +74,17 @@ BULK_EXAMPLES = [
         request_only=True,
     ),
 ]
+
+
+def _dry_run(request: Request) -> bool:
+    """?dry_run=true or false, once, as the schema documents it; anything else is a 400
+    (a typo must not queue what its sender meant to check)."""
+    given = request.query_params.getlist("dry_run")
+    if not given:
+        return False
+    if len(given) > 1 or given[0] not in ("true", "false"):
+        raise ValidationError({"dry_run": ["true or false, once."]})
+    return given[0] == "true"
 
 
 # What a requeue or a cancel answers: the message to a caller who may read messages, only its
@@ -184,7 +195,7 @@ class MessageViewSet(
     # JSON only: a list of objects has no form encoding, and the schema says so.
     @action(detail=False, methods=["post"], parser_classes=[JSONParser])
     def bulk(self, request: Request) -> Response:
-        dry_run = request.query_params.get("dry_run", "").lower() in ("1", "true", "yes")
+        dry_run = _dry_run(request)
 
         def queue() -> Response:
             # One lookup for the request: each template named is read once, not once per item.

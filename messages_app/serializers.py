@@ -140,7 +140,8 @@ class PersonalisationField(serializers.Field):
     """An object of values by placeholder name, taken as it is: the renderer checks each value
     (text, a number or true/false) and names the wrong ones, once, without a field per value."""
 
-    default_error_messages = {"invalid": 'An object of values by placeholder name: {"name": "Ada"}.'}
+    # Doubled braces: DRF formats its error messages.
+    default_error_messages = {"invalid": 'An object of values by placeholder name: {{"name": "Ada"}}.'}
 
     def to_internal_value(self, data):
         if not isinstance(data, Mapping):

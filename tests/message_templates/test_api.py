@@ -282,3 +282,23 @@ def test_messages_from_templates_are_pruned_with_their_data(editor_client):
     Message.objects.update(status=Message.Status.SENT)
     assert messages_prune(created_before=timezone.now()) == 1
     assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize("query", ["dry_run=yes", "dry_run=true&dry_run=false", "dry_run="])
+def test_a_dry_run_flag_that_is_not_true_or_false_is_400_and_queues_nothing(editor_client, query):
+    body = {"messages": [{"recipient_phone_number": "+905551112233", "content": "x"}]}
+    response = editor_client.post(f"/api/messages/bulk/?{query}", body, format="json")
+    assert response.status_code == 400 and response.json() == {"dry_run": ["true or false, once."]}
+    assert not Message.objects.exists()
+
+
+def test_personalisation_that_is_not_an_object_is_400(editor_client):
+    create(editor_client)
+    response = editor_client.post(
+        "/api/messages/",
+        {"recipient_phone_number": "+905551112233", "template": "appointment", "personalisation": "{}"},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    assert response.json() == {"personalisation": ['An object of values by placeholder name: {"name": "Ada"}.']}
+    assert editor_client.post("/api/templates/preview/", None, format="json").status_code == 400
