@@ -27,6 +27,7 @@ from messages_app.services import (
     messages_delete,
     messages_requeue_failed,
 )
+from messages_app.template_source import TemplateLookup
 from messages_app.timestamps import relative_time, timestamp_text
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
 from restapi.storable import time_in_range
@@ -76,7 +77,13 @@ class MessageAdminForm(forms.ModelForm):
         max_length=64, help_text="International format with country code, e.g. +90 555 111 22 33."
     )
     # Kept exactly as typed, as the API does (Django's form field would strip it).
-    content = forms.CharField(widget=forms.Textarea, strip=False)
+    content = forms.CharField(widget=forms.Textarea, strip=False, required=False, help_text="Or a template below.")
+    template = forms.CharField(
+        required=False, max_length=100, help_text="Instead of content: a template's name or id (see Templates)."
+    )
+    personalisation = forms.JSONField(
+        required=False, help_text='With a template: a value for each placeholder, e.g. {"name": "Ada"}.'
+    )
     priority = forms.ChoiceField(
         choices=Message.Priority.choices,
         initial=Message.Priority.NORMAL,
@@ -107,7 +114,10 @@ class MessageAdminForm(forms.ModelForm):
     def clean_content(self) -> str:
         # Browsers send a textarea's line breaks as CRLF (the HTML form encoding);
         # the line break typed is the "\n" the API takes (a lone "\r" stays refused).
-        return validate_content(self.cleaned_data["content"].replace("\r\n", "\n"))
+        content = self.cleaned_data["content"].replace("\r\n", "\n")
+        if not content and (self.data.get("template") or "").strip():
+            return ""  # made from the template in clean()
+        return validate_content(content)
 
     def clean_send_after(self) -> datetime | None:
         value = self.cleaned_data["send_after"]
@@ -123,6 +133,22 @@ class MessageAdminForm(forms.ModelForm):
             validate_expiry(expires_at=cleaned.get("expires_at"), send_after=cleaned.get("send_after"))
         except forms.ValidationError as exc:
             self.add_error("expires_at", exc)
+        template = (cleaned.get("template") or "").strip()
+        if template and cleaned.get("content"):
+            self.add_error("content", "Give content or a template, not both.")
+        elif template:
+            # As the API does: the template's text filled in, and what it was made from kept.
+            try:
+                self.template_fields = TemplateLookup().message_fields(
+                    template=template,
+                    personalisation=cleaned.get("personalisation") or {},
+                    category=cleaned.get("category") or None,
+                )
+            except forms.ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    self.add_error(field if field in self.fields else "template", errors)
+        elif cleaned.get("personalisation"):
+            self.add_error("personalisation", "Only with a template.")
         return cleaned
 
 
@@ -316,7 +342,16 @@ class MessageAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
         if obj is None:
-            return ["recipient_phone_number", "content", "send_after", "expires_at", "priority", "category"]
+            return [
+                "recipient_phone_number",
+                "content",
+                "template",
+                "personalisation",
+                "send_after",
+                "expires_at",
+                "priority",
+                "category",
+            ]
         return ["recipient_phone_number", "content", *self.readonly_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
@@ -396,13 +431,18 @@ class MessageAdmin(admin.ModelAdmin):
             )
 
     def save_model(self, request: HttpRequest, obj: Message, form: forms.ModelForm, change: bool) -> None:
+        fields = {
+            "content": form.cleaned_data["content"],
+            "category": form.cleaned_data.get("category") or None,
+            # Made from a template: its content, category and what it was made from.
+            **getattr(form, "template_fields", {}),
+        }
         created = message_create(
             recipient_phone_number=form.cleaned_data["recipient_phone_number"],
-            content=form.cleaned_data["content"],
             send_after=form.cleaned_data.get("send_after"),
             expires_at=form.cleaned_data.get("expires_at"),
             priority=form.cleaned_data.get("priority") or Message.Priority.NORMAL,
-            category=form.cleaned_data.get("category") or None,
+            **fields,
         )
         obj.pk = created.pk
 

@@ -110,3 +110,18 @@ def test_send_needs_the_add_message_permission(client):
     template = services.template_create(name="t", bodies={"en": "Hi"}, default_language="en")
     client.force_login(make_user(username="v", staff=True, perms=["message_templates.view_template"]))
     assert client.get(f"/admin/message_templates/template/{template.pk}/send/").status_code == 403
+
+
+def test_the_message_add_form_takes_a_template(admin_client):
+    template = services.template_create(name="t", bodies={"en": "Hi ((name))"}, default_language="en")
+    url = "/admin/messages_app/message/add/"
+    base = {"recipient_phone_number": "+905551112233", "priority": "normal", "category": ""}
+    missing = admin_client.post(url, {**base, "template": "t", "personalisation": "{}"})
+    assert missing.status_code == 200 and "Missing personalisation: name." in missing.content.decode()
+    both = admin_client.post(url, {**base, "content": "x", "template": "t"})
+    assert "Give content or a template, not both." in both.content.decode()
+    assert not Message.objects.exists()
+    done = admin_client.post(url, {**base, "template": str(template.pk), "personalisation": '{"name": "Ada"}'})
+    assert done.status_code == 302
+    message = Message.objects.get()
+    assert (message.content, message.template_id, message.personalisation) == ("Hi Ada", template.pk, {"name": "Ada"})

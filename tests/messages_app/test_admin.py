@@ -138,6 +138,8 @@ def test_add_page_loads(admin_client_):
     assert set(response.context["adminform"].form.fields) == {
         "recipient_phone_number",
         "content",
+        "template",
+        "personalisation",
         "send_after",
         "expires_at",
         "priority",
