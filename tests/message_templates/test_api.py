@@ -302,3 +302,31 @@ def test_personalisation_that_is_not_an_object_is_400(editor_client):
     assert response.status_code == 400
     assert response.json() == {"personalisation": ['An object of values by placeholder name: {"name": "Ada"}.']}
     assert editor_client.post("/api/templates/preview/", None, format="json").status_code == 400
+
+
+def test_scheduling_expiry_idempotency_and_suppression_apply_to_messages_from_a_template(editor_client):
+    from consent.models import Consent
+    from consent.services import consent_set
+
+    create(editor_client, body="Hi ((name))")
+    consent_set(phone_number="+905559999999", status=Consent.Status.OPTED_OUT, method=Consent.Method.API, via="api")
+    refused = editor_client.post(
+        "/api/messages/",
+        {"recipient_phone_number": "+905559999999", "template": "appointment", "personalisation": {"name": "A"}},
+        format="json",
+    )
+    assert refused.status_code == 422
+    body = {
+        "recipient_phone_number": "+905551112233",
+        "template": "appointment",
+        "personalisation": {"name": "A"},
+        "send_after": "2090-01-01T10:00:00Z",
+        "expires_at": "2090-01-02T10:00:00Z",
+        "priority": "low",
+    }
+    first = editor_client.post("/api/messages/", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    again = editor_client.post("/api/messages/", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == 201 and again.json()["id"] == first.json()["id"]
+    message = Message.objects.get()
+    assert message.send_after.year == 2090 and message.expires_at.day == 2 and message.priority == "low"
+    assert message.content == "Hi A"
