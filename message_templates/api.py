@@ -75,6 +75,8 @@ class TemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return {**super().get_serializer_context(), "current_versions": {}}
 
     def get_serializer(self, *args, **kwargs):
+        # Each template is shown with its current version: a page's versions read in one
+        # query and handed to TemplateSerializer through its context, not one per template.
         serializer = super().get_serializer(*args, **kwargs)
         if args and isinstance(serializer.context.get("current_versions"), dict):
             templates = args[0] if isinstance(args[0], list | tuple) else [args[0]]
