@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('messages_app', '0013_message_category'),
+        ('messages_app', '0015_queue_table_autovacuum'),
     ]
 
     operations = [
