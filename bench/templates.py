@@ -70,10 +70,14 @@ def templates(options: argparse.Namespace) -> dict:
                 items.append({"recipient_phone_number": number, "content": _text(values)})
         return {"messages": items}
 
-    def post(body: dict) -> float:
-        started = time.perf_counter()
+    cpu: dict[str, float] = {"content": 0.0, "template": 0.0}
+
+    def post(body: dict, kind: str = "") -> float:
+        started, started_cpu = time.perf_counter(), time.process_time()
         response = client.post("/api/messages/bulk/", body, format="json")
         elapsed = time.perf_counter() - started
+        if kind:
+            cpu[kind] += time.process_time() - started_cpu
         if response.status_code != 201:
             raise BenchError(f"POST /api/messages/bulk/ answered {response.status_code}: {response.content[:300]!r}")
         return elapsed
@@ -89,7 +93,7 @@ def templates(options: argparse.Namespace) -> dict:
         # The same recipients and texts both ways; the order alternates per round.
         kinds = ("content", "template") if len(times["content"]) % 2 == 0 else ("template", "content")
         for kind in kinds:
-            times[kind].append(post(payload(sent, count, from_template=kind == "template")))
+            times[kind].append(post(payload(sent, count, from_template=kind == "template"), kind))
         sent += count
     stored = Message.objects.count() - warm
     if stored != 2 * options.messages:
@@ -124,6 +128,9 @@ def templates(options: argparse.Namespace) -> dict:
         "per_request": options.per_request,
         "template_messages_per_s": round(rate["template"], 1),
         "content_messages_per_s": round(rate["content"], 1),
+        # This process's CPU (Django, DRF, rendering, the driver), without PostgreSQL's.
+        "template_process_cpu_s": round(cpu["template"], 3),
+        "content_process_cpu_s": round(cpu["content"], 3),
         "template_per_request": timing_summary(times["template"]),
         "content_per_request": timing_summary(times["content"]),
         "note": "in-process test-client requests, content and template alternating; one untimed warm-up of each",
