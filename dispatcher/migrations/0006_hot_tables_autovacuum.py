@@ -6,6 +6,8 @@ a table of one or a few rows, so they vacuum after a fixed count (docs/RELIABILI
 
 from django.db import migrations
 
+from messages_app.migration_operations import PostgreSQLOnlySQL
+
 HOT = ("dispatcher_dispatcherstate", "django_q_ormq")
 SETTINGS = {
     "autovacuum_vacuum_scale_factor": "0",
@@ -23,7 +25,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunSQL(
+        PostgreSQLOnlySQL(
             f"ALTER TABLE {table} SET ({', '.join(f'{name} = {value}' for name, value in SETTINGS.items())})",
             f"ALTER TABLE {table} RESET ({', '.join(SETTINGS)})",
         )

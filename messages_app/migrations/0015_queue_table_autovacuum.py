@@ -14,6 +14,8 @@ visibility map, which index-only scans read, keeps up.
 
 from django.db import migrations
 
+from messages_app.migration_operations import PostgreSQLOnlySQL
+
 MESSAGES = "messages_app_message"
 APPEND_MOSTLY = ("messages_app_deliveryattempt", "messages_app_deliveryreceipt")
 
@@ -48,6 +50,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunSQL(_set(MESSAGES, QUEUE_SETTINGS), _reset(MESSAGES, QUEUE_SETTINGS)),
-        *(migrations.RunSQL(_set(table, APPEND_SETTINGS), _reset(table, APPEND_SETTINGS)) for table in APPEND_MOSTLY),
+        PostgreSQLOnlySQL(_set(MESSAGES, QUEUE_SETTINGS), _reset(MESSAGES, QUEUE_SETTINGS)),
+        *(PostgreSQLOnlySQL(_set(table, APPEND_SETTINGS), _reset(table, APPEND_SETTINGS)) for table in APPEND_MOSTLY),
     ]
