@@ -141,17 +141,21 @@ class Runner:
         relay = threading.Thread(target=self._relay_output, args=(entry.name, process), daemon=True)
         relay.start()
         self.relays.append(relay)
-        threading.Thread(target=self._wait, args=(entry.name, process), daemon=True).start()
+        threading.Thread(target=self._wait, args=(entry.name, process, relay), daemon=True).start()
 
     def _relay_output(self, name: str, process: subprocess.Popen) -> None:
         for raw in iter(process.stdout.readline, b""):
             self.say(name, raw.decode(errors="replace").rstrip("\r\n"))
 
-    def _wait(self, name: str, process: subprocess.Popen) -> None:
+    def _wait(self, name: str, process: subprocess.Popen, relay: threading.Thread) -> None:
         process.wait()
         # Stopped means its whole group: qcluster's workers, runserver's reloaded child.
         while _group_alive(process.pid):
             time.sleep(0.05)
+        # Its last lines before the line saying it exited (and so before the next process
+        # is asked to stop): the relay ends when the pipe has nothing more to give. Bounded,
+        # since a child that left the group could hold the pipe open.
+        relay.join(timeout=2)
         self.done.add(name)
         self.exited.put(name)
 

@@ -237,7 +237,11 @@ def test_a_message_created_due_is_sent_at_once_not_at_the_next_tick():
     wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=8, what="the first tick")
     time.sleep(0.3)
     created = [queue_one() for _ in range(3)]
-    wait_for(lambda: len(locmem.outbox) == 3, timeout=5, what="the three new messages to be sent")
+    # Sent means recorded as sent: the provider has each a moment before its batch is marked.
+    wait_for(
+        lambda: Message.objects.filter(status=Status.SENT).count() == 3, timeout=5, what="the three new messages sent"
+    )
+    assert len(locmem.outbox) == 3
     assert sorted(m.pk for m in Message.objects.filter(status=Status.SENT)) == [m.pk for m in created]
     assert window.finish(15) == 1  # no further tick: the wakes sent them
 
@@ -251,7 +255,7 @@ def test_wakes_stay_within_the_pace_and_the_rest_waits_for_the_budget():
     wait_for(lambda: DispatcherState.objects.get().last_tick_at is not None, timeout=5, what="the first tick")
     for _ in range(5):
         queue_one()
-    wait_for(lambda: len(locmem.outbox) == 2, timeout=2, what="the first two")
+    wait_for(lambda: len(locmem.outbox) >= 2, timeout=3, what="the first two")
     window.finish(10)
     claimed = sorted(Message.objects.filter(status=Status.SENT).values_list("claimed_at", flat=True))
     assert len(claimed) == 5
