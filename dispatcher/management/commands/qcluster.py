@@ -24,6 +24,7 @@ import threading
 from django_q import cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
+from callbacks.schedule import callbacks_cluster_starting
 from dispatcher.engine.pacing import qcluster_stop_event_share
 from dispatcher.schedule import scheduler_pass_on_database_clock
 
@@ -45,4 +46,5 @@ class Command(DjangoQCommand):
     def handle(self, *args, **options) -> None:
         cluster.Sentinel = GracefulSentinel
         cluster.scheduler = scheduler_pass_on_database_clock  # what the sentinel's guard loop calls
+        callbacks_cluster_starting()
         super().handle(*args, **options)
