@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -151,11 +152,12 @@ def claim_deliver(*, endpoint_id: int, claim_token: uuid.UUID) -> dict[str, int]
     outcomes: list[_Sent] = []
     targets: dict[str, object] = {}
     pools: dict[tuple, object] = {}
-    stop = False
+    # The endpoint is down (a retryable failure): events not yet started wait for its retry, untried.
+    stop = threading.Event()
 
     def send(event: CallbackEvent) -> _Sent:
         started = timezone.now()
-        if stop:
+        if stop.is_set():
             return _Sent(event, started, None)
         url = event.target_url or endpoint.url
         try:
@@ -175,21 +177,17 @@ def claim_deliver(*, endpoint_id: int, claim_token: uuid.UUID) -> dict[str, int]
         headers = signature_headers(
             event_id=event.event_id, body=body, at=timezone.now(), salts=salts, key=conf.secret_key
         )
-        return _Sent(
-            event,
-            started,
-            post(pool, target, body=body.encode(), headers=headers, max_response_bytes=conf.max_response_bytes),
-        )
+        result = post(pool, target, body=body.encode(), headers=headers, max_response_bytes=conf.max_response_bytes)
+        if _is_retryable(result):
+            stop.set()
+        return _Sent(event, started, result)
 
     # Targets resolved before the threads start, so each URL is checked once.
     for url in {e.target_url or endpoint.url for e in events}:
         with contextlib.suppress(UnsafeCallbackURL, CallbackHostUnresolved):
             targets[url] = target_resolved(url)
     with ThreadPoolExecutor(max_workers=min(conf.concurrency, len(events))) as pool_of_threads:
-        for sent in pool_of_threads.map(send, events):
-            outcomes.append(sent)
-            if sent.result is not None and _is_retryable(sent.result):
-                stop = True  # the endpoint is down: the rest wait for its retry, untried
+        outcomes.extend(pool_of_threads.map(send, events))
     for pool in pools.values():
         pool.close()
     counts = _record(endpoint, claim_token, outcomes)
