@@ -31,6 +31,7 @@ class ReceiverState:
         self.mode: dict = {"mode": "ok"}
         self.events: list[dict] = []  # verified, in arrival order
         self.requests = 0
+        self.attempts: list[dict] = []  # every POST: its webhook-id, when, and how it was answered
         self.refused = 0  # signature did not check
 
     def verified(self, body: bytes, headers: dict[str, str]) -> dict | None:
@@ -68,7 +69,12 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 self._answer(
                     200,
-                    {"events": self.state.events, "requests": self.state.requests, "refused": self.state.refused},
+                    {
+                        "events": self.state.events,
+                        "attempts": self.state.attempts,
+                        "requests": self.state.requests,
+                        "refused": self.state.refused,
+                    },
                 )
             return
         self._answer(404, {"detail": "not found"})
@@ -85,7 +91,8 @@ class Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests += 1
             mode = dict(self.state.mode)
-        kind = mode.get("mode", "ok")
+            kind = mode.get("mode", "ok")
+            self.state.attempts.append({"webhook_id": self.headers.get("webhook-id"), "at": time.time(), "mode": kind})
         if kind == "drop":
             self.close_connection = True
             self.connection.close()
