@@ -141,9 +141,7 @@ def test_an_endpoint_failing_longer_than_the_limit_is_disabled_and_audited(recei
     _events(1)
     _mode(receiver, mode="error")
     _deliver_round()
-    CallbackEndpoint.objects.filter(pk=endpoint.pk).update(
-        failing_since=timezone.now() - timedelta(days=5, seconds=1)
-    )
+    CallbackEndpoint.objects.filter(pk=endpoint.pk).update(failing_since=timezone.now() - timedelta(days=5, seconds=1))
     _deliver_round()
     endpoint.refresh_from_db()
     assert not endpoint.enabled and "disabled automatically" in endpoint.disabled_reason

@@ -118,9 +118,7 @@ def test_every_sent_message_is_called_back_once_while_a_dead_endpoint_delays_not
                 what="every message sent",
                 processes=processes,
             )
-            wait_or_fail(
-                lambda: len(healthy.state.events) >= 20, timeout=30, what="20 callbacks", processes=processes
-            )
+            wait_or_fail(lambda: len(healthy.state.events) >= 20, timeout=30, what="20 callbacks", processes=processes)
             time.sleep(1)  # a duplicate would arrive now
             dispatcher_stop()
         got = healthy.state.events
@@ -174,7 +172,9 @@ def test_sigkill_of_the_callbacks_worker_mid_delivery_loses_no_event(tmp_path):
         receiver.state.mode = {"mode": "hang", "delay": 4}
         messages = sent_and_delivered(4)
         with callbacks_cluster(tmp_path, log_name="first.log", CALLBACK_TIMEOUT_SECONDS="10") as first:
-            wait_or_fail(lambda: receiver.state.requests >= 1, timeout=30, what="a delivery under way", processes=(first,))
+            wait_or_fail(
+                lambda: receiver.state.requests >= 1, timeout=30, what="a delivery under way", processes=(first,)
+            )
             first.signal_group(signal.SIGKILL)
             first.popen.wait(10)
         receiver.state.mode = {"mode": "ok"}
