@@ -556,6 +556,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "MessageStatusEnum": "messages_app.models.Message.Status",
         "ConsentStatusEnum": "consent.models.Consent.Status",
+        "CallbackEventTypeEnum": "callbacks.models.EventType",
+        "CallbackEventStateEnum": "callbacks.models.CallbackEvent.State",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",  # drf-spectacular's default
