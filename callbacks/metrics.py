@@ -14,7 +14,7 @@ DELIVERIES = "messaging_callback_deliveries"
 OUTCOMES = ("delivered", "retry", "failed")
 
 
-def _key(outcome: str) -> str:
+def delivery_counter_key(outcome: str) -> str:
     return f"metrics:{DELIVERIES}:{outcome}"
 
 
@@ -26,14 +26,14 @@ def deliveries_count(counts: dict[str, int]) -> None:
             if not n:
                 continue
             try:
-                cache.incr(_key(outcome), n)
+                cache.incr(delivery_counter_key(outcome), n)
             except ValueError:
-                if not cache.add(_key(outcome), n, timeout=None):
-                    cache.incr(_key(outcome), n)
+                if not cache.add(delivery_counter_key(outcome), n, timeout=None):
+                    cache.incr(delivery_counter_key(outcome), n)
     except Exception as exc:
         logger.warning("callbacks: could not count deliveries in the cache: %r", exc)
 
 
 def deliveries_counted() -> dict[str, int]:
-    values = caches["default"].get_many([_key(o) for o in OUTCOMES])
-    return {o: int(values.get(_key(o), 0)) for o in OUTCOMES}
+    values = caches["default"].get_many([delivery_counter_key(o) for o in OUTCOMES])
+    return {o: int(values.get(delivery_counter_key(o), 0)) for o in OUTCOMES}
