@@ -5,7 +5,7 @@ and their events. Each view parses, calls one service, renders."""
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -57,11 +57,23 @@ def _with_secret(registered: services.EndpointWithSecret) -> dict:
         summary="Register a callback endpoint (staff); its signing secret is in this answer only",
         request=CallbackEndpointCreateSerializer,
         responses={201: CallbackEndpointSecretSerializer},
+        examples=[
+            OpenApiExample(
+                "The local receiver (README)",
+                value={
+                    "name": "local receiver",
+                    "url": "http://127.0.0.1:8090/hooks",
+                    "event_types": ["message.sent", "message.delivered", "message.failed"],
+                },
+                request_only=True,
+            )
+        ],
     ),
     partial_update=extend_schema(
         summary="Change a callback endpoint (staff): name, url, event types, enabled",
         request=CallbackEndpointUpdateSerializer,
         responses=CallbackEndpointSerializer,
+        examples=[OpenApiExample("Enable again", value={"enabled": True}, request_only=True)],
     ),
     destroy=extend_schema(summary="Delete a callback endpoint and its events (staff)"),
 )
@@ -103,6 +115,7 @@ class CallbackEndpointViewSet(
         summary="Rotate an endpoint's signing secret (staff); the new one is in this answer only",
         request=RotateSerializer,
         responses=CallbackEndpointSecretSerializer,
+        examples=[OpenApiExample("A day of overlap", value={"overlap_seconds": 86400}, request_only=True)],
     )
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, pk=None) -> Response:
@@ -123,6 +136,7 @@ class CallbackEndpointViewSet(
         summary="Deliver again every event of the endpoint since a time (staff)",
         request=ReplaySerializer,
         responses=ReplayResultSerializer,
+        examples=[OpenApiExample("Since a time", value={"since": "2025-01-31T09:00:00Z"}, request_only=True)],
     )
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, pk=None) -> Response:
