@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from django.db import close_old_connections, connection
 
@@ -20,6 +21,16 @@ DELIVER_TASK = "callbacks.tasks.callbacks_deliver"
 PUMP_SCHEDULE_NAME = "callbacks: hand out due events"
 # pg_try_advisory_lock key: one pump at a time, site-wide (its connection's death frees it).
 PUMP_LOCK_KEY = 0x63616C6C  # "call"
+
+
+# Whether the qcluster running this worker is shutting down: the dispatcher's qcluster command
+# hands its check in before the workers fork (callbacks sits below the dispatcher).
+_cluster_stopping: Callable[[], bool] = lambda: False  # noqa: E731
+
+
+def cluster_stopping_check_set(check: Callable[[], bool]) -> None:
+    global _cluster_stopping
+    _cluster_stopping = check
 
 
 def deliver_enqueue(*, endpoint_id: int, claim_token: uuid.UUID) -> None:
@@ -65,7 +76,7 @@ def callbacks_pump() -> int:
     handed_out = 0
     try:
         deadline = time.monotonic() + conf.pump_seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not _cluster_stopping():
             try:
                 claims = claims_take()
             except Exception as exc:  # a database hiccup: try again at the next poll
@@ -82,5 +93,6 @@ def callbacks_pump() -> int:
             _lock_release()
         except Exception:  # the connection is gone: so is its lock
             close_old_connections()
-    pump_enqueue()
+    if not _cluster_stopping():
+        pump_enqueue()
     return handed_out
