@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from audit.services import Via
 from callbacks import selectors, services
+from callbacks.filters import CallbackEventFilter
 from callbacks.models import CallbackEndpoint, CallbackEvent
 from callbacks.serializers import (
     CallbackEndpointCreateSerializer,
@@ -156,7 +157,7 @@ class CallbackEndpointViewSet(
 class CallbackEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = CallbackEventSerializer
     permission_classes = [StaffWritesOwnersRead]
-    filterset_fields = ["endpoint", "state", "event_type", "message_id"]
+    filterset_class = CallbackEventFilter
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):

@@ -4,7 +4,17 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from callbacks.models import CallbackAttempt, CallbackEndpoint, CallbackEvent, EventType
+from messages_app.serializers import StrictCharField
 from restapi.fields import AsciiDateTimeField, AsciiIntegerField
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false as JSON has them: not 0, 1, "yes" or "on", which DRF's BooleanField also takes."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid", input=data)
 
 
 class CallbackEndpointSerializer(serializers.ModelSerializer):
@@ -33,8 +43,8 @@ class CallbackEndpointSerializer(serializers.ModelSerializer):
 
 
 class CallbackEndpointCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    url = serializers.CharField(
+    name = StrictCharField(max_length=100)
+    url = StrictCharField(
         max_length=2000, help_text="https (plain http only where CALLBACK_ALLOW_HTTP allows it); no private address."
     )
     event_types = serializers.ListField(
@@ -49,14 +59,14 @@ class CallbackEndpointCreateSerializer(serializers.Serializer):
         allow_null=True,
         help_text="A user's id: the endpoint then gets only events about that user's messages.",
     )
-    enabled = serializers.BooleanField(required=False, default=True)
+    enabled = StrictBooleanField(required=False, default=True)
 
 
 class CallbackEndpointUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False)
-    url = serializers.CharField(max_length=2000, required=False)
+    name = StrictCharField(max_length=100, required=False)
+    url = StrictCharField(max_length=2000, required=False)
     event_types = serializers.ListField(child=serializers.ChoiceField(choices=EventType.choices), required=False)
-    enabled = serializers.BooleanField(required=False)
+    enabled = StrictBooleanField(required=False)
 
 
 class CallbackEndpointSecretSerializer(CallbackEndpointSerializer):
