@@ -207,12 +207,14 @@ def callbacks(options: argparse.Namespace) -> dict:
     medians = {mode: statistics.median(v) if v and None not in v else None for mode, v in rates.items()}
     on_off = round(medians["healthy"] / medians["off"], 3) if medians["healthy"] and medians["off"] else None
     dead_healthy = round(medians["dead"] / medians["healthy"], 3) if medians["dead"] and medians["healthy"] else None
-    ok = (
+    checks_ok = (
         all(r["sent_exactly_once"] for r in rounds)
         and all(r["callbacks_delivered"] == options.messages for r in rounds if r["mode"] == "healthy")
         and on_off is not None
         and dead_healthy is not None
     )
+    targets_met = checks_ok and on_off >= TARGET_ON_OFF and dead_healthy >= TARGET_DEAD_HEALTHY
+    ok = checks_ok and targets_met
     return {
         "summary": (
             f"callbacks: {options.messages} messages a round, {options.rounds} round(s), one drain: median "
