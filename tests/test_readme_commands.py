@@ -333,7 +333,7 @@ def test_the_api_lifecycle_and_consent_examples_answer_what_the_readme_shows_aga
         # queued; make run's callbacks worker posts its message.sent, whose signature the
         # receiver checks with the standardwebhooks package.
         [try_callbacks, *_] = section_blocks("Status callbacks")
-        called_back = bash(login + try_callbacks.replace(":8090/", f":{free_port()}/"))
+        called_back = bash(login + try_callbacks.replace("8090", str(free_port())))
         queued_last = api_get("/api/messages/?page_size=1")["results"][0]
 
     assert len(answers) == len(blocks) >= 6
