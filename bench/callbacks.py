@@ -224,9 +224,13 @@ def callbacks(options: argparse.Namespace) -> dict:
             f"callbacks: {options.messages} messages a round, {options.rounds} round(s), one drain: median "
             f"{medians['off']} messages/s without callbacks, {medians['healthy']} with a healthy endpoint for every "
             f"message ({on_off} x; target {TARGET_ON_OFF}), {medians['dead']} with an endpoint that never answers "
-            f"({dead_healthy} x the healthy; target {TARGET_DEAD_HEALTHY}); ratios: medians of each round's own" + ("" if ok else "; SOME CHECKS FAILED")
+            f"({dead_healthy} x the healthy; target {TARGET_DEAD_HEALTHY}); ratios: medians of each round's own"
+            + ("" if checks_ok else "; SOME CHECKS FAILED")
+            + ("" if not checks_ok or targets_met else "; A TARGET WAS MISSED")
         ),
         "ok": ok,
+        "checks_ok": checks_ok,
+        "targets_met": targets_met,
         "messages": options.messages,
         "rounds": options.rounds,
         "callback_timeout_s": options.callback_timeout,
