@@ -131,7 +131,8 @@ class Handler(BaseHTTPRequestHandler):
             data = payload.get("data") or {}
             sys.stdout.write(
                 f"verified {event['webhook_id']} {event['type']} message_id={data.get('message_id')} "
-                f"sequence={data.get('sequence')} status={data.get('status')}\n"
+                f"client_reference={data.get('client_reference') or '-'} sequence={data.get('sequence')} "
+                f"status={data.get('status')}\n"
             )
             sys.stdout.flush()
         self._answer(204)

@@ -351,7 +351,9 @@ def test_the_api_lifecycle_and_consent_examples_answer_what_the_readme_shows_aga
     ), after
     assert after["+12125550124"]["status"] == "opted_out", after
     verified = [line for line in called_back.splitlines() if line.startswith("verified ")]
-    assert verified and re.fullmatch(
-        rf"verified evt_[0-9a-f]{{32}} message.sent message_id={queued_last['id']} sequence=1 status=sent", verified[0]
+    assert len(verified) == 1 and re.fullmatch(
+        rf"verified evt_[0-9a-f]{{32}} message.sent message_id={queued_last['id']} client_reference=order-17 "
+        r"sequence=1 status=sent",
+        verified[0],
     ), called_back
     assert "# verified evt_" in " ".join(section_blocks("Status callbacks")[0].split("\n"))
