@@ -152,6 +152,7 @@ def claim_deliver(*, endpoint_id: int, claim_token: uuid.UUID) -> dict[str, int]
     outcomes: list[_Sent] = []
     targets: dict[str, object] = {}
     pools: dict[tuple, object] = {}
+    pools_lock = threading.Lock()
     # The endpoint is down (a retryable failure): events not yet started wait for its retry, untried.
     stop = threading.Event()
 
@@ -170,9 +171,10 @@ def claim_deliver(*, endpoint_id: int, claim_token: uuid.UUID) -> dict[str, int]
         except CallbackHostUnresolved as exc:
             return _Sent(event, started, PostResult(http_status=None, duration_ms=0, error=str(exc)[:500]))
         key = (target.scheme, target.address, target.port, target.host)
-        pool = pools.get(key)
-        if pool is None:
-            pool = pools[key] = pool_for(target, timeout=conf.timeout_seconds, maxsize=conf.concurrency)
+        with pools_lock:  # one pool per address, however many threads ask for it first
+            pool = pools.get(key)
+            if pool is None:
+                pool = pools[key] = pool_for(target, timeout=conf.timeout_seconds, maxsize=conf.concurrency)
         body = event_body(event)
         headers = signature_headers(
             event_id=event.event_id, body=body, at=timezone.now(), salts=salts, key=conf.secret_key
