@@ -27,6 +27,7 @@ class CallbackSettings:
     poll_seconds: float  # how often the pump looks for due events
     pump_seconds: int  # how long one pump task runs before its successor takes over
     endpoint_cache_seconds: float  # how long a process trusts its list of wanted event types
+    qcluster_nice: int  # the callbacks qcluster's CPU niceness
     max_response_bytes: int  # of an endpoint's answer, what is read (the rest is dropped)
     retry_schedule: tuple[float, ...]  # seconds before each try (the first: 0)
     secret_key: str  # derives every endpoint's signing secret (never stored)

@@ -3,6 +3,8 @@ chain themselves), run only by the callbacks cluster (Schedule.cluster)."""
 
 from __future__ import annotations
 
+import os
+
 from django.db.models.functions import Now
 
 from callbacks.conf import CLUSTER_NAME
@@ -26,9 +28,14 @@ def callbacks_schedule_ensure(*, using: str = "default") -> None:
 
 
 def callbacks_cluster_starting() -> None:
-    """Called as a qcluster starts: if it is the callbacks cluster, a pump starts now
-    rather than at the scheduler's first pass (30 s in)."""
+    """Called as a qcluster starts: if it is the callbacks cluster, it lowers its CPU
+    priority (CALLBACK_QCLUSTER_NICE) and a pump starts now rather than at the
+    scheduler's first pass (30 s in)."""
+    from django.conf import settings
     from django_q.conf import Conf
 
     if Conf.CLUSTER_NAME == CLUSTER_NAME:
+        # Below the senders in CPU priority (its workers inherit it): on a host shared with
+        # sending, callbacks take the CPU sending leaves and catch up when it is idle.
+        os.nice(settings.CALLBACKS["qcluster_nice"])
         pump_enqueue()

@@ -481,6 +481,8 @@ CALLBACKS = {
     "pump_seconds": env_int("CALLBACK_PUMP_SECONDS", 50, minimum=1, maximum=_TASK_TIMEOUT - 10),
     "endpoint_cache_seconds": env_float("CALLBACK_ENDPOINT_CACHE_SECONDS", 5.0, minimum=0, maximum=3600),
     "max_response_bytes": 64 * 1024,
+    # The callbacks qcluster's niceness (0: as the senders; 19: the lowest priority).
+    "qcluster_nice": env_int("CALLBACK_QCLUSTER_NICE", 10, minimum=0, maximum=19),
     # Seconds before each try of an event (Svix's schedule by default); after the last, it is given up.
     "retry_schedule": env_retry_schedule("CALLBACK_RETRY_SCHEDULE", CALLBACK_RETRY_SCHEDULE_SECONDS),
     "secret_key": _CALLBACK_SECRET_KEY,
