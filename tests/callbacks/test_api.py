@@ -110,3 +110,17 @@ def test_metrics_show_deliveries_and_the_oldest_pending_event(settings):
     assert 'messaging_callback_deliveries_total{outcome="delivered"} 2.0' in body
     assert "messaging_callback_oldest_pending_seconds" in body
     assert "messaging_callback_pending_events 1.0" in body
+
+
+def test_the_dashboard_shows_a_disabled_endpoint_and_the_events_waiting(admin_client):
+    from dispatcher.state import dispatcher_state_ensure
+
+    dispatcher_state_ensure()
+    endpoint = endpoint_create(name="orders app", url=URL).endpoint
+    message_cancel(message_id=make_message().pk)
+    CallbackEndpoint.objects.filter(pk=endpoint.pk).update(
+        enabled=False, disabled_reason="disabled automatically: failing since ..."
+    )
+    page = admin_client.get("/admin/dispatcher/dispatcherstate/dashboard/").content.decode()
+    assert f'id="callbacks-disabled-{endpoint.pk}"' in page
+    assert "Disabled: orders app" in page and "disabled automatically" in page
