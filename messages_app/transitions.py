@@ -553,7 +553,7 @@ def _update_unsent_announced(*, queryset: QuerySet[Message], kind: str, **fields
     if not message_events.wanted(kind):
         return unsent.update(**fields)
     with transaction.atomic():
-        ids = list(unsent.select_for_update(no_key=True).order_by().values_list("pk", flat=True))
+        ids = list(unsent.select_for_update(no_key=True, of=("self",)).order_by().values_list("pk", flat=True))
         moved = Message.objects.filter(pk__in=ids, status=Status.UNSENT).update(**fields) if ids else 0
         _announce(kind, ids)
     return moved

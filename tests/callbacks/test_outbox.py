@@ -123,3 +123,22 @@ def test_a_message_callback_url_must_be_on_a_registered_endpoints_origin(api_cli
         "/api/messages/bulk/", {"messages": [{**base, "callback_url": "https://elsewhere.example/x"}]}, format="json"
     )
     assert bulk.status_code == 400
+
+
+def test_a_batch_cancel_and_an_opt_out_suppressing_queued_messages_write_one_event_each():
+    from messages_app.transitions import messages_cancel
+
+    endpoint_create(name="all", url="http://127.0.0.1:9/hooks")
+    cancelled = [make_message() for _ in range(3)]
+    assert messages_cancel(queryset=Message.objects.filter(pk__in=[m.pk for m in cancelled])) == 3
+    queued = make_message(recipient_phone_number="+905551119999")
+    consent_set(phone_number="+905551119999", status="opted_out", method="api", via="api")
+    kinds = sorted(CallbackEvent.objects.values_list("event_type", "message_id"), key=str)
+    assert kinds == sorted(
+        [
+            *(("message.cancelled", m.pk) for m in cancelled),
+            ("message.suppressed", queued.pk),
+            ("consent.opted_out", None),
+        ],
+        key=str,
+    )
