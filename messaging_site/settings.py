@@ -478,7 +478,10 @@ CALLBACKS = {
     "concurrency": env_int("CALLBACK_CONCURRENCY", 8, minimum=1, maximum=64),
     "lease_seconds": env_int("CALLBACK_LEASE_SECONDS", 120, minimum=1, maximum=3600),
     "poll_seconds": env_float("CALLBACK_POLL_SECONDS", 0.5, minimum=0.05, maximum=60),
-    "pump_seconds": env_int("CALLBACK_PUMP_SECONDS", 50, minimum=1, maximum=_TASK_TIMEOUT - 10),
+    # Within django-q2's task timeout (which a short DISPATCH_WINDOW_SECONDS shortens).
+    "pump_seconds": env_int(
+        "CALLBACK_PUMP_SECONDS", min(50, _TASK_TIMEOUT - 10), minimum=1, maximum=_TASK_TIMEOUT - 10
+    ),
     "endpoint_cache_seconds": env_float("CALLBACK_ENDPOINT_CACHE_SECONDS", 5.0, minimum=0, maximum=3600),
     "max_response_bytes": 64 * 1024,
     # The callbacks qcluster's niceness (0: as the senders; 19: the lowest priority).
