@@ -29,6 +29,7 @@ class ControlAction(models.Model):
         DELETE = "delete", "Delete messages"
         CONSENT = "consent", "Change consent"
         TEMPLATE = "template", "Change a template"
+        CALLBACK = "callback", "Change a callback endpoint"
 
     class Via(models.TextChoices):
         API = "api", "REST API"
@@ -37,6 +38,8 @@ class ControlAction(models.Model):
         COMMAND = "command", "manage.py"
         # A person's reply (STOP) or a provider's report of an opt-out: no user acted.
         INBOUND = "inbound", "Reply or provider report"
+        # What a worker decided by itself (a callback endpoint failing for too long, disabled).
+        WORKER = "worker", "Worker (automatic)"
 
     created_at = models.DateTimeField(auto_now_add=True)
     # Kept when the user is deleted: the record outlives the account, and

@@ -31,6 +31,8 @@
   inbound     post N signed replies in batches through gunicorn: replies/s.
   templates   POST /api/messages/bulk/ from a template against the same bulk with the
               finished content, in the same run: messages/s of each and their ratio.
+  callbacks   sending with a status callback for every message against none, and with
+              an endpoint that never answers against a healthy one (same run): ratios.
 
 Each run needs PostgreSQL (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/messaging_bench, created if missing and
@@ -48,6 +50,7 @@ import signal
 import sys
 
 from bench import (
+    callbacks,
     cluster,
     fakeprovider,
     history,
@@ -117,6 +120,11 @@ COMMANDS = {
         templates.templates,
         templates.add_arguments,
         "check: bulk from a template at least 0.8 x the same bulk with finished content",
+    ),
+    "callbacks": (
+        callbacks.callbacks,
+        callbacks.add_arguments,
+        "check: sending with callbacks on at least 0.9 x off; a dead endpoint at least 0.95 x a healthy one",
     ),
     "providers": (providers.providers, providers.add_arguments, "rate-limit accuracy; failover and outage runs"),
     "fakeprovider": (

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from audit.services import Via
 from consent.conf import consent_settings
+from consent.events import consent_events
 from consent.keywords import OPT_IN, OPT_OUT, keyword_match
 from consent.models import Consent, InboundMessage
 from consent.services import consent_set
@@ -87,6 +88,8 @@ def _receive_together(replies: Sequence[InboundIn]) -> list[InboundResult]:
         if not result.keyword:
             ordinary.append(inbound.pk)
         results.append(result)
+    ordinary_ids = set(ordinary)
+    _replies_announce([new[i] for i in taken if new[i].pk in ordinary_ids])
     logger.info(
         "inbound batch: %d stored (%d ordinary replies, ids %s..%s), %d replays ignored",
         len(new),
@@ -96,6 +99,27 @@ def _receive_together(replies: Sequence[InboundIn]) -> list[InboundResult]:
         len(replies) - len(new),
     )
     return results
+
+
+def _replies_announce(replies: list[InboundMessage]) -> None:
+    """Ordinary replies just stored (a keyword's is told as the consent change it made)."""
+    if replies and consent_events.wanted("inbound"):
+        consent_events.announce(
+            kind="inbound",
+            subject={
+                "items": [
+                    {
+                        "inbound_id": r.pk,
+                        "from_number": r.from_number,
+                        "to_number": r.to_number,
+                        "text": r.text,
+                        "received_at": r.received_at.isoformat(),
+                        "provider": r.provider,
+                    }
+                    for r in replies
+                ]
+            },
+        )
 
 
 def _inbound_row(reply: InboundIn) -> InboundMessage:
@@ -121,6 +145,8 @@ def inbound_receive(*, reply: InboundIn) -> InboundResult:
             logger.info("inbound %s from %s: a replay, ignored", reply.inbound_id[:80], reply.provider)
             return InboundResult(outcome="replayed")
         result = _act_on_keyword(inbound, reply)
+        if not result.keyword:
+            _replies_announce([inbound])
     if not result.keyword:
         logger.info("inbound id=%s from %s: an ordinary reply", inbound.pk, reply.provider)
     return result

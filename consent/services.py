@@ -14,6 +14,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
+from consent.events import consent_changes_announce
 from consent.models import Consent, ConsentChange, InboundMessage
 from consent.recent_opt_outs import recent_opt_outs_add
 from messages_app.models import Message
@@ -82,6 +83,7 @@ def consent_set(
             # Before the commit: a send that starts once the opt-out is on record finds it.
             recent_opt_outs_add(phone_numbers=[number])
             suppressed = _suppress_queued([number])
+        consent_changes_announce(numbers=[number], status=status, method=method)
     logger.info(
         "consent of %s is now %s (%s, by %s)%s",
         number,
@@ -170,6 +172,7 @@ def consents_opt_out_many(
         )
         recent_opt_outs_add(phone_numbers=to_change)  # before the commit, as in consent_set
         suppressed = _suppress_queued(to_change)
+        consent_changes_announce(numbers=to_change, status=Status.OPTED_OUT, method=method)
     logger.info(
         "opted out %d numbers (%s, by %s); %d queued message(s) suppressed",
         len(to_change),

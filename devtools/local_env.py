@@ -74,6 +74,8 @@ def env_file_create(*, path: Path, environ: dict[str, str]) -> None:
         "QCLUSTER_WORKERS=2",
         f"RECEIPT_WEBHOOK_SECRET=whsec_{receipt_key}",
         f"INBOUND_WEBHOOK_SECRET=whsec_{inbound_key}",
+        "# Status callbacks may go to a receiver on this machine (README, Status callbacks).",
+        "CALLBACK_ALLOWED_NETWORKS=127.0.0.1",
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -163,7 +163,7 @@ class MessageViewSet(
         def queue() -> Response:
             serializer = MessageCreateSerializer(data=request.data, context={"template_lookup": TemplateLookup()})
             serializer.is_valid(raise_exception=True)
-            message = services.message_create(**serializer.validated_data)
+            message = services.message_create(**serializer.validated_data, created_by=request.user)
             return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
 
         return idempotent(request, queue)
@@ -206,7 +206,7 @@ class MessageViewSet(
             refused: list[dict] = []
             with transaction.atomic():
                 messages = services.messages_bulk_create(
-                    items=serializer.validated_data["messages"],
+                    items=[{**item, "created_by": request.user} for item in serializer.validated_data["messages"]],
                     on_refused=lambda index, number, reason: refused.append(
                         {"index": index, "recipient_phone_number": number, "reason": reason}
                     ),

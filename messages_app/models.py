@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -93,6 +94,21 @@ class Message(models.Model):
     template_version = models.PositiveIntegerField(null=True, blank=True)
     template_language = models.CharField(max_length=16, blank=True, default="", db_default="")
     personalisation = models.JSONField(null=True, blank=True)
+    # The client's own: its reference for the message, echoed in every status callback, and
+    # the URL (on a registered callback endpoint's origin) its callbacks go to instead.
+    client_reference = models.CharField(max_length=255, blank=True, default="", db_default="")
+    callback_url = models.CharField(max_length=2000, blank=True, default="", db_default="")
+    # Who queued it through the API: a callback endpoint with an owner gets only its owner's
+    # messages. A plain value (no constraint, no index): deleting a user never scans messages.
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
 
     class Meta:
         ordering = ["-id"]

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from messages_app.callback_policy import callback_url_checked
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.template_source import TemplateLookup
 from messages_app.validators import normalize_phone_number, validate_content, validate_expiry
@@ -83,6 +84,9 @@ class MessageSerializer(serializers.ModelSerializer):
             "template_version",
             "template_language",
             "personalisation",
+            # The client's: echoed in its status callbacks; where they go, if not its endpoints.
+            "client_reference",
+            "callback_url",
         ]
         read_only_fields = fields
 
@@ -210,6 +214,18 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         ),
     )
 
+    client_reference = StrictCharField(
+        required=False,
+        max_length=255,
+        help_text="Optional: your own reference for the message, echoed in its status callbacks.",
+    )
+    callback_url = StrictCharField(
+        required=False,
+        max_length=2000,
+        help_text="Optional: where this message's status callbacks go, on the origin (scheme, host, port) of a "
+        "registered callback endpoint, which signs them; any other URL is a 400.",
+    )
+
     def to_internal_value(self, data):
         # content is required unless the item names a template. The fields are the
         # serializer's (one instance for every item of a bulk), set before each item.
@@ -253,6 +269,12 @@ class MessageCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
             return normalize_phone_number(value)
         except DjangoValidationError as exc:
             raise _as_drf_error(exc) from None
+
+    def validate_callback_url(self, value: str) -> str:
+        try:
+            return callback_url_checked(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict.get("callback_url", exc.messages)) from None
 
     def validate_content(self, value: str) -> str:
         try:

@@ -17,6 +17,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audit.services import Action, Via, control_action_record
+from messages_app.callback_policy import callback_url_checked
 from messages_app.due_signal import messages_due_announce
 from messages_app.errors import MessageStateError, RecipientRefused
 from messages_app.models import DeliveryReceipt, Message
@@ -46,6 +47,9 @@ def message_new(
     template_version: int | None = None,
     template_language: str = "",
     personalisation: dict[str, Any] | None = None,
+    client_reference: str = "",
+    callback_url: str = "",
+    created_by: AbstractBaseUser | None = None,
 ) -> Message:
     """An unsaved message, validated and normalised as every way of queueing one needs
     it (API, bulk, seed route, admin, CSV import); raise ValidationError otherwise.
@@ -75,6 +79,9 @@ def message_new(
         template_version=template_version,
         template_language=template_language,
         personalisation=personalisation,
+        client_reference=client_reference,
+        callback_url=callback_url_checked(callback_url),
+        created_by=created_by if created_by is not None and created_by.is_authenticated else None,
     )
 
 

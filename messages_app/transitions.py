@@ -23,10 +23,12 @@ must not take over the others' messages.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, QuerySet, Value
@@ -34,6 +36,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from messages_app.events import message_events
 from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
 
 Status = Message.Status
@@ -44,6 +47,22 @@ RELEASED_ERROR = "released unsent: the worker was shutting down"
 # The longest a message waits for its next try, whatever a provider asks, and the furthest
 # ahead any time written here lies (a lease is shorter).
 MAX_DELAY_SECONDS = 86_400
+
+
+def _announce(kind: str, message_ids: Iterable[int]) -> None:
+    """Tell the listeners (messages_app.events) which messages just took status `kind`:
+    called inside the transition's transaction, once per batch."""
+    ids = sorted(message_ids)
+    if ids:
+        message_events.announce(kind=kind, message_ids=ids)
+
+
+def _atomic_if_wanted(*kinds: str):
+    """A transaction around a transition that is otherwise one autocommit statement, when
+    a listener wants one of `kinds` (its rows are written in the same transaction)."""
+    if any(message_events.wanted(kind) for kind in kinds):
+        return transaction.atomic()
+    return contextlib.nullcontext()
 
 
 def database_now() -> datetime:
@@ -227,9 +246,12 @@ def messages_mark_sent(
         return set()
     by_id = {a.message_id: a for a in attempts}
     if connection.vendor == "postgresql":
-        return _mark_sent_postgresql(
-            by_id, claim_token=claim_token, sent_at=sent_at, delivery_cache_pending=delivery_cache_pending
-        )
+        with _atomic_if_wanted(Status.SENT):
+            held = _mark_sent_postgresql(
+                by_id, claim_token=claim_token, sent_at=sent_at, delivery_cache_pending=delivery_cache_pending
+            )
+            _announce(Status.SENT, held)
+        return held
     table = Message._meta.db_table
     rows = ", ".join(["(CAST(%s AS BIGINT), CAST(%s AS VARCHAR(255)), CAST(%s AS VARCHAR(32)))"] * len(by_id))
     values = [item for a in by_id.values() for item in (a.message_id, a.provider_message_id, a.provider)]
@@ -258,6 +280,7 @@ def messages_mark_sent(
         )
         held = {row[0] for row in cursor.fetchall()}
         DeliveryAttempt.objects.bulk_create(by_id[pk].row(Outcome.SENT) for pk in sorted(held))
+        _announce(Status.SENT, held)
     return held
 
 
@@ -366,6 +389,7 @@ def _back_to_queue(
             status=Status.EXPIRED, next_attempt_at=None, **fields
         ):
             attempt.row(outcome).save()
+            _announce(Status.EXPIRED, [attempt.message_id])
             return Status.EXPIRED
         Message.objects.filter(pk=attempt.message_id).update(status=Status.UNSENT, next_attempt_at=retry_at, **fields)
         attempt.row(outcome).save()
@@ -388,6 +412,7 @@ def message_fail(*, claim_token: uuid.UUID, attempt: AttemptRecord) -> bool:
             sending_started_at=None,
         )
         attempt.row(Outcome.FAILED).save()
+        _announce(Status.FAILED, [attempt.message_id])
     return True
 
 
@@ -483,6 +508,8 @@ def messages_recover_expired(*, max_attempts: int, limit: int = 1000) -> Recover
             )
             for pk, attempts, started in tried
         )
+        _announce(Status.FAILED, [pk for pk in to_failed if pk not in past_expiry])
+        _announce(Status.EXPIRED, past_expiry)
     return RecoveredLeases(
         requeued=[pk for pk in to_unsent if pk not in past_expiry],
         failed=[pk for pk in to_failed if pk not in past_expiry],
@@ -507,16 +534,36 @@ def messages_requeue(*, queryset: QuerySet[Message]) -> int:
 
 def message_cancel(*, message_id: int) -> bool:
     """unsent (scheduled or not) -> cancelled; False if it is not unsent (being sent, or done)."""
-    return bool(
-        Message.objects.filter(pk=message_id, status=Status.UNSENT).update(
-            status=Status.CANCELLED, next_attempt_at=None
+    with _atomic_if_wanted(Status.CANCELLED):
+        moved = bool(
+            Message.objects.filter(pk=message_id, status=Status.UNSENT).update(
+                status=Status.CANCELLED, next_attempt_at=None
+            )
         )
-    )
+        if moved:
+            _announce(Status.CANCELLED, [message_id])
+    return moved
+
+
+def _update_unsent_announced(*, queryset: QuerySet[Message], kind: str, **fields: Any) -> int:
+    """UPDATE the unsent messages among `queryset` with `fields`; return how many moved.
+    When a listener wants `kind`, the rows are locked and their ids read first, in the
+    same transaction, so the listener is told exactly which moved."""
+    unsent = queryset.filter(status=Status.UNSENT)
+    if not message_events.wanted(kind):
+        return unsent.update(**fields)
+    with transaction.atomic():
+        ids = list(unsent.select_for_update(no_key=True, of=("self",)).order_by().values_list("pk", flat=True))
+        moved = Message.objects.filter(pk__in=ids, status=Status.UNSENT).update(**fields) if ids else 0
+        _announce(kind, ids)
+    return moved
 
 
 def messages_cancel(*, queryset: QuerySet[Message]) -> int:
     """unsent -> cancelled for the unsent messages among `queryset`; return how many moved."""
-    return queryset.filter(status=Status.UNSENT).update(status=Status.CANCELLED, next_attempt_at=None)
+    return _update_unsent_announced(
+        queryset=queryset, kind=Status.CANCELLED, status=Status.CANCELLED, next_attempt_at=None
+    )
 
 
 def messages_expire(*, limit: int = 10_000) -> list[int]:
@@ -529,6 +576,7 @@ def messages_expire(*, limit: int = 10_000) -> list[int]:
         )
         if ids:
             Message.objects.filter(pk__in=ids, status=Status.UNSENT).update(status=Status.EXPIRED, next_attempt_at=None)
+            _announce(Status.EXPIRED, ids)
     return ids
 
 
@@ -553,6 +601,7 @@ def messages_expire_claimed(*, claim_token: uuid.UUID, message_ids: Sequence[int
                 ).row(Outcome.EXPIRED)
                 for pk, attempts in rows
             )
+            _announce(Status.EXPIRED, held)
     return held
 
 
@@ -564,8 +613,12 @@ MAX_REASON_LENGTH = 200
 def messages_suppress_unsent(*, queryset: QuerySet[Message], reason: str) -> int:
     """unsent -> suppressed for the unsent messages among `queryset` (their recipient
     opted out while they waited); return how many moved. Never sent: nothing is due."""
-    return queryset.filter(status=Status.UNSENT).update(
-        status=Status.SUPPRESSED, next_attempt_at=None, status_reason=reason[:MAX_REASON_LENGTH]
+    return _update_unsent_announced(
+        queryset=queryset,
+        kind=Status.SUPPRESSED,
+        status=Status.SUPPRESSED,
+        next_attempt_at=None,
+        status_reason=reason[:MAX_REASON_LENGTH],
     )
 
 
@@ -593,6 +646,7 @@ def messages_suppress_claimed(*, claim_token: uuid.UUID, reasons: dict[int, str]
                 )
                 for pk, attempts in rows
             )
+            _announce(Status.SUPPRESSED, held)
     return held
 
 
@@ -632,7 +686,7 @@ def message_record_delivery(
     # The common case (the newest receipt for a sent message) in one statement; the
     # lookup only when nothing moved: an older receipt, or no such sent message.
     field = Message._meta.get_field
-    with connection.cursor() as cursor:
+    with _atomic_if_wanted(status), connection.cursor() as cursor:
         cursor.execute(
             f"""
             UPDATE {Message._meta.db_table}
@@ -651,6 +705,8 @@ def message_record_delivery(
             ],
         )
         row = cursor.fetchone()
+        if row is not None:
+            _announce(status, [row[0]])
     if row is not None:
         return row[0], _aware(row[1])
     sent = Message.objects.filter(provider_message_id=provider_message_id, status=Status.SENT).order_by()
@@ -702,7 +758,8 @@ def messages_record_receipts(receipts: Sequence[ReceiptIn]) -> list[ReceiptKept]
         first.setdefault(receipt.receipt_id, receipt)
     fresh = list(first.values())
     if connection.vendor == "postgresql":
-        recorded = _record_receipts_in_one_statement(fresh) if fresh else {}
+        with _atomic_if_wanted(*Message.Delivery.values):
+            recorded = _record_receipts_in_one_statement(fresh) if fresh else {}
     else:
         recorded = _record_receipts_portable(fresh)
     answers, seen = [], set()
@@ -747,10 +804,11 @@ def _record_receipts_in_one_statement(receipts: list[ReceiptIn]) -> dict[str, Re
                   FROM latest
                  WHERE m.id = latest.message_id AND m.status IS NOT DISTINCT FROM %(sent)s
                    AND (m.delivery_status_at IS NULL OR m.delivery_status_at <= latest.occurred_at)
-                RETURNING m.id
+                RETURNING m.id, m.delivery_status
             )
-            SELECT kept.receipt_id, kept.message_id, target.sent_at
+            SELECT kept.receipt_id, kept.message_id, target.sent_at, applied.delivery_status
               FROM kept LEFT JOIN target ON target.id = kept.message_id
+                   LEFT JOIN applied ON applied.id = kept.message_id
             """,  # noqa: S608 - the table names are ours; every value is a parameter
             {
                 "receipt_ids": [r.receipt_id for r in receipts],
@@ -762,9 +820,15 @@ def _record_receipts_in_one_statement(receipts: list[ReceiptIn]) -> dict[str, Re
             },
         )
         rows = cursor.fetchall()
+    applied: dict[str, set[int]] = {}
+    for _, message_id, _, delivery_status in rows:
+        if delivery_status:
+            applied.setdefault(delivery_status, set()).add(message_id)
+    for delivery_status, message_ids in applied.items():
+        _announce(delivery_status, message_ids)
     return {
         receipt_id: ReceiptKept(kept=True, message_id=message_id, sent_at=_aware(sent_at))
-        for receipt_id, message_id, sent_at in rows
+        for receipt_id, message_id, sent_at, _ in rows
     }
 
 

@@ -139,6 +139,24 @@ def env_networks(name: str) -> list[IPv4Network | IPv6Network]:
     return networks
 
 
+def env_retry_schedule(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated seconds before each try, the first 0 (at once), each at most a day."""
+    items = env_list(name, [])
+    if not items:
+        return tuple(default)
+    try:
+        values = tuple(float(item) for item in items)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be comma-separated seconds like 0,5,300, got {','.join(items)!r}"
+        ) from None
+    if values[0] != 0 or any(not 0 <= v <= 86_400 for v in values):
+        raise ImproperlyConfigured(
+            f"{name} must start with 0 and hold seconds from 0 to 86400, got {','.join(items)!r}"
+        )
+    return values
+
+
 def env_choice(name: str, default: str, *, choices: tuple[str, ...]) -> str:
     value = env_str(name, default)
     if value.lower() not in choices:

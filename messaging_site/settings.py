@@ -22,6 +22,7 @@ from django.core.checks.security.base import (
 )
 from django.core.exceptions import ImproperlyConfigured
 
+from callbacks.conf import RETRY_SCHEDULE_SECONDS as CALLBACK_RETRY_SCHEDULE_SECONDS
 from dispatcher.conf import SPECS as DISPATCHER_SETTING_SPECS
 from dispatcher.conf import task_timeouts
 from dispatcher.providers_conf import provider_specs_from_env
@@ -34,6 +35,7 @@ from messaging_site.env import (
     env_list,
     env_networks,
     env_rate,
+    env_retry_schedule,
     env_secret,
     env_str,
     env_url,
@@ -453,7 +455,43 @@ Q_CLUSTER = {
     "recycle": env_int("QCLUSTER_RECYCLE", 500, minimum=1),
     "max_rss": env_int("QCLUSTER_MAX_RSS_KB", 262_144, minimum=32_768),
     "label": "Task queue",
+    # Status callbacks run on a cluster (a queue) of their own: `Q_CLUSTER_NAME=callbacks
+    # manage.py qcluster`. A dead or slow client endpoint holds only these workers, never
+    # the ones that send.
+    "ALT_CLUSTERS": {
+        "callbacks": {"workers": env_int("CALLBACK_QCLUSTER_WORKERS", 2, minimum=2, maximum=64), "queue_limit": 2},
+    },
 }
+
+# --- Status callbacks (read through callbacks.conf.callback_settings()) ------------
+# Each endpoint's signing secret is derived from this key and the endpoint's salt (HMAC):
+# the database holds no secret. Rotating the key changes every endpoint's secret.
+_CALLBACK_SECRET_KEY = env_secret("CALLBACK_SECRET_KEY") or f"callbacks:{SECRET_KEY}"
+CALLBACKS = {
+    "timeout_seconds": env_float("CALLBACK_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=60),
+    "allow_http": DEBUG or env_bool("CALLBACK_ALLOW_HTTP", False),
+    # Private, loopback or link-local addresses an endpoint may resolve to anyway (a
+    # receiver on this host in development and tests); none by default.
+    "allowed_networks": tuple(env_networks("CALLBACK_ALLOWED_NETWORKS")),
+    "disable_after_seconds": env_int("CALLBACK_DISABLE_AFTER", 5 * 86_400, minimum=1),
+    "batch_size": env_int("CALLBACK_BATCH_SIZE", 100, minimum=1, maximum=1000),
+    "concurrency": env_int("CALLBACK_CONCURRENCY", 8, minimum=1, maximum=64),
+    "lease_seconds": env_int("CALLBACK_LEASE_SECONDS", 120, minimum=1, maximum=3600),
+    "poll_seconds": env_float("CALLBACK_POLL_SECONDS", 0.5, minimum=0.05, maximum=60),
+    # Within django-q2's task timeout (which a short DISPATCH_WINDOW_SECONDS shortens).
+    "pump_seconds": env_int(
+        "CALLBACK_PUMP_SECONDS", min(50, _TASK_TIMEOUT - 10), minimum=1, maximum=_TASK_TIMEOUT - 10
+    ),
+    "endpoint_cache_seconds": env_float("CALLBACK_ENDPOINT_CACHE_SECONDS", 5.0, minimum=0, maximum=3600),
+    "max_response_bytes": 64 * 1024,
+    # The callbacks qcluster's niceness (0: as the senders; 19: the lowest priority).
+    "qcluster_nice": env_int("CALLBACK_QCLUSTER_NICE", 10, minimum=0, maximum=19),
+    # Seconds before each try of an event (Svix's schedule by default); after the last, it is given up.
+    "retry_schedule": env_retry_schedule("CALLBACK_RETRY_SCHEDULE", CALLBACK_RETRY_SCHEDULE_SECONDS),
+    "secret_key": _CALLBACK_SECRET_KEY,
+}
+# A message's callback_url is checked by the callbacks app (messages_app is below it).
+MESSAGE_CALLBACK_URL_CHECK = "callbacks.for_messages.callback_url_check"
 
 # Django's database sessions, but a cookie that cannot be a session key (a NUL in
 # it) is no session rather than a database error.
@@ -523,6 +561,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "MessageStatusEnum": "messages_app.models.Message.Status",
         "ConsentStatusEnum": "consent.models.Consent.Status",
+        "CallbackEventTypeEnum": "callbacks.models.EventType",
+        "CallbackEventStateEnum": "callbacks.models.CallbackEvent.State",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",  # drf-spectacular's default

@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
+from callbacks.urls import api_urlpatterns as callbacks_api_urlpatterns
 from consent.urls import api_urlpatterns as consent_api_urlpatterns
 from dispatcher.monitoring.health import healthz, readyz
 from dispatcher.monitoring.metrics import metrics_view
@@ -26,6 +27,8 @@ api_urlpatterns = [
                 "consents": "consent-list",
                 "inbound": "inbound",
                 "templates": "template-list",
+                "callback_endpoints": "callback-endpoint-list",
+                "callback_events": "callback-event-list",
                 "docs": "swagger-ui",
                 "redoc": "redoc",
                 "schema": "schema",
@@ -37,6 +40,7 @@ api_urlpatterns = [
     *dispatcher_api_urlpatterns,
     *consent_api_urlpatterns,
     *templates_api_urlpatterns,
+    *callbacks_api_urlpatterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI's start-up script served as a file (docs/?script), not inline: the CSP allows no inline script.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.cache import caches
 from rest_framework.test import APIClient
 
+from callbacks.outbox import endpoint_cache
 from dispatcher.engine.providers import gate, locmem
 from dispatcher.permissions import CONTROL_DISPATCHER
 from messages_app.permissions import CANCEL_MESSAGE, REQUEUE_MESSAGE
@@ -18,6 +19,8 @@ def _clean_caches_and_outbox(monkeypatch):
     monkeypatch.setattr(gate, "_shared", gate._SharedStateDown())
     for alias in settings.CACHES:
         caches[alias].clear()
+    # The callback endpoints this process knows of belong to the test that made them.
+    endpoint_cache.clear()
     yield
     locmem.reset()
 

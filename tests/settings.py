@@ -17,6 +17,9 @@ os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
 os.environ.setdefault("WEBHOOK_ALLOW_HTTP", "true")
+# Status callbacks go to the tests' own receiver, plain http on this host (tests/callbacks).
+os.environ.setdefault("CALLBACK_ALLOW_HTTP", "true")
+os.environ.setdefault("CALLBACK_ALLOWED_NETWORKS", "127.0.0.1")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/messaging")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 

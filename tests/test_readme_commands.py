@@ -329,6 +329,12 @@ def test_the_api_lifecycle_and_consent_examples_answer_what_the_readme_shows_aga
         # *Consent*: a STOP through the fake provider, the 422 it causes, START; records by hand.
         consent = bash(login + "\n".join(section_blocks(CONSENT_SECTION)).replace(":8081/", f":{provider_port}/"))
         after = {number: api_get(f"/api/consents/{number}/") for number in ("+12125550123", "+12125550124")}
+        # *Status callbacks*: an endpoint registered, the devtools receiver started, a message
+        # queued; make run's callbacks worker posts its message.sent, whose signature the
+        # receiver checks with the standardwebhooks package.
+        [try_callbacks, *_] = section_blocks("Status callbacks")
+        called_back = bash(login + try_callbacks.replace("8090", str(free_port())))
+        queued_last = api_get("/api/messages/?page_size=1")["results"][0]
 
     assert len(answers) == len(blocks) >= 6
     for block, answered in zip(blocks, answers, strict=True):
@@ -344,3 +350,13 @@ def test_the_api_lifecycle_and_consent_examples_answer_what_the_readme_shows_aga
         ["opted_in", "opted_out"],
     ), after
     assert after["+12125550124"]["status"] == "opted_out", after
+    verified = [line for line in called_back.splitlines() if line.startswith("verified ")]
+    # Its message.sent; and its message.delivered too if the fake provider's receipt came first.
+    expected = [
+        rf"verified evt_[0-9a-f]{{32}} message.{status} message_id={queued_last['id']} client_reference=order-17 "
+        rf"sequence={sequence} status={status}"
+        for sequence, status in ((1, "sent"), (2, "delivered"))
+    ]
+    assert 1 <= len(verified) <= 2, called_back
+    assert all(re.fullmatch(pattern, line) for pattern, line in zip(expected, verified, strict=False)), called_back
+    assert "# verified evt_" in " ".join(section_blocks("Status callbacks")[0].split("\n"))

@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import ControlAction
+from callbacks.selectors import callback_summary
 from consent.selectors import consent_summary
 from dispatcher.engine.providers.status import provider_statuses
 from dispatcher.errors import DispatcherConfigError
@@ -252,6 +253,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: ModelAdmin) -> HttpResp
         "funnel": delivery_funnel(since=now - timedelta(days=1)),
         "consent": consent_summary(now=now),
         "retention": retention_summary(),
+        "callbacks": callback_summary(),
         "held_changelist_url": f"{changelist_url}?status__exact=unsent&category__exact=marketing",
         "providers": provider_statuses(),
         "chart": outcome_chart(per_minute=delivery_outcomes_per_minute(since=first_minute), last_minute=last_minute),

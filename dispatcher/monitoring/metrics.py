@@ -23,6 +23,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from callbacks.metrics import DELIVERIES, delivery_counter_key
+from callbacks.metrics import OUTCOMES as CALLBACK_OUTCOMES
+from callbacks.selectors import callback_summary
 from consent.selectors import consent_summary
 from dispatcher.engine.counters import (
     ALL_KEYS,
@@ -149,12 +152,24 @@ class MessagingCollector:
                 "Messages the retention schedule's last run deleted.",
                 value=retention.last_run.messages_total,
             )
+        callbacks = callback_summary()
+        yield GaugeMetricFamily(
+            "messaging_callback_pending_events", "Callback events waiting to be delivered.", value=callbacks.pending
+        )
+        yield GaugeMetricFamily(
+            "messaging_callback_oldest_pending_seconds",
+            "Age of the oldest callback event waiting to be delivered (0: none waits).",
+            value=callbacks.oldest_pending_seconds,
+        )
+        yield GaugeMetricFamily(
+            "messaging_callback_endpoints_disabled", "Callback endpoints disabled.", value=len(callbacks.disabled)
+        )
         yield _up("messaging_metrics_database_up", "Whether this scrape could count the queue.", True)
 
     def _shared(self) -> Iterator[Metric]:
         help_text = "Whether this scrape could read the counters the dispatcher records in the cache."
         try:
-            values = caches[CACHE_ALIAS].get_many(ALL_KEYS)
+            values = caches[CACHE_ALIAS].get_many([*ALL_KEYS, *(delivery_counter_key(o) for o in CALLBACK_OUTCOMES)])
         except Exception as exc:
             # Zeros would read as a counter reset; leaving the series out reads as a gap.
             logger.warning("metrics: could not read the counters from the cache: %r", exc)
@@ -183,6 +198,14 @@ class MessagingCollector:
         for kind in INBOUND_KINDS:
             inbound.add_metric([kind], values.get(inbound_key(kind), 0))
         yield inbound
+        deliveries = CounterMetricFamily(
+            DELIVERIES,
+            "Status callback deliveries, by outcome (delivered; retry: failed, will be tried again; failed: given up).",
+            labels=["outcome"],
+        )
+        for outcome in CALLBACK_OUTCOMES:
+            deliveries.add_metric([outcome], values.get(delivery_counter_key(outcome), 0))
+        yield deliveries
         yield _up("messaging_metrics_cache_up", help_text, True)
 
 

@@ -80,7 +80,7 @@ def test_make_run_sends_on_the_ports_given_over_an_earlier_env_and_ctrl_c_stops_
     with make_run(tmp_path, f"WEB_PORT={web_port}", f"PROVIDER_PORT={provider_port}", env_file=env_file) as terminal:
         make_run_ready(terminal)
         groups = started_groups(terminal.output)
-        assert set(groups) == {"web", "worker", "provider"}, terminal.output
+        assert set(groups) == {"web", "worker", "provider", "callbacks"}, terminal.output
         # The banner names the ports in use; the provider's address is its live page.
         assert f"Provider:  http://127.0.0.1:{provider_port}/  (what it received, live" in terminal.output
         assert f"Admin:     http://127.0.0.1:{web_port}/admin/" in terminal.output
@@ -105,7 +105,7 @@ def test_make_run_sends_on_the_ports_given_over_an_earlier_env_and_ctrl_c_stops_
         assert status == 0, f"make exited {status} after {took:.1f} s:\n{terminal.output}"
         assert "SIGKILL" not in terminal.output
         assert "Interrupt" not in terminal.output  # make's "*** [run] Interrupt"
-        for name in ("web", "worker", "provider"):
+        for name in ("web", "worker", "provider", "callbacks"):
             assert f"| {name} exited (rc=0)" in terminal.output, terminal.output
         assert "| all stopped" in terminal.output
         # The provider is told to stop only once the worker, which sends to it, has exited.
@@ -248,7 +248,7 @@ def test_procfile_dev_names_the_three_processes():
     entries = read_procfile(REPO_ROOT / "Procfile.dev")
 
     # Stopped in the reverse order: the worker first, while the provider it sends to still answers.
-    assert [entry.name for entry in entries] == ["web", "provider", "worker"]
+    assert [entry.name for entry in entries] == ["web", "provider", "worker", "callbacks"]
     assert entries[2] == ProcfileEntry(name="worker", command="python manage.py qcluster")
 
 

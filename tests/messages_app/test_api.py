@@ -41,6 +41,8 @@ MESSAGE_FIELDS = {
     "template_version",
     "template_language",
     "personalisation",
+    "client_reference",
+    "callback_url",
 }
 
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from django_q.models import OrmQ
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from audit.models import ControlAction
+from callbacks.models import CallbackEndpoint, CallbackEvent
 from dispatcher.models import DispatcherState
 from dispatcher.permissions import CONTROL_DISPATCHER
 from message_templates.models import Template, TemplateVersion
@@ -43,6 +45,8 @@ ADD = "messages_app.add_message"
 OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE, CANCEL = "open", "login", "read", "write", "control", "requeue", "cancel"
 CONSENT_READ, CONSENT_WRITE, REPLIES_READ = "consent-read", "consent-write", "replies-read"
 TEMPLATE_READ, TEMPLATE_WRITE = "template-read", "template-write"
+# Status callbacks: staff manage them and read all; other users read only what they own.
+STAFF = "staff"
 
 # name -> keyword arguments of make_user; None: no credentials at all.
 PRINCIPALS: dict[str, dict | None] = {
@@ -81,6 +85,7 @@ ALLOWED: dict[str, set[str]] = {
     REPLIES_READ: {"replies-reader", "superuser"},
     TEMPLATE_READ: {"template-reader", "template-editor", "superuser"},
     TEMPLATE_WRITE: {"template-editor", "superuser"},
+    STAFF: {"staff", "superuser"},
 }
 
 NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
@@ -95,6 +100,7 @@ class Endpoint:
     rule: str
     success: int = 200
     body: dict | None = None
+    refused: int = 403  # to a caller with credentials not allowed (404: it may not even see the object)
 
 
 ENDPOINTS = [
@@ -176,6 +182,62 @@ ENDPOINTS = [
         TEMPLATE_READ,
         body={"body": "x"},
     ),
+    Endpoint("callback-endpoints", "callback-endpoint-list", "get", "/api/callbacks/endpoints/", LOGIN),
+    Endpoint(
+        "callback-endpoint-create",
+        "callback-endpoint-list",
+        "post",
+        "/api/callbacks/endpoints/",
+        STAFF,
+        201,
+        {"name": "new", "url": "http://127.0.0.1:9/new"},
+    ),
+    Endpoint(
+        "callback-endpoint-get",
+        "callback-endpoint-detail",
+        "get",
+        "/api/callbacks/endpoints/{endpoint_pk}/",
+        STAFF,
+        refused=404,
+    ),
+    Endpoint(
+        "callback-endpoint-patch",
+        "callback-endpoint-detail",
+        "patch",
+        "/api/callbacks/endpoints/{endpoint_pk}/",
+        STAFF,
+        body={"name": "renamed"},
+    ),
+    Endpoint(
+        "callback-endpoint-delete",
+        "callback-endpoint-detail",
+        "delete",
+        "/api/callbacks/endpoints/{endpoint_pk}/",
+        STAFF,
+        204,
+    ),
+    Endpoint(
+        "callback-endpoint-rotate",
+        "callback-endpoint-rotate",
+        "post",
+        "/api/callbacks/endpoints/{endpoint_pk}/rotate/",
+        STAFF,
+    ),
+    Endpoint(
+        "callback-endpoint-replay",
+        "callback-endpoint-replay",
+        "post",
+        "/api/callbacks/endpoints/{endpoint_pk}/replay/",
+        STAFF,
+        body={"since": "2020-01-01T00:00:00Z"},
+    ),
+    Endpoint("callback-events", "callback-event-list", "get", "/api/callbacks/events/", LOGIN),
+    Endpoint(
+        "callback-event-get", "callback-event-detail", "get", "/api/callbacks/events/{event_pk}/", STAFF, refused=404
+    ),
+    Endpoint(
+        "callback-event-resend", "callback-event-resend", "post", "/api/callbacks/events/{event_pk}/resend/", STAFF
+    ),
 ]
 
 # Routes outside the matrix, public on purpose.
@@ -205,6 +267,20 @@ def set_up() -> Message:
         # Written directly, not by the service: the audit log starts empty.
         template = Template.objects.create(name="matrix")
         TemplateVersion.objects.create(template=template, number=1, bodies={"en": "hi ((name))"}, default_language="en")
+    if not CallbackEndpoint.objects.exists():
+        # Written directly, not by the service: the audit log starts empty.
+        endpoint = CallbackEndpoint.objects.create(
+            name="matrix", url="http://127.0.0.1:9/hooks", origin="http://127.0.0.1:9", secret_salt="salt"
+        )
+        CallbackEvent.objects.create(
+            event_id="evt_matrix",
+            endpoint=endpoint,
+            event_type="message.sent",
+            occurred_at=timezone.now(),
+            next_attempt_at=timezone.now(),
+            created_at=timezone.now(),
+            state=CallbackEvent.State.DELIVERED,
+        )
     return make_message(status=Message.Status.FAILED, attempts=5, last_error="HTTP 400")
 
 
@@ -216,12 +292,20 @@ def snapshot() -> dict:
         "audit": ControlAction.objects.count(),
         "queued_tasks": OrmQ.objects.count(),
         "template_versions": list(TemplateVersion.objects.order_by("pk").values()),
+        "callback_endpoints": list(CallbackEndpoint.objects.order_by("pk").values()),
+        "callback_events": list(CallbackEvent.objects.order_by("pk").values()),
     }
 
 
 def call(client: APIClient, endpoint: Endpoint, message: Message):
     unsent = Message.objects.get(content="to cancel")
-    path = endpoint.path.format(pk=message.pk, unsent_pk=unsent.pk, template_pk=Template.objects.get().pk)
+    path = endpoint.path.format(
+        pk=message.pk,
+        unsent_pk=unsent.pk,
+        template_pk=Template.objects.get().pk,
+        endpoint_pk=CallbackEndpoint.objects.order_by("pk").first().pk,
+        event_pk=CallbackEvent.objects.order_by("pk").first().pk,
+    )
     return getattr(client, endpoint.method)(path, endpoint.body, format="json")
 
 
@@ -256,7 +340,7 @@ def test_the_matrix(endpoint: Endpoint, principal: str, django_capture_on_commit
     if principal in ALLOWED[endpoint.rule]:
         assert response.status_code == endpoint.success, (endpoint.id, principal, response.content)
     else:
-        assert_refused(response, 401 if principal == "anonymous" else 403, before, endpoint)
+        assert_refused(response, 401 if principal == "anonymous" else endpoint.refused, before, endpoint)
 
 
 SECURED = [e for e in ENDPOINTS if e.rule != OPEN]

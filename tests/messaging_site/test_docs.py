@@ -6,7 +6,9 @@ import pytest
 import yaml
 from django.contrib.staticfiles import finders
 from django.core.management import call_command
+from rest_framework.test import APIClient
 
+from callbacks.services import endpoint_create
 from message_templates.services import template_create
 from restapi.docs import REDOC_BUNDLE
 from tests.factories import grant
@@ -102,6 +104,8 @@ def test_schema_documents_the_message_fields_and_statuses(anon_client):
         "template_version",
         "template_language",
         "personalisation",
+        "client_reference",
+        "callback_url",
     }
     assert set(components["MessageStatusEnum"]["enum"]) == {
         "unsent",
@@ -187,6 +191,13 @@ EXAMPLE_CALLERS = {
     ("/api/templates/{id}/preview/", "post"): 200,
     ("/api/templates/preview/", "post"): 200,
 }
+# Status callbacks are managed by staff ({id}: the callback endpoint the test registers).
+CALLBACK_EXAMPLE_CALLERS = {
+    ("/api/callbacks/endpoints/", "post"): 201,
+    ("/api/callbacks/endpoints/{id}/", "patch"): 200,
+    ("/api/callbacks/endpoints/{id}/rotate/", "post"): 200,
+    ("/api/callbacks/endpoints/{id}/replay/", "post"): 200,
+}
 # A path parameter as Swagger UI's "Try it out" would be given it ({id}: the template the test makes).
 EXAMPLE_PATH_PARAMETERS = {"{phone_number}": "+12125550123", "{language}": "tr"}
 
@@ -212,18 +223,25 @@ def test_every_request_body_has_examples_that_succeed_as_they_stand(
         for path, method, operation in operations(schema)
         if "requestBody" in operation and not path.startswith(("/api/receipts/", "/api/inbound/"))
     }
-    assert with_body == set(EXAMPLE_CALLERS)
+    assert with_body == set(EXAMPLE_CALLERS) | set(CALLBACK_EXAMPLE_CALLERS)
 
-    for (path, method), status in EXAMPLE_CALLERS.items():
-        examples = schema["paths"][path][method]["requestBody"]["content"]["application/json"]["examples"]
-        assert examples, path
-        for name, example in examples.items():
-            # What Swagger UI's "Try it out" sends: the example's JSON, to the documented path.
-            called = path
-            for parameter, value in path_parameters.items():
-                called = called.replace(parameter, value)
-            response = getattr(operator_client, method)(called, example["value"], format="json")
-            assert response.status_code == status, (path, name, response.content)
+    endpoint = endpoint_create(name="docs", url="http://127.0.0.1:9/hooks").endpoint
+    staff_client = APIClient()
+    staff_client.force_authenticate(staff_user)
+    for callers, client, parameters in (
+        (EXAMPLE_CALLERS, operator_client, path_parameters),
+        (CALLBACK_EXAMPLE_CALLERS, staff_client, {"{id}": str(endpoint.pk)}),
+    ):
+        for (path, method), status in callers.items():
+            examples = schema["paths"][path][method]["requestBody"]["content"]["application/json"]["examples"]
+            assert examples, path
+            for name, example in examples.items():
+                # What Swagger UI's "Try it out" sends: the example's JSON, to the documented path.
+                called = path
+                for parameter, value in parameters.items():
+                    called = called.replace(parameter, value)
+                response = getattr(client, method)(called, example["value"], format="json")
+                assert response.status_code == status, (path, name, response.content)
 
 
 # --- the documentation pages --------------------------------------------------------------------
@@ -368,6 +386,8 @@ def test_the_api_root_describes_the_service_and_links_its_parts(api_client):
         "providers": "/api/providers/",
         "templates": "/api/templates/",
         "consents": "/api/consents/",
+        "callback_endpoints": "/api/callbacks/endpoints/",
+        "callback_events": "/api/callbacks/events/",
         "inbound": "/api/inbound/",
         "docs": "/api/docs/",
         "redoc": "/api/redoc/",

@@ -24,7 +24,9 @@ import threading
 from django_q import cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
-from dispatcher.engine.pacing import qcluster_stop_event_share
+from callbacks.schedule import callbacks_cluster_starting
+from callbacks.tasks import cluster_stopping_check_set
+from dispatcher.engine.pacing import qcluster_is_stopping, qcluster_stop_event_share
 from dispatcher.schedule import scheduler_pass_on_database_clock
 
 
@@ -45,4 +47,6 @@ class Command(DjangoQCommand):
     def handle(self, *args, **options) -> None:
         cluster.Sentinel = GracefulSentinel
         cluster.scheduler = scheduler_pass_on_database_clock  # what the sentinel's guard loop calls
+        cluster_stopping_check_set(qcluster_is_stopping)
+        callbacks_cluster_starting()
         super().handle(*args, **options)
