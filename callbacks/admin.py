@@ -101,7 +101,9 @@ class CallbackEndpointAdmin(admin.ModelAdmin):
     def save_related(self, request, form, formsets, change) -> None:
         pass  # no related objects; the service saved everything
 
-    @admin.action(description="Rotate the signing secret (the old one signs too for the overlap)")
+    @admin.action(
+        description="Rotate the signing secret (the old one signs too for the overlap)", permissions=["change"]
+    )
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet[CallbackEndpoint]) -> None:
         overlap = request.POST.get("overlap_seconds") or "86400"
         try:
@@ -117,7 +119,7 @@ class CallbackEndpointAdmin(admin.ModelAdmin):
         except (ValueError, ValidationError) as exc:
             self.message_user(request, f"Not rotated: {exc}", messages.ERROR)
 
-    @admin.action(description="Replay every event since the time given")
+    @admin.action(description="Replay every event since the time given", permissions=["change"])
     def replay_since(self, request: HttpRequest, queryset: QuerySet[CallbackEndpoint]) -> None:
         form = EndpointActionForm(request.POST)
         if not form.is_valid() or not form.cleaned_data.get("since"):
@@ -170,7 +172,11 @@ class CallbackEventAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    @admin.action(description="Resend the selected events")
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        # Resending is managing the endpoint's deliveries: the same permission as the API's.
+        return request.user.has_perm("callbacks.change_callbackendpoint")
+
+    @admin.action(description="Resend the selected events", permissions=["resend"])
     def resend(self, request: HttpRequest, queryset: QuerySet[CallbackEvent]) -> None:
         count = 0
         for event in queryset:

@@ -1,6 +1,8 @@
-"""/api/callbacks/endpoints/ and /api/callbacks/events/: staff manage endpoints (register,
-change, rotate a secret, replay) and resend events; an API user reads the endpoints it owns
-and their events. Each view parses, calls one service, renders."""
+"""/api/callbacks/endpoints/ and /api/callbacks/events/: users with the callbacks app's model
+permissions manage endpoints (register, change, rotate a secret, replay) and resend events,
+and read them all; any other API user reads the endpoints it owns and their events. Staff
+status grants nothing here, as in the admin (messages_app.permissions). Each view parses,
+calls one service, renders."""
 
 from __future__ import annotations
 
@@ -29,13 +31,20 @@ from callbacks.serializers import (
 )
 
 
-class StaffWritesOwnersRead(permissions.BasePermission):
-    """Reads for any authenticated user (scoped to what it owns); writes for staff only."""
+class ManagersWriteOwnersRead(permissions.BasePermission):
+    """Reads for any authenticated user (scoped by the selectors to what it owns unless it
+    may view every endpoint); writes need the endpoint model's permission for the method:
+    add to register, delete to delete, change for the rest (change, rotate, replay, resend)."""
 
     def has_permission(self, request, view) -> bool:
         if not (request.user and request.user.is_authenticated):
             return False
-        return request.method in permissions.SAFE_METHODS or request.user.is_staff
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        action = {"POST": "add", "DELETE": "delete"}.get(request.method, "change")
+        if getattr(view, "action", None) in {"rotate", "replay", "resend"}:
+            action = "change"
+        return request.user.has_perm(f"callbacks.{action}_callbackendpoint")
 
 
 def _service_call(call):
@@ -52,10 +61,10 @@ def _with_secret(registered: services.EndpointWithSecret) -> dict:
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List callback endpoints with their health (staff: all; others: their own)"),
+    list=extend_schema(summary="List callback endpoints with their health (managers: all; others: their own)"),
     retrieve=extend_schema(summary="One callback endpoint with its health"),
     create=extend_schema(
-        summary="Register a callback endpoint (staff); its signing secret is in this answer only",
+        summary="Register a callback endpoint (callbacks.add_callbackendpoint); its secret is in this answer only",
         request=CallbackEndpointCreateSerializer,
         responses={201: CallbackEndpointSecretSerializer},
         examples=[
@@ -71,12 +80,12 @@ def _with_secret(registered: services.EndpointWithSecret) -> dict:
         ],
     ),
     partial_update=extend_schema(
-        summary="Change a callback endpoint (staff): name, url, event types, enabled",
+        summary="Change a callback endpoint (callbacks.change_callbackendpoint): name, url, event types, enabled",
         request=CallbackEndpointUpdateSerializer,
         responses=CallbackEndpointSerializer,
         examples=[OpenApiExample("Enable again", value={"enabled": True}, request_only=True)],
     ),
-    destroy=extend_schema(summary="Delete a callback endpoint and its events (staff)"),
+    destroy=extend_schema(summary="Delete a callback endpoint and its events (callbacks.delete_callbackendpoint)"),
 )
 class CallbackEndpointViewSet(
     mixins.ListModelMixin,
@@ -85,7 +94,7 @@ class CallbackEndpointViewSet(
     viewsets.GenericViewSet,
 ):
     serializer_class = CallbackEndpointSerializer
-    permission_classes = [StaffWritesOwnersRead]
+    permission_classes = [ManagersWriteOwnersRead]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
@@ -113,7 +122,7 @@ class CallbackEndpointViewSet(
         return Response(CallbackEndpointSerializer(updated).data)
 
     @extend_schema(
-        summary="Rotate an endpoint's signing secret (staff); the new one is in this answer only",
+        summary="Rotate an endpoint's secret (callbacks.change_callbackendpoint); the new one is in this answer only",
         request=RotateSerializer,
         responses=CallbackEndpointSecretSerializer,
         examples=[OpenApiExample("A day of overlap", value={"overlap_seconds": 86400}, request_only=True)],
@@ -134,7 +143,7 @@ class CallbackEndpointViewSet(
         return Response(_with_secret(rotated))
 
     @extend_schema(
-        summary="Deliver again every event of the endpoint since a time (staff)",
+        summary="Deliver again every event of the endpoint since a time (callbacks.change_callbackendpoint)",
         request=ReplaySerializer,
         responses=ReplayResultSerializer,
         examples=[OpenApiExample("Since a time", value={"since": "2025-01-31T09:00:00Z"}, request_only=True)],
@@ -151,12 +160,12 @@ class CallbackEndpointViewSet(
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List callback events, newest first (staff: all; others: their endpoints')"),
+    list=extend_schema(summary="List callback events, newest first (managers: all; others: their endpoints')"),
     retrieve=extend_schema(summary="One callback event with every delivery attempt"),
 )
 class CallbackEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = CallbackEventSerializer
-    permission_classes = [StaffWritesOwnersRead]
+    permission_classes = [ManagersWriteOwnersRead]
     filterset_class = CallbackEventFilter
 
     def get_queryset(self):
@@ -167,7 +176,11 @@ class CallbackEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
     def get_serializer_class(self):
         return CallbackEventDetailSerializer if self.action == "retrieve" else CallbackEventSerializer
 
-    @extend_schema(summary="Deliver this event again (staff)", request=None, responses=CallbackEventSerializer)
+    @extend_schema(
+        summary="Deliver this event again (callbacks.change_callbackendpoint)",
+        request=None,
+        responses=CallbackEventSerializer,
+    )
     @action(detail=True, methods=["post"])
     def resend(self, request: Request, pk=None) -> Response:
         event = self.get_object()

@@ -10,15 +10,19 @@ from django.utils import timezone
 
 from callbacks.models import CallbackAttempt, CallbackEndpoint, CallbackEvent
 
+VIEW_ALL_ENDPOINTS = "callbacks.view_callbackendpoint"
+
 
 def endpoints_visible(*, user) -> QuerySet[CallbackEndpoint]:
+    """Every endpoint for a user who may view them all (the model permission, as in the
+    admin); a user's own otherwise."""
     endpoints = CallbackEndpoint.objects.order_by("id")
-    return endpoints if user.is_staff else endpoints.filter(owner=user)
+    return endpoints if user.has_perm(VIEW_ALL_ENDPOINTS) else endpoints.filter(owner=user)
 
 
 def events_visible(*, user) -> QuerySet[CallbackEvent]:
     events = CallbackEvent.objects.select_related("endpoint").order_by("-id")
-    return events if user.is_staff else events.filter(endpoint__owner=user)
+    return events if user.has_perm(VIEW_ALL_ENDPOINTS) else events.filter(endpoint__owner=user)
 
 
 def event_attempts(*, event: CallbackEvent) -> QuerySet[CallbackAttempt]:

@@ -45,8 +45,9 @@ ADD = "messages_app.add_message"
 OPEN, LOGIN, READ, WRITE, CONTROL, REQUEUE, CANCEL = "open", "login", "read", "write", "control", "requeue", "cancel"
 CONSENT_READ, CONSENT_WRITE, REPLIES_READ = "consent-read", "consent-write", "replies-read"
 TEMPLATE_READ, TEMPLATE_WRITE = "template-read", "template-write"
-# Status callbacks: staff manage them and read all; other users read only what they own.
-STAFF = "staff"
+# Status callbacks: the callbacks app's model permissions manage them and read all; other
+# users read only what they own. Staff status alone grants nothing, as everywhere.
+CALLBACKS_MANAGE = "callbacks-manage"
 
 # name -> keyword arguments of make_user; None: no credentials at all.
 PRINCIPALS: dict[str, dict | None] = {
@@ -69,6 +70,14 @@ PRINCIPALS: dict[str, dict | None] = {
             "message_templates.change_template",
         ]
     },
+    "callbacks-manager": {
+        "perms": [
+            "callbacks.view_callbackendpoint",
+            "callbacks.add_callbackendpoint",
+            "callbacks.change_callbackendpoint",
+            "callbacks.delete_callbackendpoint",
+        ]
+    },
     "superuser": {"superuser": True},
 }
 
@@ -85,7 +94,7 @@ ALLOWED: dict[str, set[str]] = {
     REPLIES_READ: {"replies-reader", "superuser"},
     TEMPLATE_READ: {"template-reader", "template-editor", "superuser"},
     TEMPLATE_WRITE: {"template-editor", "superuser"},
-    STAFF: {"staff", "superuser"},
+    CALLBACKS_MANAGE: {"callbacks-manager", "superuser"},
 }
 
 NEW_MESSAGE = {"recipient_phone_number": "+905551112233", "content": "hi"}
@@ -188,7 +197,7 @@ ENDPOINTS = [
         "callback-endpoint-list",
         "post",
         "/api/callbacks/endpoints/",
-        STAFF,
+        CALLBACKS_MANAGE,
         201,
         {"name": "new", "url": "http://127.0.0.1:9/new"},
     ),
@@ -197,7 +206,7 @@ ENDPOINTS = [
         "callback-endpoint-detail",
         "get",
         "/api/callbacks/endpoints/{endpoint_pk}/",
-        STAFF,
+        CALLBACKS_MANAGE,
         refused=404,
     ),
     Endpoint(
@@ -205,7 +214,7 @@ ENDPOINTS = [
         "callback-endpoint-detail",
         "patch",
         "/api/callbacks/endpoints/{endpoint_pk}/",
-        STAFF,
+        CALLBACKS_MANAGE,
         body={"name": "renamed"},
     ),
     Endpoint(
@@ -213,7 +222,7 @@ ENDPOINTS = [
         "callback-endpoint-detail",
         "delete",
         "/api/callbacks/endpoints/{endpoint_pk}/",
-        STAFF,
+        CALLBACKS_MANAGE,
         204,
     ),
     Endpoint(
@@ -221,22 +230,31 @@ ENDPOINTS = [
         "callback-endpoint-rotate",
         "post",
         "/api/callbacks/endpoints/{endpoint_pk}/rotate/",
-        STAFF,
+        CALLBACKS_MANAGE,
     ),
     Endpoint(
         "callback-endpoint-replay",
         "callback-endpoint-replay",
         "post",
         "/api/callbacks/endpoints/{endpoint_pk}/replay/",
-        STAFF,
+        CALLBACKS_MANAGE,
         body={"since": "2020-01-01T00:00:00Z"},
     ),
     Endpoint("callback-events", "callback-event-list", "get", "/api/callbacks/events/", LOGIN),
     Endpoint(
-        "callback-event-get", "callback-event-detail", "get", "/api/callbacks/events/{event_pk}/", STAFF, refused=404
+        "callback-event-get",
+        "callback-event-detail",
+        "get",
+        "/api/callbacks/events/{event_pk}/",
+        CALLBACKS_MANAGE,
+        refused=404,
     ),
     Endpoint(
-        "callback-event-resend", "callback-event-resend", "post", "/api/callbacks/events/{event_pk}/resend/", STAFF
+        "callback-event-resend",
+        "callback-event-resend",
+        "post",
+        "/api/callbacks/events/{event_pk}/resend/",
+        CALLBACKS_MANAGE,
     ),
 ]
 
