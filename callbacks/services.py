@@ -164,3 +164,29 @@ def endpoint_replay(
         )
         _audit(endpoint, actor=actor, via=via, what="replayed", since=since.isoformat(), events=count)
     return count
+
+
+def callback_events_prune_batch(*, created_before: datetime, batch_size: int) -> int:
+    """Delete up to `batch_size` of the oldest callback events created before `created_before`
+    that are done with (delivered, or given up), with their attempts, in one short transaction;
+    return how many events went (0: none left). A pending event is never deleted, whatever
+    its age: it is still owed to its endpoint. The retention schedule calls it
+    (retention.services) with its longest cutoff, so no event goes before the message it tells
+    of could. Rows are locked with SKIP LOCKED: a delivery task holding one is never waited for.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    with transaction.atomic():
+        ids = list(
+            # By id: events are written in id order as they are created, so the oldest come
+            # first from the primary key, however many younger ones there are.
+            CallbackEvent.objects.filter(created_at__lt=created_before)
+            .exclude(state=CallbackEvent.State.PENDING)
+            .select_for_update(skip_locked=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            return 0
+        CallbackEvent.objects.filter(pk__in=ids).delete()
+    return len(ids)

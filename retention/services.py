@@ -3,8 +3,9 @@
 A run deletes, for each final status with a retention, the messages created before
 its cutoff with what belongs to them (messages_app.services.messages_prune_batch:
 attempts, receipts; a reply's link to its answer), then the receipts that never
-matched a message, the inbound replies (consent.inbound.inbound_prune_batch) and
-the idempotency keys older than the shortest cutoff. Each batch is its own short
+matched a message, the inbound replies (consent.inbound.inbound_prune_batch), the
+idempotency keys older than the shortest cutoff and the status callback events done with
+(delivered or given up) older than the longest (callbacks.services). Each batch is its own short
 transaction that locks only final rows with SKIP LOCKED, so the sending path never
 waits for it. A run stops after MESSAGE_RETENTION_RUN_SECONDS and the next one (every
 SCHEDULE_MINUTES) continues; each run is recorded (RetentionRun) for the dashboard.
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta
 
+from callbacks.services import callback_events_prune_batch
 from consent.inbound import inbound_prune_batch
 from messages_app.models import Message
 from messages_app.services import messages_prune_batch, receipts_unmatched_prune
@@ -77,6 +79,16 @@ def retention_apply(*, settings: RetentionSettings | None = None, now: datetime 
             received_before=min(cutoffs), batch_size=conf.batch_size
         )
         others["idempotency keys"] += idempotency_keys_prune(created_before=max(cutoffs))
+        # A callback event tells of a message: it goes once the longest retention is past,
+        # never while still owed to its endpoint.
+        while True:
+            if time.monotonic() >= deadline:
+                complete = False
+                break
+            count = callback_events_prune_batch(created_before=min(cutoffs), batch_size=conf.batch_size)
+            if not count:
+                break
+            others["callback events"] += count
     if complete and conf.inbound_days:
         received_before = now - timedelta(days=conf.inbound_days)
         while True:

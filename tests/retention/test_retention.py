@@ -17,7 +17,7 @@ from dispatcher.engine.claiming import claim_batch
 from dispatcher.schedule import RETENTION_SCHEDULE_NAME, RETENTION_TASK, dispatcher_schedule_ensure
 from messages_app.models import DeliveryAttempt, DeliveryReceipt, Message
 from messages_app.services import messages_prune_batch
-from messages_app.transitions import database_now
+from messages_app.transitions import database_now, message_cancel
 from restapi.models import IdempotencyKey
 from retention.conf import RETENTION_STATUSES, RetentionSettings, retention_settings
 from retention.models import RetentionRun
@@ -161,6 +161,36 @@ def test_idempotency_keys_older_than_the_shortest_retention_go():
         retention_apply(settings=retention(30, sent=2))
 
     assert ids(IdempotencyKey) == {young.pk}
+
+
+@pytest.mark.django_db
+def test_callback_events_done_with_go_after_the_longest_retention_and_pending_ones_stay():
+    from callbacks.models import CallbackAttempt, CallbackEvent
+    from callbacks.services import endpoint_create
+
+    endpoint_create(name="app", url="http://127.0.0.1:9/hooks")
+    message = make_message()
+    message_cancel(message_id=message.pk)  # one event, as the outbox writes it
+    [event] = CallbackEvent.objects.all()
+
+    def copy(state: str, days: float) -> CallbackEvent:
+        made = CallbackEvent.objects.get(pk=event.pk)
+        made.pk, made.event_id, made.state = None, f"evt_{state}_{days}", state
+        made.created_at = timezone.now() - timedelta(days=days)
+        made.save()
+        return made
+
+    delivered_old = copy("delivered", 40)
+    CallbackAttempt.objects.create(event=delivered_old, number=1, started_at=timezone.now(), outcome="delivered")
+    copy("failed", 40)  # given up
+    pending_old = copy("pending", 40)  # still owed to its endpoint: kept whatever its age
+    delivered_between = copy("delivered", 20)  # past sent's 10 days, not failed's 30
+
+    run = retention_apply(settings=retention(30, sent=10))
+
+    assert ids(CallbackEvent) == {event.pk, pending_old.pk, delivered_between.pk}
+    assert not CallbackAttempt.objects.exists()
+    assert run.others_deleted["callback events"] == 2
 
 
 @pytest.mark.django_db
