@@ -381,6 +381,7 @@ class Chaos:
             log(f"fault {kind} could not be injected: {exc!r}")
         if described is None:
             self.skipped[kind] += 1
+            self._deck.insert(0, kind)  # its turn comes again at the end of this round
             log(f"fault {kind}: skipped (what it needs is busy or down)")
             return
         self.done[kind] += 1
