@@ -385,7 +385,7 @@ class Chaos:
             log(f"fault {kind}: skipped (what it needs is busy or down)")
             return
         self.done[kind] += 1
-        self.history.append(f"{kind}: {described}")
+        self.history.append(f"{time.strftime('%H:%M:%S')} {kind}: {described}")
         log(f"fault {kind}: {described}")
 
     @staticmethod
@@ -961,6 +961,7 @@ def chaos(options: argparse.Namespace) -> dict:
                 batch_size=options.batch_size,
                 interval=options.interval,
             )
+    (logs / "chaos-faults.log").write_text(f"seed {seed}\n" + "".join(f"{entry}\n" for entry in harness.history))
     faults = dict(sorted(harness.done.items()))
     line = (
         f"chaos seed {seed}: {options.minutes:g} min, {sum(faults.values())} faults ({len(faults)} kinds), "
@@ -986,7 +987,7 @@ def chaos(options: argparse.Namespace) -> dict:
         "violations": violations,
         "settle_seconds": round(settle_seconds, 1),
         "figures": figures,
-        "fault_history": harness.history,
+        "fault_history": str(logs / "chaos-faults.log"),
     }
 
 
