@@ -942,12 +942,17 @@ def chaos(options: argparse.Namespace) -> dict:
 
         with psycopg.connect(postgres.url(DATABASE), autocommit=True) as conn:
             clients.join(options.settle_seconds)
+            # The faults leave a backlog (a long run's can be thousands): the pace sends it at
+            # batch_size every interval, and the settling time is on top of that.
+            backlog = settled(conn)[0]
+            settle_limit = options.settle_seconds + backlog * options.interval / options.batch_size
+            log(f"settling: {backlog} messages not final; {settle_limit:.0f} s at most")
             while True:
                 open_, unreceipted, waiting = settled(conn)
                 if not open_ and not unreceipted and not waiting:
                     break
-                if time.monotonic() - settle_started > options.settle_seconds:
-                    log(f"not settled after {options.settle_seconds} s: {open_} not final, {unreceipted} receipts")
+                if time.monotonic() - settle_started > settle_limit:
+                    log(f"not settled after {settle_limit:.0f} s: {open_} not final, {unreceipted} receipts")
                     break
                 time.sleep(1)
             settle_seconds = time.monotonic() - settle_started
@@ -986,6 +991,7 @@ def chaos(options: argparse.Namespace) -> dict:
         "faults_skipped": dict(sorted(harness.skipped.items())),
         "violations": violations,
         "settle_seconds": round(settle_seconds, 1),
+        "backlog_when_faults_stopped": backlog,
         "figures": figures,
         "fault_history": str(logs / "chaos-faults.log"),
     }
@@ -1002,5 +1008,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qclusters", type=int, default=4, help="qcluster processes")
     parser.add_argument("--workers", type=int, default=2, help="QCLUSTER_WORKERS")
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers (WEB_WORKERS)")
-    parser.add_argument("--settle-seconds", type=float, default=240, help="the most the service may take to settle")
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=240,
+        help="the most the service may take to settle, on top of what the pace needs for the backlog",
+    )
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the service's processes")
