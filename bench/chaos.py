@@ -717,11 +717,15 @@ def check(
     unknown = [key for key in delivered if key not in uuids]
     sent_not_delivered = [key for key in sent_uuids if key not in delivered]
     # A repeat the provider dropped must follow an attempt whose outcome the service could not
-    # know (a timeout, a 5xx, a worker lost mid-send): at most one repeat per such attempt.
+    # know (a timeout, a broken connection, a 5xx, a worker lost mid-send): at most one repeat per
+    # such attempt. During an outage such an attempt is `deferred` (it spends no attempt), with
+    # the same error; a deferral without a request (circuit open) or after a 429 explains none.
     unknown_outcomes = dict(
         conn.execute(
             "SELECT m.uuid::text, count(*) FROM messages_app_deliveryattempt a JOIN messages_app_message m"
-            " ON m.id = a.message_id WHERE a.outcome IN ('retry', 'lease_expired') GROUP BY m.uuid"
+            " ON m.id = a.message_id WHERE a.outcome IN ('retry', 'lease_expired') OR (a.outcome = 'deferred'"
+            " AND (a.http_status >= 500 OR a.error LIKE '%timed out after%' OR a.error LIKE '%connection to the"
+            " provider broke%')) GROUP BY m.uuid"
         ).fetchall()
     )
     unexplained = {key: n for key, n in repeats.items() if n > unknown_outcomes.get(key, 0)}
