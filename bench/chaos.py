@@ -20,7 +20,7 @@ any comes again:
   web-sigkill-group       SIGKILL to gunicorn's whole process group; started again 1-4 s later
   web-sigterm             SIGTERM to gunicorn's master (graceful); started again once it exits
   worker-sigstop          SIGSTOP to one qcluster worker process for twice the lease and more, then SIGCONT
-  postgres-restart        pg_ctl restart -m fast, down 0-4 s in between
+  postgres-restart        pg_ctl stop -m fast (every connection cut), down 0-4 s, started again
   postgres-terminate      pg_terminate_backend of 1-4 random client backends
   redis-kill              SIGKILL to redis-server, started again (empty) 2-8 s later
   provider-outage         the provider answers 503 to everything for 10-30 s
@@ -343,6 +343,7 @@ class Chaos:
         self.web_busy = False
         self.redis_busy = False
         self.delay_busy = False
+        self.postgres_busy = False
 
     # The timeline of undoing: an action returns False to be asked again a second later.
     def later(self, seconds: float, what: str, action: Callable[[], bool]) -> None:
@@ -512,10 +513,21 @@ class Chaos:
         self.later(seconds, f"SIGCONT {pid}", resume)
         return f"qcluster {slot.index} process {pid} stopped for {seconds:.0f} s (lease {LEASE_SECONDS} s)"
 
-    def _postgres_restart(self, draws) -> str:
+    def _postgres_restart(self, draws) -> str | None:
+        if self.postgres_busy:
+            return None
+        self.postgres_busy = True
         down = self._between(draws[0], 0, 4)
-        self.postgres.restart(down_seconds=down)
-        return f"restarted, down {down:.1f} s"
+        self.postgres.stop(mode="fast")
+
+        def start() -> bool:
+            # On a loaded machine pg_ctl can take minutes: asked again until it answers.
+            self.postgres.start()
+            self.postgres_busy = False
+            return True
+
+        self.later(down, "postgres start", start)
+        return f"stopped (-m fast), down {down:.1f} s"
 
     def _postgres_terminate(self, draws) -> str | None:
         import psycopg
@@ -940,7 +952,7 @@ def chaos(options: argparse.Namespace) -> dict:
         log(f"faults stop: undoing the {harness.pending()} still in force")
         clients.stop_creating()
         harness.run_due(everything=True)
-        wait_http(service.base_url + "/healthz", service.web, "gunicorn", 60)
+        wait_http(service.base_url + "/healthz", service.web, "gunicorn", 300)
         settle_started = time.monotonic()
         import psycopg
 

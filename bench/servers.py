@@ -67,22 +67,38 @@ class PrivatePostgres:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
 
     def start(self) -> None:
+        if self.running():
+            return
         options = (
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
             f" -c max_connections={self.max_connections} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-o", options, "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "120",
+            "start",
+            timeout=150,
+        )
 
-    def restart(self, *, down_seconds: float = 0) -> None:
-        """Stop (`-m fast`: every connection cut, open transactions rolled back), stay down
-        `down_seconds`, start again; back when it returns."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
-        time.sleep(down_seconds)
-        self.start()
+    def running(self) -> bool:
+        """Whether the server is up and takes connections (pg_isready)."""
+        command = [str(self.BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "5"]
+        return (
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode == 0
+        )
 
-    def stop(self) -> None:
+    def stop(self, *, mode: str = "immediate") -> None:
+        """`pg_ctl stop -m <mode>`: `fast` cuts every connection and rolls back open transactions."""
         if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "120", "stop", timeout=150)
 
     def remove(self) -> None:
         with suppress(Exception):
