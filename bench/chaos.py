@@ -894,7 +894,8 @@ def chaos(options: argparse.Namespace) -> dict:
             logs / "chaos-fakeprovider.log",
         )
         stack.callback(stop_process, provider)
-        wait_http(provider_url + "_fake/stats", provider, "the fake provider", 30)
+        # Generous waits: on a machine loaded far past its cores, starting takes minutes.
+        wait_http(provider_url + "_fake/stats", provider, "the fake provider", 120)
 
         service = Service(env, logs, qclusters=options.qclusters)
         stack.callback(service.stop_all)
@@ -908,10 +909,10 @@ def chaos(options: argparse.Namespace) -> dict:
             },
         )
         service.start_web()
-        wait_http(service.base_url + "/healthz", service.web, "gunicorn", 60)
+        wait_http(service.base_url + "/healthz", service.web, "gunicorn", 300)
         for slot in service.slots:
             service.start_qcluster(slot)
-        wait_qclusters_running(service, 120)
+        wait_qclusters_running(service, 300)
         from bench.cluster import Api
 
         api = Api(service.base_url, token)
