@@ -478,11 +478,25 @@ class Chaos:
                 return False
             signal_group(web, signal.SIGKILL)
             self.service.start_web()
-            self.web_busy = False
+            # No other fault strikes the web tier until it answers again: on an overloaded
+            # machine a new gunicorn took a minute to boot, and a fault then kept the API down
+            # for over four minutes (the clients gave up).
+            self.later(1, "gunicorn answers", self._web_answers)
             return True
 
         self.later(self._between(draws[1], 1, 4), "gunicorn start", restart)
         return f"gunicorn pid {web.pid}{' and its group' if group else ''}"
+
+    def _web_answers(self) -> bool:
+        import urllib.request
+
+        try:
+            request = urllib.request.Request(self.service.base_url + "/healthz", headers={"Host": "127.0.0.1"})  # noqa: S310
+            with urllib.request.urlopen(request, timeout=1):  # noqa: S310 - our own gunicorn
+                self.web_busy = False
+                return True
+        except OSError:
+            return False
 
     def _web_sigkill_group(self, draws):
         return self._web_down(draws, signal.SIGKILL, group=True)
