@@ -1,5 +1,9 @@
 """Benchmarks of the service. Usage: python -m bench <command> [options]
 
+  chaos       the real service (gunicorn, 4 qclusters, the fake provider with receipts, a
+              private PostgreSQL and Redis) under steady enqueue through the API and random
+              faults from a seeded RNG: checks none lost, stuck or delivered twice, no
+              duplicate from client retries, every receipt applied, the pace held.
   cluster     queue N messages through the API and send them with K real qcluster
               processes at the pace set through the API; the same with one
               qcluster, with a 50 ms provider, and an asyncio baseline against
@@ -51,6 +55,7 @@ import sys
 
 from bench import (
     callbacks,
+    chaos,
     cluster,
     fakeprovider,
     history,
@@ -68,6 +73,11 @@ from bench import (
 from bench.common import DEFAULT_LOG_DIR, BenchError, record
 
 COMMANDS = {
+    "chaos": (
+        chaos.chaos,
+        chaos.add_arguments,
+        "the service under load and random faults (seeded): none lost, stuck or sent twice, receipts, pace",
+    ),
     "cluster": (
         cluster.cluster,
         cluster.add_arguments,
@@ -166,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench {options.command}: {exc.code}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
+    if "line" in result:  # the run's figures on one line, last (bench chaos)
+        print(result["line"])
     ok = result.get("ok", True)
     if options.record and ok:
         record(options.command, result, argv)

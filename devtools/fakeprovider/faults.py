@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 TIMEOUT_STEP = "timeout"
 MAX_RECEIPT_BATCH_SIZE = 1000  # the most the service takes in one callback
+MAX_RECEIPT_RETRIES = 86_400  # a day of tries, a second apart
 
 
 @dataclass
@@ -33,6 +34,9 @@ class Faults:
     bad_signature: bool = False  # sign receipts with a wrong key, to test the receiver's check
     receipt_batch_size: int = 1  # >1: receipts due together go in one callback, up to this many
     receipt_batch_wait_ms: float = 250.0  # a batch not yet full goes this long after its first receipt fell due
+    # Tries after a callback's first, a second apart; a real provider keeps trying for hours, which
+    # a chaos run that kills the web tier needs (python -m bench chaos).
+    receipt_retries: int = 3
 
     def update(self, changes: Mapping[str, object]) -> None:
         """Apply all of `changes` or, if any is invalid, none of them (ValueError)."""
@@ -89,6 +93,8 @@ def _check_ranges(faults: Faults) -> None:
     for name in ("latency_ms", "retry_after", "timeout_ms", "receipt_delay_ms", "receipt_batch_wait_ms"):
         if getattr(faults, name) < 0:
             raise ValueError(f"{name} must not be negative")
+    if not 0 <= faults.receipt_retries <= MAX_RECEIPT_RETRIES:
+        raise ValueError(f"receipt_retries must be between 0 and {MAX_RECEIPT_RETRIES}")
     if not 1 <= faults.receipt_batch_size <= MAX_RECEIPT_BATCH_SIZE:
         raise ValueError(f"receipt_batch_size must be between 1 and {MAX_RECEIPT_BATCH_SIZE}")
     for name in ("error_status", "status_code"):

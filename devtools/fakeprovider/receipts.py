@@ -44,7 +44,6 @@ from devtools.fakeprovider.state import FakeProviderState
 logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of every Standard Webhooks secret
-RECEIPT_RETRIES = 3  # after the first attempt
 RECEIPT_RETRY_SECONDS = 1.0
 RECEIPT_TIMEOUT_SECONDS = 5.0
 BATCH_TYPE = "message.status.batch"
@@ -147,14 +146,20 @@ class ReceiptSender:
         undelivered = faults.undelivered_rate > 0 and self._state.random.random() < faults.undelivered_rate
         error_code = self._state.random.choice(UNDELIVERED_ERROR_CODES) if undelivered else None
         url, delay_seconds, wrong_key = faults.receipts_url, faults.receipt_delay_ms / 1000, faults.bad_signature
+        retries = faults.receipt_retries
         if faults.receipt_batch_size <= 1:
             self._spawn(
                 self._send_one(
-                    url, delay_seconds=delay_seconds, message_id=message_id, error_code=error_code, wrong_key=wrong_key
+                    url,
+                    delay_seconds=delay_seconds,
+                    message_id=message_id,
+                    error_code=error_code,
+                    wrong_key=wrong_key,
+                    retries=retries,
                 )
             )
             return
-        key = (url, wrong_key, faults.receipt_batch_size, faults.receipt_batch_wait_ms / 1000, delay_seconds)
+        key = (url, wrong_key, faults.receipt_batch_size, faults.receipt_batch_wait_ms / 1000, delay_seconds, retries)
         loop = asyncio.get_running_loop()
         not_due = self._not_due.setdefault(key, collections.deque())
         not_due.append((loop.time() + delay_seconds, message_id, error_code))
@@ -167,13 +172,20 @@ class ReceiptSender:
         task.add_done_callback(self._pending.discard)
 
     async def _send_one(
-        self, url: str, *, delay_seconds: float, message_id: str, error_code: str | None, wrong_key: bool
+        self,
+        url: str,
+        *,
+        delay_seconds: float,
+        message_id: str,
+        error_code: str | None,
+        wrong_key: bool,
+        retries: int,
     ) -> None:
         await asyncio.sleep(delay_seconds)
         receipt_id = f"rcpt_{uuid.uuid4()}"
         body = receipt_body(message_id=message_id, error_code=error_code)
         receipts = [(receipt_id, message_id)]
-        await self._send(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key, receipts=receipts)
+        await self._send(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key, receipts=receipts, retries=retries)
 
     def _fall_due(self, key: tuple) -> None:
         """The receipts of `key` now due go into their batch, which goes when full or
@@ -184,7 +196,7 @@ class ReceiptSender:
             return
         loop = asyncio.get_running_loop()
         now, timestamp = loop.time(), _now_iso()
-        _, _, batch_size, wait_seconds, _ = key
+        _, _, batch_size, wait_seconds, *_ = key
         gathering = self._gathering.setdefault(key, [])
         while not_due and not_due[0][0] <= now:
             _, message_id, error_code = not_due.popleft()
@@ -206,7 +218,7 @@ class ReceiptSender:
         batch = self._gathering.pop(key, None)
         if not batch:
             return
-        url, wrong_key, *_ = key
+        url, wrong_key, *_, retries = key
         self._spawn(
             self._send(
                 url,
@@ -214,13 +226,16 @@ class ReceiptSender:
                 body=batch_body(batch),
                 wrong_key=wrong_key,
                 receipts=[(item["id"], item["messageId"]) for item in batch],
+                retries=retries,
             )
         )
 
-    async def _send(self, url: str, *, receipt_id: str, body: str, wrong_key: bool, receipts: list[tuple[str, str]]):
-        """POST one callback (`receipt_id` is its webhook-id), trying again on failure;
-        `receipts` are the (receipt id, messageId) it carries, counted and logged."""
-        attempts = 1 + RECEIPT_RETRIES
+    async def _send(
+        self, url: str, *, receipt_id: str, body: str, wrong_key: bool, receipts: list[tuple[str, str]], retries: int
+    ):
+        """POST one callback (`receipt_id` is its webhook-id), trying again on failure up to
+        `retries` times; `receipts` are the (receipt id, messageId) it carries, counted and logged."""
+        attempts = 1 + retries
         what = _described(receipt_id, receipts)
         for attempt in range(1, attempts + 1):
             problem = await self._post(url, receipt_id=receipt_id, body=body, wrong_key=wrong_key)

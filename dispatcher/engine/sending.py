@@ -19,7 +19,7 @@ from consent.recent_opt_outs import number_recently_opted_out, numbers_recently_
 from consent.selectors import messages_to_suppress
 from dispatcher.conf import DispatcherSettings, dispatcher_settings
 from dispatcher.engine.providers import BaseProvider, ProviderError, ProviderResult, ProviderSet
-from dispatcher.engine.providers.gate import shared_state_call
+from dispatcher.engine.providers.gate import shared_state_call, shared_time
 from messages_app.models import Message
 from messages_app.transitions import MAX_DELAY_SECONDS, AttemptRecord
 
@@ -257,7 +257,7 @@ def _try_route(
         gate = providers.gates[name]
         if not gate.circuit.allows():
             state = gate.circuit.state()
-            defer_seconds.append(max(1.0, (state.open_until or time.time()) - time.time()))
+            defer_seconds.append(max(1.0, (state.open_until or shared_time()) - shared_time()))
             error = error or ProviderError(f"provider {name}: circuit open, not asked", not_sent=True)
             used = used or name
             continue

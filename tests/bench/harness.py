@@ -76,4 +76,5 @@ def run_bench(log_dir: Path, *args: str, timeout: float = 60, exit_codes: tuple[
     assert done.returncode in exit_codes, (
         f"exit {done.returncode}\n{done.stderr[-5000:]}\n{done.stdout[-3000:]}\n{logs}"
     )
-    return json.loads(done.stdout)
+    # `bench chaos` prints its one line of figures after the JSON.
+    return json.loads(done.stdout[: done.stdout.rindex("}") + 1])

@@ -202,6 +202,16 @@ def test_a_receipt_is_given_up_after_three_retries():
         assert http_json("GET", fake.url + "_fake/stats")["receipts_sent"] == 0
 
 
+def test_receipt_retries_says_how_many_times_a_receipt_is_tried_again(fake):
+    # A real provider keeps trying for hours; `python -m bench chaos` kills the receiver for seconds.
+    with receiver(500, 500, 500, 500, 500) as rx:
+        set_faults(fake, receipts_url=rx.url, receipt_delay_ms=0, receipt_retries=5)
+        send(fake)
+        wait_for(lambda: fake.state.stats()["receipts_sent"] == 1, timeout=10, what="the sixth attempt")
+        assert len(rx.receipts()) == 6
+    assert fake.state.stats()["receipts_failed"] == 0
+
+
 def test_an_unreachable_receiver_counts_as_failed(fake):
     set_faults(fake, receipts_url=f"http://127.0.0.1:{free_port()}/", receipt_delay_ms=0)
     send(fake)
@@ -238,6 +248,9 @@ def test_receipts_need_a_secret():
         {"receipt_batch_size": 1001},
         {"receipt_batch_size": "10"},
         {"receipt_batch_wait_ms": -1},
+        {"receipt_retries": -1},
+        {"receipt_retries": 86_401},
+        {"receipt_retries": "3"},
     ],
 )
 def test_bad_receipt_faults_are_refused(fake, faults):

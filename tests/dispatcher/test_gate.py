@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +28,7 @@ from dispatcher.providers_conf import BACKEND_ALIASES, ProviderSpec
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import messages_claim
 from tests.factories import claimed_message, deliver, make_message, make_user
-from tests.processes import free_port, wait_for
+from tests.processes import FAKETIME_ENV, REPO_ROOT, child_env, faketime_command, free_port, wait_for
 
 Status = Message.Status
 Outcome = DeliveryAttempt.Outcome
@@ -177,6 +178,34 @@ def test_two_workers_share_the_circuit_within_its_state_ttl():
     assert (message.status, message.provider) == (Status.SENT, "secondary")
     assert second.providers["primary"].asked == [] and first.providers["primary"].asked == []
     assert second.providers["secondary"].asked == [message.pk]
+
+
+FAR_COOLOFF = 30.0
+
+
+@pytest.mark.parametrize("offset_seconds", [600, -600], ids=["fast", "slow"])
+def test_a_host_whose_clock_is_off_opens_the_circuit_and_pauses_for_the_time_asked(offset_seconds):
+    """A qcluster under `faketime` (its system clock ten minutes fast, or slow) opens the provider's
+    circuit and pauses it after a 429; every other host must see both end when they should. The gates
+    stored times from each host's own clock: the fast host's circuit stayed open ten minutes past its
+    cool-off for everyone (sending halted for the whole cluster, found by `python -m bench chaos`), the
+    slow host's was already over when it opened, and its pause never held."""
+    script = (
+        "from dispatcher.engine.providers.gate import Circuit, RateGate\n"
+        "for _ in range(3): Circuit('primary').failure()\n"
+        "RateGate('primary', 0).pause(20, reason='429 Retry-After 20 s')\n"
+    )
+    env = child_env(PROVIDER_CIRCUIT_FAILURES="3", PROVIDER_CIRCUIT_COOLOFF_SECONDS=f"{FAR_COOLOFF:g}", **FAKETIME_ENV)
+    command = faketime_command(["shell", "-c", script], offset_seconds=offset_seconds)
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    now = time.time()  # this host's clock is right (Redis's, here on the same machine)
+    state = Circuit("primary")._read()
+    assert state.state == "open", state
+    assert now + FAR_COOLOFF - 10 < state.open_until <= now + FAR_COOLOFF, state.open_until - now
+    pause = ProviderPause("primary").current()
+    assert pause is not None
+    assert 10 < pause.seconds_left() <= 20, pause.seconds_left()
 
 
 # --- an outage is not the messages' fault --------------------------------------------------

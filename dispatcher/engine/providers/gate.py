@@ -98,6 +98,46 @@ class _SharedStateDown:
 _shared = _SharedStateDown()
 
 
+# How often a process asks Redis its time again (one TIME round trip; clocks drift slowly).
+SHARED_CLOCK_REFRESH_SECONDS = 10.0
+
+
+class _SharedClock:
+    """Unix time on Redis's clock, for the times the gates store in Redis and compare with now
+    (a circuit's open_until, a pause's until): every host must read them on the same clock.
+    On each host's own, a qcluster whose clock ran ten minutes fast opened a circuit (or paused
+    a provider) until ten minutes past everybody else's now, and halted sending for all of them.
+    Kept as this host's offset from Redis, asked again every SHARED_CLOCK_REFRESH_SECONDS; the
+    local clock (offset 0, or the last one known) while Redis is unreachable, when the gates
+    keep their state per process anyway."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._checked_at = float("-inf")
+
+    def now(self) -> float:
+        if time.monotonic() - self._checked_at >= SHARED_CLOCK_REFRESH_SECONDS:
+            self._checked_at = time.monotonic()
+            if getattr(settings, "REDIS_URL", None):
+                self._offset = _shared.call(self._ask_offset, lambda: self._offset)
+        return time.time() + self._offset
+
+    @staticmethod
+    def _ask_offset() -> float:
+        before = time.time()
+        seconds, microseconds = get_redis_connection(CACHE_ALIAS).time()
+        after = time.time()
+        return seconds + microseconds / 1_000_000 - (before + after) / 2
+
+
+_clock = _SharedClock()
+
+
+def shared_time() -> float:
+    """Now, as Unix time on the clock every qcluster shares (Redis's), not this host's."""
+    return _clock.now()
+
+
 def shared_state_call(ask_redis: Callable[[], T], fallback: Callable[[], T]) -> T:
     """Ask Redis something a worker needs before each send (the gates, the recent opt-outs)
     with the gates' handling of its outage: `fallback()` while it is unreachable."""
@@ -156,7 +196,7 @@ class Circuit:
 
     @staticmethod
     def _as_of_now(state: CircuitState) -> CircuitState:
-        if state.state == "open" and state.open_until is not None and time.time() >= state.open_until:
+        if state.state == "open" and state.open_until is not None and shared_time() >= state.open_until:
             return CircuitState("half_open", state.failures, state.open_until, state.outage_since)
         return state
 
@@ -165,7 +205,7 @@ class Circuit:
         open_until = values.get("open_until")
         if open_until is None:
             state = "closed"
-        elif time.time() < open_until:
+        elif shared_time() < open_until:
             state = "open"
         else:
             state = "half_open"
@@ -217,7 +257,7 @@ class Circuit:
         failures = current.failures + 1
         updates: dict[str, float | None] = {"failures": failures}
         if current.state == "half_open" or failures >= conf.provider_circuit_failures:
-            now = time.time()
+            now = shared_time()
             updates["open_until"] = now + conf.provider_circuit_cooloff_seconds
             if current.outage_since is None:
                 updates["outage_since"] = now
@@ -232,7 +272,7 @@ class Circuit:
 
     def outage_seconds(self) -> float:
         since = self.state().outage_since
-        return 0.0 if since is None else max(0.0, time.time() - since)
+        return 0.0 if since is None else max(0.0, shared_time() - since)
 
     def _set(self, values: dict[str, float | None]) -> None:
         # An outage is remembered for a day at most; state older than that is stale.
@@ -299,7 +339,7 @@ class Pause:
     reason: str
 
     def seconds_left(self) -> float:
-        return max(0.0, self.until - time.time())
+        return max(0.0, self.until - shared_time())
 
 
 class ProviderPause:
@@ -320,7 +360,7 @@ class ProviderPause:
         most = dispatcher_settings().provider_max_pause_seconds
         if not seconds <= most:  # NaN included
             seconds, reason = most, f"{reason}; paused {most:g} s, the most PROVIDER_MAX_PAUSE_SECONDS allows"
-        pause = Pause(until=time.time() + max(0.0, seconds), reason=reason)
+        pause = Pause(until=shared_time() + max(0.0, seconds), reason=reason)
         self._local = pause
         self._seen, self._seen_at = pause, time.monotonic()
         _shared.call(
@@ -339,7 +379,7 @@ class ProviderPause:
             return Pause(until=stored["until"], reason=stored["reason"]) if stored else None
 
         pause = _shared.call(shared, lambda: self._local)
-        return pause if pause is not None and pause.until > time.time() else None
+        return pause if pause is not None and pause.until > shared_time() else None
 
     def seen(self) -> Pause | None:
         """`current()` as read at most STATE_TTL_SECONDS ago (or as set here): asked before every
@@ -348,7 +388,7 @@ class ProviderPause:
         if now - self._seen_at >= STATE_TTL_SECONDS:
             self._seen, self._seen_at = self.current(), now
         pause = self._seen
-        return pause if pause is not None and pause.until > time.time() else None
+        return pause if pause is not None and pause.until > shared_time() else None
 
 
 class RateGate:
