@@ -12,15 +12,6 @@ cluster-wide. Every paced claim (a tick, or a wake when a due message is created
 takes at most N minus what the claims of the last T seconds add up to
 (`recent_claims`, read and written under the row's lock), so within the budget a
 due message goes at once, and a backlog still goes N every T on the ticks.
-
-A tick (the backlog's path) sees a claim leave the window a little early, by
-`tick_tolerance_seconds` (a twentieth of T, at most 0.25 s): a tick is taken a few
-milliseconds after the budget frees (a poll, the lock), and a strict window would
-push each tick that much after the one before, adding up to whole batches lost over
-a long backlog (14,900 of 15,000 in `bench pace-held`'s 10 minutes). With the
-tolerance a late tick does not delay the next one, as the seed's fixed-phase ticks
-did not; two ticks are still at least T minus the tolerance apart. Wakes (lone due
-messages) keep the strict window.
 """
 
 from __future__ import annotations
@@ -68,41 +59,24 @@ def next_tick_after(*, scheduled_at: datetime | None, interval_seconds: int, now
 # --- the budget rule ----------------------------------------------------------------------
 
 
-def tick_tolerance_seconds(interval_seconds: int) -> float:
-    """How much earlier than T after it a claim leaves a tick's window (module docstring)."""
-    return min(interval_seconds / 20, 0.25)
-
-
-def _claims_in_window(
-    recent_claims: list, *, now: datetime, interval_seconds: int, tolerance: float = 0.0
-) -> list[list[float]]:
-    """The claims of `recent_claims` made in the last `interval_seconds` (less `tolerance`)
-    before `now`: (now - T, now], so a claim exactly T ago has left the window and a
-    backlog's tick, taken T after the one before, finds its whole budget."""
-    since = now.timestamp() - interval_seconds + tolerance
+def _claims_in_window(recent_claims: list, *, now: datetime, interval_seconds: int) -> list[list[float]]:
+    """The claims of `recent_claims` made in the last `interval_seconds` before `now`:
+    (now - T, now], so a claim exactly T ago has left the window and a backlog's tick,
+    taken T after the one before, finds its whole budget."""
+    since = now.timestamp() - interval_seconds
     return [[at, count] for at, count in recent_claims if at > since]
 
 
-def _budget_left(state: DispatcherState, now: datetime, *, tick: bool = False) -> tuple[int, list[list[float]]]:
-    """The budget left now (a tick's with its tolerance) and the claims to keep: those of
-    the strict window, which any later window may still count."""
-    claims, interval = state.recent_claims or [], state.interval_seconds
-    kept = _claims_in_window(claims, now=now, interval_seconds=interval)
-    counted = (
-        _claims_in_window(claims, now=now, interval_seconds=interval, tolerance=tick_tolerance_seconds(interval))
-        if tick
-        else kept
-    )
-    return state.batch_size - sum(count for _at, count in counted), kept
+def _budget_left(state: DispatcherState, now: datetime) -> tuple[int, list[list[float]]]:
+    window = _claims_in_window(state.recent_claims or [], now=now, interval_seconds=state.interval_seconds)
+    return state.batch_size - sum(count for _at, count in window), window
 
 
-def _budget_frees_in(
-    window: list[list[float]], *, now: datetime, interval_seconds: int, tolerance: float = 0.0
-) -> float:
+def _budget_frees_in(window: list[list[float]], *, now: datetime, interval_seconds: int) -> float:
     """Seconds until the oldest claim of the window leaves it (0 with none)."""
     if not window:
         return 0.0
-    return max(window[0][0] + interval_seconds - tolerance - now.timestamp(), 0.0)
+    return max(window[0][0] + interval_seconds - now.timestamp(), 0.0)
 
 
 # --- the lock and the reads ----------------------------------------------------------------
@@ -172,15 +146,13 @@ def dispatcher_pace_check() -> PaceCheck | None:
         return None
     now, interval = row["db_now"], row["interval_seconds"]
     due_in = (row["next_tick_at"] - now).total_seconds() if row["next_tick_at"] else 0.0
-    # A due tick counts the budget as dispatcher_tick_take will, with its tolerance.
-    tolerance = tick_tolerance_seconds(interval) if due_in <= 0 else 0.0
-    window = _claims_in_window(row["recent_claims"] or [], now=now, interval_seconds=interval, tolerance=tolerance)
+    window = _claims_in_window(row["recent_claims"] or [], now=now, interval_seconds=interval)
     return PaceCheck(
         running=row["running"],
         window_id=row["window_id"],
         due_in_seconds=due_in,
         budget_left=row["batch_size"] - sum(count for _at, count in window),
-        budget_frees_in_seconds=_budget_frees_in(window, now=now, interval_seconds=interval, tolerance=tolerance),
+        budget_frees_in_seconds=_budget_frees_in(window, now=now, interval_seconds=interval),
     )
 
 
@@ -394,7 +366,7 @@ def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_fl
     if not (state.running or even_if_stopped):
         return None
     now = database_now()
-    budget, window = _budget_left(state, now, tick=due_only)
+    budget, window = _budget_left(state, now)
     update_fields = ["last_tick_at", "updated_at"]
     if due_only:
         if state.next_tick_at is not None and state.next_tick_at > now:

@@ -598,31 +598,6 @@ def test_a_due_tick_waits_while_the_last_interval_used_the_pace():
 
 
 @pytest.mark.django_db
-def test_a_due_tick_a_moment_early_finds_its_budget_but_a_wake_does_not():
-    # The backlog's ticks keep their phase: a tick taken 0.1 s before the last claim is an
-    # interval old (within its tolerance, a twentieth of T up to 0.25 s) finds the whole
-    # budget, so the few milliseconds each tick is taken late do not add up; a wake keeps
-    # the strict window, and the claim stays counted for it.
-    from dispatcher.engine.claiming import claim_wake
-    from dispatcher.state import tick_tolerance_seconds
-
-    assert tick_tolerance_seconds(10) == 0.25
-    assert tick_tolerance_seconds(2) == 0.1
-    make_message()
-    set_state(
-        running=True, batch_size=5, interval_seconds=10, next_tick_at=database_now(), recent_claims=claims_ago((9.9, 5))
-    )
-    assert dispatcher_pace_check().budget_left == 5
-    set_state(next_tick_at=database_now() + timedelta(seconds=5))
-    assert dispatcher_pace_check().budget_left == 0  # no tick due: the strict window
-    assert claim_wake() is None
-    set_state(next_tick_at=database_now())
-    tick = take(due_only=True)
-    assert tick is not None and tick.budget == 5
-    assert [count for _at, count in tick.recent_claims] == [5]  # kept for the strict windows
-
-
-@pytest.mark.django_db
 def test_a_wake_claims_the_budget_left_and_records_it():
     from dispatcher.engine.claiming import claim_wake
 
