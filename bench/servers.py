@@ -3,8 +3,8 @@ directory), a private Redis, and a TCP proxy that delays what goes through it.
 
 Never the shared servers: a chaos run restarts and kills these at will. PostgreSQL
 refuses to run as root, so when the benchmark runs as root its commands run as the
-`postgres` OS user (`runuser`), in a directory that user owns (as tests/processes.py's
-PrivatePostgres does for the fault tests).
+`postgres` OS user (`runuser`), in a directory that user owns. The fault tests' server
+(tests/processes.py) is this PrivatePostgres, with a restart of its own.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from django.db import connection
 
+import bench.servers
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -607,58 +609,11 @@ def terminate_database_backends() -> int:
         return sum(1 for (ended,) in cursor.fetchall() if ended)
 
 
-class PrivatePostgres:
-    """A PostgreSQL server of the tests' own (never the shared one): `initdb` into a fresh
-    directory, listening on 127.0.0.1 on a free port, which a test may restart at will.
-
-    PostgreSQL refuses to run as root, so when the tests run as root its commands run as the
-    `postgres` OS user, in a directory that user owns. Durability is off (fsync): it is thrown away.
-    """
-
-    BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-    def __init__(self, port: int | None = None) -> None:
-        import tempfile
-
-        self.directory = Path(tempfile.mkdtemp(prefix="tests-postgres-"))
-        self.data = self.directory / "data"
-        self.log_path = self.directory / "postgres.log"
-        self.port = port or free_port()
-        if os.geteuid() == 0:
-            import pwd
-
-            user = pwd.getpwnam("postgres")
-            os.chown(self.directory, user.pw_uid, user.pw_gid)
-        os.chmod(self.directory, 0o700)
-
-    def _run(self, program: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        command = [str(self.BIN / program), *args]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        done = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert done.returncode == 0, f"{program} {' '.join(args)} failed:\n{done.stdout}\n{self.log()}"
-        return done
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def init(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-o", options, "-w", "-t", "30", "start")
+class PrivatePostgres(bench.servers.PrivatePostgres):
+    """A PostgreSQL server of the tests' own (never the shared one): the benchmarks' private
+    server (bench/servers.py: initdb into a fresh directory, 127.0.0.1 on a free port, run as
+    the `postgres` OS user when the tests run as root, durability off), which a test may also
+    restart at will and connect to."""
 
     def restart(self, *, down_seconds: float = 0) -> None:
         """`pg_ctl restart -m fast`: every connection is cut, open transactions roll back; back when it
@@ -668,16 +623,9 @@ class PrivatePostgres:
                 "pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-m", "fast", "-w", "-t", "30", "restart"
             )
             return
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+        self.stop(mode="fast")
         time.sleep(down_seconds)
         self.start()
-
-    def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
     def connect(self, database: str = "postgres"):
         import psycopg
@@ -685,8 +633,7 @@ class PrivatePostgres:
         return psycopg.connect(self.url(database), autocommit=True, connect_timeout=5)
 
     def create_database(self, name: str) -> str:
-        with self.connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        super().create_database(name)
         return self.url(name)
 
 
