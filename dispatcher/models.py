@@ -33,6 +33,11 @@ class DispatcherState(models.Model):
     # The dispatch window that currently paces ticks; an older window that sees
     # a newer id here hands over and ends, so windows do not pile up.
     window_id = models.UUIDField(null=True, blank=True, editable=False)
+    # When that window last said it is alive (the database's clock), or when a qcluster last
+    # asked for a new one. Older than dispatcher.state.WINDOW_LOST_AFTER (or None): no window
+    # paces, and the next qcluster's scheduler pass starts one (dispatcher_window_revive_claim)
+    # rather than leaving the pace stopped until the minute schedule's next window.
+    window_seen_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Since when the cluster has not kept up with the pace: a due tick waited
     # because a whole batch from before was still being sent. None: on pace.
     behind_since = models.DateTimeField(null=True, blank=True, editable=False)

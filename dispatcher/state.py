@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.db import transaction
+from django.db.models import Q
 from django.db.models.functions import Now
 
 from audit.services import Action, Via, control_action_record
@@ -333,9 +334,45 @@ def dispatcher_configure(
     return state
 
 
+# How long the pacing window may go without saying it is alive (it does every
+# dispatcher.engine.pacing.UPKEEP_SECONDS) before it counts as lost: its qcluster was
+# killed, stopped or frozen. A qcluster's scheduler pass (every 30 s on each) then starts a
+# new window, so the pace stops for about this plus a pass rather than until the minute
+# schedule's next window (docs/RELIABILITY.md).
+WINDOW_LOST_AFTER = timedelta(seconds=15)
+
+
 def dispatcher_window_open(*, window_id: object) -> None:
     """Make `window_id` the dispatch window that paces ticks; an older one sees it and ends."""
-    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(window_id=window_id)
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(window_id=window_id, window_seen_at=Now())
+
+
+def dispatcher_window_alive(*, window_id: object) -> bool:
+    """The pacing window `window_id` says it is alive; False if a newer one paces instead."""
+    return bool(
+        DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK, window_id=window_id).update(
+            window_seen_at=Now()
+        )
+    )
+
+
+def dispatcher_window_lost(*, window_id: object) -> None:
+    """The pacing window `window_id` ends while the dispatcher runs (its qcluster stops, its
+    time is up) with no newer window seen: the next scheduler pass starts one at once."""
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK, window_id=window_id).update(window_seen_at=None)
+
+
+def dispatcher_window_revive_claim() -> bool:
+    """True if no dispatch window has said it is alive for WINDOW_LOST_AFTER while the
+    dispatcher runs: the caller then enqueues one. Claimed with one guarded UPDATE that
+    stamps the time, so of all the qclusters' passes one asks, and the window it asks for
+    has WINDOW_LOST_AFTER to open before another is asked for."""
+    now = database_now()
+    lost = Q(window_seen_at__isnull=True) | Q(window_seen_at__lt=now - WINDOW_LOST_AFTER)
+    claimed = DispatcherState.objects.filter(lost, pk=DispatcherState.SINGLETON_PK, running=True).update(
+        window_seen_at=now
+    )
+    return bool(claimed)
 
 
 @dataclass(frozen=True)

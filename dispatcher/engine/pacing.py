@@ -37,7 +37,15 @@ from dispatcher.engine.listening import open_listener
 from dispatcher.engine.pipeline import hand_out_tick, hand_out_wake
 from dispatcher.engine.receipts import receipts_apply_waiting
 from dispatcher.engine.recording import delivery_cache_catch_up
-from dispatcher.state import dispatcher_pace_check, dispatcher_window_open
+from dispatcher.schedule import enqueue_dispatch_window
+from dispatcher.state import (
+    WINDOW_LOST_AFTER,
+    dispatcher_pace_check,
+    dispatcher_window_alive,
+    dispatcher_window_lost,
+    dispatcher_window_open,
+    dispatcher_window_revive_claim,
+)
 from messages_app.due_signal import MESSAGES_DUE_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -165,6 +173,7 @@ def run_dispatch_window(
                     break
                 if time.monotonic() >= upkeep_at:
                     upkeep_at = time.monotonic() + UPKEEP_SECONDS
+                    dispatcher_window_alive(window_id=window_id)
                     recover_expired_leases()
                     expire_overdue()
                     receipts_apply_waiting()
@@ -222,5 +231,28 @@ def run_dispatch_window(
     finally:
         if listener is not None:
             listener.close()
+        if reason not in ("dispatcher stopped", "a newer window took over"):
+            # No window paces once this one ends: the next scheduler pass starts one now
+            # rather than after WINDOW_LOST_AFTER.
+            try:
+                dispatcher_window_lost(window_id=window_id)
+            except Exception as exc:
+                logger.warning("dispatch window %s: could not record its end: %r", window_id, exc)
     logger.info("dispatch window %s closed after %d ticks: %s", window_id, ticks, reason)
     return ticks
+
+
+def dispatch_window_revive() -> bool:
+    """Start a dispatch window if none has said it is alive for WINDOW_LOST_AFTER while the
+    dispatcher runs (its qcluster was killed, stopped or is frozen); True if one was asked for.
+
+    Every qcluster's scheduler pass calls this (dispatcher/management/commands/qcluster.py),
+    so the pace resumes within WINDOW_LOST_AFTER and a pass, not at the minute schedule's
+    next window. One guarded UPDATE decides which pass asks."""
+    if not dispatcher_window_revive_claim():
+        return False
+    enqueue_dispatch_window()
+    logger.warning(
+        "no dispatch window said it was alive in the last %d s: started one", WINDOW_LOST_AFTER.total_seconds()
+    )
+    return True

@@ -49,7 +49,7 @@ from dispatcher.schedule import (
     enqueue_chunk,
     enqueue_dispatch_window,
 )
-from dispatcher.state import dispatcher_configure, dispatcher_start, dispatcher_stop
+from dispatcher.state import WINDOW_LOST_AFTER, dispatcher_configure, dispatcher_start, dispatcher_stop
 from messages_app.models import DeliveryAttempt, Message
 from messages_app.transitions import database_now
 from tests.factories import phone_number
@@ -1025,7 +1025,8 @@ def test_a_qcluster_with_a_fast_clock_does_not_halt_dispatch_after_it_leaves(tmp
     once while another, with the right clock, joins; then it leaves. The dispatch schedule must still be
     due within one of its intervals (a minute) by the database's clock, so the remaining qcluster opens a
     window and sends what is queued within about that: django-q2's scheduler moved the schedule's next
-    run past its own clock, and nothing was dispatched for ten minutes."""
+    run past its own clock, and nothing was dispatched for ten minutes. (Since test 6e's fix a window
+    that ends is also replaced at the next scheduler pass, so the schedule's lead is what proves it.)"""
     dispatcher_configure(batch_size=5, interval_seconds=1)
     dispatcher_start()
     OrmQ.objects.all().delete()  # the window start() queued: every window here comes from the schedule
@@ -1076,6 +1077,52 @@ def test_a_qcluster_with_a_fast_clock_does_not_halt_dispatch_after_it_leaves(tmp
     # django-q2's scheduler ran on the database's clock: never more than one interval ahead of it.
     assert lead_after_fast_pass <= interval.total_seconds(), logs
     assert lead_after <= interval.total_seconds(), logs
+
+
+# --- 6e. the qcluster whose worker paces is killed; another starts a window without the schedule ------
+
+
+def test_the_pacing_qclusters_death_is_followed_by_a_new_window_within_a_scheduler_pass(
+    tmp_path, stopped_dispatcher, figures
+):
+    """Only the newest dispatch window paces. Its qcluster is SIGKILLed (its process group) while
+    another runs, and no schedule would start a window (the fixture deleted them): the remaining
+    qcluster's scheduler pass sees that no window has said it is alive for WINDOW_LOST_AFTER and
+    starts one, so what is queued afterwards is sent within that and a pass (about 30 s), not
+    at the minute schedule's next window (in the 45-minute chaos run, nothing paced for 24 % of
+    the time)."""
+    dispatcher_configure(batch_size=5, interval_seconds=1)
+    with fake_provider(tmp_path) as provider:
+        env = dispatcher_env(provider.url, DISPATCH_WINDOW_SECONDS="600")
+        with qcluster_running(tmp_path, log_name="cluster-pacing.log", **env) as pacing_cluster:
+            dispatcher_start()  # queues a window, which the only cluster running takes
+            wait_for_log(pacing_cluster, " opened for ", timeout=30)
+            with qcluster_running(tmp_path, log_name="cluster-other.log", **env) as other:
+                pacing_cluster.signal_group(signal.SIGKILL)
+                pacing_cluster.popen.wait(10)
+                killed_at = time.monotonic()
+                queued = make_messages(10, "after the pacing cluster died")
+                processes = (other, pacing_cluster, provider)
+                wait_or_fail(
+                    lambda: count(Status.SENT) == len(queued),
+                    timeout=WINDOW_LOST_AFTER.total_seconds() + 30 + 20,
+                    what="the remaining qcluster to start a window and send",
+                    processes=processes,
+                )
+                resumed_after = round(time.monotonic() - killed_at, 1)
+                received = provider_requests(provider.url)
+                logs = logs_of(*processes)
+
+    figures(
+        "pacing_cluster_killed",
+        messages=len(queued),
+        lost=count(Status.UNSENT, Status.PROCESSING, Status.FAILED),
+        duplicate_requests=repeats(received),
+        sent_after_the_kill_s=resumed_after,
+    )
+    assert "no dispatch window said it was alive" in other.log(), logs
+    assert " opened for " in other.log(), logs
+    assert repeats(received) == 0, logs
 
 
 # --- 7. what the provider answers: retries and permanent failures ----------------------------------

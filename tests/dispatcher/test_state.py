@@ -614,3 +614,45 @@ def test_a_wake_claims_the_budget_left_and_records_it():
     set_state(running=False)
     set_state(recent_claims=[])
     assert claim_wake() is None  # stopped
+
+
+# --- a lost dispatch window is replaced --------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_window_that_stops_saying_it_is_alive_is_replaced_once_by_one_scheduler_pass():
+    from dispatcher.engine.pacing import dispatch_window_revive
+    from dispatcher.state import WINDOW_LOST_AFTER, dispatcher_window_alive, dispatcher_window_open
+
+    OrmQ.objects.all().delete()
+    set_state(running=True)
+    window = uuid.uuid4()
+    dispatcher_window_open(window_id=window)
+    assert dispatch_window_revive() is False  # it opened just now
+    assert dispatcher_window_alive(window_id=window) is True
+    assert dispatcher_window_alive(window_id=uuid.uuid4()) is False  # not the one that paces
+
+    # Silent for longer than WINDOW_LOST_AFTER (its qcluster died): the first pass asks for one
+    # window, the passes of the other qclusters that follow do not ask again.
+    set_state(window_seen_at=database_now() - WINDOW_LOST_AFTER - timedelta(seconds=1))
+    assert dispatch_window_revive() is True
+    assert dispatch_window_revive() is False
+    assert len(window_tasks()) == 1
+
+    # Stopped: no window is wanted, however long none was seen.
+    OrmQ.objects.all().delete()
+    set_state(running=False, window_seen_at=None)
+    assert dispatch_window_revive() is False
+    assert window_tasks() == []
+
+
+@pytest.mark.django_db
+def test_a_window_ending_without_a_successor_is_replaced_at_the_next_pass():
+    from dispatcher.engine.pacing import dispatch_window_revive, run_dispatch_window
+
+    OrmQ.objects.all().delete()
+    set_state(running=True)
+    run_dispatch_window(window_seconds=0.01)  # its time is up, and no newer window took over
+    assert get_state().window_seen_at is None
+    assert dispatch_window_revive() is True
+    assert len(window_tasks()) == 1

@@ -12,22 +12,28 @@ cluster is stopping from it rather than from the cluster status in the cache
 (dispatcher.engine.pacing.qcluster_is_stopping).
 The sentinel runs django-q2's scheduler about every 30 s; here it runs on the
 database's clock, so a host whose clock is off cannot move the schedule that starts
-dispatch windows away from everyone else's (dispatcher.schedule).
+dispatch windows away from everyone else's (dispatcher.schedule), and then starts a
+dispatch window if the one that paced was lost with its qcluster
+(dispatcher.engine.pacing.dispatch_window_revive).
 This app is listed before django_q, so this command is the one `qcluster` runs.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
 from django_q import cluster
+from django_q.conf import Conf
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
 from callbacks.schedule import callbacks_cluster_starting
 from callbacks.tasks import cluster_stopping_check_set
-from dispatcher.engine.pacing import qcluster_is_stopping, qcluster_stop_event_share
+from dispatcher.engine.pacing import dispatch_window_revive, qcluster_is_stopping, qcluster_stop_event_share
 from dispatcher.schedule import scheduler_pass_on_database_clock
+
+logger = logging.getLogger(__name__)
 
 
 class GracefulSentinel(cluster.Sentinel):
@@ -43,10 +49,23 @@ class GracefulSentinel(cluster.Sentinel):
         threading.Thread(target=self.stop_event.set, daemon=True).start()
 
 
+def sentinel_scheduler_pass(broker=None) -> None:
+    """What the sentinel's guard loop calls about every 30 s: django-q2's scheduler on the
+    database's clock; then, on the sending cluster, a new dispatch window if the one that
+    paced was lost with its qcluster. Never raises: the guard loop keeps the workers alive."""
+    scheduler_pass_on_database_clock(broker=broker)
+    if Conf.CLUSTER_NAME != Conf.PREFIX:  # the callbacks cluster (ALT_CLUSTERS) sends nothing
+        return
+    try:
+        dispatch_window_revive()
+    except Exception as exc:
+        logger.warning("scheduler: could not check that a dispatch window paces: %r", exc)
+
+
 class Command(DjangoQCommand):
     def handle(self, *args, **options) -> None:
         cluster.Sentinel = GracefulSentinel
-        cluster.scheduler = scheduler_pass_on_database_clock  # what the sentinel's guard loop calls
+        cluster.scheduler = sentinel_scheduler_pass  # what the sentinel's guard loop calls
         cluster_stopping_check_set(qcluster_is_stopping)
         callbacks_cluster_starting()
         super().handle(*args, **options)
