@@ -761,6 +761,7 @@ def check(
     ).fetchone()[0]
     claims = [row[5] for row in rows if row[5] is not None]
     most_claimed = most_in_any_window(claims, interval)
+    gaps = claim_gaps(claims, longer_than=CLAIM_GAP_SECONDS)
 
     for name, count, examples in (
         ("lost (accepted, not in the database)", len(lost), lost),
@@ -802,8 +803,26 @@ def check(
         "receipts_waiting": waiting_receipts,
         "receipts_given_up_by_provider": provider_stats.get("receipts_failed"),
         "most_claimed_in_any_interval": most_claimed,
+        # Messages are created every fraction of a second, so a long gap between two claims
+        # means nothing paced (no dispatch window, the database down): a figure, not a violation.
+        "claim_gaps_over_10s": len(gaps),
+        "claim_gaps_over_10s_seconds": round(sum(gaps), 1),
+        "longest_claim_gap_s": round(max(gaps, default=0.0), 1),
+        "claims_span_s": round(max(claims) - min(claims), 1) if claims else 0.0,
     }
     return figures, violations
+
+
+# A gap between two claims (on the database's clock) longer than this is counted: at the run's
+# rates a window that paces claims every second or two.
+CLAIM_GAP_SECONDS = 10.0
+
+
+def claim_gaps(times: list[float], *, longer_than: float) -> list[float]:
+    """The gaps longer than `longer_than` seconds between consecutive `times` (each message's
+    last claim: a message claimed again counts at its later claim only)."""
+    ordered = sorted(times)
+    return [b - a for a, b in itertools.pairwise(ordered) if b - a > longer_than]
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -1009,8 +1028,10 @@ def chaos(options: argparse.Namespace) -> dict:
         f"(unexplained {figures['keyed_repeats_unexplained']}), duplicate messages "
         f"{figures['duplicate_messages_from_client_retries']}, receipts applied {figures['receipts_applied']} "
         f"(missing {figures['receipts_missing']}), most claimed in any {options.interval} s "
-        f"{figures['most_claimed_in_any_interval']} (pace {options.batch_size}); settled in {settle_seconds:.0f} s: "
-        + ("OK" if not violations else "VIOLATIONS: " + "; ".join(violations))
+        f"{figures['most_claimed_in_any_interval']} (pace {options.batch_size}); no claim for over 10 s "
+        f"{figures['claim_gaps_over_10s']} times, {figures['claim_gaps_over_10s_seconds']:g} s of "
+        f"{figures['claims_span_s']:g} (longest {figures['longest_claim_gap_s']:g} s); "
+        f"settled in {settle_seconds:.0f} s: " + ("OK" if not violations else "VIOLATIONS: " + "; ".join(violations))
     )
     return {
         "ok": not violations,
