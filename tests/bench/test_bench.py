@@ -1,8 +1,8 @@
 """`python -m bench` runs end to end at a small size (the figures themselves are not checked).
 
-The benchmarks get a database and a Redis db of their own, not the test suite's
-nor the real benchmark's (tests/bench/harness.py); a file lock keeps two test runs
-on this machine from emptying them under each other.
+The benchmarks get databases and Redis dbs of their own, not the test suite's
+nor the real benchmark's (tests/bench/harness.py); a file lock on each keeps two tests
+on this machine from emptying one under each other.
 """
 
 from __future__ import annotations
