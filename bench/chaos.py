@@ -759,7 +759,7 @@ def check(
     waiting_receipts = conn.execute(
         "SELECT count(*) FROM messages_app_deliveryreceipt WHERE message_id IS NULL"
     ).fetchone()[0]
-    claims = [row[5] for row in rows if row[5] is not None]
+    claims = [float(row[5]) for row in rows if row[5] is not None]  # extract() gives numeric: Decimal
     most_claimed = most_in_any_window(claims, interval)
     gaps = claim_gaps(claims, longer_than=CLAIM_GAP_SECONDS)
 
