@@ -59,9 +59,13 @@ def _announce(kind: str, message_ids: Iterable[int]) -> None:
 
 def _atomic_if_wanted(*kinds: str):
     """A transaction around a transition that is otherwise one autocommit statement, when
-    a listener wants one of `kinds` (its rows are written in the same transaction)."""
+    a listener wants one of `kinds` (its rows are written in the same transaction).
+
+    Inside a caller's transaction (record_results' for messages_mark_sent) no savepoint:
+    it cost two round trips per batch, and the statement alone, with nobody listening,
+    has none either (a failure rolls back the caller's transaction the same way)."""
     if any(message_events.wanted(kind) for kind in kinds):
-        return transaction.atomic()
+        return transaction.atomic(savepoint=False)
     return contextlib.nullcontext()
 
 
