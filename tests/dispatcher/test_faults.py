@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 from django_q.models import OrmQ, Schedule
@@ -1442,6 +1442,24 @@ def test_nothing_is_claimed_once_stop_returns_during_a_batch(tmp_path, stopped_d
 # --- 11. a worker frozen (SIGSTOP) past its lease, resumed after another sender sent its messages ----
 
 
+def freeze_outside_a_transaction(process, attempts: int = 50) -> None:
+    """SIGSTOP the process's group at a moment when no other session of the test database is inside a
+    transaction or a statement (so the frozen process holds no row lock); SIGCONT and try again otherwise."""
+    for _ in range(attempts):
+        process.signal_group(signal.SIGSTOP)
+        time.sleep(0.05)  # a statement sent just before the signal reaches PostgreSQL
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+        process.signal_group(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"could not freeze the process outside a transaction in {attempts} tries")
+
+
 def test_a_worker_frozen_past_its_lease_starts_no_send_when_it_resumes(tmp_path, stopped_dispatcher, figures):
     # One chunk of 12, 4 sends at a time, through a provider limited to 2 requests a second (so that sends
     # wait for their turn in the worker), lease 3 s (renewed every second). Frozen mid-chunk, the worker
@@ -1468,9 +1486,10 @@ def test_a_worker_frozen_past_its_lease_starts_no_send_when_it_resumes(tmp_path,
                 processes=(stale, provider),
             )
             # Between two outcome writes: a frozen transaction's row locks would keep the other sender from
-            # the messages until the worker resumed.
+            # the messages until the worker resumed. Frozen again if it was caught inside one (a loaded machine
+            # delays its writes past any fixed sleep).
             time.sleep(0.2)
-            stale.signal_group(signal.SIGSTOP)
+            freeze_outside_a_transaction(stale)
             frozen_at = database_now()
             held = Message.objects.filter(status=Status.PROCESSING).count()
             # Its lease runs out; another sender takes the messages back and sends every one of them.
