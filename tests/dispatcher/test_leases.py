@@ -7,6 +7,7 @@ Leases are stamped by the database's clock; to let one run out, a test moves
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 import pytest
@@ -244,9 +245,28 @@ def test_release_leaves_a_message_claimed_by_someone_else_alone():
     assert not DeliveryAttempt.objects.exists()
 
 
-class SlowProvider(locmem.LocmemProvider):
+class TwoAtOnceProvider(locmem.LocmemProvider):
+    """Each of the first two sends waits until the other has begun too, so both are in flight
+    together however late the machine schedules the second thread; `both_began` turns true then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.together = threading.Barrier(2, timeout=30)
+        self.began = 0
+        self.lock = threading.Lock()
+
+    @property
+    def both_began(self) -> bool:
+        with self.lock:
+            return self.began >= 2
+
     def send(self, message):
-        time.sleep(0.3)
+        with self.lock:
+            self.began += 1
+            first_two = self.began <= 2
+        if first_two:
+            self.together.wait()
+            time.sleep(0.2)  # still in flight when the worker sees the stop
         return super().send(message)
 
 
@@ -255,13 +275,15 @@ def test_a_stopping_worker_with_concurrent_sends_lets_those_in_flight_finish(set
     for _ in range(6):
         make_message()
     claimed = claim(6)
-    started = time.monotonic()
+    provider = TwoAtOnceProvider()
 
+    # The stop comes once two sends are under way (not after a fixed time: on a loaded machine
+    # the second thread may not have begun by then, and would rightly not start after the stop).
     report = send_chunk(
         message_ids=claimed.message_ids,
         claim_token=claimed.claim_token,
-        provider=SlowProvider(),
-        should_stop=lambda: time.monotonic() - started > 0.1,
+        provider=provider,
+        should_stop=lambda: provider.both_began,
     )
 
     # Two sends were in flight when the stop came: both finished and were recorded.
