@@ -8,7 +8,8 @@ same key with the same body on any error or timeout; the dispatcher sends at the
 set through the API. Meanwhile faults come at random from a seeded RNG (the seed is
 printed; `--seed` replays the same sequence of faults, though not the same timings of
 the processes), one every `--fault-every` seconds on average, every kind once before
-any comes again:
+any comes again. A kind that could not strike in any of its turns (what it needs was
+busy or down) is tried again after `--minutes`, for up to two minutes more:
 
   qcluster-sigkill        SIGKILL to a qcluster's main process (the rest of its process
                           group 2 s later, as systemd does); started again 1-5 s later
@@ -79,6 +80,8 @@ CLIENT_USERNAME = "chaos-client"
 LEASE_SECONDS = 6
 WEBHOOK_TIMEOUT_SECONDS = 2
 CLOCK_SKEW_SECONDS = 600
+# After --minutes, how long faults go on for the kinds that have not struck yet (skipped each turn).
+COVER_SECONDS = 120.0
 # Runs `manage.py <args>` under faketime: with the monotonic clock left alone, Python's time.sleep
 # fails with EINVAL under libfaketime 0.9.10 (wolfcw/libfaketime#426), so the process sleeps by
 # waiting on an event instead (as tests/processes.py's faketime_command does).
@@ -371,8 +374,14 @@ class Chaos:
             self.rng.shuffle(self._deck)
         return self._deck.pop()
 
-    def inject(self) -> None:
-        kind = self.next_kind()
+    def missing_kinds(self) -> list[str]:
+        """The kinds that have not struck yet, in FAULT_KINDS' order."""
+        return [kind for kind in FAULT_KINDS if not self.done[kind]]
+
+    def inject(self, kind: str | None = None) -> None:
+        """Inject the next kind of the deck (or `kind`, when given: then a skip leaves the deck alone)."""
+        from_deck = kind is None
+        kind = self.next_kind() if from_deck else kind
         # Drawn whether or not the fault can happen now, so a seed replays the same draws.
         draws = [self.rng.random() for _ in range(4)]
         try:
@@ -382,7 +391,8 @@ class Chaos:
             log(f"fault {kind} could not be injected: {exc!r}")
         if described is None:
             self.skipped[kind] += 1
-            self._deck.insert(0, kind)  # its turn comes again at the end of this round
+            if from_deck:
+                self._deck.insert(0, kind)  # its turn comes again at the end of this round
             log(f"fault {kind}: skipped (what it needs is busy or down)")
             return
         self.done[kind] += 1
@@ -981,6 +991,18 @@ def chaos(options: argparse.Namespace) -> dict:
             if time.monotonic() - last_report > 30:
                 last_report = time.monotonic()
                 log(f"{len(clients.figures.accepted)} accepted, {sum(harness.done.values())} faults so far")
+            time.sleep(0.1)
+        # Every kind strikes at least once a run: one skipped in its turns (what it needs was busy
+        # or down: a gunicorn still booting on a loaded machine) is tried again after the time,
+        # alone, for at most COVER_SECONDS more.
+        cover_ends = time.monotonic() + COVER_SECONDS
+        if harness.missing_kinds():
+            log(f"faults go on until every kind has struck (missing: {', '.join(harness.missing_kinds())})")
+        while harness.missing_kinds() and time.monotonic() < cover_ends:
+            harness.run_due()
+            if time.monotonic() >= next_fault:
+                harness.inject(harness.missing_kinds()[0])
+                next_fault = time.monotonic() + options.fault_every / 2
             time.sleep(0.1)
 
         log(f"faults stop: undoing the {harness.pending()} still in force")
