@@ -286,14 +286,14 @@ def test_the_api_lifecycle_and_consent_examples_answer_what_the_readme_shows_aga
     web_port, provider_port = free_port(), free_port()
     env = make_run_env(tmp_path)
 
-    def bash(script: str) -> str:
+    def bash(script: str, *, timeout: float = 120) -> str:
         done = subprocess.run(
             ["bash", "-c", "set -euo pipefail\n" + script.replace("localhost:8000", f"localhost:{web_port}")],
             cwd=workdir,
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
         )
         assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
         return done.stdout
@@ -333,7 +333,9 @@ def test_the_api_lifecycle_and_consent_examples_answer_what_the_readme_shows_aga
         # queued; make run's callbacks worker posts its message.sent, whose signature the
         # receiver checks with the standardwebhooks package.
         [try_callbacks, *_] = section_blocks("Status callbacks")
-        called_back = bash(login + try_callbacks.replace("8090", str(free_port())))
+        # The block waits up to 90 s itself (`timeout 90`), after a `sleep 5` and three commands
+        # that start Python: more than 120 s in all on a loaded machine.
+        called_back = bash(login + try_callbacks.replace("8090", str(free_port())), timeout=300)
         queued_last = api_get("/api/messages/?page_size=1")["results"][0]
 
     assert len(answers) == len(blocks) >= 6

@@ -114,7 +114,8 @@ def test_redoc_asks_no_other_site_and_shows_the_service_s_logo(page: Page, live_
     expect(page.locator(".menu-content")).to_be_visible()
     logo = page.locator(".menu-content img").first
     expect(logo).to_have_attribute("src", "/favicon.svg")
-    assert logo.evaluate("img => img.complete && img.naturalWidth > 0")
+    # Waited for, not asserted at once: on a loaded machine the image may still be loading.
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=logo.element_handle())
     expect(page.get_by_text("API docs by Redocly")).to_be_visible()  # the credit stays, as text
     page.wait_for_load_state("networkidle")
 

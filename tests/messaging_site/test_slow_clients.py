@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
@@ -62,5 +63,19 @@ def test_slow_header_connections_do_not_hold_the_web_workers(tmp_path):
         api = f"{base}/api/dispatcher/"
         headers = {"Authorization": f"Token {token}"}
         with ThreadPoolExecutor(max_workers=20) as pool:
-            answers = list(pool.map(lambda _: get(api, timeout=10, headers=headers)[0], range(40)))
+            answers = list(pool.map(lambda _: get_as_a_client_would(api, headers=headers), range(40)))
         assert answers == [200] * 40
+
+
+def get_as_a_client_would(url: str, *, headers: dict) -> int:
+    """GET, asking again after Retry-After on a 503: a burst beyond a worker's pool of connections
+    is refused that way when no connection frees up within DATABASE_POOL_TIMEOUT_SECONDS (on a
+    loaded machine, 20 at once did not), which is the service's answer to a burst, not an outage."""
+    for _ in range(5):
+        try:
+            return get(url, timeout=10, headers=headers)[0]
+        except urllib.error.HTTPError as refused:
+            if refused.code != 503 or not refused.headers.get("Retry-After"):
+                raise
+            time.sleep(min(float(refused.headers["Retry-After"]), 5.0))
+    return get(url, timeout=10, headers=headers)[0]
