@@ -322,7 +322,7 @@ def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
     assert claim_open.wait(10)
     stopper = in_thread("stop", dispatcher_stop)
     wait_for(lambda: _waiting_on_locks() >= 1, timeout=10, what="stop to wait for the claim's row lock")
-    # A claim that comes after stop began queues behind it.
+    # A claim that comes after stop began waits for the row too.
     late_claimer = in_thread("late claim", lambda: claim_tick(due_only=False))
     wait_for(lambda: _waiting_on_locks() >= 2, timeout=10, what="the late claim to queue up")
     time.sleep(0.3)
@@ -337,7 +337,13 @@ def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
     assert timeline["stop done"] > timeline["claim committing"]
     tick = results["claim"]
     assert tick is not None and tick.message_ids == [messages[0].pk, messages[1].pk]
-    assert results["late claim"] is None
+    late = results["late claim"]
+    if late is not None:
+        # PostgreSQL does not hand a row lock to its waiters in order once the holder has updated
+        # the row: each follows the row to its new version and the late claim may lock that first.
+        # It then went before the stop, which saw its tick under the lock: stop returned after it.
+        late_claimed_at = Message.objects.get(pk=late.message_ids[0]).claimed_at
+        assert results["stop"].last_tick_at == late_claimed_at
     assert get_state().running is False
 
     # After stop returned, nothing claims any more, however overdue a tick would be.
@@ -345,8 +351,9 @@ def test_stop_waits_for_an_in_progress_claim_and_no_claim_follows_it():
     Message.objects.filter(status=Status.PROCESSING).update(status=Status.SENT)  # room for a tick
     assert claim_tick(due_only=True) is None
     assert claim_tick(due_only=False) is None
-    assert Message.objects.filter(status=Status.SENT).count() == 2
-    assert Message.objects.filter(status=Status.UNSENT).count() == 4
+    claimed = 2 + (len(late.message_ids) if late is not None else 0)
+    assert Message.objects.filter(status=Status.SENT).count() == claimed
+    assert Message.objects.filter(status=Status.UNSENT).count() == 6 - claimed
 
 
 # --- when the next tick is due ----------------------------------------------------
@@ -646,7 +653,10 @@ def test_a_window_that_stops_saying_it_is_alive_is_replaced_once_by_one_schedule
     assert window_tasks() == []
 
 
-@pytest.mark.django_db
+# Committed for real: the window's loop closes obsolete connections each turn, which inside a
+# test's transaction closes the test's own (it passed only when the machine was slow enough for
+# the 0.01 s to run out before the loop's first turn).
+@pytest.mark.django_db(transaction=True)
 def test_a_window_ending_without_a_successor_is_replaced_at_the_next_pass():
     from dispatcher.engine.pacing import dispatch_window_revive, run_dispatch_window
 
