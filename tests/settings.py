@@ -25,7 +25,7 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def _redis_url_of_xdist_worker() -> None:
-    """pytest-xdist's worker gwN takes the Redis db 2N below REDIS_URL's (15, 13, 11, 9 by
+    """pytest-xdist's worker gwN takes the Redis db 2N below REDIS_URL's (15, 13, 11, 9, 7, 5 by
     default, never the benchmarks' 12 and 14), since tests flush theirs. Done once, in the
     worker: the processes a test starts inherit the worker's REDIS_URL (or the one the test
     gives them) and must not move it again."""
