@@ -45,11 +45,14 @@ from bench.loading import copy_unsent
 from bench.pacing import SCRIPT_CONFIGURE, _wait_second_tick
 from bench.throughput import wait_for_provider
 
-# The claim's query for one priority level (dispatcher/engine/claiming.py: claimable(),
-# _claim_level), as a plain SELECT: what the claim's index scan reads, without locking.
+# The paced claim's query for one priority level (dispatcher/engine/claiming.py: claimable(),
+# _claim_level, read from the level's claim floor as the dispatch window's claims are), as a
+# plain SELECT: what the claim's index scan reads, without locking.
 CLAIM_PROBE_SQL = (
     "SELECT id FROM messages_app_message WHERE next_attempt_at <= statement_timestamp() AND status = 'unsent'"
     " AND (expires_at IS NULL OR expires_at > statement_timestamp()) AND priority = 'normal'"
+    " AND next_attempt_at >= COALESCE((SELECT (claim_floors->>'normal')::timestamptz"
+    " FROM dispatcher_dispatcherstate WHERE id = 1), '-infinity')"
     " ORDER BY next_attempt_at, id LIMIT %s"
 )
 

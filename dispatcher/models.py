@@ -46,6 +46,12 @@ class DispatcherState(models.Model):
     # what these add up to, so no window of interval_seconds holds more than batch_size
     # claims, cluster-wide (dispatcher.state).
     recent_claims = models.JSONField(default=list, blank=True, editable=False)
+    # Where the paced claims start reading each priority's due queue: {priority: ISO time}.
+    # Everything below a floor was claimed (or was committed too late to be seen); the
+    # claim skips the index entries those claims left dead, which a long-open transaction
+    # elsewhere keeps from being cleaned up. The dispatch window sweeps below the floors
+    # for late rows and lowers them (dispatcher.engine.claiming).
+    claim_floors = models.JSONField(default=dict, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

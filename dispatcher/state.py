@@ -386,9 +386,13 @@ class TakenTick:
     budget: int = 0
     # The claims of the last interval, to which dispatcher_claims_record adds this one.
     recent_claims: list = field(default_factory=list)
+    # Where this claim starts reading each priority's due queue (none: from the start).
+    claim_floors: dict[str, datetime] = field(default_factory=dict)
 
 
-def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_flight: int = 0) -> TakenTick | None:
+def dispatcher_tick_take(
+    *, due_only: bool, even_if_stopped: bool = False, in_flight: int = 0, due_from: dict[str, datetime] | None = None
+) -> TakenTick | None:
     """Take the next tick, under the state row's lock (call inside the transaction
     that then claims the tick's messages). None when there is no tick to take:
     the dispatcher is stopped, or (with `due_only`) the tick is not due yet or the
@@ -398,6 +402,9 @@ def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_fl
     to be taken as soon as the cluster has room; the one after it is then counted
     from that moment, so no burst makes up for lost time. A manual tick
     (`due_only=False`) leaves the schedule alone.
+
+    `due_from`: the earliest due time per priority of messages announced since the last
+    claim (messages_app.due_signal); a paced tick reads from there if it is below the floor.
     """
     state = dispatcher_state_lock()
     if not (state.running or even_if_stopped):
@@ -441,14 +448,17 @@ def dispatcher_tick_take(*, due_only: bool, even_if_stopped: bool = False, in_fl
         now=now,
         budget=budget if due_only else state.batch_size,
         recent_claims=window,
+        # A manual tick reads from the start: only the window that sweeps below them uses floors.
+        claim_floors=_floors_reaching(claim_floors_parse(state.claim_floors), due_from) if due_only else {},
     )
 
 
-def dispatcher_wake_take() -> TakenTick | None:
+def dispatcher_wake_take(*, due_from: dict[str, datetime] | None = None) -> TakenTick | None:
     """What a wake (a due message created) may claim now, under the state row's lock (call
-    inside the transaction that then claims): the pace's budget left. None when the
-    dispatcher is stopped or the last interval's claims used the budget; the schedule of
-    ticks is left alone."""
+    inside the transaction that then claims): the pace's budget left, and the claim floors
+    lowered to `due_from` (the earliest due time per priority the wake announced). None
+    when the dispatcher is stopped or the last interval's claims used the budget; the
+    schedule of ticks is left alone."""
     state = dispatcher_state_lock()
     if not state.running:
         return None
@@ -462,14 +472,62 @@ def dispatcher_wake_take() -> TakenTick | None:
         now=now,
         budget=budget,
         recent_claims=window,
+        claim_floors=_floors_reaching(claim_floors_parse(state.claim_floors), due_from),
     )
 
 
-def dispatcher_claims_record(*, taken: TakenTick, count: int) -> None:
-    """Add a claim of `count` messages at `taken.now` to the last interval's claims (in the
-    transaction that took it, under the row's lock)."""
-    if count <= 0:
-        return
-    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(
-        recent_claims=[*taken.recent_claims, [taken.now.timestamp(), count]]
-    )
+def dispatcher_claims_record(*, taken: TakenTick, count: int, floors: dict[str, datetime] | None = None) -> None:
+    """Add a claim of `count` messages at `taken.now` to the last interval's claims, and
+    keep the claim floors it moved (in the transaction that took it, under the row's lock)."""
+    fields: dict = {}
+    if count > 0:
+        fields["recent_claims"] = [*taken.recent_claims, [taken.now.timestamp(), count]]
+    if floors and floors != taken.claim_floors:
+        fields["claim_floors"] = claim_floors_dump(floors)
+    if fields:
+        DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(**fields)
+
+
+# --- the claim floors ------------------------------------------------------------------------
+# Stored as ISO strings, exact to the microsecond: a floor one microsecond above the key it
+# came from would hide the rows that share that key.
+
+
+def claim_floors_parse(raw: dict | None) -> dict[str, datetime]:
+    floors: dict[str, datetime] = {}
+    for priority, value in (raw or {}).items():
+        try:
+            floors[priority] = datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            logger.warning("dispatcher: ignoring an unreadable claim floor for %s: %.40r", priority, value)
+    return floors
+
+
+def _floors_reaching(floors: dict[str, datetime], due_from: dict[str, datetime] | None) -> dict[str, datetime]:
+    """`floors`, each lowered to the due time `due_from` names for its priority if below it
+    (a priority without a floor is read from the start anyway)."""
+    lowered = {p: key for p, key in (due_from or {}).items() if p in floors and key < floors[p]}
+    return {**floors, **lowered}
+
+
+def claim_floors_dump(floors: dict[str, datetime]) -> dict[str, str]:
+    return {priority: moment.isoformat() for priority, moment in floors.items()}
+
+
+def dispatcher_claim_floors_read() -> dict[str, datetime]:
+    """The claim floors as stored (none before the first paced claim)."""
+    raw = DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).values_list("claim_floors", flat=True).first()
+    return claim_floors_parse(raw)
+
+
+def dispatcher_claim_floors_lower(found: dict[str, datetime]) -> dict[str, datetime]:
+    """Lower each priority's floor to the key `found` below it (a due row committed after the
+    claims had passed its place), under the row's lock; return the floors that moved."""
+    with transaction.atomic():
+        state = dispatcher_state_lock()
+        floors = claim_floors_parse(state.claim_floors)
+        lowered = {p: key for p, key in found.items() if p in floors and key < floors[p]}
+        if lowered:
+            state.claim_floors = claim_floors_dump({**floors, **lowered})
+            state.save(update_fields=["claim_floors", "updated_at"])
+    return lowered

@@ -10,16 +10,54 @@ next tick. Other databases have no such signal: the ticks find the message.
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+
 from django.db import DEFAULT_DB_ALIAS, connections
+
+logger = logging.getLogger(__name__)
 
 MESSAGES_DUE_CHANNEL = "messages_due"
 
 
-def messages_due_announce(*, using: str = DEFAULT_DB_ALIAS) -> None:
-    """Announce on MESSAGES_DUE_CHANNEL that a message is due now (when the current
-    transaction, if any, commits). Nothing on a database other than PostgreSQL."""
+def messages_due_announce(*, due: Iterable[tuple[str, datetime]] = (), using: str = DEFAULT_DB_ALIAS) -> None:
+    """Announce on MESSAGES_DUE_CHANNEL that messages are due now (when the current
+    transaction, if any, commits). Nothing on a database other than PostgreSQL.
+
+    `due` is the (priority, next_attempt_at) of what was queued: the payload carries the
+    earliest per priority, so the dispatcher reads its due queue from there even if the
+    row committed after its claims had gone past that time (dispatcher.engine.claiming's
+    floors: a transaction that stayed open, a send_after in the past, a web host whose
+    clock is behind the database's)."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
+    earliest: dict[str, datetime] = {}
+    for priority, moment in due:
+        if priority not in earliest or moment < earliest[priority]:
+            earliest[priority] = moment
+    payload = json.dumps({p: moment.isoformat() for p, moment in earliest.items()}) if earliest else ""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, '')", [MESSAGES_DUE_CHANNEL])
+        cursor.execute("SELECT pg_notify(%s, %s)", [MESSAGES_DUE_CHANNEL, payload])
+
+
+def messages_due_earliest(payloads: Iterable[str]) -> dict[str, datetime]:
+    """The earliest due time per priority that `payloads` (of MESSAGES_DUE_CHANNEL) name;
+    an empty or unreadable payload names none (the wake still happens)."""
+    earliest: dict[str, datetime] = {}
+    for payload in payloads:
+        if not payload:
+            continue
+        try:
+            named = {str(p): datetime.fromisoformat(v) for p, v in json.loads(payload).items()}
+        except (ValueError, TypeError, AttributeError):
+            logger.warning("ignoring an unreadable %s payload: %.80r", MESSAGES_DUE_CHANNEL, payload)
+            continue
+        for priority, moment in named.items():
+            if moment.tzinfo is None:
+                continue
+            if priority not in earliest or moment < earliest[priority]:
+                earliest[priority] = moment
+    return earliest

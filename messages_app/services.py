@@ -97,7 +97,7 @@ def message_create(*, recipient_policy_exempt: bool = False, **fields: Any) -> M
             raise RecipientRefused(refused[message.recipient_phone_number])
     message.save()
     if message.next_attempt_at <= timezone.now():
-        messages_due_announce()
+        messages_due_announce(due=[(message.priority, message.next_attempt_at)])
     logger.info(
         "queued message id=%s uuid=%s%s",
         message.pk,
@@ -139,8 +139,9 @@ def messages_bulk_create(
     with transaction.atomic():
         created = Message.objects.bulk_create(messages)
         now = timezone.now()
-        if any(m.next_attempt_at <= now for m in created):
-            messages_due_announce()
+        due = [(m.priority, m.next_attempt_at) for m in created if m.next_attempt_at <= now]
+        if due:
+            messages_due_announce(due=due)
     logger.info(
         "queued %d messages in bulk (ids %s..%s)",
         len(created),

@@ -14,7 +14,7 @@ import math
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Q
@@ -23,6 +23,8 @@ from django.db.models.functions import Now
 from dispatcher.conf import BATCH_SIZE, dispatcher_settings
 from dispatcher.engine.providers import provider_specs
 from dispatcher.state import (
+    dispatcher_claim_floors_lower,
+    dispatcher_claim_floors_read,
     dispatcher_claims_record,
     dispatcher_state_lock,
     dispatcher_tick_take,
@@ -37,12 +39,20 @@ Status = Message.Status
 BATCH_SIZE_LIMIT = int(BATCH_SIZE.maximum)
 
 
+# How long after its due time a row may commit and still be found without a sweep: a paced
+# claim's floor never passes now minus this, so a message created (or put back) due a moment
+# ago, whose transaction was still open while a claim went by, is read by the next claim.
+FLOOR_LAG_SECONDS = 2.0
+
+
 @dataclass(frozen=True)
 class Claim:
     """Messages leased to one claim token, higher priority first, then earliest due."""
 
     claim_token: uuid.UUID
     message_ids: list[int]
+    # Where the next paced claim may start reading each priority (None: a claim from the start).
+    floors: dict[str, datetime] | None = None
 
     def chunks(self, size: int) -> list[list[int]]:
         return [self.message_ids[i : i + size] for i in range(0, len(self.message_ids), size)]
@@ -59,21 +69,34 @@ def claimable():
 PRIORITIES = (Message.Priority.HIGH, Message.Priority.NORMAL, Message.Priority.LOW)
 
 
+def due_queue(priority: str, floor: datetime | None = None):
+    """One priority's claimable messages in claim order, from `floor` on when given: a
+    range of the (priority, next_attempt_at, id) partial index `message_due_queue`."""
+    due = claimable().filter(priority=priority)
+    if floor is not None:
+        due = due.filter(next_attempt_at__gte=floor)
+    return due.order_by("next_attempt_at", "id")
+
+
 def _claim_level(
-    priority: str, limit: int, claim_token: uuid.UUID, lease_seconds: float, claimed_at: datetime
-) -> list[int]:
+    priority: str,
+    limit: int,
+    claim_token: uuid.UUID,
+    lease_seconds: float,
+    claimed_at: datetime,
+    floor: datetime | None,
+) -> list[tuple[int, datetime]]:
+    """Claim up to `limit` due messages of `priority`, reading from `floor` on; return their
+    (id, next_attempt_at) in claim order."""
     if limit <= 0:
         return []
-    ids = list(
-        claimable()
-        .filter(priority=priority)
-        .order_by("next_attempt_at", "id")
-        .select_for_update(skip_locked=True)
-        .values_list("id", flat=True)[:limit]
+    rows = list(
+        due_queue(priority, floor).select_for_update(skip_locked=True).values_list("id", "next_attempt_at")[:limit]
     )
-    if ids:
+    if rows:
+        ids = [pk for pk, _ in rows]
         messages_claim(message_ids=ids, claim_token=claim_token, lease_seconds=lease_seconds, claimed_at=claimed_at)
-    return ids
+    return rows
 
 
 def _reserve(share_of_remaining: float) -> int:
@@ -84,7 +107,24 @@ def _reserve(share_of_remaining: float) -> int:
     return whole + (1 if random.random() < share_of_remaining - whole else 0)
 
 
-def claim_batch(*, batch_size: int, claimed_at: datetime | None = None) -> Claim:
+def _next_floor(
+    *, old: datetime | None, rows: list[tuple[int, datetime]], exhausted: bool, now: datetime
+) -> datetime | None:
+    """Where the next claim of a level starts: past what this one claimed, never past
+    now - FLOOR_LAG_SECONDS. A level that gave fewer than asked had nothing more to give
+    up to now (but rows still to commit); one that gave all it was asked may have more
+    right after its last key."""
+    horizon = now - timedelta(seconds=FLOOR_LAG_SECONDS)
+    if exhausted:
+        return max(old, horizon) if old is not None else horizon
+    if rows:
+        return min(rows[-1][1], horizon)
+    return old
+
+
+def claim_batch(
+    *, batch_size: int, claimed_at: datetime | None = None, floors: dict[str, datetime] | None = None
+) -> Claim:
     """Lease up to `batch_size` due messages, higher priority first, earliest due first
     within a priority.
 
@@ -95,6 +135,14 @@ def claim_batch(*, batch_size: int, claimed_at: datetime | None = None) -> Claim
     own from the (priority, next_attempt_at, id) index, so messages scheduled for
     later are never scanned.
 
+    With `floors` (the paced claims of the dispatch window) each level is read from its
+    floor on, and the returned Claim says where the next one starts. The index entries
+    below a floor are those of messages already claimed: dead row versions that a
+    transaction held open elsewhere keeps VACUUM from removing, and that a claim from the
+    start would walk, every time, all the while (issue 26). A row that commits below a
+    floor (a transaction that stayed open longer than FLOOR_LAG_SECONDS, a send_after in
+    the past) is found by the window's sweep (claim_floors_sweep), which lowers the floor.
+
     Rows another transaction has locked are skipped, not waited for, so any
     number of dispatchers can claim at once and never take the same message.
     The lease is short (DISPATCH_LEASE_SECONDS); the worker that sends the
@@ -104,27 +152,61 @@ def claim_batch(*, batch_size: int, claimed_at: datetime | None = None) -> Claim
     token = uuid.uuid4()
     # One time for the whole claim, however many statements it takes (the tick's, when given).
     claimed_at = claimed_at or database_now()
+    start = floors or {}
     ids: list[int] = []
+    taken_by_level: dict[str, list[tuple[int, datetime]]] = {}
     remaining = batch_size
     exhausted: set[str] = set()
+
+    def take(priority: str, cap: int) -> None:
+        nonlocal remaining
+        rows = _claim_level(priority, cap, token, conf.lease_seconds, claimed_at, start.get(priority))
+        if cap > 0 and len(rows) < cap:
+            exhausted.add(priority)  # fewer than asked: nothing more of it to take in this claim
+        if rows:
+            taken_by_level[priority] = rows  # the last pass's rows end furthest in
+        ids.extend(pk for pk, _ in rows)
+        remaining -= len(rows)
+
     for index, priority in enumerate(PRIORITIES):
         below = index < len(PRIORITIES) - 1
-        cap = remaining - (_reserve(remaining * conf.lower_priority_share) if below else 0)
-        taken = _claim_level(priority, cap, token, conf.lease_seconds, claimed_at)
-        if len(taken) < cap:
-            exhausted.add(priority)  # fewer than asked: nothing more of it to take in this claim
-        ids.extend(taken)
-        remaining -= len(taken)
+        take(priority, remaining - (_reserve(remaining * conf.lower_priority_share) if below else 0))
     # What the lower levels left of their share, the higher ones may have.
     for priority in PRIORITIES:
         if remaining <= 0:
             break
-        if priority in exhausted:
-            continue
-        taken = _claim_level(priority, remaining, token, conf.lease_seconds, claimed_at)
-        ids.extend(taken)
-        remaining -= len(taken)
-    return Claim(claim_token=token, message_ids=ids)
+        if priority not in exhausted:
+            take(priority, remaining)
+    next_floors = None
+    if floors is not None:
+        next_floors = {}
+        for priority in PRIORITIES:
+            floor = _next_floor(
+                old=start.get(priority),
+                rows=taken_by_level.get(priority, []),
+                exhausted=priority in exhausted,
+                now=claimed_at,
+            )
+            if floor is not None:
+                next_floors[priority] = floor
+    return Claim(claim_token=token, message_ids=ids, floors=next_floors)
+
+
+def claim_floors_sweep() -> dict[str, datetime]:
+    """Look below each claim floor for a due row that committed after the claims had passed
+    its place, and lower the floor to it; return the floors lowered.
+
+    This read walks the dead entries the floors spare the claims, so the dispatch window
+    runs it every FLOOR_SWEEP_SECONDS, outside any lock the claims need."""
+    found: dict[str, datetime] = {}
+    for priority, floor in dispatcher_claim_floors_read().items():
+        key = due_queue(priority).filter(next_attempt_at__lt=floor).values_list("next_attempt_at", flat=True).first()
+        if key is not None:
+            found[priority] = key
+    lowered = dispatcher_claim_floors_lower(found) if found else {}
+    for priority, key in lowered.items():
+        logger.info("claim floor of %s lowered to %s: a due message committed below it", priority, key.isoformat())
+    return lowered
 
 
 def messages_in_flight() -> int:
@@ -132,31 +214,46 @@ def messages_in_flight() -> int:
     return Message.objects.filter(status=Status.PROCESSING).count()
 
 
-def claim_tick(*, due_only: bool, even_if_stopped: bool = False) -> Claim | None:
+def claim_tick(
+    *, due_only: bool, even_if_stopped: bool = False, due_from: dict[str, datetime] | None = None
+) -> Claim | None:
     """Take the next tick if the dispatcher runs (and, with `due_only`, if it is due and
-    the cluster has room) and claim its messages. None when there is no tick to take."""
+    the cluster has room) and claim its messages. None when there is no tick to take.
+    `due_from`: the earliest due times announced since the last claim (see claim_wake)."""
     in_flight = messages_in_flight() if due_only else 0
     with transaction.atomic():
-        tick = dispatcher_tick_take(due_only=due_only, even_if_stopped=even_if_stopped, in_flight=in_flight)
+        tick = dispatcher_tick_take(
+            due_only=due_only, even_if_stopped=even_if_stopped, in_flight=in_flight, due_from=due_from
+        )
         if tick is None:
             return None
-        claim = claim_batch(batch_size=min(tick.budget, providers_capacity(tick.interval_seconds)), claimed_at=tick.now)
-        dispatcher_claims_record(taken=tick, count=len(claim.message_ids))
+        claim = claim_batch(
+            batch_size=min(tick.budget, providers_capacity(tick.interval_seconds)),
+            claimed_at=tick.now,
+            floors=tick.claim_floors if due_only else None,
+        )
+        dispatcher_claims_record(taken=tick, count=len(claim.message_ids), floors=claim.floors)
         return claim
 
 
-def claim_wake() -> Claim | None:
+def claim_wake(*, due_from: dict[str, datetime] | None = None) -> Claim | None:
     """Claim the due messages the pace's budget allows now, without waiting for the tick
     (a due message was created). None when the dispatcher is stopped or the budget is used;
-    the claim may be empty (another qcluster's wake took them)."""
+    the claim may be empty (another qcluster's wake took them).
+
+    `due_from` is the earliest due time per priority the creations announced: the claim
+    reads from there when it is below the floor, so a message that committed late, or
+    was due before the claims had passed its time, goes now rather than at the sweep."""
     with transaction.atomic():
-        allowed = dispatcher_wake_take()
+        allowed = dispatcher_wake_take(due_from=due_from)
         if allowed is None:
             return None
         claim = claim_batch(
-            batch_size=min(allowed.budget, providers_capacity(allowed.interval_seconds)), claimed_at=allowed.now
+            batch_size=min(allowed.budget, providers_capacity(allowed.interval_seconds)),
+            claimed_at=allowed.now,
+            floors=allowed.claim_floors,
         )
-        dispatcher_claims_record(taken=allowed, count=len(claim.message_ids))
+        dispatcher_claims_record(taken=allowed, count=len(claim.message_ids), floors=claim.floors)
         return claim
 
 

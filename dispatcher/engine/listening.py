@@ -20,17 +20,14 @@ class NotificationListener:
         self._connection = raw_connection
         self.channels = channels
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for a notification on any of the channels; True if
-        one came. Every notification already waiting is taken with it, so a burst of
-        them wakes the caller once (the debounce)."""
-        woken = False
-        for _notify in self._connection.notifies(timeout=max(timeout, 0.0), stop_after=1):
-            woken = True
-        if woken:
-            for _notify in self._connection.notifies(timeout=0.0):
-                pass
-        return woken
+    def wait(self, timeout: float) -> list[str]:
+        """Wait up to `timeout` seconds for a notification on any of the channels; return
+        the payloads of those that came (empty: none came). Every notification already
+        waiting is taken with it, so a burst of them wakes the caller once (the debounce)."""
+        payloads = [n.payload for n in self._connection.notifies(timeout=max(timeout, 0.0), stop_after=1)]
+        if payloads:
+            payloads.extend(n.payload for n in self._connection.notifies(timeout=0.0))
+        return payloads
 
     def close(self) -> None:
         try:

@@ -29,10 +29,11 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 from django.db import close_old_connections
 
-from dispatcher.engine.claiming import expire_overdue, recover_expired_leases
+from dispatcher.engine.claiming import claim_floors_sweep, expire_overdue, recover_expired_leases
 from dispatcher.engine.listening import open_listener
 from dispatcher.engine.pipeline import hand_out_tick, hand_out_wake
 from dispatcher.engine.receipts import receipts_apply_waiting
@@ -46,7 +47,7 @@ from dispatcher.state import (
     dispatcher_window_open,
     dispatcher_window_revive_claim,
 )
-from messages_app.due_signal import MESSAGES_DUE_CHANNEL
+from messages_app.due_signal import MESSAGES_DUE_CHANNEL, messages_due_earliest
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ ERROR_BACKOFF_SECONDS = 2.0
 # messages come back within about a lease, whatever the interval), expires
 # unsent messages past their expiry and writes delivery records Redis missed.
 UPKEEP_SECONDS = 5.0
+# How often a window sweeps below the claim floors for due rows that committed after the
+# claims had passed their place (dispatcher.engine.claiming.claim_floors_sweep): the longest
+# such a row waits. The sweep reads what the floors spare the claims, so not every upkeep.
+FLOOR_SWEEP_SECONDS = 15.0
 
 
 # django-q2's stop event of the qcluster this process works for: a multiprocessing
@@ -139,7 +144,8 @@ def run_dispatch_window(
     """Take due ticks for up to `window_seconds`, handing each tick's messages out as
     chunk tasks, and between ticks hand out at once, within the pace's budget, messages
     created due; return how many ticks this window took. Between ticks it also returns
-    expired leases to the queue and writes delivery records Redis missed."""
+    expired leases to the queue, writes delivery records Redis missed and sweeps below the
+    claim floors."""
     should_stop = should_stop or ShutdownWatch()
     window_id = uuid.uuid4()
     deadline = time.monotonic() + window_seconds
@@ -153,10 +159,14 @@ def run_dispatch_window(
     )
     ticks = 0
     upkeep_at = 0.0
+    sweep_at = 0.0
     reason = "window elapsed"
     # Whether a due message may be waiting that the budget left for later: the wake comes
     # back when the budget frees, rather than waiting for the next tick.
     wake_pending = False
+    # The earliest due time per priority announced by creations not claimed yet: the next
+    # claim reads its due queue from there (messages_app.due_signal; claiming's floors).
+    due_from: dict[str, datetime] = {}
     try:
         while (remaining := deadline - time.monotonic()) > 0:
             close_old_connections()
@@ -180,15 +190,19 @@ def run_dispatch_window(
                     delivery_cache_catch_up()
                     if listener is None:
                         listener = open_listener(MESSAGES_DUE_CHANNEL)  # after a lost connection
+                if time.monotonic() >= sweep_at:
+                    sweep_at = time.monotonic() + FLOOR_SWEEP_SECONDS
+                    claim_floors_sweep()
                 if pace.due_in_seconds <= 0 and pace.budget_left <= 0:
                     # Due, but the last interval's claims used the pace: wait until the oldest
                     # leaves the window (a backlog's tick is taken then, not a poll later).
                     sleep(min(pace.budget_frees_in_seconds + 0.001, POLL_SECONDS, max(remaining, 0)))
                     continue
                 if pace.due_in_seconds <= 0:
-                    if hand_out_tick():
+                    if hand_out_tick(due_from=due_from):
                         ticks += 1
                         wake_pending = False
+                        due_from = {}
                         continue
                     # Due but not taken: the cluster is behind (dispatcher.state); look again shortly.
                     sleep(min(HELD_POLL_SECONDS, max(remaining, 0)))
@@ -196,7 +210,8 @@ def run_dispatch_window(
                 if wake_pending and pace.budget_left > 0:
                     # A claim the budget cut short may have left due messages: wake again
                     # once it frees.
-                    wake_pending = hand_out_wake() >= pace.budget_left
+                    wake_pending = hand_out_wake(due_from=due_from) >= pace.budget_left
+                    due_from = {}
                     continue
             except Exception:
                 logger.exception("dispatch window %s: tick failed; retrying", window_id)
@@ -217,6 +232,8 @@ def run_dispatch_window(
                 listener = None
                 continue
             if woken:
+                for priority, key in messages_due_earliest(woken).items():
+                    due_from[priority] = min(key, due_from.get(priority, key))
                 if pace.budget_left <= 0:
                     wake_pending = True  # handed out once the budget frees (the turns above)
                     continue
@@ -224,7 +241,8 @@ def run_dispatch_window(
                 # state row's lock that the dispatcher runs and what the budget allows; a stop
                 # or a newer window is seen on the next turn.
                 try:
-                    wake_pending = hand_out_wake() >= pace.budget_left
+                    wake_pending = hand_out_wake(due_from=due_from) >= pace.budget_left
+                    due_from = {}
                 except Exception:
                     logger.exception("dispatch window %s: wake failed; the ticks will find the message", window_id)
                     close_old_connections()

@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import close_old_connections
 from django.utils import timezone
@@ -280,11 +280,11 @@ def _log_claim(what: str, claim: Claim) -> None:
         )
 
 
-def hand_out_tick() -> bool:
+def hand_out_tick(*, due_from: dict[str, datetime] | None = None) -> bool:
     """Take the due tick, if any, claim its messages and enqueue them as chunk tasks
     for the cluster's workers. The pacer does not send. Return whether a tick was taken."""
     started = time.monotonic()
-    claim = claim_tick(due_only=True)
+    claim = claim_tick(due_only=True, due_from=due_from)
     if claim is None:
         return False
     _log_claim("tick", claim)
@@ -294,10 +294,10 @@ def hand_out_tick() -> bool:
     return True
 
 
-def hand_out_wake() -> int:
+def hand_out_wake(*, due_from: dict[str, datetime] | None = None) -> int:
     """A due message was created: claim what the pace's budget allows now and enqueue it
     as chunk tasks, like a tick; return how many messages were handed out."""
-    claim = claim_wake()
+    claim = claim_wake(due_from=due_from)
     if not claim or not claim.message_ids:
         return 0
     _log_claim("wake", claim)

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -271,3 +272,38 @@ def test_a_backlog_still_goes_batch_size_every_interval():
     assert len(locmem.outbox) == 3 * ticks
     claims = list(Message.objects.filter(status=Status.SENT).order_by().values_list("claimed_at", flat=True).distinct())
     assert len(claims) == ticks  # one claim of three per tick
+
+
+def test_a_message_committed_below_the_claim_floor_is_sent_after_the_windows_sweep(monkeypatch):
+    """Rows written without an announcement (bulk_create here; a requeue, a recovered lease)
+    whose due time the claims had passed when they committed: the sweep finds them."""
+    monkeypatch.setattr("dispatcher.engine.pacing.FLOOR_SWEEP_SECONDS", 2.0)
+    DispatcherState.objects.update(batch_size=5, interval_seconds=1, next_tick_at=timezone.now())
+    window = WindowThread(window_seconds=10)
+    window.start()
+    wait_for(lambda: DispatcherState.objects.get().claim_floors, timeout=5, what="the first paced claim")
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    [straggler] = Message.objects.bulk_create(
+        [Message(recipient_phone_number=phone_number(), content="late", next_attempt_at=an_hour_ago)]
+    )
+
+    wait_for(lambda: Message.objects.get(pk=straggler.pk).status == Status.SENT, timeout=6, what="the straggler sent")
+    window.finish(15)
+
+
+def test_a_message_created_due_before_the_claim_floor_is_sent_at_once():
+    # Ticks a minute apart and no sweep in the test's time: only the announcement's due time
+    # lets the wake read below the floor.
+    DispatcherState.objects.update(batch_size=5, interval_seconds=60, next_tick_at=timezone.now())
+    window = WindowThread(window_seconds=6)
+    window.start()
+    wait_for(lambda: DispatcherState.objects.get().claim_floors, timeout=5, what="the first paced claim")
+    time.sleep(0.3)
+    from messages_app.services import message_create
+
+    late = message_create(
+        recipient_phone_number=phone_number(), content="late", send_after=timezone.now() - timedelta(hours=1)
+    )
+
+    wait_for(lambda: Message.objects.get(pk=late.pk).status == Status.SENT, timeout=3, what="the message sent")
+    window.finish(10)

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dispatcher.engine.listening import open_listener
-from messages_app.due_signal import MESSAGES_DUE_CHANNEL
+from messages_app.due_signal import MESSAGES_DUE_CHANNEL, messages_due_earliest
 from messages_app.services import message_create, messages_bulk_create
 from tests.factories import phone_number
 
@@ -45,3 +45,23 @@ def test_a_message_for_later_wakes_nobody_and_a_bulk_create_wakes_once(listener)
     messages_bulk_create(items=[{"recipient_phone_number": phone_number(), "content": f"b{i}"} for i in range(5)])
     assert listener.wait(2)
     assert not listener.wait(0.1)
+
+
+def test_the_announcement_names_the_earliest_due_time_of_each_priority(listener):
+    now = timezone.now()
+    messages_bulk_create(
+        items=[
+            {"recipient_phone_number": phone_number(), "content": "a", "send_after": now - timedelta(minutes=5)},
+            {"recipient_phone_number": phone_number(), "content": "b", "send_after": now - timedelta(minutes=9)},
+            {"recipient_phone_number": phone_number(), "content": "c", "priority": "high"},
+        ]
+    )
+
+    earliest = messages_due_earliest(listener.wait(2))
+
+    assert earliest["normal"] == now - timedelta(minutes=9)
+    assert set(earliest) == {"normal", "high"} and earliest["high"] >= now
+
+
+def test_an_unreadable_announcement_names_nothing():
+    assert messages_due_earliest(["", "{", "[1]", '{"normal": "yesterday"}', '{"normal": "2026-01-01T00:00:00"}']) == {}
