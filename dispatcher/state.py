@@ -386,8 +386,10 @@ class TakenTick:
     budget: int = 0
     # The claims of the last interval, to which dispatcher_claims_record adds this one.
     recent_claims: list = field(default_factory=list)
-    # Where this claim starts reading each priority's due queue (none: from the start).
+    # Where this claim starts reading each priority's due queue (none: from the start), and
+    # the floors as stored (the claim's may be lower: a wake's announced due times).
     claim_floors: dict[str, datetime] = field(default_factory=dict)
+    stored_floors: dict[str, datetime] = field(default_factory=dict)
 
 
 def dispatcher_tick_take(
@@ -442,6 +444,7 @@ def dispatcher_tick_take(
         update_fields.append("next_tick_at")
     state.last_tick_at = now
     state.save(update_fields=update_fields)
+    stored_floors = claim_floors_parse(state.claim_floors)
     return TakenTick(
         batch_size=state.batch_size,
         interval_seconds=state.interval_seconds,
@@ -449,7 +452,8 @@ def dispatcher_tick_take(
         budget=budget if due_only else state.batch_size,
         recent_claims=window,
         # A manual tick reads from the start: only the window that sweeps below them uses floors.
-        claim_floors=_floors_reaching(claim_floors_parse(state.claim_floors), due_from) if due_only else {},
+        claim_floors=_floors_reaching(stored_floors, due_from) if due_only else {},
+        stored_floors=stored_floors,
     )
 
 
@@ -466,13 +470,15 @@ def dispatcher_wake_take(*, due_from: dict[str, datetime] | None = None) -> Take
     budget, window = _budget_left(state, now)
     if budget <= 0:
         return None
+    stored_floors = claim_floors_parse(state.claim_floors)
     return TakenTick(
         batch_size=state.batch_size,
         interval_seconds=state.interval_seconds,
         now=now,
         budget=budget,
         recent_claims=window,
-        claim_floors=_floors_reaching(claim_floors_parse(state.claim_floors), due_from),
+        claim_floors=_floors_reaching(stored_floors, due_from),
+        stored_floors=stored_floors,
     )
 
 
@@ -482,7 +488,7 @@ def dispatcher_claims_record(*, taken: TakenTick, count: int, floors: dict[str, 
     fields: dict = {}
     if count > 0:
         fields["recent_claims"] = [*taken.recent_claims, [taken.now.timestamp(), count]]
-    if floors and floors != taken.claim_floors:
+    if floors and floors != taken.stored_floors:
         fields["claim_floors"] = claim_floors_dump(floors)
     if fields:
         DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(**fields)

@@ -185,3 +185,16 @@ def test_a_wake_reads_from_the_due_time_its_creation_announced_without_waiting_f
     assert claim_wake(due_from=due_from).message_ids == [late.pk]
     # ... and the floor is past it again.
     assert dispatcher_claim_floors_read()["normal"] > late.next_attempt_at
+
+
+@pytest.mark.django_db
+def test_a_wake_that_read_below_the_floor_keeps_its_place_for_the_next_claim():
+    make_due(30)
+    paced_claim(5)
+    key = database_now() - timedelta(minutes=10)
+    first, second = (make_message(next_attempt_at=key) for _ in range(2))  # both below the floor
+
+    DispatcherState.objects.filter(pk=DispatcherState.SINGLETON_PK).update(batch_size=1, recent_claims=[])
+    assert claim_wake(due_from={"normal": key}).message_ids == [first.pk]
+    # The budget took one; the next claim goes on from that key, not from the old floor.
+    assert paced_claim(5).message_ids == [second.pk]
