@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,6 +44,8 @@ BATCH_SIZE_LIMIT = int(BATCH_SIZE.maximum)
 # claim's floor never passes now minus this, so a message created (or put back) due a moment
 # ago, whose transaction was still open while a claim went by, is read by the next claim.
 FLOOR_LAG_SECONDS = 2.0
+# A sweep slower than this is logged.
+SLOW_SWEEP_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ def claim_floors_sweep() -> dict[str, datetime]:
 
     This read walks the dead entries the floors spare the claims, so the dispatch window
     runs it every FLOOR_SWEEP_SECONDS, outside any lock the claims need."""
+    started = time.monotonic()
     found: dict[str, datetime] = {}
     for priority, floor in dispatcher_claim_floors_read().items():
         key = due_queue(priority).filter(next_attempt_at__lt=floor).values_list("next_attempt_at", flat=True).first()
@@ -206,6 +210,10 @@ def claim_floors_sweep() -> dict[str, datetime]:
     lowered = dispatcher_claim_floors_lower(found) if found else {}
     for priority, key in lowered.items():
         logger.info("claim floor of %s lowered to %s: a due message committed below it", priority, key.isoformat())
+    took = time.monotonic() - started
+    if took >= SLOW_SWEEP_SECONDS:
+        # What the floors spare the claims, the sweep reads: slow while a transaction stays open.
+        logger.warning("claim floor sweep took %.0f ms (a long-open transaction keeps dead rows?)", took * 1000)
     return lowered
 
 
