@@ -456,18 +456,22 @@ class RecoveredLeases:
         return len(self.requeued) + len(self.failed) + len(self.never_started) + len(self.expired)
 
 
-def messages_recover_expired(*, max_attempts: int, limit: int = 1000) -> RecoveredLeases:
-    """Return messages whose lease ran out (their worker vanished) to the queue.
+def messages_recover_expired(
+    *, max_attempts: int, limit: int = 1000, expired_since: datetime | None = None
+) -> RecoveredLeases:
+    """Return messages whose lease ran out (their worker vanished) to the queue; with
+    `expired_since`, only those whose lease ran out since then.
 
     A message a worker had begun sending counts the lost attempt, so one that
     kills its worker every time fails after `max_attempts` instead of looping;
     one that waited in the task queue and was never started spends nothing.
     """
+    lapsed = Message.objects.filter(status=Status.PROCESSING, lease_expires_at__lt=Now())
+    if expired_since is not None:
+        lapsed = lapsed.filter(lease_expires_at__gte=expired_since)
     with transaction.atomic():
         expired = list(
-            Message.objects.filter(status=Status.PROCESSING, lease_expires_at__lt=Now())
-            .select_for_update(skip_locked=True)
-            .values_list("pk", "attempts", "sending_started_at")[:limit]
+            lapsed.select_for_update(skip_locked=True).values_list("pk", "attempts", "sending_started_at")[:limit]
         )
         if not expired:
             return RecoveredLeases([], [], [], [])

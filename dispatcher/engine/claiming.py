@@ -218,8 +218,11 @@ def claim_floors_sweep() -> dict[str, datetime]:
 
 
 def messages_in_flight() -> int:
-    """Messages claimed and not yet done, cluster-wide (a partial index counts them)."""
-    return Message.objects.filter(status=Status.PROCESSING).count()
+    """Messages claimed and not yet done by a worker that holds them, cluster-wide: those
+    whose lease has not run out (one whose lease ran out waits for the recovery, not for a
+    worker). The partial index on processing leases counts them from now on, so the entries
+    of messages finished earlier, which a transaction held open keeps, are not walked."""
+    return Message.objects.filter(status=Status.PROCESSING, lease_expires_at__gte=Now()).count()
 
 
 def claim_tick(
@@ -286,9 +289,15 @@ def claim_drain_batch(*, batch_size: int) -> Claim | None:
         return claim_batch(batch_size=batch_size)
 
 
-def recover_expired_leases(*, limit: int = 1000) -> int:
-    """Return messages whose worker vanished (lease expired) to the queue; count them."""
-    recovered = messages_recover_expired(max_attempts=dispatcher_settings().max_attempts, limit=limit)
+RECOVERY_LIMIT = 1000
+
+
+def recover_expired_leases(*, limit: int = RECOVERY_LIMIT, expired_since: datetime | None = None) -> int:
+    """Return messages whose worker vanished (lease expired) to the queue; count them.
+    With `expired_since`, only leases that ran out since then (see LeaseRecoveryFloor)."""
+    recovered = messages_recover_expired(
+        max_attempts=dispatcher_settings().max_attempts, limit=limit, expired_since=expired_since
+    )
     if recovered.count:
         ids = recovered.requeued + recovered.failed + recovered.never_started + recovered.expired
         logger.warning(
@@ -304,6 +313,36 @@ def recover_expired_leases(*, limit: int = 1000) -> int:
             extra={"message_ids": ids[:100]},
         )
     return recovered.count
+
+
+class LeaseRecoveryFloor:
+    """Where a dispatch window's lease recovery starts reading the processing leases.
+
+    Every message passes through processing, so the partial index of processing leases
+    holds an entry for each one sent; a transaction held open elsewhere keeps them all,
+    and a recovery from the start would walk them every few seconds. A look that returned
+    everything expired before its start (fewer than its limit) moves the floor to that
+    moment less FLOOR_LAG_SECONDS: a message claimed later has its lease a whole lease
+    after its claim. Every FULL_SECONDS a look from the start finds what a claim that
+    committed very late (its process paused mid-claim) left below the floor.
+    Kept by the window that recovers, in its own memory: a new window starts from the start.
+    """
+
+    FULL_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self.floor: datetime | None = None
+        self.full_at = 0.0
+
+    def recover(self) -> int:
+        full = time.monotonic() >= self.full_at
+        if full:
+            self.full_at = time.monotonic() + self.FULL_SECONDS
+        looked_at = database_now()
+        recovered = recover_expired_leases(expired_since=None if full else self.floor)
+        if recovered < RECOVERY_LIMIT:
+            self.floor = looked_at - timedelta(seconds=FLOOR_LAG_SECONDS)
+        return recovered
 
 
 def expire_overdue() -> int:

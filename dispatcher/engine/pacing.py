@@ -33,7 +33,7 @@ from datetime import datetime
 
 from django.db import close_old_connections
 
-from dispatcher.engine.claiming import claim_floors_sweep, expire_overdue, recover_expired_leases
+from dispatcher.engine.claiming import LeaseRecoveryFloor, claim_floors_sweep, expire_overdue
 from dispatcher.engine.listening import open_listener
 from dispatcher.engine.pipeline import hand_out_tick, hand_out_wake
 from dispatcher.engine.receipts import receipts_apply_waiting
@@ -160,6 +160,7 @@ def run_dispatch_window(
     ticks = 0
     upkeep_at = 0.0
     sweep_at = 0.0
+    lease_recovery = LeaseRecoveryFloor()
     reason = "window elapsed"
     # Whether a due message may be waiting that the budget left for later: the wake comes
     # back when the budget frees, rather than waiting for the next tick.
@@ -184,7 +185,7 @@ def run_dispatch_window(
                 if time.monotonic() >= upkeep_at:
                     upkeep_at = time.monotonic() + UPKEEP_SECONDS
                     dispatcher_window_alive(window_id=window_id)
-                    recover_expired_leases()
+                    lease_recovery.recover()
                     expire_overdue()
                     receipts_apply_waiting()
                     delivery_cache_catch_up()

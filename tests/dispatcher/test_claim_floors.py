@@ -9,6 +9,7 @@ created: the budget is reset before each so that only the floors decide what it 
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import psycopg
@@ -19,10 +20,12 @@ from django.utils import timezone
 from dispatcher.engine.claiming import (
     FLOOR_LAG_SECONDS,
     Claim,
+    LeaseRecoveryFloor,
     claim_floors_sweep,
     claim_tick,
     claim_wake,
     due_queue,
+    messages_in_flight,
 )
 from dispatcher.engine.listening import open_listener
 from dispatcher.models import DispatcherState
@@ -30,7 +33,7 @@ from dispatcher.state import dispatcher_claim_floors_read
 from messages_app.due_signal import MESSAGES_DUE_CHANNEL, messages_due_earliest
 from messages_app.models import Message
 from messages_app.services import message_create
-from messages_app.transitions import database_now
+from messages_app.transitions import database_now, messages_claim
 from tests.factories import make_message, phone_number
 
 Status = Message.Status
@@ -198,3 +201,43 @@ def test_a_wake_that_read_below_the_floor_keeps_its_place_for_the_next_claim():
     assert claim_wake(due_from={"normal": key}).message_ids == [first.pk]
     # The budget took one; the next claim goes on from that key, not from the old floor.
     assert paced_claim(5).message_ids == [second.pk]
+
+
+# --- the lease recovery's floor -------------------------------------------------------------
+
+
+def processing(*, lease_seconds_from_now: float) -> Message:
+    message = make_message()
+    messages_claim(message_ids=[message.pk], claim_token=uuid.uuid4(), lease_seconds=60)
+    Message.objects.filter(pk=message.pk).update(
+        lease_expires_at=database_now() + timedelta(seconds=lease_seconds_from_now)
+    )
+    return message
+
+
+@pytest.mark.django_db
+def test_messages_in_flight_are_those_whose_lease_still_runs():
+    processing(lease_seconds_from_now=30)
+    processing(lease_seconds_from_now=45)
+    processing(lease_seconds_from_now=-5)  # its worker vanished: waiting for the recovery
+
+    assert messages_in_flight() == 2
+
+
+@pytest.mark.django_db
+def test_the_windows_lease_recovery_reads_from_its_floor_and_from_the_start_once_a_minute():
+    recovery = LeaseRecoveryFloor()
+    gone = processing(lease_seconds_from_now=-5)
+    assert recovery.recover() == 1  # the first look is from the start
+    assert Message.objects.get(pk=gone.pk).status == Status.UNSENT
+    assert recovery.floor is not None
+
+    lapsed = processing(lease_seconds_from_now=-1)  # ran out after the last look: above the floor
+    late = processing(lease_seconds_from_now=-600)  # below it: a claim that committed very late
+    assert recovery.recover() == 1
+    assert Message.objects.get(pk=lapsed.pk).status == Status.UNSENT
+    assert Message.objects.get(pk=late.pk).status == Status.PROCESSING
+
+    recovery.full_at = 0.0  # a minute later
+    assert recovery.recover() == 1
+    assert Message.objects.get(pk=late.pk).status == Status.UNSENT
