@@ -16,7 +16,9 @@ from typing import Any, BinaryIO
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
+from messages_app.due_signal import messages_due_announce
 from messages_app.errors import MessageImportError
 from messages_app.models import Message
 from messages_app.recipient_policy import recipients_refused
@@ -241,6 +243,9 @@ def messages_import_rows(
             lookup.get(template=template.template, version=template.version, language=template.language)
         except ValidationError as exc:
             raise MessageImportError(" ".join(" ".join(m) for m in exc.message_dict.values())) from None
+    # The earliest due time per priority among the rows queued: announced at commit, so the
+    # dispatcher reads from there although the import's transaction stayed open for long.
+    earliest_due: dict[str, Any] = {}
     with nullcontext() if dry_run else transaction.atomic():
         while batch := list(itertools.islice(pending, batch_size)):
             checked: list[tuple[MessageImportRow, Message]] = []
@@ -264,10 +269,18 @@ def messages_import_rows(
                     on_rejected(MessageImportRejection(line=row.line, reason=reason))
             if messages and not dry_run:
                 Message.objects.bulk_create(messages)
+                for message in messages:
+                    known = earliest_due.get(message.priority)
+                    if known is None or message.next_attempt_at < known:
+                        earliest_due[message.priority] = message.next_attempt_at
             result.imported += len(messages)
             result.segments += sum(message.segments for message in messages)
             if on_progress is not None:
                 on_progress(len(batch))
+        now = timezone.now()
+        due = [(priority, moment) for priority, moment in earliest_due.items() if moment <= now]
+        if due:
+            messages_due_announce(due=due)
     logger.info(
         "%s %d messages from an import; %d rows rejected",
         "would queue" if dry_run else "queued",

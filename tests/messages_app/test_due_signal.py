@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import io
+from datetime import datetime, timedelta
 
 import pytest
 from django.db import transaction
 from django.utils import timezone
 
 from dispatcher.engine.listening import open_listener
+from messages_app.csv_import import messages_import_csv
 from messages_app.due_signal import MESSAGES_DUE_CHANNEL, messages_due_earliest
 from messages_app.services import message_create, messages_bulk_create
 from tests.factories import phone_number
@@ -65,3 +67,20 @@ def test_the_announcement_names_the_earliest_due_time_of_each_priority(listener)
 
 def test_an_unreadable_announcement_names_nothing():
     assert messages_due_earliest(["", "{", "[1]", '{"normal": "yesterday"}', '{"normal": "2026-01-01T00:00:00"}']) == {}
+
+
+def test_an_import_announces_at_its_commit_the_earliest_due_time_it_queued(listener):
+    earlier = (timezone.now() - timedelta(minutes=3)).isoformat()
+    csv = f"recipient_phone_number,content,send_after\n{phone_number()},a,\n{phone_number()},b,{earlier}\n"
+
+    messages_import_csv(stream=io.BytesIO(csv.encode()), batch_size=1)
+
+    earliest = messages_due_earliest(listener.wait(2))
+    assert earliest == {"normal": datetime.fromisoformat(earlier)}
+    assert not listener.wait(0.1)  # one import, one wake
+
+
+def test_a_dry_run_import_announces_nothing(listener):
+    csv = f"recipient_phone_number,content\n{phone_number()},a\n"
+    messages_import_csv(stream=io.BytesIO(csv.encode()), dry_run=True)
+    assert not listener.wait(0.3)
