@@ -12,13 +12,14 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, BinaryIO
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from messages_app.due_signal import messages_due_announce
+from messages_app.due_signal import due_earliest, messages_due_announce
 from messages_app.errors import MessageImportError
 from messages_app.models import Message
 from messages_app.recipient_policy import recipients_refused
@@ -245,7 +246,7 @@ def messages_import_rows(
             raise MessageImportError(" ".join(" ".join(m) for m in exc.message_dict.values())) from None
     # The earliest due time per priority among the rows queued: announced at commit, so the
     # dispatcher reads from there although the import's transaction stayed open for long.
-    earliest_due: dict[str, Any] = {}
+    earliest_due: dict[str, datetime] = {}
     with nullcontext() if dry_run else transaction.atomic():
         while batch := list(itertools.islice(pending, batch_size)):
             checked: list[tuple[MessageImportRow, Message]] = []
@@ -269,10 +270,8 @@ def messages_import_rows(
                     on_rejected(MessageImportRejection(line=row.line, reason=reason))
             if messages and not dry_run:
                 Message.objects.bulk_create(messages)
-                for message in messages:
-                    known = earliest_due.get(message.priority)
-                    if known is None or message.next_attempt_at < known:
-                        earliest_due[message.priority] = message.next_attempt_at
+                queued = ((m.priority, m.next_attempt_at) for m in messages)
+                earliest_due = due_earliest([*earliest_due.items(), *queued])
             result.imported += len(messages)
             result.segments += sum(message.segments for message in messages)
             if on_progress is not None:

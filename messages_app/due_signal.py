@@ -34,30 +34,32 @@ def messages_due_announce(*, due: Iterable[tuple[str, datetime]] = (), using: st
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
-    earliest: dict[str, datetime] = {}
-    for priority, moment in due:
-        if priority not in earliest or moment < earliest[priority]:
-            earliest[priority] = moment
+    earliest = due_earliest(due)
     payload = json.dumps({p: moment.isoformat() for p, moment in earliest.items()}) if earliest else ""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_notify(%s, %s)", [MESSAGES_DUE_CHANNEL, payload])
 
 
+def due_earliest(due: Iterable[tuple[str, datetime]]) -> dict[str, datetime]:
+    """The earliest of the (priority, due time) pairs `due`, per priority."""
+    earliest: dict[str, datetime] = {}
+    for priority, moment in due:
+        if priority not in earliest or moment < earliest[priority]:
+            earliest[priority] = moment
+    return earliest
+
+
 def messages_due_earliest(payloads: Iterable[str]) -> dict[str, datetime]:
     """The earliest due time per priority that `payloads` (of MESSAGES_DUE_CHANNEL) name;
     an empty or unreadable payload names none (the wake still happens)."""
-    earliest: dict[str, datetime] = {}
+    named: list[tuple[str, datetime]] = []
     for payload in payloads:
         if not payload:
             continue
         try:
-            named = {str(p): datetime.fromisoformat(v) for p, v in json.loads(payload).items()}
+            pairs = [(str(p), datetime.fromisoformat(v)) for p, v in json.loads(payload).items()]
         except (ValueError, TypeError, AttributeError):
             logger.warning("ignoring an unreadable %s payload: %.80r", MESSAGES_DUE_CHANNEL, payload)
             continue
-        for priority, moment in named.items():
-            if moment.tzinfo is None:
-                continue
-            if priority not in earliest or moment < earliest[priority]:
-                earliest[priority] = moment
-    return earliest
+        named.extend((priority, moment) for priority, moment in pairs if moment.tzinfo is not None)
+    return due_earliest(named)

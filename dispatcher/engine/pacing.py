@@ -47,7 +47,7 @@ from dispatcher.state import (
     dispatcher_window_open,
     dispatcher_window_revive_claim,
 )
-from messages_app.due_signal import MESSAGES_DUE_CHANNEL, messages_due_earliest
+from messages_app.due_signal import MESSAGES_DUE_CHANNEL, due_earliest, messages_due_earliest
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +233,7 @@ def run_dispatch_window(
                 listener = None
                 continue
             if woken:
-                for priority, key in messages_due_earliest(woken).items():
-                    due_from[priority] = min(key, due_from.get(priority, key))
+                due_from = due_earliest([*due_from.items(), *messages_due_earliest(woken).items()])
                 if pace.budget_left <= 0:
                     wake_pending = True  # handed out once the budget frees (the turns above)
                     continue
